@@ -1,0 +1,174 @@
+"""Config files (`get_config(arg)`), command-line overrides and validation with helpful errors."""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used."""
+
+
+def _parse_arg(arg: str | None) -> Any:
+    """`variant=B/16,lr=1e-3` → ConfigDict; a bare string stays a string."""
+    if not arg:
+        return None
+    if "=" not in arg:
+        return arg
+    out = ConfigDict()
+    for part in arg.split(","):
+        key, _, value = part.partition("=")
+        out[key.strip()] = _literal(value.strip())
+    return out
+
+
+def _literal(text: str) -> Any:
+    """Parses a Python literal, falling back to the raw string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def load_config(spec: str) -> ConfigDict:
+    """Loads `path/to/file.py[:arg]` by calling its `get_config(arg)`."""
+    path, _, arg = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"Config file not found: {path}")
+    name = f"_vlm_jax_config_{file.stem}"
+    module_spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config(arg)")
+    parsed = _parse_arg(arg)
+    config = module.get_config(parsed) if parsed is not None else module.get_config()
+    return config
+
+
+def _describe_valid(node: ConfigDict, prefix: str) -> str:
+    """Lists the keys valid at one level of a config."""
+    keys = sorted(node.keys())
+    return f"valid keys under '{prefix or '<root>'}': {', '.join(keys)}"
+
+
+def _lookup_parent(config: ConfigDict, dotted: str) -> tuple[ConfigDict, str]:
+    """Returns (parent node, leaf key) for a dotted key, raising if a part is unknown."""
+    parts = dotted.split(".")
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        prefix = ".".join(parts[:i])
+        if not isinstance(node, ConfigDict) or part not in node:
+            raise unknown_key_error(dotted, node, prefix)
+        node = node[part]
+    if not isinstance(node, ConfigDict) or parts[-1] not in node:
+        raise unknown_key_error(dotted, node, ".".join(parts[:-1]))
+    return node, parts[-1]
+
+
+def unknown_key_error(key: str, node: Any, prefix: str) -> ConfigError:
+    """An error naming the valid keys and the closest match."""
+    if not isinstance(node, ConfigDict):
+        return ConfigError(f"Unknown config key '{key}': '{prefix}' is not a section")
+    close = difflib.get_close_matches(key.split(".")[-1], list(node.keys()), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"Unknown config key '{key}'.{hint} {_describe_valid(node, prefix)}")
+
+
+def _coerce(value: str, current: Any, key: str) -> Any:
+    """Converts a command-line string to the type of the current value."""
+    parsed = _literal(value)
+    if current is None or isinstance(current, str):
+        return parsed if current is None else value
+    if isinstance(current, bool):
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--config.{key}: expected a bool, got {value!r}")
+    if isinstance(current, (int, float)):
+        if isinstance(parsed, bool) or not isinstance(parsed, (int, float)):
+            raise ConfigError(f"--config.{key}: expected a number, got {value!r}")
+        return float(parsed) if isinstance(current, float) else parsed
+    if isinstance(current, (tuple, list)):
+        if not isinstance(parsed, (tuple, list)):
+            raise ConfigError(f"--config.{key}: expected a sequence, got {value!r}")
+        return type(current)(parsed)
+    return parsed
+
+
+def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
+    """Applies `key.sub=value` overrides; unknown keys raise naming the valid ones."""
+    config = ConfigDict(config.to_dict()) if not isinstance(config, ConfigDict) else config
+    with config.unlocked():
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"Override '{item}' must look like key=value")
+            parent, leaf = _lookup_parent(config, key)
+            parent[leaf] = _coerce(value, parent[leaf], key)
+    return config
+
+
+def validate_keys(config: ConfigDict, reference: ConfigDict, open_sections: frozenset[str] = frozenset(),
+                  prefix: str = "") -> None:
+    """Raises if `config` holds keys `reference` lacks; `open_sections` are checked by their consumers."""
+    for key in config.keys():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in reference:
+            raise unknown_key_error(full, reference, prefix)
+        sub, ref = config[key], reference[key]
+        if full in open_sections:
+            continue
+        if isinstance(sub, ConfigDict) and isinstance(ref, ConfigDict):
+            validate_keys(sub, ref, open_sections, full)
+
+
+def merge_defaults(config: ConfigDict, defaults: ConfigDict,
+                   open_sections: frozenset[str] = frozenset()) -> ConfigDict:
+    """Fills keys missing from `config` with `defaults` after checking `config` for unknown keys."""
+    validate_keys(config, defaults, open_sections)
+    merged = ConfigDict(defaults.to_dict())
+    _deep_update(merged, config)
+    return merged
+
+
+def _deep_update(target: ConfigDict, source: ConfigDict) -> None:
+    """Recursively copies `source` into `target`."""
+    with target.unlocked():
+        for key in source.keys():
+            value = source[key]
+            if isinstance(value, ConfigDict) and isinstance(target.get(key), ConfigDict):
+                _deep_update(target[key], value)
+            else:
+                target[key] = value
+
+
+def split_cli_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separates `--config.key=value` (or `--config.key value`) from other arguments."""
+    overrides, rest = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            body = arg[len("--config."):]
+            if "=" not in body:
+                if i + 1 >= len(argv):
+                    raise ConfigError(f"{arg} needs a value")
+                body = f"{body}={argv[i + 1]}"
+                i += 1
+            overrides.append(body)
+        else:
+            rest.append(arg)
+        i += 1
+    return overrides, rest

@@ -1,0 +1,88 @@
+"""Zero-shot classification and image↔text retrieval, each reported beside a pixel baseline and chance."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from vlm_jax.evals.embedder import Embedder
+from vlm_jax.evals.metrics import chance_topk, l2_normalize, pixel_features, topk_hits
+
+KS = (1, 5)
+
+
+@dataclass
+class EvalSet:
+    """Query images with labels into a class list, plus per-class reference images for the pixel baseline."""
+
+    images: np.ndarray  # float32 [Q, H, W, 3] in [-1, 1]
+    labels: np.ndarray  # int [Q] indices into class_names
+    class_names: list[str]
+    class_images: np.ndarray  # float32 [C, H, W, 3]: a training-style image of each class (pixel baseline)
+    subsets: dict[str, np.ndarray] = field(default_factory=dict)  # name → bool mask over queries
+    retrieval: bool = True  # image↔caption retrieval over the query pool (needs one query per class)
+
+
+def _mean_hits(hits: dict[int, np.ndarray], subsets: dict[str, np.ndarray], name: str) -> dict[str, float]:
+    """Averages top-k hits over each subset of queries."""
+    out = {}
+    for sub, mask in subsets.items():
+        if mask.any():
+            for k, h in hits.items():
+                out[f"{sub}/{name}@{k}"] = float(np.mean(h[mask]))
+    return out
+
+
+def _retrieval_scores(img: np.ndarray, txt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(image→text, text→image) score matrices for a pool of aligned pairs."""
+    s = img @ txt.T
+    return s, s.T
+
+
+def evaluate_set(ev: EvalSet, img_emb: np.ndarray, class_emb: np.ndarray,
+                 pixel_query: np.ndarray, pixel_class: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Model, pixel-baseline and chance numbers for one EvalSet given embeddings and pixel features."""
+    subsets = {"all": np.ones(len(ev.labels), bool), **ev.subsets}
+    out: dict[str, float] = {}
+    n_cls = len(ev.class_names)
+    for who, q, c in (("model", img_emb, class_emb), ("pixel", pixel_query, pixel_class)):
+        res = _mean_hits(topk_hits(q @ c.T, ev.labels, ks), subsets, "top")
+        if ev.retrieval:
+            pool = np.arange(len(ev.labels))
+            i2t, t2i = _retrieval_scores(q, c[ev.labels])
+            res.update(_mean_hits(topk_hits(i2t, pool, ks), subsets, "i2t_R"))
+            res.update(_mean_hits(topk_hits(t2i, pool, ks), subsets, "t2i_R"))
+        out.update({f"{k}/{who}": v for k, v in res.items()})
+    for sub in subsets:
+        for k in ks:
+            out[f"{sub}/top@{k}/chance"] = chance_topk(n_cls, k)
+            if ev.retrieval:
+                for d in ("i2t_R", "t2i_R"):
+                    out[f"{sub}/{d}@{k}/chance"] = chance_topk(len(ev.labels), k)
+    out["num_queries"] = float(len(ev.labels))
+    out["num_classes"] = float(n_cls)
+    return out
+
+
+class ZeroShotEvaluator:
+    """Evaluates several EvalSets with class prompts built from templates (embeddings averaged)."""
+
+    def __init__(self, embedder: Embedder, sets: dict[str, EvalSet], templates: Sequence[str]):
+        self.embedder, self.sets, self.templates = embedder, sets, list(templates)
+        self._pixels = {name: (pixel_features(s.images), pixel_features(s.class_images))
+                        for name, s in sets.items()}
+
+    def class_embeddings(self, params: Any, names: list[str]) -> np.ndarray:
+        """Prompt-ensembled, unit-norm text embeddings of class names."""
+        embs = [self.embedder.texts(params, [t.format(n) for n in names]) for t in self.templates]
+        return l2_normalize(np.mean(embs, axis=0))
+
+    def __call__(self, params: Any, extra: Any = None) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, ev in self.sets.items():
+            img = self.embedder.images(params, ev.images)
+            cls = self.class_embeddings(params, ev.class_names)
+            px_q, px_c = self._pixels[name]
+            out.update({f"{name}/{k}": v for k, v in evaluate_set(ev, img, cls, px_q, px_c).items()})
+        return out

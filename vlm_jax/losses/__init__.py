@@ -1,0 +1,11 @@
+"""Loss functions by name."""
+from vlm_jax.losses.contrastive import infonce_loss, sigmoid_loss
+
+CONTRASTIVE_LOSSES = {"infonce": infonce_loss, "sigmoid": sigmoid_loss}
+
+
+def get_contrastive_loss(name: str):
+    """Returns a contrastive loss by name, naming the valid ones on error."""
+    if name not in CONTRASTIVE_LOSSES:
+        raise ValueError(f"Unknown contrastive loss '{name}'; valid: {sorted(CONTRASTIVE_LOSSES)}")
+    return CONTRASTIVE_LOSSES[name]

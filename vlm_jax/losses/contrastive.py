@@ -1,0 +1,38 @@
+"""Contrastive losses on L2-normalised embeddings: symmetric InfoNCE (CLIP) and pairwise sigmoid (SigLIP)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Metrics = dict[str, jax.Array]
+
+
+def _retrieval_accuracy(logits: jax.Array) -> Metrics:
+    """Top-1 accuracy of matching the diagonal, both directions."""
+    target = jnp.arange(logits.shape[0])
+    i2t = jnp.mean(jnp.argmax(logits, axis=1) == target)
+    t2i = jnp.mean(jnp.argmax(logits, axis=0) == target)
+    return {"acc/i2t": i2t, "acc/t2i": t2i}
+
+
+@jax.jit
+def infonce_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array) -> tuple[jax.Array, Metrics]:
+    """Symmetric cross-entropy over the B×B similarity matrix scaled by temperature `t`."""
+    logits = t * jnp.einsum("id,jd->ij", zimg.astype(jnp.float32), ztxt.astype(jnp.float32))
+    diag = jnp.diagonal(logits)
+    loss_i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - diag)
+    loss_t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - diag)
+    loss = 0.5 * (loss_i2t + loss_t2i)
+    return loss, {"loss/i2t": loss_i2t, "loss/t2i": loss_t2i, **_retrieval_accuracy(logits)}
+
+
+@jax.jit
+def sigmoid_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array) -> tuple[jax.Array, Metrics]:
+    """SigLIP: −Σ_ij log σ(±(t·x_i·y_j + b)) / B, positives on the diagonal."""
+    logits = t * jnp.einsum("id,jd->ij", zimg.astype(jnp.float32), ztxt.astype(jnp.float32)) + b
+    n = logits.shape[0]
+    signs = 2.0 * jnp.eye(n, dtype=logits.dtype) - 1.0
+    loss = -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / n
+    pos = jnp.sum(jnp.diagonal(logits)) / n
+    neg = (jnp.sum(logits) - n * pos) / max(n * (n - 1), 1)
+    return loss, {"logit/pos": pos, "logit/neg": neg, **_retrieval_accuracy(logits)}

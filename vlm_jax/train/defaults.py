@@ -1,0 +1,37 @@
+"""Trainer-level config defaults; experiment configs override these and may not add unknown keys."""
+from __future__ import annotations
+
+import ml_collections
+
+# Sections validated by the objective / model / data code that consumes them.
+OPEN_SECTIONS = frozenset({"model", "data", "evals", "loss"})
+
+
+def trainer_defaults() -> ml_collections.ConfigDict:
+    """Every trainer key with its default."""
+    c = ml_collections.ConfigDict()
+    c.objective = "contrastive"
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 256  # global batch (all processes)
+    c.grad_accum_steps = 1  # micro-batches per step; note it shrinks a contrastive loss's negatives
+    c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
+    c.sharding_rules = ml_collections.FieldReference(None, field_type=list)  # None → sharding.DEFAULT_RULES
+    c.fsdp_min_size = 2 ** 12  # arrays with fewer elements stay replicated
+
+    c.optim = ml_collections.ConfigDict(dict(
+        name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0, weight_decay=1e-4,
+        wd_exclude=r"(bias|scale|pos_embedding|/t$|/b$)", clip_norm=1.0, schedule="cosine",
+        warmup_steps=100, end_lr_factor=0.0, lr_mults={}, freeze=""))
+
+    c.log_every = 10
+    c.eval_every = 0  # 0 → evaluate only at the end
+    c.nonfinite = "stop"  # "stop": raise naming the step; "skip": drop the update and count it
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, keep_period=0, async_save=True))
+    c.progress = True
+
+    c.model = ml_collections.ConfigDict()
+    c.loss = ml_collections.ConfigDict()
+    c.data = ml_collections.ConfigDict()
+    c.evals = ml_collections.ConfigDict()
+    return c

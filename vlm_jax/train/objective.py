@@ -1,0 +1,66 @@
+"""The Objective seam: what differs between CLIP, SigLIP, CLIPPO, CoCa, MAE … lives here, not in the trainer."""
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+LossOut = tuple[jax.Array, tuple[dict[str, jax.Array], Any]]
+Evaluator = Callable[[Any, Any], dict[str, float]]  # (params, extra) → flat metrics
+
+_REGISTRY: dict[str, type["Objective"]] = {}
+
+
+def register(name: str) -> Callable[[type["Objective"]], type["Objective"]]:
+    """Class decorator adding an objective to the registry under `name`."""
+    def wrap(cls: type[Objective]) -> type[Objective]:
+        _REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def get_objective(config: ml_collections.ConfigDict) -> "Objective":
+    """Instantiates `config.objective` from the registry."""
+    import vlm_jax.objectives  # noqa: F401  (registers the built-in objectives)
+    if config.objective not in _REGISTRY:
+        raise ValueError(f"Unknown objective '{config.objective}'; valid: {sorted(_REGISTRY)}")
+    return _REGISTRY[config.objective](config)
+
+
+class Objective(abc.ABC):
+    """A model + a loss + data + evaluators. The trainer calls only these methods."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    @abc.abstractmethod
+    def model(self) -> nn.Module:
+        """The Flax module; `model().init(rngs, **init_batch)` creates the parameters."""
+
+    @abc.abstractmethod
+    def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes of one batch, used to create parameters without data."""
+
+    def init_extra(self, params: Any) -> Any:
+        """Non-parameter state (feature queues, EMA weights …); sharded and checkpointed with the rest."""
+        return {}
+
+    @abc.abstractmethod
+    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
+             train: bool = True) -> LossOut:
+        """Forward + loss: returns (loss, (metrics, new_extra)); runs inside the jitted step."""
+
+    def after_update(self, params: Any, extra: Any) -> Any:
+        """Updates `extra` from the new parameters (e.g. an EMA teacher); inside the jitted step."""
+        return extra
+
+    @abc.abstractmethod
+    def train_data(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
+        """A checkpointable grain iterable of per-process numpy batches."""
+
+    def evaluators(self) -> dict[str, Evaluator]:
+        """Named evaluators run periodically and at the end."""
+        return {}

@@ -1,0 +1,85 @@
+"""Optax optimizer and learning-rate schedule from config; parameter groups selected by regex on paths."""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+OPTIMIZERS = {
+    "adamw": lambda lr, c: optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=0.0),
+    "adam": lambda lr, c: optax.adam(lr, b1=c.b1, b2=c.b2, eps=c.eps),
+    "sgd": lambda lr, c: optax.sgd(lr, momentum=c.momentum or None),
+    "lion": lambda lr, c: optax.lion(lr, b1=c.b1, b2=c.b2),
+    "adafactor": lambda lr, c: optax.adafactor(lr),
+}
+SCHEDULES = ("cosine", "rsqrt", "linear", "constant")
+
+
+def path_str(path: tuple[Any, ...]) -> str:
+    """'img/Transformer/block00/kernel' style name of a pytree path."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return "/".join(parts)
+
+
+def path_mask(params: Any, pattern: str | None) -> Any:
+    """Boolean tree: True where the parameter path matches `pattern` (re.search)."""
+    regex = re.compile(pattern) if pattern else None
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: bool(regex and regex.search(path_str(p))), params)
+
+
+def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> Callable[[Any], jax.Array]:
+    """Linear warmup followed by cosine / rsqrt / linear decay or a constant."""
+    name, peak, warmup = config.schedule, config.lr, int(config.warmup_steps)
+    if name not in SCHEDULES:
+        raise ValueError(f"Unknown schedule '{name}'; valid: {list(SCHEDULES)}")
+    end = peak * config.end_lr_factor
+
+    def schedule(step: Any) -> jax.Array:
+        step = jnp.asarray(step, jnp.float32)
+        warm = peak * jnp.minimum(1.0, (step + 1.0) / max(warmup, 1))
+        frac = jnp.clip((step - warmup) / max(total_steps - warmup, 1), 0.0, 1.0)
+        if name == "cosine":
+            decayed = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        elif name == "linear":
+            decayed = peak + (end - peak) * frac
+        elif name == "rsqrt":
+            decayed = peak * jnp.sqrt(max(warmup, 1) / jnp.maximum(step + 1.0, max(warmup, 1)))
+        else:
+            decayed = jnp.asarray(peak, jnp.float32)
+        return jnp.where(step < warmup, warm, decayed)
+
+    return schedule
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
+                   params: Any) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
+    """Clip → optimizer → decoupled weight decay (masked) → lr schedule; frozen and lr-scaled groups."""
+    if config.name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer '{config.name}'; valid: {sorted(OPTIMIZERS)}")
+    schedule = make_schedule(config, total_steps)
+    chain = []
+    if config.clip_norm:
+        chain.append(optax.clip_by_global_norm(config.clip_norm))
+    chain.append(OPTIMIZERS[config.name](1.0, config))
+    if config.weight_decay:
+        decay_mask = jax.tree.map(lambda excluded: not excluded, path_mask(params, config.wd_exclude))
+        chain.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
+    chain.append(optax.scale_by_schedule(lambda s: -schedule(s)))
+    for pattern, mult in dict(config.lr_mults or {}).items():
+        chain.append(optax.masked(optax.scale(float(mult)), path_mask(params, pattern)))
+    tx = optax.chain(*chain)
+    if config.freeze:
+        frozen = path_mask(params, config.freeze)
+        labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx, schedule

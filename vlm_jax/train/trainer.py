@@ -1,0 +1,232 @@
+"""The one train loop: sharded init, jitted step, logging, evals, checkpoints and exact resume."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vlm_jax import sharding as shd
+from vlm_jax.config import merge_defaults
+from vlm_jax.train.checkpoint import Checkpointer
+from vlm_jax.train.defaults import OPEN_SECTIONS, trainer_defaults
+from vlm_jax.train.objective import Objective, get_objective
+from vlm_jax.train.optim import make_optimizer
+from vlm_jax.train.progress import JsonlWriter, Progress
+from vlm_jax.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient became NaN/Inf."""
+
+
+def finalize_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Experiment config merged over trainer defaults; unknown keys raise naming the valid ones."""
+    config = merge_defaults(config, trainer_defaults(), OPEN_SECTIONS)
+    if config.nonfinite not in ("stop", "skip"):
+        raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
+    return config
+
+
+class Setup:
+    """Mesh, model, optimizer, shardings and jitted functions for one config (no state yet)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None):
+        self.config = config
+        self.objective: Objective = get_objective(config)
+        self.mesh = shd.make_mesh(config.mesh, devices)
+        self.rules = list(config.sharding_rules or shd.DEFAULT_RULES)
+        self.mesh_rules = shd.rules_for_mesh(self.mesh, self.rules)
+        self.model = self.objective.model()
+        self.batch_sharding = shd.batch_sharding(self.mesh, self.rules)
+        if config.batch_size % (jax.process_count() * config.grad_accum_steps):
+            raise ValueError(f"batch_size {config.batch_size} must divide by processes × grad_accum_steps")
+        with self.context():
+            self._build()
+
+    @contextlib.contextmanager
+    def context(self):
+        """Mesh + logical axis rules, active while tracing model code."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.mesh_rules):
+            yield
+
+    def _init_variables(self, rng: jax.Array) -> Any:
+        """Boxed (logically annotated) parameters."""
+        dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in self.objective.init_batch(2).items()}
+        return self.model.init({"params": rng, "dropout": rng}, **dummy, train=False)["params"]
+
+    def _build(self) -> None:
+        config = self.config
+        rng = jax.random.key(config.seed)
+        boxed = jax.eval_shape(self._init_variables, rng)
+        self.param_shardings = shd.tree_shardings(boxed, self.mesh, self.rules, config.fsdp_min_size)
+        abstract_params = nn.unbox(boxed)
+        self.tx, self.schedule = make_optimizer(config.optim, config.total_steps, abstract_params)
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        replicated = shd.replicated(self.mesh)
+        opt_shardings = optax.tree_utils.tree_map_params(
+            self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
+            transform_non_params=lambda _: replicated)
+        boxed_extra = jax.eval_shape(self.objective.init_extra, abstract_params)
+        extra_shardings = shd.tree_shardings(boxed_extra, self.mesh, self.rules, config.fsdp_min_size)
+        self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
+                                          opt_state=opt_shardings, extra=extra_shardings, rng=replicated)
+        self.init_state = jax.jit(self._init_state, out_shardings=self.state_shardings)
+        self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+                                  out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+
+    def _init_state(self, rng: jax.Array) -> TrainState:
+        params_rng, state_rng = jax.random.split(rng)
+        params = nn.unbox(self._init_variables(params_rng))
+        extra = nn.unbox(self.objective.init_extra(params))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
+                          extra=extra, rng=state_rng)
+
+    def _grads(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
+        """Loss, metrics, new extra and gradients; micro-batched when grad_accum_steps > 1."""
+        grad_fn = jax.value_and_grad(
+            lambda p, b, r: self.objective.loss(p, state.extra, b, r, True), has_aux=True)
+        accum = self.config.grad_accum_steps
+        if accum == 1:
+            (loss, (metrics, extra)), grads = grad_fn(state.params, batch, rng)
+            return loss, metrics, extra, grads
+        micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+        def body(carry, xs):
+            mb, i = xs
+            (loss, (metrics, extra)), grads = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+            acc = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
+            return acc, extra
+
+        (loss_s, (metrics_s, _)), grads_s = jax.eval_shape(
+            grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_s, metrics_s, grads_s))
+        total, extras = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+        loss, metrics, grads = jax.tree.map(lambda x: x / accum, total)
+        return loss, metrics, jax.tree.map(lambda x: x[-1], extras), grads
+
+    def _train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        loss, metrics, extra, grads = self._grads(state, batch, rng)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        extra = self.objective.after_update(params, extra)
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        stepped = state.replace(step=state.step + 1)
+        new = stepped.replace(params=params, opt_state=opt_state, extra=extra)
+        new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, stepped)  # a bad step changes nothing
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=self.schedule(state.step),
+                       param_norm=optax.global_norm(params), nonfinite=(~ok).astype(jnp.int32))
+        return new, metrics
+
+
+def _host_metrics(pending: list[tuple[int, dict]]) -> list[tuple[int, dict[str, float]]]:
+    """Fetches queued device metrics to host floats."""
+    fetched = jax.device_get([m for _, m in pending])
+    return [(s, {k: float(np.asarray(v)) for k, v in m.items()}) for (s, _), m in zip(pending, fetched)]
+
+
+def run_evaluators(setup: Setup, state: TrainState, step: int, writer: JsonlWriter) -> dict[str, float]:
+    """Runs every evaluator of the objective and logs the flat results."""
+    results: dict[str, float] = {}
+    with setup.context():
+        for name, evaluator in setup.objective.evaluators().items():
+            t0 = time.perf_counter()
+            for key, value in evaluator(state.params, state.extra).items():
+                results[f"{name}/{key}"] = value
+            log.info("eval %s took %.1fs", name, time.perf_counter() - t0)
+    writer.write({"step": step, "split": "eval", **results})
+    return results
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path,
+          stop_after: int | None = None, on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Trains (or resumes) `config` in `workdir`; returns the final eval metrics and summary."""
+    config = finalize_config(config)
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    setup = Setup(config)
+    objective = setup.objective
+    local_batch = config.batch_size // jax.process_count()
+    data = objective.train_data(local_batch, config.seed, jax.process_index(), jax.process_count())
+    data_iter = iter(data)
+    ckpt = Checkpointer(workdir / "checkpoints", every_steps=config.checkpoint.every_steps,
+                        keep=config.checkpoint.keep, keep_period=config.checkpoint.keep_period,
+                        async_save=config.checkpoint.async_save)
+    writer = JsonlWriter(workdir / "metrics.jsonl", enabled=is_main)
+
+    with setup.context():
+        abstract = jax.eval_shape(setup.init_state, jax.random.key(config.seed))
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, setup.state_shardings)
+    restored = ckpt.restore_latest(abstract, data_iter)
+    if restored is None:
+        state = setup.init_state(jax.random.key(config.seed))
+        start = 0
+    else:
+        state, meta = restored
+        start = int(meta["step"])
+        log.info("Resumed from step %d", start)
+        if is_main:
+            print(f"Resumed from checkpoint at step {start}", flush=True)
+
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    if is_main:
+        print(f"{n_params:,} parameters | mesh {dict(setup.mesh.shape)} | global batch {config.batch_size} | "
+              f"steps {start}→{config.total_steps}", flush=True)
+    progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main and config.progress)
+    pending: list[tuple[int, dict]] = []
+    skipped = 0
+    eval_results: dict[str, float] = {}
+    step = start
+    end = config.total_steps if stop_after is None else min(config.total_steps, stop_after)
+    t_start = time.perf_counter()
+    while step < end:
+        batch = shd.global_batch(next(data_iter), setup.batch_sharding)
+        state, metrics = setup.train_step(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        last = step == end
+        if step % config.log_every == 0 or last or ckpt.due(step, config.total_steps):
+            for s, m in _host_metrics(pending):
+                if m["nonfinite"]:
+                    if config.nonfinite == "stop":
+                        ckpt.close()
+                        raise NonFiniteError(
+                            f"Non-finite loss/gradient at step {s} (loss={m['loss']}, grad_norm={m['grad_norm']}); "
+                            f"the update was not applied. Last good checkpoint: step {max(ckpt.steps(), default=0)}.")
+                    skipped += 1
+                m["nonfinite_skipped"] = skipped
+                if on_step:
+                    on_step(s, m)
+            pending.clear()
+            timing = progress.update(step, m)
+            writer.write({"step": step, "split": "train", **m, **timing})
+        if ckpt.due(step, config.total_steps):
+            ckpt.save(step, state, data_iter, {"step": step, "config": config.to_json_best_effort()})
+        if config.eval_every and step % config.eval_every == 0 and not last:
+            run_evaluators(setup, state, step, writer)
+    train_seconds = time.perf_counter() - t_start
+    ckpt.close()
+    if stop_after is not None and step < config.total_steps:
+        return {"step": step, "state": state, "setup": setup}
+    eval_results = run_evaluators(setup, state, step, writer)
+    summary = {"step": step, "train_seconds": train_seconds, "params": n_params, "evals": eval_results}
+    if is_main:
+        (workdir / "results.json").write_text(json.dumps(summary, indent=2))
+    return {**summary, "state": state, "setup": setup}
