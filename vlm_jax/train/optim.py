@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+# Direction-only transforms (no learning rate, no sign): the chain below adds decay, schedule and sign.
 OPTIMIZERS = {
-    "adamw": lambda lr, c: optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=0.0),
-    "adam": lambda lr, c: optax.adam(lr, b1=c.b1, b2=c.b2, eps=c.eps),
-    "sgd": lambda lr, c: optax.sgd(lr, momentum=c.momentum or None),
-    "lion": lambda lr, c: optax.lion(lr, b1=c.b1, b2=c.b2),
-    "adafactor": lambda lr, c: optax.adafactor(lr),
+    "adamw": lambda c: optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps),
+    "adam": lambda c: optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps),
+    "sgd": lambda c: optax.trace(decay=c.momentum) if c.momentum else optax.identity(),
+    "lion": lambda c: optax.scale_by_lion(b1=c.b1, b2=c.b2),
+    "adafactor": lambda c: optax.scale_by_factored_rms(),
 }
 SCHEDULES = ("cosine", "rsqrt", "linear", "constant")
 
@@ -70,7 +71,7 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
     chain = []
     if config.clip_norm:
         chain.append(optax.clip_by_global_norm(config.clip_norm))
-    chain.append(OPTIMIZERS[config.name](1.0, config))
+    chain.append(OPTIMIZERS[config.name](config))
     if config.weight_decay:
         decay_mask = jax.tree.map(lambda excluded: not excluded, path_mask(params, config.wd_exclude))
         chain.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))

@@ -1,0 +1,56 @@
+"""CLI: `python -m vlm_jax.main --config experiments/x.py[:arg] --workdir DIR [--config.key=value ...]`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Splits CLI flags from `--config.key=value` overrides."""
+    from vlm_jax.config import split_cli_overrides
+
+    overrides, rest = split_cli_overrides(argv)
+    parser = argparse.ArgumentParser(prog="python -m vlm_jax.main", description=__doc__)
+    parser.add_argument("--config", required=True, help="experiments/<file>.py[:arg]")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, results.json go here")
+    parser.add_argument("--print_config", action="store_true", help="print the final config and exit")
+    parser.add_argument("--coordinator_address", default=None, help="multi-host: host:port of process 0")
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+    return parser.parse_args(rest), overrides
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Loads the config, trains (or resumes) and prints the results table."""
+    args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=os.environ.get("VLM_JAX_LOGLEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import jax
+
+    if args.coordinator_address or os.environ.get("VLM_JAX_DISTRIBUTED"):
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+    from vlm_jax.config import ConfigError, apply_overrides, load_config
+    from vlm_jax.evals.report import format_results
+    from vlm_jax.train.trainer import finalize_config, train
+
+    try:
+        config = apply_overrides(finalize_config(load_config(args.config)), overrides)
+    except ConfigError as err:
+        raise SystemExit(f"Config error: {err}") from None
+    if args.print_config:
+        print(config)
+        return {}
+    out = train(config, args.workdir)
+    if jax.process_index() == 0:
+        print(format_results(out["evals"], title=f"{args.config} — {out['step']} steps, "
+                                                 f"{out['train_seconds'] / 60:.1f} min training"))
+        print(f"\nResults: {os.path.join(args.workdir, 'results.json')}; curves: "
+              f"{os.path.join(args.workdir, 'metrics.jsonl')}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
