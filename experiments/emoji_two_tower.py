@@ -34,8 +34,10 @@ def get_config(arg=None):
     c.eval_every = 0
 
     c.data = dict(name="emoji", data_dir="", image_size=image_size, text_len=16,
-                  augment=dict(crop_scale=(0.6, 1.0), flip=0.0, color_jitter=0.4, hue=0.1, grayscale=0.1,
-                               blur=0.2, posterize=0.2, outline=0.3))
+                  augment=dict(crop=dict(scale=(0.6, 1.0)), grayscale=0.1,
+                               jitter=dict(p=0.8, brightness=0.3, contrast=0.3, saturation=0.4, hue=0.1),
+                               blur=dict(p=0.2, sigma=(0.1, 1.0)), flatten=dict(p=0.2, colors=(3, 12)),
+                               outline=dict(p=0.3, width=(1, 2))))
     c.model = dict(
         image=dict(posemb="learn", pool_type="map", **image),
         text=dict(vocab_size=0, causal=True, pool_type="last", max_len=16, **text),  # vocab from tokenizer

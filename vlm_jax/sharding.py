@@ -38,6 +38,8 @@ def make_mesh(spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | Non
         if len(devices) % known:
             raise ValueError(f"{len(devices)} devices do not divide into mesh {list(spec)}")
         sizes[sizes.index(-1)] = len(devices) // known
+    if -1 not in [int(s) for _, s in spec] and math.prod(sizes) < len(devices) and jax.process_count() == 1:
+        devices = devices[:math.prod(sizes)]  # a smaller mesh on one host uses the first devices
     if math.prod(sizes) != len(devices):
         raise ValueError(f"Mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
     auto = (jax.sharding.AxisType.Auto,) * len(names)
@@ -82,13 +84,19 @@ def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, min_size: int) -> P:
     return P(*fitted)
 
 
+def unbox_abstract(tree: Any) -> Any:
+    """Strips logical-axis boxes without adding sharding constraints (safe outside jit)."""
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.Partitioned) else x,
+                        tree, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
 def tree_shardings(abstract_boxed: Any, mesh: Mesh, rules: Sequence[Sequence[Any]] = DEFAULT_RULES,
                    min_size: int = 2 ** 12) -> Any:
     """NamedShardings for a tree of (possibly logically boxed) abstract arrays."""
     rules = rules_for_mesh(mesh, rules)
     specs = nn.get_partition_spec(abstract_boxed)
     mesh_specs = nn.logical_to_mesh(specs, rules)
-    unboxed = nn.unbox(abstract_boxed)
+    unboxed = unbox_abstract(abstract_boxed)
 
     def one(spec: Any, leaf: Any) -> NamedSharding:
         spec = spec if isinstance(spec, P) else P()

@@ -1,0 +1,1 @@
+"""Data layer: emoji concepts, TFDS dataset, tokenizer, image ops, grain pipeline, Fashion-MNIST."""

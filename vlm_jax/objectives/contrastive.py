@@ -72,5 +72,9 @@ class ContrastiveObjective(Objective):
         text_fn = lambda p, t: model.apply({"params": p}, None, t)[0][1]  # noqa: E731
         return Embedder(image_fn, text_fn, self.data.tokenize, batch_size=self.config.evals.get("batch_size", 256))
 
-    def evaluators(self) -> dict[str, Evaluator]:
+    @functools.cached_property
+    def _evaluators(self) -> dict[str, Evaluator]:
         return self.data.evaluators(self.embedder, self.config.evals)
+
+    def evaluators(self) -> dict[str, Evaluator]:
+        return self._evaluators

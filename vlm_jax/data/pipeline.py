@@ -1,0 +1,86 @@
+"""Grain input pipelines over the vlm_emoji TFDS data source.
+
+Train elements: {"image": float32 [b, S, S, 3] in [-1, 1], "text": int32 [b, L], "concept": int32 [b]}.
+Deterministic given the seed (shuffle is re-seeded each epoch; augmentation and template choice use the
+per-element rng of `random_map`) and exactly resumable with `get_state()` / `set_state()`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from vlm_jax.data import emoji_tfds, ops
+from vlm_jax.data.tokenizer import EVAL_TEMPLATE, TRAIN_TEMPLATES, Tokenizer
+
+
+class _Preprocess(grain.transforms.RandomMap):
+    """Decode -> augment -> normalize; caption = random template filled with the name -> tokens."""
+
+    def __init__(self, tokenizer: Tokenizer, image_size: int, text_len: int, augment: dict, templates: Sequence[str]):
+        self.tokenizer, self.image_size, self.text_len = tokenizer, image_size, text_len
+        self.augment, self.templates = dict(augment), tuple(templates)
+
+    def random_map(self, ex: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One example -> model inputs."""
+        img = ops.augment(np.asarray(ex["image"], np.uint8), rng, self.augment, self.image_size)
+        name = ex["name"].decode() if isinstance(ex["name"], bytes) else str(ex["name"])
+        caption = self.templates[int(rng.integers(len(self.templates)))].format(name)
+        return {
+            "image": ops.normalize(img),
+            "text": self.tokenizer.encode([caption], self.text_len)[0],
+            "concept": np.int32(ex["concept"]),
+        }
+
+
+def make_train_dataset(
+    data_dir: str | Path,
+    split: str,
+    tokenizer: Tokenizer,
+    *,
+    image_size: int,
+    text_len: int,
+    batch_size: int,
+    seed: int,
+    augment: dict | None = None,
+    templates: Sequence[str] = TRAIN_TEMPLATES,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 2,
+    prefetch: int = 8,
+    prepared_size: int = 64,
+    max_concepts: int | None = None,
+) -> grain.IterDataset:
+    """Infinite, shuffled, augmented, batched per-process training stream (drop_remainder)."""
+    src = emoji_tfds.data_source(data_dir, split, prepared_size, max_concepts)
+    ds = grain.MapDataset.source(src)[process_index::process_count]
+    if len(ds) < batch_size:
+        raise ValueError(f"shard has {len(ds)} examples < batch_size {batch_size}")
+    ds = ds.shuffle(seed=seed).repeat(None)
+    ds = ds.random_map(_Preprocess(tokenizer, image_size, text_len, augment or {}, templates), seed=seed + 1)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+
+
+def make_eval_arrays(
+    data_dir: str | Path,
+    split: str,
+    *,
+    image_size: int,
+    tokenizer: Tokenizer | None = None,
+    text_len: int | None = None,
+    template: str = EVAL_TEMPLATE,
+    prepared_size: int = 64,
+    max_concepts: int | None = None,
+) -> dict[str, Any]:
+    """Whole split, no augmentation: image float32 [N,S,S,3] in [-1,1] plus metadata (and "text" tokens of
+    `template` per concept when a tokenizer is given), sorted by concept id."""
+    d = emoji_tfds.load_split(data_dir, split, prepared_size, max_concepts)
+    d["image"] = np.stack([ops.normalize(ops.resize(x, image_size)) for x in d["image"]])
+    if tokenizer is not None:
+        if text_len is None:
+            raise ValueError("text_len is required with a tokenizer")
+        d["text"] = tokenizer.encode([template.format(n) for n in d["name"]], text_len)
+    return d

@@ -1,0 +1,180 @@
+"""Shared transformer building blocks with logical-axis sharding annotations."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Aux = dict[str, Any]
+
+_lp = nn.with_logical_partitioning
+_constrain = nn.with_logical_constraint
+BSE = ("batch", "seq", "embed")
+BSM = ("batch", "seq", "mlp")
+BSHK = ("batch", "seq", "heads", "kv")
+REMAT_POLICIES = ("none", "full", "minimal")
+
+
+def dense(features: int, names: tuple, dtype_mm: str, *, kernel_init: Callable = nn.initializers.xavier_uniform(),
+          bias_init: Callable = nn.initializers.zeros, name: str | None = None) -> nn.Dense:
+    """nn.Dense with logically partitioned kernel/bias and matmuls in dtype_mm."""
+    return nn.Dense(features, dtype=jnp.dtype(dtype_mm), param_dtype=jnp.float32, name=name,
+                    kernel_init=_lp(kernel_init, names), bias_init=_lp(bias_init, names[-1:]))
+
+
+def layer_norm(name: str | None = None) -> nn.LayerNorm:
+    """LayerNorm (float32) whose scale/bias are partitioned along "embed"."""
+    return nn.LayerNorm(dtype=jnp.float32, param_dtype=jnp.float32, name=name,
+                        scale_init=_lp(nn.initializers.ones, ("embed",)),
+                        bias_init=_lp(nn.initializers.zeros, ("embed",)))
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.) -> Array:
+    """Fixed 2-D sin-cos position embedding (MAE / big_vision layout), [1, h*w, width] float32."""
+    if width % 4:
+        raise ValueError(f"sincos2d posemb needs width divisible by 4, got {width}")
+    n = width // 4
+    omega = 1.0 / temperature ** (np.arange(n, dtype=np.float64) / max(n - 1, 1))
+    y, x = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+    xo, yo = x.reshape(-1, 1) * omega, y.reshape(-1, 1) * omega
+    pe = np.concatenate([np.sin(xo), np.cos(xo), np.sin(yo), np.cos(yo)], axis=1)
+    return jnp.asarray(pe[None], jnp.float32)
+
+
+def posemb_learned(mdl: nn.Module, name: str, length: int, width: int) -> Array:
+    """Creates (inside a compact module) a learned [1, length, width] position embedding."""
+    init = _lp(nn.initializers.normal(stddev=1 / np.sqrt(width)), (None, None, "embed"))
+    return mdl.param(name, init, (1, length, width), jnp.float32)
+
+
+class MlpBlock(nn.Module):
+    """Transformer MLP: Dense(embed->mlp), GELU, dropout, Dense(mlp->embed)."""
+    mlp_dim: int | None = None
+    dropout: float = 0.0
+    gelu_approximate: bool = True
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+        d = x.shape[-1]
+        h = dense(self.mlp_dim or 4 * d, ("embed", "mlp"), self.dtype_mm, bias_init=nn.initializers.normal(1e-6))(x)
+        h = _constrain(nn.gelu(h, approximate=self.gelu_approximate), BSM)
+        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        return dense(d, ("mlp", "embed"), self.dtype_mm, bias_init=nn.initializers.normal(1e-6))(h)
+
+
+class Attention(nn.Module):
+    """Multi-head dot-product attention with explicit (embed, heads, kv) projections and fp32 softmax."""
+    num_heads: int
+    head_dim: int | None = None
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array, x_kv: Array | None = None, mask: Array | None = None) -> Array:
+        """x [B, Lq, D], x_kv [B, Lk, D] (default x), mask bool broadcastable to [B, heads, Lq, Lk]."""
+        x_kv = x if x_kv is None else x_kv
+        d = x.shape[-1]
+        hd = self.head_dim or d // self.num_heads
+        dt = jnp.dtype(self.dtype_mm)
+        qkv_init = _lp(nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2)), ("embed", "heads", "kv"))
+        b_init = _lp(nn.initializers.zeros, ("heads", "kv"))
+
+        def proj(name: str, inp: Array) -> Array:
+            w = self.param(f"{name}_kernel", qkv_init, (d, self.num_heads, hd), jnp.float32)
+            b = self.param(f"{name}_bias", b_init, (self.num_heads, hd), jnp.float32)
+            y = jnp.einsum("bld,dhk->blhk", inp.astype(dt), w.astype(dt)) + b.astype(dt)
+            return _constrain(y, BSHK)
+
+        q, k, v = proj("query", x), proj("key", x_kv), proj("value", x_kv)
+        logits = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) / np.sqrt(hd)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+        o = _constrain(jnp.einsum("bhqs,bshk->bqhk", probs, v), BSHK)
+        wo = self.param("out_kernel", _lp(nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
+                                          ("heads", "kv", "embed")), (self.num_heads, hd, d), jnp.float32)
+        bo = self.param("out_bias", _lp(nn.initializers.zeros, ("embed",)), (d,), jnp.float32)
+        return jnp.einsum("bqhk,hkd->bqd", o, wo.astype(dt)) + bo.astype(dt)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN transformer block; returns (x, None) so it can be scanned."""
+    mlp_dim: int
+    num_heads: int
+    dropout: float = 0.0
+    gelu_approximate: bool = True
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> tuple[Array, None]:
+        x = _constrain(x, BSE)
+        y = Attention(self.num_heads, dtype_mm=self.dtype_mm, name="attn")(layer_norm("ln_attn")(x), mask=mask)
+        x = _constrain(x + nn.Dropout(self.dropout)(y, deterministic=deterministic), BSE)
+        y = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.dtype_mm, name="mlp")(
+            layer_norm("ln_mlp")(x), deterministic=deterministic)
+        x = _constrain(x + nn.Dropout(self.dropout)(y, deterministic=deterministic), BSE)
+        return x, None
+
+
+def _remat_policy(name: str) -> Callable | None:
+    """Maps a remat policy name to a jax.checkpoint policy (None = save nothing)."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {name!r}")
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable if name == "minimal" else None
+
+
+class Encoder(nn.Module):
+    """Stack of `depth` EncoderBlocks plus a final LayerNorm, optionally scanned and/or rematerialised."""
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    dropout: float = 0.0
+    gelu_approximate: bool = True
+    scan: bool = False
+    remat_policy: str = "none"
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> tuple[Array, Aux]:
+        block = EncoderBlock
+        policy = _remat_policy(self.remat_policy)
+        if self.remat_policy != "none":
+            block = nn.remat(block, prevent_cse=not self.scan, static_argnums=(3,), policy=policy)
+        kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
+                  gelu_approximate=self.gelu_approximate, dtype_mm=self.dtype_mm)
+        aux: Aux = {}
+        if self.scan:
+            scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                              in_axes=(nn.broadcast, nn.broadcast), length=self.depth,
+                              metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = scanned(name="encoderblock", **kw)(x, mask, not train)
+        else:
+            for i in range(self.depth):
+                x, _ = block(name=f"encoderblock_{i}", **kw)(x, mask, not train)
+                aux[f"block{i:02d}"] = x
+        aux["pre_ln"] = x
+        return _constrain(layer_norm("encoder_norm")(x), BSE), aux
+
+
+class MAPHead(nn.Module):
+    """Multihead attention pooling with a learned probe; returns [B, D]."""
+    num_heads: int = 12
+    mlp_dim: int | None = None
+    gelu_approximate: bool = True
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        """x [B, L, D]; mask [B, L] bool marks valid keys."""
+        b, _, d = x.shape
+        probe = self.param("probe", _lp(nn.initializers.xavier_uniform(), (None, None, "embed")), (1, 1, d))
+        probe = jnp.broadcast_to(probe, (b, 1, d))
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        x = Attention(self.num_heads, dtype_mm=self.dtype_mm, name="attn")(probe, x, mask=attn_mask)
+        y = layer_norm("ln")(x)
+        x = x + MlpBlock(self.mlp_dim, gelu_approximate=self.gelu_approximate, dtype_mm=self.dtype_mm, name="mlp")(y)
+        return x[:, 0]

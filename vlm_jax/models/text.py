@@ -1,0 +1,72 @@
+"""Text transformer encoder (causal or bidirectional) over right-padded token ids."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlm_jax.models import layers
+
+Array = jax.Array
+POOL_TYPES = ("last", "first", "map", "gap")
+
+
+class TextTransformer(nn.Module):
+    """Token embedding + learned posemb + pre-LN encoder + pooling + optional linear head."""
+    vocab_size: int
+    width: int = 512
+    depth: int = 12
+    mlp_dim: int = 2048
+    num_heads: int = 8
+    causal: bool = True
+    pool_type: str = "last"
+    num_classes: int | None = None
+    pad_id: int = 0
+    max_len: int = 64
+    dropout: float = 0.0
+    scan: bool = False
+    remat_policy: str = "none"
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, tokens: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
+        if self.pool_type not in POOL_TYPES:
+            raise ValueError(f"pool_type must be one of {POOL_TYPES}, got {self.pool_type!r}")
+        b, length = tokens.shape
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
+        aux: dict[str, Array] = {}
+        emb_init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("vocab", "embed"))
+        x = nn.Embed(self.vocab_size, self.width, embedding_init=emb_init, name="embedding")(tokens)
+        pe = layers.posemb_learned(self, "pos_embedding", self.max_len, self.width)
+        x = x + pe[:, :length]
+        aux["embedded"] = x
+        x = nn.with_logical_constraint(nn.Dropout(self.dropout)(x, deterministic=not train), layers.BSE)
+
+        valid = tokens != self.pad_id  # [B, L]
+        mask = jnp.broadcast_to(valid[:, None, None, :], (b, 1, length, length))
+        if self.causal:
+            mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
+        x, enc_aux = layers.Encoder(depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                                    dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
+                                    dtype_mm=self.dtype_mm, name="Encoder_0")(x, mask, train=train)
+        aux.update({f"encoder/{k}": v for k, v in enc_aux.items()})
+        aux["encoded"] = x
+
+        if self.pool_type == "last":
+            idx = jnp.maximum(jnp.sum(valid, axis=1) - 1, 0)
+            x = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
+        elif self.pool_type == "first":
+            x = x[:, 0]
+        elif self.pool_type == "gap":
+            w = valid.astype(x.dtype)[..., None]
+            x = jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+        else:
+            x = layers.MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm,
+                               name="MAPHead_0")(x, valid)
+        aux["pre_logits"] = x
+        if self.num_classes is None:
+            return x, aux
+        x = layers.dense(self.num_classes, ("embed", None), self.dtype_mm, name="head")(x)
+        aux["logits"] = x
+        return x, aux

@@ -1,0 +1,112 @@
+"""Vision Transformer image encoder."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlm_jax.models import layers
+
+Array = jax.Array
+
+# name: (width, depth, mlp_dim, num_heads)
+VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "So400m": (1152, 27, 4304, 16),
+    "H": (1280, 32, 5120, 16),
+    "g": (1408, 40, 6144, 16),
+    "G": (1664, 48, 8192, 16),
+}
+POOL_TYPES = ("gap", "map", "tok", "none")
+
+
+def parse_variant(variant: str) -> dict[str, Any]:
+    """Parses "B/16" (or "B") into ViT size kwargs; patch_size only when given."""
+    name, _, patch = variant.partition("/")
+    if name not in VARIANTS:
+        raise ValueError(f"Unknown ViT variant {name!r}; valid: {', '.join(VARIANTS)}")
+    width, depth, mlp_dim, num_heads = VARIANTS[name]
+    out: dict[str, Any] = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
+    if patch:
+        out["patch_size"] = (int(patch), int(patch))
+    return out
+
+
+class ViT(nn.Module):
+    """ViT: conv patchify, posemb, pre-LN encoder, pooling, optional linear head."""
+    variant: str | None = None
+    width: int = 768
+    depth: int = 12
+    mlp_dim: int = 3072
+    num_heads: int = 12
+    patch_size: Sequence[int] = (16, 16)
+    posemb: str = "learn"
+    pool_type: str = "gap"
+    num_classes: int | None = None
+    head_zeroinit: bool = False
+    dropout: float = 0.0
+    scan: bool = False
+    remat_policy: str = "none"
+    dtype_mm: str = "float32"
+
+    def _cfg(self) -> dict[str, Any]:
+        """Size fields, overridden by `variant` when set."""
+        cfg = dict(width=self.width, depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
+                   patch_size=tuple(self.patch_size))
+        if self.variant is not None:
+            cfg.update(parse_variant(self.variant))
+        return cfg
+
+    @nn.compact
+    def __call__(self, image: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
+        c = self._cfg()
+        d, patch = c["width"], c["patch_size"]
+        if self.pool_type not in POOL_TYPES:
+            raise ValueError(f"pool_type must be one of {POOL_TYPES}, got {self.pool_type!r}")
+        aux: dict[str, Array] = {}
+        x = nn.Conv(d, patch, strides=patch, padding="VALID", dtype=jnp.dtype(self.dtype_mm),
+                    param_dtype=jnp.float32, name="embedding",
+                    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(image)
+        aux["stem"] = x
+        b, h, w, _ = x.shape
+        x = x.reshape(b, h * w, d)
+        if self.posemb == "learn":
+            pe = layers.posemb_learned(self, "pos_embedding", h * w, d)
+        elif self.posemb == "sincos2d":
+            pe = layers.posemb_sincos_2d(h, w, d)
+        else:
+            raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {self.posemb!r}")
+        x = x + pe.astype(x.dtype)
+        aux["with_posemb"] = x
+        if self.pool_type == "tok":
+            cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
+                             (1, 1, d), jnp.float32)
+            x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(x.dtype), x], axis=1)
+        x = nn.Dropout(self.dropout)(x, deterministic=not train)
+        x = nn.with_logical_constraint(x, layers.BSE)
+        x, enc_aux = layers.Encoder(depth=c["depth"], mlp_dim=c["mlp_dim"], num_heads=c["num_heads"],
+                                    dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
+                                    dtype_mm=self.dtype_mm, name="Transformer")(x, train=train)
+        aux.update({f"encoder/{k}": v for k, v in enc_aux.items()})
+        aux["encoded"] = x
+        if self.pool_type == "map":
+            x = layers.MAPHead(num_heads=c["num_heads"], mlp_dim=c["mlp_dim"], dtype_mm=self.dtype_mm,
+                               name="MAPHead_0")(x)
+        elif self.pool_type == "gap":
+            x = jnp.mean(x, axis=1)
+        elif self.pool_type == "tok":
+            x = x[:, 0]
+        aux["pre_logits"] = x
+        if self.num_classes is None:
+            return x, aux
+        init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.xavier_uniform()
+        x = layers.dense(self.num_classes, ("embed", None), self.dtype_mm, kernel_init=init, name="head")(x)
+        aux["logits"] = x
+        return x, aux
