@@ -11,8 +11,8 @@ SIZES = {
     # image tower, text tower, embedding dim, image px
     "test": (dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=(8, 8)),
              dict(width=32, depth=1, mlp_dim=64, num_heads=2), 32, 32),
-    "small": (dict(width=256, depth=6, mlp_dim=1024, num_heads=4, patch_size=(4, 4)),
-              dict(width=256, depth=4, mlp_dim=1024, num_heads=4), 256, 32),
+    "small": (dict(width=128, depth=4, mlp_dim=512, num_heads=4, patch_size=(8, 8)),
+              dict(width=128, depth=2, mlp_dim=512, num_heads=4), 128, 32),
 }
 
 

@@ -93,10 +93,17 @@ def render_rgba(e: str, style: str) -> Image.Image:
     return im
 
 
-def to_square_rgb(im: Image.Image, size: int) -> np.ndarray:
-    """Composite RGBA on white, pad to a centred square, area-resize (BOX) to uint8 [size, size, 3]."""
+def to_square_rgb(im: Image.Image, size: int, margin: float = 0.04) -> np.ndarray:
+    """Crop to the drawn pixels (alpha > 0), centre on a white square with a small margin, BOX-resize.
+
+    Cropping to the content removes the fonts' different framing (a Noto face fills ~82% of its canvas,
+    an OpenMoji face ~66%), so both styles are compared at the same scale.
+    """
+    box = im.getchannel("A").getbbox()
+    if box is not None:
+        im = im.crop(box)
     w, h = im.size
-    side = max(w, h)
+    side = max(w, h) + 2 * int(round(margin * max(w, h)))
     square = Image.new("RGBA", (side, side), (255, 255, 255, 255))
     square.alpha_composite(im, ((side - w) // 2, (side - h) // 2))
     rgb = square.convert("RGB")

@@ -62,8 +62,8 @@ def _png(arr: np.ndarray) -> bytes:
 class VlmEmoji(tfds.core.GeneratorBasedBuilder):
     """Emoji image/name pairs in two styles."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Renders cropped to their drawn pixels."}
     BUILDER_CONFIGS = [VlmEmojiConfig(name="s64", image_size=64)]
 
     @tfds_utils.classproperty

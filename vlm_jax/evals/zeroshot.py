@@ -22,6 +22,8 @@ class EvalSet:
     class_images: np.ndarray  # float32 [C, H, W, 3]: a training-style image of each class (pixel baseline)
     subsets: dict[str, np.ndarray] = field(default_factory=dict)  # name → bool mask over queries
     retrieval: bool = True  # image↔caption retrieval over the query pool (needs one query per class)
+    pixel_images: np.ndarray | None = None  # baseline inputs at their own resolution (default: `images`)
+    pixel_class_images: np.ndarray | None = None
 
 
 def _mean_hits(hits: dict[int, np.ndarray], subsets: dict[str, np.ndarray], name: str) -> dict[str, float]:
@@ -70,7 +72,9 @@ class ZeroShotEvaluator:
 
     def __init__(self, embedder: Embedder, sets: dict[str, EvalSet], templates: Sequence[str]):
         self.embedder, self.sets, self.templates = embedder, sets, list(templates)
-        self._pixels = {name: (pixel_features(s.images), pixel_features(s.class_images))
+        self._pixels = {name: (pixel_features(s.images if s.pixel_images is None else s.pixel_images),
+                               pixel_features(s.class_images if s.pixel_class_images is None
+                                              else s.pixel_class_images))
                         for name, s in sets.items()}
 
     def class_embeddings(self, params: Any, names: list[str]) -> np.ndarray:

@@ -122,13 +122,13 @@ class Setup:
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         extra = self.objective.after_update(params, extra)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         stepped = state.replace(step=state.step + 1)
         new = stepped.replace(params=params, opt_state=opt_state, extra=extra)
         new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, stepped)  # a bad step changes nothing
         metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=self.schedule(state.step),
-                       param_norm=optax.global_norm(params), nonfinite=(~ok).astype(jnp.int32))
+                       param_norm=optax.tree.norm(params), nonfinite=(~ok).astype(jnp.int32))
         return new, metrics
 
 
