@@ -34,6 +34,7 @@ def get_config(arg=None):
     c.eval_every = 0
 
     c.data = dict(name="emoji", data_dir="", image_size=image_size, text_len=16,
+                  train_styles=("noto", "twitter", "facebook"),
                   augment=dict(crop=dict(scale=(0.6, 1.0)), grayscale=0.1,
                                jitter=dict(p=0.8, brightness=0.3, contrast=0.3, saturation=0.4, hue=0.1),
                                blur=dict(p=0.2, sigma=(0.1, 1.0)), flatten=dict(p=0.2, colors=(3, 12)),

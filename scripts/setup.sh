@@ -11,6 +11,7 @@ need=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
 [ -f /usr/share/unifont/unifont.hex ] || need+=(unifont)
 ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1 || need+=(libtcmalloc-minimal4)
+command -v npm >/dev/null 2>&1 || need+=(npm)  # `npm pack` fetches the extra emoji image sets
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   echo "[setup] apt-get install ${need[*]}"

@@ -5,6 +5,7 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 _ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VLM_JAX_DATA_DIR", str(_ROOT / "data_cache"))
+os.environ.setdefault("VLM_JAX_NPM_CACHE", str(_ROOT / "data_cache" / "npm"))  # shared by tmp-dir datasets
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -1,6 +1,7 @@
 """TFDS array_record dataset "vlm_emoji": Noto (train) and OpenMoji (eval) renders of the emoji concepts.
 
-Splits: "train" = Noto renders of seen concepts; "noto" / "openmoji" = all concepts in that style.
+Splits: "train" = Noto renders of seen concepts; "noto" / "openmoji" = all concepts in that style;
+"twitter" / "facebook" = the concepts those npm image sets draw (extra training styles, see emoji_sets).
 The seen/unseen split (seed 0, 10% unseen, stratified by flag) and a SentencePiece tokenizer trained on
 the train captions are made at prepare time; the tokenizer file lives next to the dataset files.
 Works without TensorFlow: images are yielded as PNG bytes and read back with `as_data_source()`.
@@ -13,19 +14,27 @@ import io
 from pathlib import Path
 from typing import Any
 
+import os
+
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 from tensorflow_datasets.core import utils as tfds_utils
 
-from vlm_jax.data import emoji, tokenizer
+from vlm_jax.data import emoji, emoji_sets, tokenizer
 
 UNSEEN_FRACTION = 0.1
 SPLIT_SEED = 0
 TOKENIZER_FILE = "tokenizer.model"
 TOKENIZER_VOCAB = 1024
-SPLITS: tuple[str, ...] = ("train", "noto", "openmoji")
+EXTRA_STYLES: tuple[str, ...] = tuple(emoji_sets.NPM_SETS)
+SPLITS: tuple[str, ...] = ("train", "noto", "openmoji") + EXTRA_STYLES
+
+
+def npm_cache(data_dir: str | Path) -> Path:
+    """Where npm tarballs are kept: $VLM_JAX_NPM_CACHE or <data_dir>/npm."""
+    return Path(os.environ.get("VLM_JAX_NPM_CACHE") or Path(data_dir) / "npm")
 
 
 @dataclasses.dataclass(eq=False)
@@ -62,8 +71,9 @@ def _png(arr: np.ndarray) -> bytes:
 class VlmEmoji(tfds.core.GeneratorBasedBuilder):
     """Emoji image/name pairs in two styles."""
 
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Renders cropped to their drawn pixels."}
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "Renders cropped to their drawn pixels.",
+                     "1.2.0": "Twitter and Facebook styles from npm image sets."}
     BUILDER_CONFIGS = [VlmEmojiConfig(name="s64", image_size=64)]
 
     @tfds_utils.classproperty
@@ -98,18 +108,27 @@ class VlmEmoji(tfds.core.GeneratorBasedBuilder):
         concepts = subset_concepts(emoji.select_concepts(cfg.image_size), cfg.max_concepts)
         unseen = emoji.split_concepts(concepts, UNSEEN_FRACTION, SPLIT_SEED)
         seen = [c for c in concepts if c.id not in unseen]
-        return {
+        splits = {
             "train": self._generate_examples(seen, "noto", unseen),
             "noto": self._generate_examples(concepts, "noto", unseen),
             "openmoji": self._generate_examples(concepts, "openmoji", unseen),
         }
+        cache = npm_cache(self._data_dir_root)
+        for style in EXTRA_STYLES:
+            images = emoji_sets.load_images(style, [c.emoji for c in concepts], cfg.image_size, cache)
+            splits[style] = self._generate_examples(concepts, style, unseen, images)
+        return splits
 
-    def _generate_examples(self, concepts: list[emoji.Concept], style: str, unseen: set[int]):
-        """One example per concept, keyed by concept id."""
+    def _generate_examples(self, concepts: list[emoji.Concept], style: str, unseen: set[int],
+                           images: dict[str, np.ndarray] | None = None):
+        """One example per concept (that the style draws), keyed by concept id."""
         size = self.builder_config.image_size
         for c in concepts:
+            if images is not None and c.emoji not in images:
+                continue
+            image = images[c.emoji] if images is not None else emoji.render(c.emoji, style, size)
             yield c.id, {
-                "image": _png(emoji.render(c.emoji, style, size)),
+                "image": _png(image),
                 "name": c.name,
                 "emoji": c.emoji,
                 "concept": c.id,

@@ -54,7 +54,7 @@ class EmojiPairs:
     """Noto-rendered emoji with their CLDR names; cross-style (OpenMoji) and unseen-concept evaluation."""
 
     DEFAULTS = dict(name="emoji", data_dir="", image_size=32, text_len=16, augment={}, templates=None,
-                    max_concepts=0, num_threads=2)
+                    max_concepts=0, num_threads=2, train_styles=("noto",))
 
     def __init__(self, config: ml_collections.ConfigDict):
         allowed = ml_collections.ConfigDict(self.DEFAULTS)
@@ -68,6 +68,7 @@ class EmojiPairs:
         self.templates = list(cfg["templates"] or TRAIN_TEMPLATES)
         self.max_concepts = int(cfg["max_concepts"]) or None
         self.num_threads = int(cfg["num_threads"])
+        self.train_styles = tuple(cfg["train_styles"])
         emoji_tfds.prepare(self.data_dir, image_size=PREPARED_SIZE, max_concepts=self.max_concepts)
         self.tokenizer = Tokenizer(emoji_tfds.tokenizer_path(self.data_dir, PREPARED_SIZE, self.max_concepts))
 
@@ -86,10 +87,23 @@ class EmojiPairs:
             self.data_dir, "train", self.tokenizer, image_size=self.image_size, text_len=self.text_len,
             batch_size=batch_size, seed=seed, augment=self.augment, templates=self.templates,
             process_index=process_index, process_count=process_count, prepared_size=PREPARED_SIZE,
-            max_concepts=self.max_concepts, num_threads=self.num_threads)
+            max_concepts=self.max_concepts, num_threads=self.num_threads, styles=self.train_styles)
 
     def _split(self, split: str) -> dict[str, Any]:
         return emoji_tfds.load_split(self.data_dir, split, image_size=PREPARED_SIZE, max_concepts=self.max_concepts)
+
+    def _style_references(self, noto: dict[str, Any], size: int) -> np.ndarray:
+        """[S, C, size, size, 3]: each class drawn in every training style (Noto where a style lacks it)."""
+        refs = []
+        for style in self.train_styles:
+            if style == "noto":
+                refs.append(_prep_images(noto["image"], size))
+                continue
+            other = self._split(style)
+            by_concept = dict(zip(other["concept"].tolist(), other["image"]))
+            images = [by_concept.get(int(c), img) for c, img in zip(noto["concept"], noto["image"])]
+            refs.append(_prep_images(np.stack(images), size))
+        return np.stack(refs)
 
     def eval_sets(self, names: list[str]) -> dict[str, EvalSet]:
         """Cross-style (OpenMoji) seen concepts, unseen concepts, and Fashion-MNIST."""
@@ -103,7 +117,7 @@ class EmojiPairs:
             names_all = [str(n) for n in noto["name"]]
             noto_img = _prep_images(noto["image"], self.image_size)
             om_img = _prep_images(omoji["image"], self.image_size)
-            noto_px = _prep_images(noto["image"], PIXEL_BASELINE_SIZE)
+            noto_px = self._style_references(noto, PIXEL_BASELINE_SIZE)
             om_px = _prep_images(omoji["image"], PIXEL_BASELINE_SIZE)
             seen = np.asarray(omoji["seen"], bool)
             flag = np.asarray(omoji["is_flag"], bool)
@@ -117,7 +131,7 @@ class EmojiPairs:
                 images=om_img[~seen], labels=np.array([remap[int(l)] for l in labels[~seen]], int),
                 class_names=[names_all[i] for i in unseen_cls], class_images=noto_img[unseen_cls],
                 subsets={"flag": flag[~seen], "nonflag": ~flag[~seen]},
-                pixel_images=om_px[~seen], pixel_class_images=noto_px[unseen_cls])
+                pixel_images=om_px[~seen], pixel_class_images=noto_px[:, unseen_cls])
         if "fashion_mnist" in names:
             images, labels = fashion_mnist.load_fashion_mnist("test")
             classes = list(fashion_mnist.CLASS_NAMES)

@@ -35,6 +35,40 @@ class _Preprocess(grain.transforms.RandomMap):
         }
 
 
+class _Rows:
+    """Random-access view of chosen rows of several sources, in order (a grain data source)."""
+
+    def __init__(self, parts: list[tuple[Any, np.ndarray]]):
+        self.parts = [(src, np.asarray(rows, np.int64)) for src, rows in parts]
+        self.offsets = np.cumsum([0] + [len(r) for _, r in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> Any:
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        src, rows = self.parts[part]
+        return src[int(rows[index - self.offsets[part]])]
+
+
+def train_source(data_dir: str | Path, styles: Sequence[str], prepared_size: int = 64,
+                 max_concepts: int | None = None) -> _Rows:
+    """Seen-concept examples of every training style ("noto" is the "train" split; others are filtered)."""
+    parts = []
+    for style in styles:
+        if style == "noto":
+            src = emoji_tfds.data_source(data_dir, "train", prepared_size, max_concepts)
+            parts.append((src, np.arange(len(src))))
+        elif style in emoji_tfds.EXTRA_STYLES:
+            src = emoji_tfds.data_source(data_dir, style, prepared_size, max_concepts)
+            seen = [bool(r["seen"]) for r in src.__getitems__(list(range(len(src))))]
+            parts.append((src, np.flatnonzero(seen)))
+        else:
+            raise ValueError(f"Unknown training style {style!r}; valid: {['noto', *emoji_tfds.EXTRA_STYLES]} "
+                             "(openmoji is the held-out evaluation style)")
+    return _Rows(parts)
+
+
 def make_train_dataset(
     data_dir: str | Path,
     split: str,
@@ -52,9 +86,16 @@ def make_train_dataset(
     prefetch: int = 8,
     prepared_size: int = 64,
     max_concepts: int | None = None,
+    styles: Sequence[str] | None = None,
 ) -> grain.IterDataset:
-    """Infinite, shuffled, augmented, batched per-process training stream (drop_remainder)."""
-    src = emoji_tfds.data_source(data_dir, split, prepared_size, max_concepts)
+    """Infinite, shuffled, augmented, batched per-process training stream (drop_remainder).
+
+    `styles` (e.g. ("noto", "twitter", "facebook")) replaces `split` with the seen concepts of each style.
+    """
+    if styles:
+        src = train_source(data_dir, styles, prepared_size, max_concepts)
+    else:
+        src = emoji_tfds.data_source(data_dir, split, prepared_size, max_concepts)
     ds = grain.MapDataset.source(src)[process_index::process_count]
     if len(ds) < batch_size:
         raise ValueError(f"shard has {len(ds)} examples < batch_size {batch_size}")

@@ -19,11 +19,11 @@ class EvalSet:
     images: np.ndarray  # float32 [Q, H, W, 3] in [-1, 1]
     labels: np.ndarray  # int [Q] indices into class_names
     class_names: list[str]
-    class_images: np.ndarray  # float32 [C, H, W, 3]: a training-style image of each class (pixel baseline)
+    class_images: np.ndarray  # float32 [C, H, W, 3]: a training-style image of each class
     subsets: dict[str, np.ndarray] = field(default_factory=dict)  # name → bool mask over queries
     retrieval: bool = True  # image↔caption retrieval over the query pool (needs one query per class)
     pixel_images: np.ndarray | None = None  # baseline inputs at their own resolution (default: `images`)
-    pixel_class_images: np.ndarray | None = None
+    pixel_class_images: np.ndarray | None = None  # [C, h, w, 3] or [S, C, h, w, 3]: one per training style
 
 
 def _mean_hits(hits: dict[int, np.ndarray], subsets: dict[str, np.ndarray], name: str) -> dict[str, float]:
@@ -36,10 +36,11 @@ def _mean_hits(hits: dict[int, np.ndarray], subsets: dict[str, np.ndarray], name
     return out
 
 
-def _retrieval_scores(img: np.ndarray, txt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(image→text, text→image) score matrices for a pool of aligned pairs."""
-    s = img @ txt.T
-    return s, s.T
+def _scores(queries: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """[Q, C] similarities; `classes` [S, C, F] (several references per class) takes the best one."""
+    if classes.ndim == 2:
+        return queries @ classes.T
+    return np.max(np.einsum("qf,scf->sqc", queries, classes), axis=0)
 
 
 def evaluate_set(ev: EvalSet, img_emb: np.ndarray, class_emb: np.ndarray,
@@ -49,12 +50,13 @@ def evaluate_set(ev: EvalSet, img_emb: np.ndarray, class_emb: np.ndarray,
     out: dict[str, float] = {}
     n_cls = len(ev.class_names)
     for who, q, c in (("model", img_emb, class_emb), ("pixel", pixel_query, pixel_class)):
-        res = _mean_hits(topk_hits(q @ c.T, ev.labels, ks), subsets, "top")
-        if ev.retrieval:
+        scores = _scores(q, c)
+        res = _mean_hits(topk_hits(scores, ev.labels, ks), subsets, "top")
+        if ev.retrieval:  # pool of aligned (image i, caption of label i) pairs
             pool = np.arange(len(ev.labels))
-            i2t, t2i = _retrieval_scores(q, c[ev.labels])
+            i2t = scores[:, ev.labels]
             res.update(_mean_hits(topk_hits(i2t, pool, ks), subsets, "i2t_R"))
-            res.update(_mean_hits(topk_hits(t2i, pool, ks), subsets, "t2i_R"))
+            res.update(_mean_hits(topk_hits(i2t.T, pool, ks), subsets, "t2i_R"))
         out.update({f"{k}/{who}": v for k, v in res.items()})
     for sub in subsets:
         for k in ks:
@@ -67,14 +69,21 @@ def evaluate_set(ev: EvalSet, img_emb: np.ndarray, class_emb: np.ndarray,
     return out
 
 
+def _class_pixel_features(ev: EvalSet) -> np.ndarray:
+    """[C, F] or [S, C, F] pixel features of the class reference images."""
+    refs = ev.class_images if ev.pixel_class_images is None else ev.pixel_class_images
+    if refs.ndim == 5:
+        return np.stack([pixel_features(r) for r in refs])
+    return pixel_features(refs)
+
+
 class ZeroShotEvaluator:
     """Evaluates several EvalSets with class prompts built from templates (embeddings averaged)."""
 
     def __init__(self, embedder: Embedder, sets: dict[str, EvalSet], templates: Sequence[str]):
         self.embedder, self.sets, self.templates = embedder, sets, list(templates)
         self._pixels = {name: (pixel_features(s.images if s.pixel_images is None else s.pixel_images),
-                               pixel_features(s.class_images if s.pixel_class_images is None
-                                              else s.pixel_class_images))
+                               _class_pixel_features(s))
                         for name, s in sets.items()}
 
     def class_embeddings(self, params: Any, names: list[str]) -> np.ndarray:
