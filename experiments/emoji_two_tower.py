@@ -2,7 +2,7 @@
 
   --config experiments/emoji_two_tower.py                    CLIP (InfoNCE), the default run
   --config experiments/emoji_two_tower.py:loss=siglip        SigLIP (sigmoid)
-  --config experiments/emoji_two_tower.py:loss=clip,steps=6000   the longer run
+  --config experiments/emoji_two_tower.py:steps=5000      the longer (~45 min) run
   --config experiments/emoji_two_tower.py:size=test          tiny model for tests
 """
 import ml_collections
@@ -19,7 +19,7 @@ SIZES = {
 def get_config(arg=None):
     """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N."""
     given = arg.to_dict() if isinstance(arg, ml_collections.ConfigDict) else {}
-    arg = ml_collections.ConfigDict(dict(loss="clip", size="small", steps=2000, batch=256))
+    arg = ml_collections.ConfigDict(dict(loss="clip", size="small", steps=1200, batch=256))
     unknown = set(given) - set(arg.keys())
     if unknown:
         raise ValueError(f"Unknown config arg(s) {sorted(unknown)}; valid: {sorted(arg.keys())}")

@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> dict:
     if jax.process_index() == 0:
         print(format_results(out["evals"], title=f"{args.config} — {out['step']} steps, "
                                                  f"{out['train_seconds'] / 60:.1f} min training"))
-        print(f"\nResults: {os.path.join(args.workdir, 'results.json')}; curves: "
-              f"{os.path.join(args.workdir, 'metrics.jsonl')}")
+        from vlm_jax.train.plot import plot_curves
+
+        png = plot_curves(args.workdir)
+        print(f"\nResults: {os.path.join(args.workdir, 'results.json')}; metrics: "
+              f"{os.path.join(args.workdir, 'metrics.jsonl')}; curves: {png}")
     return out
 
 
