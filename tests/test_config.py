@@ -46,3 +46,13 @@ def test_cli_split():
 def test_defaults_fill_missing_keys():
     c = finalize_config(ml_collections.ConfigDict({"total_steps": 5}))
     assert c.total_steps == 5 and c.optim.name == "adamw" and c.checkpoint.keep == 3
+
+
+def test_unknown_model_field_names_valid_ones():
+    from vlm_jax.train.objective import get_objective
+
+    c = finalize_config(load_config(EXP + ":size=test"))
+    with c.unlocked():
+        c.model.image.widht = 3
+    with pytest.raises(ConfigError, match="Did you mean 'width'"):
+        get_objective(c)

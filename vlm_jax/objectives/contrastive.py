@@ -1,6 +1,7 @@
 """CLIP (InfoNCE) and SigLIP (sigmoid) two-tower objectives on image–text pairs."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -12,7 +13,7 @@ import ml_collections
 from vlm_jax.config import unknown_key_error
 from vlm_jax.evals.embedder import Embedder
 from vlm_jax.losses import get_contrastive_loss
-from vlm_jax.models import TwoTower
+from vlm_jax.models import TextTransformer, TwoTower, ViT
 from vlm_jax.data import image_text as datasets
 from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
 
@@ -28,6 +29,12 @@ def _check_keys(section: ml_collections.ConfigDict, valid: tuple[str, ...], pref
             raise unknown_key_error(f"{prefix}.{key}", allowed, prefix)
 
 
+def _check_module_fields(section: Any, module: type, prefix: str) -> None:
+    """Raises on keys that are not fields of the Flax module, naming the valid ones."""
+    fields = tuple(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
+    _check_keys(ml_collections.ConfigDict(dict(section)), fields, prefix)
+
+
 @register("contrastive")
 class ContrastiveObjective(Objective):
     """Two towers + a contrastive loss (`config.loss.name`: infonce | sigmoid)."""
@@ -36,6 +43,8 @@ class ContrastiveObjective(Objective):
         super().__init__(config)
         _check_keys(config.model, MODEL_KEYS, "model")
         _check_keys(config.loss, LOSS_KEYS, "loss")
+        _check_module_fields(config.model.get("image", {}), ViT, "model.image")
+        _check_module_fields(config.model.get("text", {}), TextTransformer, "model.text")
         self.loss_fn = get_contrastive_loss(config.loss.get("name", "infonce"))
         self.data = datasets.get(config.data)
 
