@@ -1,4 +1,8 @@
-"""Test session setup: 8 simulated CPU devices, persistent compilation cache, shared prepared data."""
+"""Test session setup: 8 simulated CPU devices, shared prepared data.
+
+No persistent compilation cache: with jax 0.10.2, loading a cached multi-device CPU executable aborted the
+process (seen in test_sharding on a second run), so every test process compiles afresh.
+"""
 import os
 from pathlib import Path
 
@@ -12,9 +16,6 @@ import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # grain reads absl flags
-jax.config.update("jax_compilation_cache_dir", os.environ.get("VLM_JAX_TEST_CACHE", str(_ROOT / ".jax_cache")))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_configure(config):
