@@ -1,6 +1,6 @@
 """Data layer: emoji concepts and renders, TFDS round-trip, tokenizer, image ops, grain pipeline, Fashion-MNIST."""
 import itertools
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,14 +74,6 @@ def test_render(concepts):
             assert (emoji.render(c.emoji, style, 64) < 250).mean() > 0.01, (c, style)
 
 
-def test_render_speed(concepts):
-    es = [c.emoji for c in concepts[1000:1100]]
-    t = time.perf_counter()
-    for e in es:
-        emoji.to_square_rgb(emoji.render_rgba(e, "noto"), 64)
-    assert (time.perf_counter() - t) / len(es) < 5e-3  # ~0.6-0.9 ms measured
-
-
 # ---- TFDS ---------------------------------------------------------------------------------------------------
 
 def test_tfds_round_trip(small_dir, concepts):
@@ -101,9 +93,11 @@ def test_tfds_round_trip(small_dir, concepts):
 
 
 def test_prepare_is_idempotent(small_dir):
-    t = time.perf_counter()
+    files = sorted(Path(emoji_tfds.builder(small_dir, max_concepts=SMALL).data_dir).iterdir())
+    before = {f: f.stat().st_mtime_ns for f in files}
     b = emoji_tfds.prepare(small_dir, max_concepts=SMALL)
-    assert time.perf_counter() - t < 5 and b.info.splits["noto"].num_examples == SMALL
+    assert {f: f.stat().st_mtime_ns for f in files} == before  # nothing rebuilt or rewritten
+    assert b.info.splits["noto"].num_examples == SMALL
     assert emoji_tfds.tokenizer_path(small_dir, max_concepts=SMALL).exists()
 
 
@@ -167,16 +161,11 @@ def test_outline(img):
     assert (out[0, 0] == 255).all()
 
 
-def test_augment_determinism_and_speed(img):
+def test_augment_determinism(img):
     a = ops.augment(img, np.random.default_rng(3), ops.DEFAULT_AUGMENT, 32)
     b = ops.augment(img, np.random.default_rng(3), ops.DEFAULT_AUGMENT, 32)
     assert a.shape == (32, 32, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
     assert np.array_equal(ops.augment(img, np.random.default_rng(0), {}, 32), ops.resize(img, 32))
-    rng = np.random.default_rng(0)
-    t = time.perf_counter()
-    for _ in range(200):
-        ops.augment(img, rng, ops.DEFAULT_AUGMENT, 64)
-    assert (time.perf_counter() - t) / 200 < 5e-3  # ~0.6 ms measured
 
 
 # ---- pipeline -------------------------------------------------------------------------------------------------
