@@ -37,9 +37,11 @@ for _ in range(3):
             for k, v in batch.items()}
     state, metrics = setup.train_step(state, glob)
     losses.append(float(metrics["loss"]))
+with setup.context():  # evaluator path: global eval batches, replicated outputs readable on every process
+    emb = setup.objective.embedder.images(state.params, rng.uniform(-1, 1, (70, size, size, 3)).astype(np.float32))
 params = multihost_utils.process_allgather(state.params, tiled=True)
 if pid == 0:
     flat = {path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
-    np.savez(out, losses=np.array(losses), **flat)
+    np.savez(out, losses=np.array(losses), embeddings=emb, **flat)
 if nproc > 1:
     jax.distributed.shutdown()

@@ -1,40 +1,69 @@
-"""Batched, jitted image/text embedding for evaluators (fixed batch shape: one compile per tower)."""
+"""Batched, jitted image/text embedding for evaluators (fixed batch shape: one compile per tower).
+
+Works on any mesh and across hosts: every process holds the same eval inputs, each batch becomes a global
+array sharded over the mesh's batch axes (`make_array_from_callback`), and outputs come back replicated
+so every process reads the full result.
+"""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
 
+from vlm_jax import sharding as shd
 from vlm_jax.evals.metrics import l2_normalize
 
 EmbedFn = Callable[[Any, jax.Array], jax.Array]
 
 
-def _batched(fn: EmbedFn, params: Any, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """Applies `fn` over fixed-size batches, padding the last one by repeating its final row."""
-    outs = []
-    for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start:start + batch_size]
-        n = len(chunk)
-        if n < batch_size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
-        outs.append(np.asarray(jax.device_get(fn(params, chunk)))[:n])
-    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+def _mesh_of(params: Any) -> Any:
+    """The mesh the parameters live on (None for unsharded arrays)."""
+    leaf = jax.tree.leaves(params)[0]
+    sharding = getattr(leaf, "sharding", None)
+    return sharding.mesh if isinstance(sharding, NamedSharding) else None
 
 
 class Embedder:
-    """Wraps jitted tower functions with their input preparation (tokenizer, image normalisation)."""
+    """Wraps tower functions with their input preparation (tokenizer, image normalisation)."""
 
     def __init__(self, image_fn: EmbedFn, text_fn: EmbedFn, tokenize: Callable[[list[str]], np.ndarray],
                  batch_size: int = 256):
-        self._image_fn, self._text_fn = jax.jit(image_fn), jax.jit(text_fn)
+        self._fns = {"image": image_fn, "text": text_fn}
+        self._jitted: dict[tuple[str, Any], Callable] = {}
         self.tokenize, self.batch_size = tokenize, batch_size
+
+    def _compiled(self, kind: str, mesh: Any) -> Callable:
+        key = (kind, mesh)
+        if key not in self._jitted:
+            out = shd.replicated(mesh) if mesh is not None else None
+            self._jitted[key] = jax.jit(self._fns[kind], out_shardings=out)
+        return self._jitted[key]
+
+    def _batched(self, kind: str, params: Any, inputs: np.ndarray) -> np.ndarray:
+        """Applies a tower over fixed-size batches, padding the last one by repeating its final row."""
+        mesh = _mesh_of(params)
+        fn = self._compiled(kind, mesh)
+        in_sharding = shd.batch_sharding(mesh) if mesh is not None else None
+        if in_sharding is not None and self.batch_size % np.prod(
+                [mesh.shape[a] for a in jax.tree.leaves(tuple(in_sharding.spec)) if a]):
+            in_sharding = shd.replicated(mesh)
+        outs = []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start:start + self.batch_size]
+            n = len(chunk)
+            if n < self.batch_size:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
+            if in_sharding is not None:
+                chunk = jax.make_array_from_callback(chunk.shape, in_sharding, lambda idx, c=chunk: c[idx])
+            outs.append(np.asarray(jax.device_get(fn(params, chunk)))[:n])
+        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
     def images(self, params: Any, images: np.ndarray) -> np.ndarray:
         """Unit-norm embeddings of float images in [-1, 1], [N, H, W, 3]."""
-        return l2_normalize(_batched(self._image_fn, params, np.asarray(images, np.float32), self.batch_size))
+        return l2_normalize(self._batched("image", params, np.asarray(images, np.float32)))
 
     def texts(self, params: Any, texts: list[str]) -> np.ndarray:
         """Unit-norm embeddings of strings."""
-        return l2_normalize(_batched(self._text_fn, params, self.tokenize(list(texts)), self.batch_size))
+        return l2_normalize(self._batched("text", params, self.tokenize(list(texts))))
