@@ -192,7 +192,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
     progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main and config.progress)
     pending: list[tuple[int, dict]] = []
     skipped = 0
-    eval_results: dict[str, float] = {}
     step = start
     end = config.total_steps if stop_after is None else min(config.total_steps, stop_after)
     t_start = time.perf_counter()
