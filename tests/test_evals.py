@@ -53,3 +53,14 @@ def test_report_rows_and_table():
     (r,) = rows(res)
     assert r[:3] == ("zeroshot/emoji/cross", "all", "top@1") and r[3]["pixel"] == 0.25
     assert "| zeroshot/emoji/cross | all | top@1 | 50.0 | 25.0 | 0.1 |" in format_results(res)
+
+
+def test_compare_runs_side_by_side():
+    from vlm_jax.evals.report import compare
+
+    a = {"zeroshot/emoji/cross/nonflag/top@1/model": 0.2, "zeroshot/emoji/cross/nonflag/top@1/pixel": 0.25,
+         "zeroshot/emoji/cross/nonflag/top@1/chance": 0.001, "zeroshot/emoji/cross/all/top@1/model": 0.3}
+    b = {"zeroshot/emoji/cross/nonflag/top@1/model": 0.3}
+    table = compare({"clip": a, "siglip": b})
+    assert "| emoji/cross | nonflag | top@1 | 20.0 | 30.0 | 25.0 | 0.1 |" in table
+    assert "| all |" not in table  # emoji rows are shown per flag / non-flag subset

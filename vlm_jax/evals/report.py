@@ -30,3 +30,27 @@ def format_results(results: Mapping[str, float], title: str = "") -> str:
         lines.append(f"| {set_name} | {subset} | {metric} | {_pct(v.get('model'))} | {_pct(v.get('pixel'))} | "
                      f"{_pct(v.get('chance'))} |")
     return "\n".join(lines)
+
+
+def compare(runs: dict[str, Mapping[str, float]], subsets: tuple[str, ...] = ("flag", "nonflag")) -> str:
+    """Markdown table of several runs side by side (percent), with the pixel baseline and chance."""
+    first = next(iter(runs.values()))
+    keys = [(s, sub, m) for s, sub, m, _ in rows(first) if sub in subsets or not s.endswith(("cross", "unseen"))]
+    head = "| eval set | subset | metric | " + " | ".join(runs) + " | pixel NN | chance |"
+    lines = [head, "|---|---|---|" + "---:|" * (len(runs) + 2)]
+    for s, sub, m in keys:
+        base = f"{s}/{sub}/{m}"
+        vals = [_pct(r.get(f"{base}/model")) for r in runs.values()]
+        lines.append(f"| {s.removeprefix('zeroshot/')} | {sub} | {m} | " + " | ".join(vals) +
+                     f" | {_pct(first.get(f'{base}/pixel'))} | {_pct(first.get(f'{base}/chance'))} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    # python -m vlm_jax.evals.report NAME=runs/dir [NAME=runs/dir ...]
+    named = dict(arg.split("=", 1) for arg in sys.argv[1:])
+    print(compare({n: json.loads((Path(d) / "results.json").read_text())["evals"] for n, d in named.items()}))
