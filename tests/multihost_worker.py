@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 
 if nproc > 1:
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid,
-                               coordinator_bind_address=f"127.0.0.1:{port}", initialization_timeout=60)
+                               coordinator_bind_address=f"127.0.0.1:{port}", initialization_timeout=30)
 from absl import flags  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
