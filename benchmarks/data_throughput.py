@@ -10,14 +10,12 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
+from vlm_jax.config import load_config
 from vlm_jax.data import emoji, emoji_tfds, ops, pipeline
 from vlm_jax.data.image_text import PREPARED_SIZE
 from vlm_jax.data.tokenizer import Tokenizer
 
-AUGMENT = dict(crop=dict(scale=(0.6, 1.0)), grayscale=0.1,
-               jitter=dict(p=0.8, brightness=0.3, contrast=0.3, saturation=0.4, hue=0.1),
-               blur=dict(p=0.2, sigma=(0.1, 1.0)), flatten=dict(p=0.2, colors=(3, 12)),
-               outline=dict(p=0.3, width=(1, 2)))  # the default experiment's
+AUGMENT = load_config("experiments/emoji_two_tower.py").data.augment.to_dict()  # the default experiment's
 
 
 def _rate(fn, n: int) -> float:

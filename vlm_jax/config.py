@@ -85,6 +85,14 @@ def unknown_key_error(key: str, node: Any, prefix: str) -> ConfigError:
     return ConfigError(f"Unknown config key '{key}'.{hint} {_describe_valid(node, prefix)}")
 
 
+def check_keys(section: Any, valid: Iterable[str], prefix: str) -> None:
+    """Raises on keys of `section` outside `valid`, naming the valid ones and the closest match."""
+    allowed = ConfigDict({k: None for k in valid})
+    for key in section.keys():
+        if key not in allowed:
+            raise unknown_key_error(f"{prefix}.{key}", allowed, prefix)
+
+
 def _coerce(value: str, current: Any, key: str) -> Any:
     """Converts a command-line string to the type of the current value."""
     parsed = _literal(value)

@@ -69,6 +69,12 @@ def batch_sharding(mesh: Mesh, rules: Sequence[Sequence[Any]] = DEFAULT_RULES) -
     return NamedSharding(mesh, batch_spec(mesh, rules))
 
 
+def axes_size(mesh: Mesh, axes: Any) -> int:
+    """Number of devices a PartitionSpec entry (None, a name or a tuple of names) spans."""
+    names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+    return math.prod(mesh.shape[a] for a in names)
+
+
 def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, min_size: int) -> P:
     """Replicates dims that the mesh axes don't divide, and arrays below `min_size` elements."""
     if int(np.prod(shape, dtype=np.int64)) < min_size:
@@ -78,9 +84,7 @@ def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, min_size: int) -> P:
         if axes is None:
             fitted.append(None)
             continue
-        names = (axes,) if isinstance(axes, str) else tuple(axes)
-        size = math.prod(mesh.shape[a] for a in names)
-        fitted.append(axes if dim % size == 0 else None)
+        fitted.append(axes if dim % axes_size(mesh, axes) == 0 else None)
     return P(*fitted)
 
 

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from vlm_jax.config import unknown_key_error
+from vlm_jax.config import check_keys
 from vlm_jax.data import emoji as emoji_lib
 from vlm_jax.data import emoji_tfds, fashion_mnist, ops, pipeline
 from vlm_jax.data.tokenizer import EVAL_TEMPLATE, TRAIN_TEMPLATES, Tokenizer
@@ -57,10 +57,7 @@ class EmojiPairs:
                     max_concepts=0, num_threads=2, train_styles=("noto",))
 
     def __init__(self, config: ml_collections.ConfigDict):
-        allowed = ml_collections.ConfigDict(self.DEFAULTS)
-        for key in config.keys():
-            if key not in allowed:
-                raise unknown_key_error(f"data.{key}", allowed, "data")
+        check_keys(config, self.DEFAULTS, "data")
         cfg = {**self.DEFAULTS, **config.to_dict()}
         self.data_dir = cfg["data_dir"] or default_data_dir()
         self.image_size, self.text_len = int(cfg["image_size"]), int(cfg["text_len"])

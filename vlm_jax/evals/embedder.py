@@ -46,9 +46,8 @@ class Embedder:
         mesh = _mesh_of(params)
         fn = self._compiled(kind, mesh)
         in_sharding = shd.batch_sharding(mesh) if mesh is not None else None
-        if in_sharding is not None and self.batch_size % np.prod(
-                [mesh.shape[a] for a in jax.tree.leaves(tuple(in_sharding.spec)) if a]):
-            in_sharding = shd.replicated(mesh)
+        if in_sharding is not None and self.batch_size % shd.axes_size(mesh, in_sharding.spec[0]):
+            in_sharding = shd.replicated(mesh)  # batch not divisible by the batch axes: feed it whole
         outs = []
         for start in range(0, len(inputs), self.batch_size):
             chunk = inputs[start:start + self.batch_size]

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlm_jax.config import unknown_key_error
+from vlm_jax.config import check_keys
 from vlm_jax.evals.embedder import Embedder
 from vlm_jax.losses import get_contrastive_loss
 from vlm_jax.models import TextTransformer, TwoTower, ViT
@@ -21,18 +21,10 @@ MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init")
 LOSS_KEYS = ("name",)
 
 
-def _check_keys(section: ml_collections.ConfigDict, valid: tuple[str, ...], prefix: str) -> None:
-    """Raises on keys outside `valid`, naming them."""
-    allowed = ml_collections.ConfigDict({k: None for k in valid})
-    for key in section.keys():
-        if key not in allowed:
-            raise unknown_key_error(f"{prefix}.{key}", allowed, prefix)
-
-
 def _check_module_fields(section: Any, module: type, prefix: str) -> None:
     """Raises on keys that are not fields of the Flax module, naming the valid ones."""
     fields = tuple(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
-    _check_keys(ml_collections.ConfigDict(dict(section)), fields, prefix)
+    check_keys(dict(section), fields, prefix)
 
 
 @register("contrastive")
@@ -41,8 +33,8 @@ class ContrastiveObjective(Objective):
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        _check_keys(config.model, MODEL_KEYS, "model")
-        _check_keys(config.loss, LOSS_KEYS, "loss")
+        check_keys(config.model, MODEL_KEYS, "model")
+        check_keys(config.loss, LOSS_KEYS, "loss")
         _check_module_fields(config.model.get("image", {}), ViT, "model.image")
         _check_module_fields(config.model.get("text", {}), TextTransformer, "model.text")
         self.loss_fn = get_contrastive_loss(config.loss.get("name", "infonce"))
