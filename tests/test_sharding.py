@@ -17,14 +17,20 @@ MESHES = {
     "dp4_tp2": [("data", 4), ("tensor", 2)],
     "dp2_fsdp2_tp2": [("data", 2), ("fsdp", 2), ("tensor", 2)],
 }
+EXTRA = {  # runs that differ by more than the mesh
+    "fsdp8_rules": ("fsdp8", ["fsdp_dims=rules"]),
+    "2slices_dp2_fsdp2": ([("data", 2), ("fsdp", 2)], ["dcn_mesh=[('data', 2)]"]),
+}
 TINY = ["model.image.num_heads=4", "model.text.num_heads=4", "model.image.mlp_dim=64", "model.text.mlp_dim=64",
         "batch_size=16", "fsdp_min_size=0", "optim.warmup_steps=1", "optim.name=sgd", "optim.momentum=0.9",
         "optim.lr=0.1"]  # SGD: Adam would amplify float round-off in zero-gradient params (e.g. key biases)
 
 
 def _setup(mesh, loss="clip"):
+    mesh, more = EXTRA.get(mesh, (mesh, []))
+    mesh = MESHES[mesh] if isinstance(mesh, str) else mesh
     c = finalize_config(load_config(f"experiments/emoji_two_tower.py:size=test,loss={loss}"))
-    return Setup(apply_overrides(c, TINY + [f"mesh={mesh!r}"]))
+    return Setup(apply_overrides(c, TINY + [f"mesh={mesh!r}"] + more))
 
 
 def _batches(setup, n=3):
@@ -45,15 +51,17 @@ def _run(setup, batches):
 
 @pytest.fixture(scope="module", params=["clip", "siglip"])
 def reference(request, data_dir):
-    setup = _setup(MESHES["single"], request.param)
+    setup = _setup("single", request.param)
     batches = _batches(setup)
     return request.param, batches, _run(setup, batches)
 
 
-@pytest.mark.parametrize("mesh", ["dp8", "fsdp8", "dp4_tp2", "dp2_fsdp2_tp2"])
+@pytest.mark.parametrize("mesh", ["dp8", "fsdp8", "dp4_tp2", "dp2_fsdp2_tp2", "fsdp8_rules", "2slices_dp2_fsdp2"])
 def test_sharded_run_equals_single_device(reference, mesh):
     loss, batches, (want_losses, want_params, _) = reference
-    setup = _setup(MESHES[mesh], loss)
+    if mesh in EXTRA and loss == "siglip":
+        pytest.skip("mesh-construction variants are checked with one loss")
+    setup = _setup(mesh, loss)
     losses, params, state = _run(setup, batches)
     np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, want_params)
@@ -65,7 +73,7 @@ def test_sharded_run_equals_single_device(reference, mesh):
 
 
 def test_fsdp_shards_optimizer_state_like_params(data_dir):
-    setup = _setup(MESHES["fsdp8"])
+    setup = _setup("fsdp8")
     state = setup.init_state(jax.random.key(0))
     params = {path_str(p): x.sharding.spec for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
     matched = 0
@@ -80,13 +88,13 @@ def test_fsdp_shards_optimizer_state_like_params(data_dir):
 
 
 def test_checkpoint_restores_under_another_mesh(tmp_path, data_dir):
-    src = _setup(MESHES["fsdp8"])
+    src = _setup("fsdp8")
     state = src.init_state(jax.random.key(1))
     data_iter = iter(src.objective.train_data(16, 0, 0, 1))
     ckpt = Checkpointer(tmp_path, every_steps=1, async_save=False)
     ckpt.save(1, state, data_iter, {"step": 1})
     ckpt.close()
-    dst = _setup(MESHES["dp4_tp2"])
+    dst = _setup("dp4_tp2")
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             jax.eval_shape(dst.init_state, jax.random.key(0)), dst.state_shardings)
     restored, meta = Checkpointer(tmp_path, every_steps=1).restore_latest(abstract, iter(dst.objective.train_data(16, 0, 0, 1)))
@@ -105,3 +113,30 @@ def test_mesh_errors_are_clear():
     mesh = shd.make_mesh([("data", -1), ("tensor", 2)])
     assert dict(mesh.shape) == {"data": 4, "tensor": 2}
     assert shd.batch_spec(mesh) == P("data")
+
+
+def test_fsdp_goes_on_largest_free_divisible_dim():
+    mesh = shd.make_mesh([("fsdp", 4), ("tensor", 2)])
+    assert shd.fsdp_on_largest(P("fsdp", "tensor"), (64, 128), mesh) == P("fsdp", "tensor")  # 128 is taken
+    assert shd.fsdp_on_largest(P("fsdp", None), (64, 128), mesh) == P(None, "fsdp")
+    assert shd.fsdp_on_largest(P(None, None, "tensor"), (2, 256, 6), mesh) == P(None, "fsdp", "tensor")
+    assert shd.fsdp_on_largest(P("fsdp"), (6,), mesh) == P(None)  # nothing divisible: replicated
+    two = shd.make_mesh([("data", 2), ("fsdp", 4)])
+    assert shd.fsdp_on_largest(P(("data", "fsdp")), (8, 16), two) == P("data", "fsdp")  # keeps the other axis
+    abstract = {"w": jax.ShapeDtypeStruct((64, 1024), np.float32), "small": jax.ShapeDtypeStruct((64,), np.float32)}
+    specs = jax.tree.map(lambda s: s.spec, shd.tree_shardings(abstract, mesh, min_size=1000))
+    assert specs == {"w": P(None, "fsdp"), "small": P()}
+
+
+def test_multislice_mesh_keeps_slices_contiguous():
+    mesh = shd.make_mesh([("data", -1), ("fsdp", 2)], dcn=[("data", 2)])
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2}
+    ids = np.vectorize(lambda d: d.id)(mesh.devices)
+    assert set(ids[:2].ravel()) == {0, 1, 2, 3} and set(ids[2:].ravel()) == {4, 5, 6, 7}
+    mesh = shd.make_mesh([("data", 2), ("fsdp", -1)], dcn=[("fsdp", 2)])
+    ids = np.vectorize(lambda d: d.id)(mesh.devices)
+    assert ids.tolist() == [[0, 1, 4, 5], [2, 3, 6, 7]]  # fsdp crosses slices only in its slow half
+    with pytest.raises(ValueError, match="not mesh axes"):
+        shd.make_mesh([("data", -1)], dcn=[("replica", 2)])
+    with pytest.raises(ValueError, match="split into 3 slices"):
+        shd.make_mesh([("data", -1)], dcn=[("data", 3)])

@@ -24,9 +24,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds a mesh from `[(name, size), ...]`; one size may be -1 (inferred). Axes are Auto-typed."""
-    devices = list(devices if devices is not None else jax.devices())
+def _resolve_sizes(spec: Sequence[Sequence[Any]], n_devices: int) -> tuple[list[str], list[int]]:
+    """Axis names and sizes of `[(name, size), ...]` with a -1 size inferred from `n_devices`."""
     names = [str(n) for n, _ in spec]
     sizes = [int(s) for _, s in spec]
     if len(set(names)) != len(names):
@@ -35,14 +34,77 @@ def make_mesh(spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | Non
         raise ValueError(f"At most one mesh axis may be -1: {list(spec)}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-        if len(devices) % known:
-            raise ValueError(f"{len(devices)} devices do not divide into mesh {list(spec)}")
-        sizes[sizes.index(-1)] = len(devices) // known
+        if n_devices % known:
+            raise ValueError(f"{n_devices} devices do not divide into mesh {list(spec)}")
+        sizes[sizes.index(-1)] = n_devices // known
+    return names, sizes
+
+
+def _dcn_sizes(names: list[str], dcn: Sequence[Sequence[Any]] | None) -> list[int]:
+    """Per-axis number of slices from `[(name, slices), ...]`; axes not named get 1."""
+    dcn = {str(n): int(s) for n, s in (dcn or ())}
+    unknown = set(dcn) - set(names)
+    if unknown:
+        raise ValueError(f"dcn_mesh axes {sorted(unknown)} are not mesh axes; valid: {names}")
+    if any(s < 1 for s in dcn.values()):
+        raise ValueError(f"dcn_mesh sizes must be >= 1 (no -1 across slices): {dcn}")
+    return [dcn.get(n, 1) for n in names]
+
+
+def _slices(devices: list[Any], num_slices: int) -> list[list[Any]]:
+    """Devices grouped into slices: by `slice_index` (TPU) when present, else contiguous by process then id."""
+    if all(getattr(d, "slice_index", None) is not None for d in devices):
+        groups: dict[int, list[Any]] = {}
+        for d in devices:
+            groups.setdefault(d.slice_index, []).append(d)
+        if len(groups) == num_slices:
+            return [groups[k] for k in sorted(groups)]
+    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+    per = len(ordered) // num_slices
+    return [ordered[i * per:(i + 1) * per] for i in range(num_slices)]
+
+
+def hybrid_device_array(ici: Sequence[int], dcn: Sequence[int], devices: list[Any]) -> np.ndarray:
+    """Device array of shape ici*dcn per axis: slices vary slowest along each axis, ICI fastest."""
+    num_slices = math.prod(dcn)
+    if len(devices) != num_slices * math.prod(ici):
+        raise ValueError(f"{len(devices)} devices != {num_slices} slices × ICI mesh {list(ici)}")
+    groups = _slices(devices, num_slices)
+    if any(len(g) != math.prod(ici) for g in groups):
+        raise ValueError(f"Slices have {[len(g) for g in groups]} devices; the ICI mesh needs {math.prod(ici)} each")
+    if groups[0] and getattr(groups[0][0], "platform", "cpu") == "tpu":
+        from jax.experimental import mesh_utils  # physical-topology-aware order within each slice
+        per_slice = [mesh_utils.create_device_mesh(ici, g, allow_split_physical_axes=True) for g in groups]
+    else:
+        per_slice = [np.array(g, dtype=object).reshape(ici) for g in groups]
+    blocks = np.stack(per_slice).reshape(tuple(dcn) + tuple(ici))  # (dcn..., ici...)
+    nd = len(ici)
+    order = [i for axis in range(nd) for i in (axis, nd + axis)]  # (dcn0, ici0, dcn1, ici1, ...)
+    return blocks.transpose(order).reshape([d * i for d, i in zip(dcn, ici)])
+
+
+def make_mesh(spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | None = None,
+              dcn: Sequence[Sequence[Any]] | None = None) -> Mesh:
+    """Builds a mesh from `[(name, size), ...]`; one size may be -1 (inferred). Axes are Auto-typed.
+
+    `dcn` (e.g. `[("data", 2)]`) spreads axes over several slices (TPU multi-slice, or hosts joined by a
+    slower network): the mesh axis then has size ICI size × slices, with slices varying slowest.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    names = [str(n) for n, _ in spec]
+    dcn_sizes = _dcn_sizes(names, dcn)
+    num_slices = math.prod(dcn_sizes)
+    if len(devices) % num_slices:
+        raise ValueError(f"{len(devices)} devices do not split into {num_slices} slices")
+    names, sizes = _resolve_sizes(spec, len(devices) // num_slices)
+    auto = (jax.sharding.AxisType.Auto,) * len(names)
+    if num_slices > 1:
+        array = hybrid_device_array(sizes, dcn_sizes, devices)
+        return Mesh(array, tuple(names), axis_types=auto)
     if -1 not in [int(s) for _, s in spec] and math.prod(sizes) < len(devices) and jax.process_count() == 1:
         devices = devices[:math.prod(sizes)]  # a smaller mesh on one host uses the first devices
     if math.prod(sizes) != len(devices):
         raise ValueError(f"Mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
-    auto = (jax.sharding.AxisType.Auto,) * len(names)
     return jax.make_mesh(tuple(sizes), tuple(names), axis_types=auto, devices=devices)
 
 
@@ -88,6 +150,23 @@ def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, min_size: int) -> P:
     return P(*fitted)
 
 
+def _names(axes: Any) -> tuple[str, ...]:
+    """Mesh axis names of one PartitionSpec entry."""
+    return () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+
+
+def fsdp_on_largest(spec: P, shape: tuple[int, ...], mesh: Mesh, axis: str = "fsdp") -> P:
+    """Moves `axis` to the largest dimension it divides that no other mesh axis shards (ties: last dim)."""
+    if axis not in mesh.shape or mesh.shape[axis] == 1:
+        return spec
+    entries = [tuple(a for a in _names(e) if a != axis) for e in tuple(spec) + (None,) * (len(shape) - len(spec))]
+    free = [i for i, (dim, e) in enumerate(zip(shape, entries)) if not e and dim % mesh.shape[axis] == 0]
+    if free:
+        best = max(free, key=lambda i: (shape[i], i))
+        entries[best] = (axis,)
+    return P(*[e[0] if len(e) == 1 else (e or None) for e in entries])
+
+
 def unbox_abstract(tree: Any) -> Any:
     """Strips logical-axis boxes without adding sharding constraints (safe outside jit)."""
     return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.Partitioned) else x,
@@ -95,8 +174,14 @@ def unbox_abstract(tree: Any) -> Any:
 
 
 def tree_shardings(abstract_boxed: Any, mesh: Mesh, rules: Sequence[Sequence[Any]] = DEFAULT_RULES,
-                   min_size: int = 2 ** 12) -> Any:
-    """NamedShardings for a tree of (possibly logically boxed) abstract arrays."""
+                   min_size: int = 2 ** 12, fsdp: str = "largest") -> Any:
+    """NamedShardings for a tree of (possibly logically boxed) abstract arrays.
+
+    fsdp="largest" puts the fsdp mesh axis on each array's largest dimension it divides (after the logical
+    rules placed the other axes); fsdp="rules" keeps where the logical rules put it (e.g. "embed").
+    """
+    if fsdp not in ("largest", "rules"):
+        raise ValueError(f"fsdp must be 'largest' or 'rules', got {fsdp!r}")
     rules = rules_for_mesh(mesh, rules)
     specs = nn.get_partition_spec(abstract_boxed)
     mesh_specs = nn.logical_to_mesh(specs, rules)
@@ -104,6 +189,8 @@ def tree_shardings(abstract_boxed: Any, mesh: Mesh, rules: Sequence[Sequence[Any
 
     def one(spec: Any, leaf: Any) -> NamedSharding:
         spec = spec if isinstance(spec, P) else P()
+        if fsdp == "largest":
+            spec = fsdp_on_largest(spec, tuple(leaf.shape), mesh)
         return NamedSharding(mesh, _fit_spec(spec, tuple(leaf.shape), mesh, min_size))
 
     return jax.tree.map(one, mesh_specs, unboxed, is_leaf=lambda x: isinstance(x, P) or x is None)

@@ -45,7 +45,7 @@ class Setup:
     def __init__(self, config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None):
         self.config = config
         self.objective: Objective = get_objective(config)
-        self.mesh = shd.make_mesh(config.mesh, devices)
+        self.mesh = shd.make_mesh(config.mesh, devices, config.dcn_mesh)
         self.rules = list(config.sharding_rules or shd.DEFAULT_RULES)
         self.mesh_rules = shd.rules_for_mesh(self.mesh, self.rules)
         self.model = self.objective.model()
@@ -70,7 +70,8 @@ class Setup:
         config = self.config
         rng = jax.random.key(config.seed)
         boxed = jax.eval_shape(self._init_variables, rng)
-        self.param_shardings = shd.tree_shardings(boxed, self.mesh, self.rules, config.fsdp_min_size)
+        fsdp = dict(min_size=config.fsdp_min_size, fsdp=config.fsdp_dims)
+        self.param_shardings = shd.tree_shardings(boxed, self.mesh, self.rules, **fsdp)
         abstract_params = shd.unbox_abstract(boxed)
         self.tx, self.schedule = make_optimizer(config.optim, config.total_steps, abstract_params)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
@@ -79,7 +80,7 @@ class Setup:
             self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
             transform_non_params=lambda _: replicated)
         boxed_extra = jax.eval_shape(self.objective.init_extra, abstract_params)
-        extra_shardings = shd.tree_shardings(boxed_extra, self.mesh, self.rules, config.fsdp_min_size)
+        extra_shardings = shd.tree_shardings(boxed_extra, self.mesh, self.rules, **fsdp)
         self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
                                           opt_state=opt_shardings, extra=extra_shardings, rng=replicated)
         self.init_state = jax.jit(self._init_state, out_shardings=self.state_shardings)
