@@ -146,3 +146,6 @@ class EmojiPairs:
         names = list(config.get("sets", ["emoji", "fashion_mnist"]))
         templates = list(config.get("templates", None) or [EVAL_TEMPLATE])
         return {"zeroshot": ZeroShotEvaluator(embedder, self.eval_sets(names), templates)}
+
+
+from vlm_jax.data import synthetic as _synthetic  # noqa: E402,F401  (registers "synthetic")
