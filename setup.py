@@ -1,4 +1,4 @@
-"""Installable vlm_jax package: `pip install -e .[test]`."""
+"""Installable vlm_jax package: `pip install -e .[test]`, plus `.[tpu-aot]` for TPU dry runs."""
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -18,5 +18,5 @@ setup(
     packages=find_packages(include=["vlm_jax", "vlm_jax.*"]),
     python_requires=">=3.11",
     install_requires=_reqs("requirements.txt"),
-    extras_require={"test": _reqs("requirements-test.txt")},
+    extras_require={"test": _reqs("requirements-test.txt"), "tpu-aot": _reqs("requirements-tpu-aot.txt")},
 )

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Idempotent setup: Debian data/font packages, a venv in .venv with pinned deps, vlm_jax installed editable.
+#   bash scripts/setup.sh        what training needs
+#   bash scripts/setup.sh test   plus pytest and libtpu (TPU dry-run tests compile for TPU topologies)
 set -euo pipefail
+mode=${1:-run}
+case "$mode" in run|test) ;; *) echo "usage: bash scripts/setup.sh [test]" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
@@ -21,11 +25,13 @@ fi
 
 # venv with exact pins; reinstalled only when the requirement files change.
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-stamp=.venv/.vlm_jax_reqs
-want=$(cat requirements.txt requirements-test.txt setup.py | sha256sum | cut -d' ' -f1)
+reqs=(requirements.txt requirements-test.txt)
+[ "$mode" = test ] && reqs+=(requirements-tpu-aot.txt)
+stamp=.venv/.vlm_jax_reqs_$mode
+want=$(cat "${reqs[@]}" setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[setup] pip install -e .[test]"
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+  echo "[setup] pip install ${reqs[*]} and -e ."
+  .venv/bin/pip install -q --disable-pip-version-check "${reqs[@]/#/-r}"
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # tests simulate devices on the CPU; TPU dry runs need no TPU
 _ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VLM_JAX_DATA_DIR", str(_ROOT / "data_cache"))
 os.environ.setdefault("VLM_JAX_NPM_CACHE", str(_ROOT / "data_cache" / "npm"))  # shared by tmp-dir datasets

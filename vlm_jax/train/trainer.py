@@ -52,8 +52,7 @@ class Setup:
         self.batch_sharding = shd.batch_sharding(self.mesh, self.rules)
         if config.batch_size % (jax.process_count() * config.grad_accum_steps):
             raise ValueError(f"batch_size {config.batch_size} must divide by processes × grad_accum_steps")
-        with self.context():
-            self._build()
+        self._build()
 
     @contextlib.contextmanager
     def context(self):
@@ -68,8 +67,10 @@ class Setup:
 
     def _build(self) -> None:
         config = self.config
-        rng = jax.random.key(config.seed)
-        boxed = jax.eval_shape(self._init_variables, rng)
+        # Only tracing runs under the mesh: it may be an AOT-only mesh of devices this host lacks.
+        rng = jax.eval_shape(lambda: jax.random.key(config.seed))
+        with self.context():
+            boxed = jax.eval_shape(self._init_variables, rng)
         fsdp = dict(min_size=config.fsdp_min_size, fsdp=config.fsdp_dims)
         self.param_shardings = shd.tree_shardings(boxed, self.mesh, self.rules, **fsdp)
         abstract_params = shd.unbox_abstract(boxed)
@@ -79,7 +80,8 @@ class Setup:
         opt_shardings = optax.tree_utils.tree_map_params(
             self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
             transform_non_params=lambda _: replicated)
-        boxed_extra = jax.eval_shape(self.objective.init_extra, abstract_params)
+        with self.context():
+            boxed_extra = jax.eval_shape(self.objective.init_extra, abstract_params)
         extra_shardings = shd.tree_shardings(boxed_extra, self.mesh, self.rules, **fsdp)
         self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
                                           opt_state=opt_shardings, extra=extra_shardings, rng=replicated)

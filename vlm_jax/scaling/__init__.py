@@ -1,0 +1,1 @@
+"""Scaling tools: FLOP accounting from jaxprs and the accelerator fact table."""
