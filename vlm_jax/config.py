@@ -151,6 +151,13 @@ def merge_defaults(config: ConfigDict, defaults: ConfigDict,
     return merged
 
 
+def fill_missing(config: ConfigDict, defaults: dict[str, Any]) -> ConfigDict:
+    """`config` with keys it lacks taken from `defaults` (nested); its own values win."""
+    merged = ConfigDict(defaults)
+    _deep_update(merged, config)
+    return merged
+
+
 def _deep_update(target: ConfigDict, source: ConfigDict) -> None:
     """Recursively copies `source` into `target`."""
     with target.unlocked():

@@ -18,7 +18,7 @@ from vlm_jax.data import image_text as datasets
 from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
 
 MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init")
-LOSS_KEYS = ("name",)
+LOSS_KEYS = ("name", "grad_cache")
 
 
 def _check_module_fields(section: Any, module: type, prefix: str) -> None:
@@ -30,6 +30,8 @@ def _check_module_fields(section: Any, module: type, prefix: str) -> None:
 @register("contrastive")
 class ContrastiveObjective(Objective):
     """Two towers + a contrastive loss (`config.loss.name`: infonce | sigmoid)."""
+
+    CONFIG_DEFAULTS = {"loss": dict(name="infonce", grad_cache=0)}
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
@@ -53,14 +55,68 @@ class ContrastiveObjective(Objective):
         return {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
                 "text": jax.ShapeDtypeStruct((batch_size, l), jnp.int32)}
 
+    def _embed(self, params: Any, image: jax.Array, text: jax.Array, rng: jax.Array,
+               train: bool = True) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+        """Both towers: (zimg, ztxt, t, b); b is None without a learned bias."""
+        (zimg, ztxt), aux = self.model().apply({"params": params}, image, text, train=train,
+                                               rngs={"dropout": rng})
+        return zimg, ztxt, aux["t"], aux.get("b")
+
+    def _contrastive(self, zimg: jax.Array, ztxt: jax.Array, t: jax.Array,
+                     b: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The configured contrastive loss on (global) embeddings, with t and b among the metrics."""
+        loss, metrics = self.loss_fn(zimg, ztxt, t, *(() if b is None else (b,)))
+        return loss, dict(metrics, t=t, **({} if b is None else {"b": b}))
+
     def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
              train: bool = True) -> LossOut:
-        (zimg, ztxt), aux = self.model().apply({"params": params}, batch["image"], batch["text"],
-                                               train=train, rngs={"dropout": rng})
-        args = (zimg, ztxt, aux["t"]) + ((aux["b"],) if "b" in aux else ())
-        loss, metrics = self.loss_fn(*args)
-        metrics = dict(metrics, t=aux["t"], **({"b": aux["b"]} if "b" in aux else {}))
+        zimg, ztxt, t, b = self._embed(params, batch["image"], batch["text"], rng, train)
+        loss, metrics = self._contrastive(zimg, ztxt, t, b)
         return loss, (metrics, extra)
+
+    def value_and_grad(self, params: Any, extra: Any, batch: dict[str, jax.Array],
+                       rng: jax.Array) -> tuple[LossOut, Any]:
+        """Plain autodiff, or GradCache when `loss.grad_cache` > 1 sub-batches."""
+        n = int(self.config.loss.get("grad_cache", 0) or 0)
+        if n <= 1:
+            return super().value_and_grad(params, extra, batch, rng)
+        return self._grad_cache(params, extra, batch, rng, n)
+
+    def _grad_cache(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
+                    n: int) -> tuple[LossOut, Any]:
+        """GradCache (Gao et al. 2021): the full-batch loss gradient with activations of one sub-batch at a time.
+
+        1. embed all n sub-batches without keeping activations; 2. loss and its gradient w.r.t. the embeddings
+        (and t, b) on the full batch; 3. per sub-batch, recompute the towers and pull the cached embedding
+        gradients back to the parameters, summing. Sub-batch k holds rows k, k+n, … so each stays sharded.
+        """
+        size = batch["image"].shape[0]
+        if size % n:
+            raise ValueError(f"batch {size} does not split into loss.grad_cache={n} sub-batches")
+        split = lambda x: jnp.swapaxes(x.reshape(size // n, n, *x.shape[1:]), 0, 1)  # noqa: E731
+        merge = lambda x: jnp.swapaxes(x, 0, 1).reshape(size, *x.shape[2:])  # noqa: E731
+        subs = jax.tree.map(split, {"image": batch["image"], "text": batch["text"]})
+        keys = jax.random.split(rng, n)
+
+        def embed(p: Any, sub: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, ...]:
+            zimg, ztxt, t, b = self._embed(p, sub["image"], sub["text"], key)
+            return zimg, ztxt, t, jnp.zeros((), jnp.float32) if b is None else b
+
+        zi, zt, ts, bs = jax.lax.map(lambda xs: embed(params, *xs), (subs, keys))
+        has_b = self.config.model.get("bias_init", None) is not None
+        loss_fn = lambda zimg, ztxt, t, b: self._contrastive(zimg, ztxt, t, b if has_b else None)  # noqa: E731
+        loss, vjp, metrics = jax.vjp(loss_fn, merge(zi), merge(zt), ts[0], bs[0], has_aux=True)
+        g_img, g_txt, g_t, g_b = vjp(jnp.ones_like(loss))
+
+        def backward(acc: Any, xs: tuple) -> tuple[Any, None]:
+            sub, key, gi, gt_ = xs
+            _, pull = jax.vjp(lambda p: embed(p, sub, key), params)
+            (grads,) = pull((gi, gt_, g_t / n, g_b / n))  # t and b are shared: each sub-batch takes 1/n
+            return jax.tree.map(jnp.add, acc, grads), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, _ = jax.lax.scan(backward, zeros, (subs, keys, split(g_img), split(g_txt)))
+        return (loss, (metrics, extra)), grads
 
     def train_data(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         return self.data.train(batch_size, seed, process_index, process_count)

@@ -22,16 +22,24 @@ def register(name: str) -> Callable[[type["Objective"]], type["Objective"]]:
     return wrap
 
 
+def objective_class(name: str) -> type["Objective"]:
+    """The registered objective class `name`."""
+    import vlm_jax.objectives  # noqa: F401  (registers the built-in objectives)
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown objective '{name}'; valid: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
 def get_objective(config: ml_collections.ConfigDict) -> "Objective":
     """Instantiates `config.objective` from the registry."""
-    import vlm_jax.objectives  # noqa: F401  (registers the built-in objectives)
-    if config.objective not in _REGISTRY:
-        raise ValueError(f"Unknown objective '{config.objective}'; valid: {sorted(_REGISTRY)}")
-    return _REGISTRY[config.objective](config)
+    return objective_class(config.objective)(config)
 
 
 class Objective(abc.ABC):
     """A model + a loss + data + evaluators. The trainer calls only these methods."""
+
+    # Defaults of the objective's own config sections, filled in before command-line overrides apply.
+    CONFIG_DEFAULTS: dict[str, Any] = {}
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -52,6 +60,11 @@ class Objective(abc.ABC):
     def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
              train: bool = True) -> LossOut:
         """Forward + loss: returns (loss, (metrics, new_extra)); runs inside the jitted step."""
+
+    def value_and_grad(self, params: Any, extra: Any, batch: dict[str, jax.Array],
+                       rng: jax.Array) -> tuple[LossOut, Any]:
+        """((loss, (metrics, new_extra)), grads) of `loss`; objectives may override (e.g. GradCache)."""
+        return jax.value_and_grad(lambda p: self.loss(p, extra, batch, rng, True), has_aux=True)(params)
 
     def after_update(self, params: Any, extra: Any) -> Any:
         """Updates `extra` from the new parameters (e.g. an EMA teacher); inside the jitted step."""

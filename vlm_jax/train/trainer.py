@@ -16,10 +16,10 @@ import numpy as np
 import optax
 
 from vlm_jax import sharding as shd
-from vlm_jax.config import merge_defaults
+from vlm_jax.config import fill_missing, merge_defaults
 from vlm_jax.train.checkpoint import Checkpointer
 from vlm_jax.train.defaults import OPEN_SECTIONS, trainer_defaults
-from vlm_jax.train.objective import Objective, get_objective
+from vlm_jax.train.objective import Objective, get_objective, objective_class
 from vlm_jax.train.optim import make_optimizer
 from vlm_jax.train.progress import JsonlWriter, Progress
 from vlm_jax.train.state import TrainState
@@ -34,6 +34,7 @@ class NonFiniteError(FloatingPointError):
 def finalize_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Experiment config merged over trainer defaults; unknown keys raise naming the valid ones."""
     config = merge_defaults(config, trainer_defaults(), OPEN_SECTIONS)
+    config = fill_missing(config, objective_class(config.objective).CONFIG_DEFAULTS)
     if config.nonfinite not in ("stop", "skip"):
         raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
     return config
@@ -98,8 +99,7 @@ class Setup:
 
     def _grads(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
         """Loss, metrics, new extra and gradients; micro-batched when grad_accum_steps > 1."""
-        grad_fn = jax.value_and_grad(
-            lambda p, b, r: self.objective.loss(p, state.extra, b, r, True), has_aux=True)
+        grad_fn = lambda p, b, r: self.objective.value_and_grad(p, state.extra, b, r)  # noqa: E731
         accum = self.config.grad_accum_steps
         if accum == 1:
             (loss, (metrics, extra)), grads = grad_fn(state.params, batch, rng)
