@@ -19,8 +19,12 @@ ROWS = [  # (name, config, topology, slices, overrides)
     ("CLIP B/16", "experiments/two_tower_scale.py:variant=B/16,loss=clip,batch=32768", "v5e-256", 1, []),
     ("SigLIP So400m/14", "experiments/two_tower_scale.py:variant=So400m/14,loss=siglip,batch=32768", "v5p-128", 1, []),
     ("SigLIP So400m/14", "experiments/two_tower_scale.py:variant=So400m/14,loss=siglip,batch=32768", "v5e-256", 1, []),
+    ("SigLIP So400m/14, fsdp=128 (divides width 1152)",
+     "experiments/two_tower_scale.py:variant=So400m/14,loss=siglip,batch=32768,fsdp=128", "v5e-256", 1, []),
+    ("SigLIP So400m/14, fsdp=128, full remat",
+     "experiments/two_tower_scale.py:variant=So400m/14,loss=siglip,batch=32768,fsdp=128,remat=full", "v5e-256", 1, []),
     ("SigLIP So400m/14, no remat", "experiments/two_tower_scale.py:variant=So400m/14,loss=siglip,batch=32768,"
-     "remat=none", "v5e-256", 1, []),
+     "remat=none", "v5p-128", 1, []),
     ("CLIP B/16, 2 slices", "experiments/two_tower_scale.py:variant=B/16,loss=clip,batch=65536", "v5e-256", 2, []),
 ]
 

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(config)
         return {}
     out = train(config, args.workdir)
+    if out.get("preempted"):
+        return out  # checkpoint saved at the current step; the same command resumes
     if jax.process_index() == 0:
         print(format_results(out["evals"], title=f"{args.config} — {out['step']} steps, "
                                                  f"{out['train_seconds'] / 60:.1f} min training"))

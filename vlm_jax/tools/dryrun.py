@@ -45,6 +45,7 @@ class Report:
     opt_state_bytes: int
     extra_bytes: int
     num_params: int
+    params_total_bytes: int  # all parameters, unsharded
     model_flops_total: float  # one train step, matmul FLOPs, no remat recompute (the MFU numerator)
     hardware_flops_total: float  # including remat recompute
     xla_flops_per_device: float | None  # XLA cost analysis (counts loop bodies once)
@@ -113,9 +114,30 @@ def _step_flops(setup: Any, state: Any, batch: Any) -> float:
         return jaxpr_flops(jax.make_jaxpr(setup._train_step)(state, batch))
 
 
+def _replication_hint(report: Report) -> list[str]:
+    """Flags parameters left replicated because the fsdp size divides none of their dimensions."""
+    fsdp = report.mesh.get("fsdp", 1)
+    ideal = report.params_total_bytes / report.num_devices * report.mesh.get("data", 1)
+    if fsdp > 1 and report.params_bytes > 2 * ideal:
+        return [f"parameters take {report.params_bytes / 2**20:.0f} MiB per chip, {report.params_bytes / ideal:.0f}× "
+                f"the fully sharded size: fsdp={fsdp} divides none of the dimensions of most arrays, so they stay "
+                f"replicated; pick an fsdp size that divides the model widths (e.g. "
+                f"--config.mesh=\"[('data', -1), ('fsdp', {_divisor_hint(report, fsdp)}), ('tensor', 1)]\")"]
+    return []
+
+
+def _divisor_hint(report: Report, fsdp: int) -> int:
+    """The largest power of two ≤ fsdp dividing the leading dims of the largest arrays."""
+    dims = [d for a in report.largest for d in a["shape"] if d > 64]
+    size = 1
+    while size * 2 <= fsdp and all(d % (size * 2) == 0 for d in dims[:4]):
+        size *= 2
+    return size
+
+
 def _hints(report: Report, config: ml_collections.ConfigDict) -> list[str]:
     """What to change when it does not fit."""
-    hints = []
+    hints = _replication_hint(report)
     state = report.params_bytes + report.opt_state_bytes + report.extra_bytes
     if report.mesh.get("fsdp", 1) < report.num_devices and state > 0.1 * report.hbm_bytes:
         hints.append(f"parameters + optimizer state take {state / 2**30:.2f} GiB per chip: shard them over more "
@@ -162,6 +184,7 @@ def dry_run(config: ml_collections.ConfigDict, topology: str, num_slices: int = 
         batch_per_chip=config.batch_size / n, fits=False, hbm_bytes=chip.hbm_bytes, required_bytes=None,
         params_bytes=_state_bytes(state.params), opt_state_bytes=_state_bytes(state.opt_state),
         extra_bytes=_state_bytes(state.extra), num_params=sum(math.prod(x.shape) for _, x in params),
+        params_total_bytes=sum(math.prod(x.shape) * _itemsize(x.dtype) for _, x in params),
         model_flops_total=model_flops, hardware_flops_total=hardware_flops, xla_flops_per_device=None,
         step_seconds_at_peak=model_flops / peak, step_seconds_at_mfu=model_flops / (peak * mfu), mfu=mfu,
         largest=[{"name": path_str(p), "shape": list(x.shape), "spec": str(x.sharding.spec),
@@ -189,8 +212,7 @@ def dry_run(config: ml_collections.ConfigDict, topology: str, num_slices: int = 
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     report.xla_flops_per_device = float(cost.get("flops", 0.0)) if cost else None
-    if not report.fits:
-        report.hints = _hints(report, config)
+    report.hints = _hints(report, config) if not report.fits else _replication_hint(report)
     return report
 
 

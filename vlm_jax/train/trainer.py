@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -154,6 +156,31 @@ def run_evaluators(setup: Setup, state: TrainState, step: int, writer: JsonlWrit
     return results
 
 
+class _Preemption:
+    """SIGTERM (preemption notice) → save at the next step boundary and stop; all hosts agree on the step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def due(self, step: int) -> bool:
+        """True at the step where every process should save and exit."""
+        if jax.process_count() > 1:  # jax.distributed's coordination service relays the notice to every host
+            from jax.experimental import multihost_utils
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def restore(self) -> None:
+        """Puts back the previous SIGTERM handler."""
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path,
           stop_after: int | None = None, on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Trains (or resumes) `config` in `workdir`; returns the final eval metrics and summary."""
@@ -198,6 +225,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
     step = start
     end = config.total_steps if stop_after is None else min(config.total_steps, stop_after)
     t_start = time.perf_counter()
+    preemption = _Preemption()
+    preempted = False
     while step < end:
         batch = shd.global_batch(next(data_iter), setup.batch_sharding)
         state, metrics = setup.train_step(state, batch)
@@ -219,14 +248,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
             pending.clear()
             timing = progress.update(step, m)
             writer.write({"step": step, "split": "train", **m, **timing})
-        if ckpt.due(step, config.total_steps):
+        preempted = preemption.due(step) and not last
+        if ckpt.due(step, config.total_steps) or preempted:
             ckpt.save(step, state, data_iter, {"step": step, "config": config.to_json_best_effort()})
+        if preempted:
+            if is_main:
+                print(f"Preempted: checkpoint saved at step {step}; rerun the same command to resume.", flush=True)
+            break
         if config.eval_every and step % config.eval_every == 0 and not last:
             run_evaluators(setup, state, step, writer)
+    preemption.restore()
     train_seconds = time.perf_counter() - t_start
     ckpt.close()
-    if stop_after is not None and step < config.total_steps:
-        return {"step": step, "state": state, "setup": setup}
+    if preempted or (stop_after is not None and step < config.total_steps):
+        return {"step": step, "state": state, "setup": setup, "preempted": preempted}
     eval_results = run_evaluators(setup, state, step, writer)
     summary = {"step": step, "train_seconds": train_seconds, "params": n_params, "evals": eval_results}
     if is_main:
