@@ -142,13 +142,15 @@ def _hints(report: Report, config: ml_collections.ConfigDict) -> list[str]:
     if report.mesh.get("fsdp", 1) < report.num_devices and state > 0.1 * report.hbm_bytes:
         hints.append(f"parameters + optimizer state take {state / 2**30:.2f} GiB per chip: shard them over more "
                      f"chips, e.g. --config.mesh=\"[('data', 1), ('fsdp', -1), ('tensor', 1)]\"")
-    remat_off = [k for k in ("image", "text") if config.model.get(k, {}).get("remat_policy", "none") == "none"]
-    if remat_off:
-        hints.append("recompute activations in the backward pass: " +
-                     " ".join(f"--config.model.{k}.remat_policy=full" for k in remat_off))
-    hints.append(f"{report.batch_per_chip:g} samples per chip: split each step into micro-batches with "
-                 f"--config.grad_accum_steps=2 (same global batch; fewer in-batch negatives per micro-batch "
-                 f"for a contrastive loss) or lower --config.batch_size")
+    remat = [k for k, v in config.model.items() if isinstance(v, ml_collections.ConfigDict)
+             and v.get("remat_policy", "full") != "full"]
+    if remat:
+        hints.append("recompute more activations in the backward pass: " +
+                     " ".join(f"--config.model.{k}.remat_policy=full" for k in remat))
+    split = ("--config.loss.grad_cache=2 (GradCache: same global batch and negatives, encoders run in halves) or "
+             if "grad_cache" in config.get("loss", {}) else "")
+    hints.append(f"{report.batch_per_chip:g} samples per chip: {split}--config.grad_accum_steps=2 (same global "
+                 f"batch, but a contrastive loss then sees half the negatives) or a smaller --config.batch_size")
     return hints
 
 
