@@ -42,7 +42,8 @@ def test_resume_matches_uninterrupted(tmp_path, data_dir):
     same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), full["state"].params, resumed["state"].params)
     assert all(jax.tree.leaves(same))
     records = [json.loads(l) for l in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
-    assert {"step", "loss", "samples_per_sec", "lr"} <= set(records[0])
+    assert {"step", "loss", "samples_per_sec", "lr", "data/skipped/image"} <= set(records[0])
+    assert records[-1]["data/skipped/image"] == 0  # the emoji data is clean
     results = json.loads((tmp_path / "full" / "results.json").read_text())
     assert results["step"] == 8 and "zeroshot/fashion_mnist/all/top@1/model" in results["evals"]
 

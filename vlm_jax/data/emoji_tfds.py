@@ -174,12 +174,14 @@ def prepare(data_dir: str | Path, image_size: int = 64, max_concepts: int | None
     return b
 
 
-def data_source(data_dir: str | Path, split: str, image_size: int = 64, max_concepts: int | None = None):
-    """Random-access source of decoded examples (numpy image, bytes text) for grain."""
+def data_source(data_dir: str | Path, split: str, image_size: int = 64, max_concepts: int | None = None,
+                encoded_images: bool = False):
+    """Random-access source of examples (numpy image, or PNG bytes with `encoded_images`; bytes text)."""
     b = builder(data_dir, image_size, max_concepts)
     if not b.is_prepared():
         raise FileNotFoundError(f"vlm_emoji/{b.builder_config.name} not prepared in {data_dir}; call prepare()")
-    return b.as_data_source(split=split)
+    decoders = {"image": tfds.decode.SkipDecoding()} if encoded_images else None
+    return b.as_data_source(split=split, decoders=decoders)
 
 
 def read_split(b: VlmEmoji, split: str) -> dict[str, np.ndarray]:

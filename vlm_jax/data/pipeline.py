@@ -12,21 +12,33 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from vlm_jax.data import emoji_tfds, ops
+from vlm_jax.data import emoji_tfds, ops, robust
 from vlm_jax.data.tokenizer import EVAL_TEMPLATE, TRAIN_TEMPLATES, Tokenizer
 
 
+MAX_PIXELS = 4096 * 4096  # larger images are skipped (decompression bombs, broken headers)
+
+
 class _Preprocess(grain.transforms.RandomMap):
-    """Decode -> augment -> normalize; caption = random template filled with the name -> tokens."""
+    """Decode -> augment -> normalize; caption = random template filled with the name -> tokens.
 
-    def __init__(self, tokenizer: Tokenizer, image_size: int, text_len: int, augment: dict, templates: Sequence[str]):
+    An undecodable, empty or oversized image, or an empty / non-UTF-8 name, yields {robust.BAD: reason}.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, image_size: int, text_len: int, augment: dict, templates: Sequence[str],
+                 max_pixels: int = MAX_PIXELS):
         self.tokenizer, self.image_size, self.text_len = tokenizer, image_size, text_len
-        self.augment, self.templates = dict(augment), tuple(templates)
+        self.augment, self.templates, self.max_pixels = dict(augment), tuple(templates), max_pixels
 
-    def random_map(self, ex: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def random_map(self, ex: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """One example -> model inputs."""
-        img = ops.augment(np.asarray(ex["image"], np.uint8), rng, self.augment, self.image_size)
-        name = ex["name"].decode() if isinstance(ex["name"], bytes) else str(ex["name"])
+        image, reason = robust.decode_image(ex["image"], self.max_pixels)
+        if image is None:
+            return {robust.BAD: reason}
+        name = robust.decode_caption(ex["name"])
+        if name is None:
+            return {robust.BAD: "caption"}
+        img = ops.augment(image, rng, self.augment, self.image_size)
         caption = self.templates[int(rng.integers(len(self.templates)))].format(name)
         return {
             "image": ops.normalize(img),
@@ -57,10 +69,10 @@ def train_source(data_dir: str | Path, styles: Sequence[str], prepared_size: int
     parts = []
     for style in styles:
         if style == "noto":
-            src = emoji_tfds.data_source(data_dir, "train", prepared_size, max_concepts)
+            src = emoji_tfds.data_source(data_dir, "train", prepared_size, max_concepts, encoded_images=True)
             parts.append((src, np.arange(len(src))))
         elif style in emoji_tfds.EXTRA_STYLES:
-            src = emoji_tfds.data_source(data_dir, style, prepared_size, max_concepts)
+            src = emoji_tfds.data_source(data_dir, style, prepared_size, max_concepts, encoded_images=True)
             seen = [bool(r["seen"]) for r in src.__getitems__(list(range(len(src))))]
             parts.append((src, np.flatnonzero(seen)))
         else:
@@ -87,6 +99,7 @@ def make_train_dataset(
     prepared_size: int = 64,
     max_concepts: int | None = None,
     styles: Sequence[str] | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> grain.IterDataset:
     """Infinite, shuffled, augmented, batched per-process training stream (drop_remainder).
 
@@ -95,14 +108,23 @@ def make_train_dataset(
     if styles:
         src = train_source(data_dir, styles, prepared_size, max_concepts)
     else:
-        src = emoji_tfds.data_source(data_dir, split, prepared_size, max_concepts)
+        src = emoji_tfds.data_source(data_dir, split, prepared_size, max_concepts, encoded_images=True)
+    preprocess = _Preprocess(tokenizer, image_size, text_len, augment or {}, templates, max_pixels)
+    return train_stream(src, preprocess, batch_size=batch_size, seed=seed, process_index=process_index,
+                        process_count=process_count, num_threads=num_threads, prefetch=prefetch)
+
+
+def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size: int, seed: int,
+                 process_index: int = 0, process_count: int = 1, num_threads: int = 2,
+                 prefetch: int = 8) -> grain.IterDataset:
+    """Any random-access source → this process's shard, reshuffled each epoch, preprocessed (bad examples
+    dropped and counted), batched. Deterministic given the seed and exactly resumable."""
     ds = grain.MapDataset.source(src)[process_index::process_count]
     if len(ds) < batch_size:
         raise ValueError(f"shard has {len(ds)} examples < batch_size {batch_size}")
-    ds = ds.shuffle(seed=seed).repeat(None)
-    ds = ds.random_map(_Preprocess(tokenizer, image_size, text_len, augment or {}, templates), seed=seed + 1)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+    ds = ds.shuffle(seed=seed).repeat(None).random_map(preprocess, seed=seed + 1)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+    return robust.SkipBad(ds).batch(batch_size, drop_remainder=True)
 
 
 def make_eval_arrays(

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from vlm_jax import sharding as shd
+from vlm_jax.data import robust
 from vlm_jax.config import fill_missing, merge_defaults
 from vlm_jax.train.checkpoint import Checkpointer
 from vlm_jax.train.defaults import OPEN_SECTIONS, trainer_defaults
@@ -227,8 +228,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
     t_start = time.perf_counter()
     preemption = _Preemption()
     preempted = False
+    data_stats: dict[str, float] = {}
     while step < end:
-        batch = shd.global_batch(next(data_iter), setup.batch_sharding)
+        host_batch = dict(next(data_iter))
+        data_stats = robust.pop_counts(host_batch) or data_stats  # bad examples skipped so far (this process)
+        batch = shd.global_batch(host_batch, setup.batch_sharding)
         state, metrics = setup.train_step(state, batch)
         step += 1
         pending.append((step, metrics))
@@ -243,6 +247,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
                             f"the update was not applied. Last good checkpoint: step {max(ckpt.steps(), default=0)}.")
                     skipped += 1
                 m["nonfinite_skipped"] = skipped
+                m.update(data_stats)
                 if on_step:
                     on_step(s, m)
             pending.clear()
