@@ -65,3 +65,13 @@ def test_all_corrupt_is_an_error(setup, tmp_path):
 
 def test_empty_directory_starts_fresh(setup, tmp_path):
     assert _restore(setup, tmp_path) is None
+
+
+def test_keeps_last_n_and_every_kth(setup, tmp_path):
+    ckpt = Checkpointer(tmp_path, every_steps=1, keep=2, keep_period=4, async_save=False)
+    state = setup.init_state(jax.random.key(0))
+    data = iter(setup.objective.train_data(8, 0, 0, 1))
+    for s in range(1, 11):
+        ckpt.save(s, state, data, {"step": s})
+    ckpt.close()
+    assert Checkpointer(tmp_path, every_steps=1).steps() == [4, 8, 9, 10]
