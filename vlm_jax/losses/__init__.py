@@ -9,3 +9,6 @@ def get_contrastive_loss(name: str):
     if name not in CONTRASTIVE_LOSSES:
         raise ValueError(f"Unknown contrastive loss '{name}'; valid: {sorted(CONTRASTIVE_LOSSES)}")
     return CONTRASTIVE_LOSSES[name]
+
+from vlm_jax.losses.distributed import contrastive_loss  # noqa: E402  (memory-efficient kernels, one API)
+from vlm_jax.losses.filip import filip_loss, filip_similarity  # noqa: E402

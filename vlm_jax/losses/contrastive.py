@@ -34,5 +34,5 @@ def sigmoid_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array) -
     signs = 2.0 * jnp.eye(n, dtype=logits.dtype) - 1.0
     loss = -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / n
     pos = jnp.sum(jnp.diagonal(logits)) / n
-    neg = (jnp.sum(logits) - n * pos) / max(n * (n - 1), 1)
+    neg = (jnp.sum(logits) - n * pos) / float(max(n * (n - 1), 1))  # a Python float: n² overflows int32
     return loss, {"logit/pos": pos, "logit/neg": neg, **_retrieval_accuracy(logits)}
