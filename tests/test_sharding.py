@@ -17,9 +17,11 @@ MESHES = {
     "dp4_tp2": [("data", 4), ("tensor", 2)],
     "dp2_fsdp2_tp2": [("data", 2), ("fsdp", 2), ("tensor", 2)],
 }
-EXTRA = {  # runs that differ by more than the mesh
-    "fsdp8_rules": ("fsdp8", ["fsdp_dims=rules"]),
-    "2slices_dp2_fsdp2": ([("data", 2), ("fsdp", 2)], ["dcn_mesh=[('data', 2)]"]),
+EXTRA = {  # runs that differ by more than the mesh: (mesh, overrides, losses checked)
+    "fsdp8_rules": ("fsdp8", ["fsdp_dims=rules"], ("clip",)),
+    "2slices_dp2_fsdp2": ([("data", 2), ("fsdp", 2)], ["dcn_mesh=[('data', 2)]"], ("clip",)),
+    "dp8_ring_loss": ("dp8", ["loss.impl=ring"], ("clip", "siglip")),
+    "dp2_fsdp2_tp2_gather_loss": ("dp2_fsdp2_tp2", ["loss.impl=gather", "loss.chunk_size=2"], ("clip", "siglip")),
 }
 TINY = ["model.image.num_heads=4", "model.text.num_heads=4", "model.image.mlp_dim=64", "model.text.mlp_dim=64",
         "batch_size=16", "fsdp_min_size=0", "optim.warmup_steps=1", "optim.name=sgd", "optim.momentum=0.9",
@@ -27,7 +29,7 @@ TINY = ["model.image.num_heads=4", "model.text.num_heads=4", "model.image.mlp_di
 
 
 def _setup(mesh, loss="clip"):
-    mesh, more = EXTRA.get(mesh, (mesh, []))
+    mesh, more, _ = EXTRA.get(mesh, (mesh, [], ()))
     mesh = MESHES[mesh] if isinstance(mesh, str) else mesh
     c = finalize_config(load_config(f"experiments/emoji_two_tower.py:size=test,loss={loss}"))
     return Setup(apply_overrides(c, TINY + [f"mesh={mesh!r}"] + more))
@@ -56,10 +58,10 @@ def reference(request, data_dir):
     return request.param, batches, _run(setup, batches)
 
 
-@pytest.mark.parametrize("mesh", ["dp8", "fsdp8", "dp4_tp2", "dp2_fsdp2_tp2", "fsdp8_rules", "2slices_dp2_fsdp2"])
+@pytest.mark.parametrize("mesh", ["dp8", "fsdp8", "dp4_tp2", "dp2_fsdp2_tp2", *EXTRA])
 def test_sharded_run_equals_single_device(reference, mesh):
     loss, batches, (want_losses, want_params, _) = reference
-    if mesh in EXTRA and loss == "siglip":
+    if mesh in EXTRA and loss not in EXTRA[mesh][2]:
         pytest.skip("mesh-construction variants are checked with one loss")
     setup = _setup(mesh, loss)
     losses, params, state = _run(setup, batches)

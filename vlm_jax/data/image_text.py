@@ -1,6 +1,7 @@
 """Image–text datasets by name (`config.data.name`): training stream, tokenizer and evaluation sets."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from vlm_jax.config import check_keys
 from vlm_jax.data import emoji as emoji_lib
-from vlm_jax.data import emoji_tfds, fashion_mnist, ops, pipeline
+from vlm_jax.data import emoji_tfds, fashion_mnist, multilingual, ops, pipeline
 from vlm_jax.data.tokenizer import EVAL_TEMPLATE, TRAIN_TEMPLATES, Tokenizer
 from vlm_jax.evals.zeroshot import EvalSet, ZeroShotEvaluator
 
@@ -54,7 +55,10 @@ class EmojiPairs:
     """Noto-rendered emoji with their CLDR names; cross-style (OpenMoji) and unseen-concept evaluation."""
 
     DEFAULTS = dict(name="emoji", data_dir="", image_size=32, text_len=16, augment={}, templates=None,
-                    max_concepts=0, num_threads=2, train_styles=("noto",))
+                    max_concepts=0, num_threads=2, train_styles=("noto",), languages=("en",),
+                    text_format="tokens", text_image_size=0, font_size=16, max_chars=0)
+    # text_format "tokens": SentencePiece ids [text_len]; "render": text drawn with GNU Unifont as an image
+    # [text_image_size (0: image_size)]² × 3 in [-1, 1] (CLIPPO). languages: caption languages drawn per example.
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -66,8 +70,20 @@ class EmojiPairs:
         self.max_concepts = int(cfg["max_concepts"]) or None
         self.num_threads = int(cfg["num_threads"])
         self.train_styles = tuple(cfg["train_styles"])
+        self.languages = tuple(cfg["languages"])
+        for lang in self.languages:
+            multilingual.names(lang)  # validates the language code
+        self.text_format = cfg["text_format"]
+        if self.text_format not in ("tokens", "render"):
+            raise ValueError(f"data.text_format must be 'tokens' or 'render', got {self.text_format!r}")
         emoji_tfds.prepare(self.data_dir, image_size=PREPARED_SIZE, max_concepts=self.max_concepts)
         self.tokenizer = Tokenizer(emoji_tfds.tokenizer_path(self.data_dir, PREPARED_SIZE, self.max_concepts))
+        self.renderer = None
+        if self.text_format == "render":
+            from vlm_jax.data.render_text import TextRenderer
+
+            self.renderer = TextRenderer(image_size=int(cfg["text_image_size"]) or self.image_size,
+                                         font_size=int(cfg["font_size"]), max_chars=int(cfg["max_chars"]) or None)
 
     @property
     def vocab_size(self) -> int:
@@ -75,13 +91,23 @@ class EmojiPairs:
         return self.tokenizer.vocab_size
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
-        """int32 [N, text_len] token ids."""
+        """Model text inputs: int32 [N, text_len] token ids, or rendered float32 [N, S, S, 3] (text_format)."""
+        if self.renderer is not None:
+            return ops.normalize(self.renderer.render_batch(texts))
         return self.tokenizer.encode(texts, self.text_len)
+
+    def text_spec(self, batch_size: int) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of a batch of model text inputs."""
+        if self.renderer is not None:
+            s = self.renderer.image_size
+            return (batch_size, s, s, 3), np.dtype(np.float32)
+        return (batch_size, self.text_len), np.dtype(np.int32)
 
     def train(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         """Shuffled, augmented, tokenised, batched grain dataset of this process's shard."""
+        encode = self.tokenizer if self.renderer is None else self.tokenize
         return pipeline.make_train_dataset(
-            self.data_dir, "train", self.tokenizer, image_size=self.image_size, text_len=self.text_len,
+            self.data_dir, "train", encode, image_size=self.image_size, text_len=self.text_len, languages=self.languages,
             batch_size=batch_size, seed=seed, augment=self.augment, templates=self.templates,
             process_index=process_index, process_count=process_count, prepared_size=PREPARED_SIZE,
             max_concepts=self.max_concepts, num_threads=self.num_threads, styles=self.train_styles)
@@ -141,11 +167,26 @@ class EmojiPairs:
                 pixel_class_images=_prep_images(refs, PIXEL_BASELINE_SIZE))
         return sets
 
+    def _language_sets(self, cross: EvalSet, languages: list[str]) -> dict[str, EvalSet]:
+        """The cross-style set again with class names in each language (English where a name is missing)."""
+        noto = self._split("noto")
+        order = np.argsort(noto["concept"])
+        chars = [str(e.decode() if isinstance(e, bytes) else e) for e in np.asarray(noto["emoji"])[order]]
+        sets = {}
+        for lang in languages:
+            names = [multilingual.name_of(c, lang) or en for c, en in zip(chars, cross.class_names)]
+            sets[f"emoji/cross/{lang}"] = dataclasses.replace(cross, class_names=names)
+        return sets
+
     def evaluators(self, embedder: Any, config: ml_collections.ConfigDict) -> dict[str, Any]:
         """One zero-shot/retrieval evaluator over the configured sets."""
         names = list(config.get("sets", ["emoji", "fashion_mnist"]))
         templates = list(config.get("templates", None) or [EVAL_TEMPLATE])
-        return {"zeroshot": ZeroShotEvaluator(embedder, self.eval_sets(names), templates)}
+        sets = self.eval_sets(names)
+        languages = list(config.get("languages", []) or [])
+        if languages and "emoji/cross" in sets:
+            sets.update(self._language_sets(sets["emoji/cross"], languages))
+        return {"zeroshot": ZeroShotEvaluator(embedder, sets, templates)}
 
 
 from vlm_jax.data import synthetic as _synthetic  # noqa: E402,F401  (registers "synthetic")

@@ -7,12 +7,12 @@ per-element rng of `random_map`) and exactly resumable with `get_state()` / `set
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import grain
 import numpy as np
 
-from vlm_jax.data import emoji_tfds, ops, robust
+from vlm_jax.data import emoji_tfds, multilingual, ops, robust
 from vlm_jax.data.tokenizer import EVAL_TEMPLATE, TRAIN_TEMPLATES, Tokenizer
 
 
@@ -25,10 +25,15 @@ class _Preprocess(grain.transforms.RandomMap):
     An undecodable, empty or oversized image, or an empty / non-UTF-8 name, yields {robust.BAD: reason}.
     """
 
-    def __init__(self, tokenizer: Tokenizer, image_size: int, text_len: int, augment: dict, templates: Sequence[str],
-                 max_pixels: int = MAX_PIXELS):
-        self.tokenizer, self.image_size, self.text_len = tokenizer, image_size, text_len
+    def __init__(self, tokenizer: Tokenizer | Callable[[list[str]], np.ndarray], image_size: int, text_len: int,
+                 augment: dict, templates: Sequence[str], max_pixels: int = MAX_PIXELS,
+                 languages: Sequence[str] = ("en",)):
+        # `tokenizer`: a Tokenizer, or any texts → model-input function (e.g. a text renderer for CLIPPO)
+        self.encode = (lambda texts: tokenizer.encode(texts, text_len)) if isinstance(tokenizer, Tokenizer) \
+            else tokenizer
+        self.image_size, self.text_len = image_size, text_len
         self.augment, self.templates, self.max_pixels = dict(augment), tuple(templates), max_pixels
+        self.languages = tuple(languages)
 
     def random_map(self, ex: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """One example -> model inputs."""
@@ -38,11 +43,15 @@ class _Preprocess(grain.transforms.RandomMap):
         name = robust.decode_caption(ex["name"])
         if name is None:
             return {robust.BAD: "caption"}
+        if self.languages != ("en",):  # caption language drawn per example (no draw for English-only runs)
+            lang = self.languages[int(rng.integers(len(self.languages)))]
+            if lang != "en":
+                name = multilingual.name_of(robust.decode_caption(ex["emoji"]) or "", lang) or name
         img = ops.augment(image, rng, self.augment, self.image_size)
         caption = self.templates[int(rng.integers(len(self.templates)))].format(name)
         return {
             "image": ops.normalize(img),
-            "text": self.tokenizer.encode([caption], self.text_len)[0],
+            "text": self.encode([caption])[0],
             "concept": np.int32(ex["concept"]),
         }
 
@@ -84,7 +93,7 @@ def train_source(data_dir: str | Path, styles: Sequence[str], prepared_size: int
 def make_train_dataset(
     data_dir: str | Path,
     split: str,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | Callable[[list[str]], np.ndarray],
     *,
     image_size: int,
     text_len: int,
@@ -100,6 +109,7 @@ def make_train_dataset(
     max_concepts: int | None = None,
     styles: Sequence[str] | None = None,
     max_pixels: int = MAX_PIXELS,
+    languages: Sequence[str] = ("en",),
 ) -> grain.IterDataset:
     """Infinite, shuffled, augmented, batched per-process training stream (drop_remainder).
 
@@ -109,7 +119,7 @@ def make_train_dataset(
         src = train_source(data_dir, styles, prepared_size, max_concepts)
     else:
         src = emoji_tfds.data_source(data_dir, split, prepared_size, max_concepts, encoded_images=True)
-    preprocess = _Preprocess(tokenizer, image_size, text_len, augment or {}, templates, max_pixels)
+    preprocess = _Preprocess(tokenizer, image_size, text_len, augment or {}, templates, max_pixels, languages)
     return train_stream(src, preprocess, batch_size=batch_size, seed=seed, process_index=process_index,
                         process_count=process_count, num_threads=num_threads, prefetch=prefetch)
 

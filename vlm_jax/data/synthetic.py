@@ -45,6 +45,10 @@ class SyntheticPairs:
         if self.vocab_size < 4:
             raise ValueError(f"data.vocab_size must be >= 4, got {self.vocab_size}")
 
+    def text_spec(self, batch_size: int) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of a batch of token ids."""
+        return (batch_size, self.text_len), np.dtype(np.int32)
+
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """Byte-level ids folded into the vocabulary (stable, not meaningful), int32 [N, text_len]."""
         out = np.zeros((len(texts), self.text_len), np.int32)

@@ -14,7 +14,7 @@ from vlm_jax.models.vit import ViT
 Array = jax.Array
 
 
-def _l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
     """L2-normalises the last axis in float32."""
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
@@ -37,19 +37,24 @@ class TwoTower(nn.Module):
             out, tower_aux = ViT(**{"num_classes": self.embed_dim, **self.image}, name="img")(image, train=train)
             aux.update({f"img/{k}": v for k, v in tower_aux.items()})
             aux["img/unnormed"] = out
-            zimg = _l2_normalize(out)
+            zimg = l2_normalize(out)
         if text is not None:
             out, tower_aux = TextTransformer(**{"num_classes": self.embed_dim, **self.text}, name="txt")(
                 text, train=train)
             aux.update({f"txt/{k}": v for k, v in tower_aux.items()})
             aux["txt/unnormed"] = out
-            ztxt = _l2_normalize(out)
+            ztxt = l2_normalize(out)
 
-        t_init = nn.with_logical_partitioning(nn.initializers.constant(math.log(self.temperature_init)), ())
-        t = self.param("t", t_init, (), jnp.float32)
-        aux["t/parameter"] = t
-        aux["t"] = jnp.exp(t)
-        if self.bias_init is not None:
-            b_init = nn.with_logical_partitioning(nn.initializers.constant(self.bias_init), ())
-            aux["b"] = self.param("b", b_init, (), jnp.float32)
+        aux.update(temperature_and_bias(self, self.temperature_init, self.bias_init))
         return (zimg, ztxt), aux
+
+
+def temperature_and_bias(module: nn.Module, temperature_init: float, bias_init: float | None) -> dict[str, Array]:
+    """Learned log-temperature `t` (returned exponentiated) and, when `bias_init` is set, logit bias `b`."""
+    t_init = nn.with_logical_partitioning(nn.initializers.constant(math.log(temperature_init)), ())
+    t = module.param("t", t_init, (), jnp.float32)
+    out = {"t/parameter": t, "t": jnp.exp(t)}
+    if bias_init is not None:
+        b_init = nn.with_logical_partitioning(nn.initializers.constant(bias_init), ())
+        out["b"] = module.param("b", b_init, (), jnp.float32)
+    return out

@@ -13,15 +13,16 @@ import ml_collections
 from vlm_jax.config import check_keys
 from vlm_jax.evals.embedder import Embedder
 from vlm_jax.losses import get_contrastive_loss
+from vlm_jax.losses.distributed import contrastive_loss
 from vlm_jax.models import TextTransformer, TwoTower, ViT
 from vlm_jax.data import image_text as datasets
 from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
 
 MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init")
-LOSS_KEYS = ("name", "grad_cache")
+LOSS_KEYS = ("name", "impl", "chunk_size", "grad_cache")
 
 
-def _check_module_fields(section: Any, module: type, prefix: str) -> None:
+def check_module_fields(section: Any, module: type, prefix: str) -> None:
     """Raises on keys that are not fields of the Flax module, naming the valid ones."""
     fields = tuple(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
     check_keys(dict(section), fields, prefix)
@@ -31,16 +32,22 @@ def _check_module_fields(section: Any, module: type, prefix: str) -> None:
 class ContrastiveObjective(Objective):
     """Two towers + a contrastive loss (`config.loss.name`: infonce | sigmoid)."""
 
-    CONFIG_DEFAULTS = {"loss": dict(name="infonce", grad_cache=0)}
+    # impl: "full" (B×B logits) | "gather" (b×B per device) | "ring" (b×b per device, ppermute ring);
+    # chunk_size: rows per in-device tile (0: none); grad_cache: GradCache sub-batches (0: off).
+    CONFIG_DEFAULTS = {"loss": dict(name="infonce", impl="full", chunk_size=0, grad_cache=0)}
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        check_keys(config.model, MODEL_KEYS, "model")
-        check_keys(config.loss, LOSS_KEYS, "loss")
-        _check_module_fields(config.model.get("image", {}), ViT, "model.image")
-        _check_module_fields(config.model.get("text", {}), TextTransformer, "model.text")
+        self.check_config(config)
         self.loss_fn = get_contrastive_loss(config.loss.get("name", "infonce"))
         self.data = datasets.get(config.data)
+
+    def check_config(self, config: ml_collections.ConfigDict) -> None:
+        """Raises on unknown model / loss keys, naming the valid ones."""
+        check_keys(config.model, MODEL_KEYS, "model")
+        check_keys(config.loss, LOSS_KEYS, "loss")
+        check_module_fields(config.model.get("image", {}), ViT, "model.image")
+        check_module_fields(config.model.get("text", {}), TextTransformer, "model.text")
 
     def model(self) -> nn.Module:
         m = self.config.model
@@ -51,9 +58,9 @@ class ContrastiveObjective(Objective):
                         temperature_init=m.get("temperature_init", 10.0), bias_init=m.get("bias_init", None))
 
     def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-        s, l = self.data.image_size, self.data.text_len
+        s = self.data.image_size
         return {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
-                "text": jax.ShapeDtypeStruct((batch_size, l), jnp.int32)}
+                "text": jax.ShapeDtypeStruct(*self.data.text_spec(batch_size))}
 
     def _embed(self, params: Any, image: jax.Array, text: jax.Array, rng: jax.Array,
                train: bool = True) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
@@ -65,7 +72,12 @@ class ContrastiveObjective(Objective):
     def _contrastive(self, zimg: jax.Array, ztxt: jax.Array, t: jax.Array,
                      b: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The configured contrastive loss on (global) embeddings, with t and b among the metrics."""
-        loss, metrics = self.loss_fn(zimg, ztxt, t, *(() if b is None else (b,)))
+        impl, chunk = self.config.loss.get("impl", "full"), int(self.config.loss.get("chunk_size", 0) or 0)
+        if impl == "full" and not chunk:
+            loss, metrics = self.loss_fn(zimg, ztxt, t, *(() if b is None else (b,)))
+        else:
+            loss, metrics = contrastive_loss(self.config.loss.get("name", "infonce"), zimg, ztxt, t, b,
+                                             impl=impl, chunk_size=chunk)
         return loss, dict(metrics, t=t, **({} if b is None else {"b": b}))
 
     def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,

@@ -1,0 +1,70 @@
+"""CLIPPO on emoji: one ViT reads the emoji image and its caption rendered with GNU Unifont.
+
+  --config experiments/emoji_clippo.py                  English captions, InfoNCE (compare: emoji_two_tower.py)
+  --config experiments/emoji_clippo.py:langs=multi      captions in 7 languages; Italian and Russian held out
+  --config experiments/emoji_clippo.py:loss=siglip      sigmoid loss
+  --config experiments/emoji_clippo.py:size=test        tiny model for tests
+"""
+import ml_collections
+
+TRAIN_LANGS = ("en", "de", "es", "fr", "ko", "ja", "zh")
+HELD_OUT_LANGS = ("it", "ru")
+SIZES = {  # shared tower, embedding dim, image px (images and rendered text), patch
+    "test": (dict(width=32, depth=1, mlp_dim=64, num_heads=2), 32, 32, 16),
+    "small": (dict(width=128, depth=4, mlp_dim=512, num_heads=4), 128, 64, 16),
+}
+
+
+def get_config(arg=None):
+    """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N, langs=en|multi."""
+    given = arg.to_dict() if isinstance(arg, ml_collections.ConfigDict) else {}
+    arg = ml_collections.ConfigDict(dict(loss="clip", size="small", steps=1200, batch=256, langs="en"))
+    unknown = set(given) - set(arg.keys())
+    if unknown:
+        raise ValueError(f"Unknown config arg(s) {sorted(unknown)}; valid: {sorted(arg.keys())}")
+    arg.update(given)
+    if arg.langs not in ("en", "multi"):
+        raise ValueError(f"langs must be en or multi, got {arg.langs!r}")
+    tower, embed_dim, size, patch = SIZES[arg.size]
+    multi = arg.langs == "multi"
+    c = ml_collections.ConfigDict()
+    c.objective = "clippo"
+    c.seed = 0
+    c.total_steps = arg.steps
+    c.batch_size = arg.batch
+    c.log_every = 50
+    c.eval_every = 0
+
+    # Same emoji styles and augmentation as the two-tower config; images at 64 px with 16-px patches give the
+    # same 4×4 token grid as the two-tower's 32 px / 8 px, and a 16-px Unifont line is one patch row.
+    c.data = dict(name="emoji", data_dir="", image_size=size, text_len=16, train_styles=("noto", "twitter", "facebook"),
+                  text_format="render", text_image_size=size, font_size=16, max_chars=0,
+                  languages=TRAIN_LANGS if multi else ("en",), templates=["{}"] if multi else None,
+                  augment=dict(crop=dict(scale=(0.6, 1.0)), grayscale=0.1,
+                               jitter=dict(p=0.8, brightness=0.3, contrast=0.3, saturation=0.4, hue=0.1),
+                               blur=dict(p=0.2, sigma=(0.1, 1.0)), flatten=dict(p=0.2, colors=(3, 12)),
+                               outline=dict(p=0.3, width=(1, 2))))
+    # sincos posemb: the tower reads images and rendered text of any size
+    c.model = dict(image=dict(posemb="sincos2d", pool_type="map", patch_size=(patch, patch), **tower),
+                   embed_dim=embed_dim)
+    if arg.loss == "clip":
+        c.loss = dict(name="infonce")
+        c.model.temperature_init = 1 / 0.07
+    elif arg.loss == "siglip":
+        c.loss = dict(name="sigmoid")
+        c.model.temperature_init = 10.0
+        c.model.bias_init = -10.0
+    else:
+        raise ValueError(f"loss must be clip or siglip, got {arg.loss!r}")
+
+    c.optim = dict(name="adamw", lr=1e-3, b2=0.95 if arg.loss == "siglip" else 0.98, weight_decay=0.1,
+                   warmup_steps=min(200, arg.steps // 10), schedule="cosine", clip_norm=1.0)
+    c.checkpoint = dict(every_steps=max(arg.steps // 4, 1), keep=2)
+    c.evals = dict(batch_size=256, sets=["emoji", "fashion_mnist"])
+    if multi:
+        c.evals.templates = ["{}"]
+        c.evals.languages = list(TRAIN_LANGS + HELD_OUT_LANGS)
+    if arg.size == "test":
+        c.log_every = 1
+        c.evals.batch_size = 64
+    return c

@@ -1,0 +1,60 @@
+"""CLIPPO: one shared tower, captions rendered with Unifont (in several languages), trained by the one trainer."""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from vlm_jax.config import apply_overrides, load_config
+from vlm_jax.data import emoji_tfds, image_text, multilingual
+from vlm_jax.data.image_text import PREPARED_SIZE
+from vlm_jax.data.render_text import render_to_float
+from vlm_jax.models import OneTower
+from vlm_jax.train.trainer import Setup, finalize_config, train
+
+TOWER = dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=(16, 16), posemb="sincos2d", pool_type="map")
+
+
+def test_one_tower_shares_weights():
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+    shared = OneTower(image=TOWER, embed_dim=8)
+    params = shared.init(jax.random.key(1), x, x)
+    (zimg, ztxt), _ = shared.apply(params, x, x)
+    np.testing.assert_array_equal(zimg, ztxt)  # same pixels, same tower → same embedding
+    heads = OneTower(image=TOWER, embed_dim=8, separate_heads=True)
+    hp = heads.init(jax.random.key(1), x, x)
+    (zimg, ztxt), _ = heads.apply(hp, x, x)
+    assert not np.allclose(zimg, ztxt) and {"img_head", "txt_head", "tower"} <= set(hp["params"])
+    (_, z64), _ = shared.apply(params, None, jax.numpy.zeros((2, 64, 64, 3)))  # any text-image size
+    assert z64.shape == (2, 8)
+
+
+def test_clippo_has_about_half_of_clips_parameters(data_dir):
+    count = {}
+    for name in ("emoji_two_tower", "emoji_clippo"):
+        setup = Setup(finalize_config(load_config(f"experiments/{name}.py")))
+        count[name] = sum(x.size for x in jax.tree.leaves(jax.eval_shape(setup.init_state, jax.random.key(0)).params))
+    assert 0.3 < count["emoji_clippo"] / count["emoji_two_tower"] < 0.7, count
+
+
+def test_rendered_multilingual_captions_reach_the_batch(data_dir):
+    cfg = ml_collections.ConfigDict(dict(name="emoji", image_size=32, text_format="render", text_image_size=64,
+                                         languages=("ko",), templates=["{}"], augment={}))
+    data = image_text.get(cfg)
+    assert data.text_spec(4) == ((4, 64, 64, 3), np.float32)
+    np.testing.assert_allclose(data.tokenize(["a cat"]), render_to_float(["a cat"], 64), atol=1e-6)
+    noto = emoji_tfds.load_split(data_dir, "noto", PREPARED_SIZE)
+    char = dict(zip(np.asarray(noto["concept"]).tolist(), noto["emoji"]))
+    batch = next(iter(data.train(8, 0, 0, 1)))
+    names = [multilingual.name_of(char[int(c)], "ko") for c in batch["concept"]]
+    assert all(names) and any(ord(ch) >= 0xAC00 for ch in names[0])  # Hangul
+    np.testing.assert_allclose(batch["text"], render_to_float(names, 64), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_clippo_trains(tmp_path, data_dir):
+    c = finalize_config(load_config("experiments/emoji_clippo.py:size=test,steps=40"))
+    c = apply_overrides(c, ["mesh=[('data', 1)]", "batch_size=32", "progress=False", "evals.sets=[]",
+                            "optim.lr=0.003", "optim.warmup_steps=2", "checkpoint.every_steps=0"])
+    losses = {}
+    train(c, tmp_path, on_step=lambda s, m: losses.__setitem__(s, m["loss"]))
+    assert np.mean([losses[s] for s in range(36, 41)]) < losses[1] - 0.3, losses
