@@ -7,6 +7,10 @@
 """
 import ml_collections
 
+from vlm_jax.config import config_args
+from vlm_jax.data.ops import STYLE_AUGMENT
+from vlm_jax.objectives.contrastive import loss_preset
+
 SIZES = {
     # image tower, text tower, embedding dim, image px
     "test": (dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=(8, 8)),
@@ -18,12 +22,8 @@ SIZES = {
 
 def get_config(arg=None):
     """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N."""
-    given = arg.to_dict() if isinstance(arg, ml_collections.ConfigDict) else {}
-    arg = ml_collections.ConfigDict(dict(loss="clip", size="small", steps=1200, batch=256))
-    unknown = set(given) - set(arg.keys())
-    if unknown:
-        raise ValueError(f"Unknown config arg(s) {sorted(unknown)}; valid: {sorted(arg.keys())}")
-    arg.update(given)
+    arg = config_args(arg, loss="clip", size="small", steps=1200, batch=256)
+    loss = loss_preset(arg.loss)
     image, text, embed_dim, image_size = SIZES[arg.size]
     c = ml_collections.ConfigDict()
     c.objective = "contrastive"
@@ -35,25 +35,16 @@ def get_config(arg=None):
 
     c.data = dict(name="emoji", data_dir="", image_size=image_size, text_len=16,
                   train_styles=("noto", "twitter", "facebook"),
-                  augment=dict(crop=dict(scale=(0.6, 1.0)), grayscale=0.1,
-                               jitter=dict(p=0.8, brightness=0.3, contrast=0.3, saturation=0.4, hue=0.1),
-                               blur=dict(p=0.2, sigma=(0.1, 1.0)), flatten=dict(p=0.2, colors=(3, 12)),
-                               outline=dict(p=0.3, width=(1, 2))))
+                  augment=STYLE_AUGMENT)
     c.model = dict(
         image=dict(posemb="learn", pool_type="map", **image),
         text=dict(vocab_size=0, causal=True, pool_type="last", max_len=16, **text),  # vocab from tokenizer
-        embed_dim=embed_dim)
-    if arg.loss == "clip":
-        c.loss = dict(name="infonce")
-        c.model.temperature_init = 1 / 0.07
-    elif arg.loss == "siglip":
-        c.loss = dict(name="sigmoid")
-        c.model.temperature_init = 10.0
-        c.model.bias_init = -10.0
-    else:
-        raise ValueError(f"loss must be clip or siglip, got {arg.loss!r}")
+        embed_dim=embed_dim, temperature_init=loss["temperature_init"])
+    if loss["bias_init"] is not None:
+        c.model.bias_init = loss["bias_init"]
+    c.loss = dict(name=loss["name"])
 
-    c.optim = dict(name="adamw", lr=1e-3, b2=0.95 if arg.loss == "siglip" else 0.98, weight_decay=0.1,
+    c.optim = dict(name="adamw", lr=1e-3, b2=loss["b2"], weight_decay=0.1,
                    warmup_steps=min(200, arg.steps // 10), schedule="cosine", clip_norm=1.0)
     c.checkpoint = dict(every_steps=max(arg.steps // 4, 1), keep=2)
     c.evals = dict(batch_size=256, sets=["emoji", "fashion_mnist"])

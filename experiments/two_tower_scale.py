@@ -8,6 +8,7 @@ are used by `python -m vlm_jax.tools.dryrun` and throughput benchmarks.
 """
 import ml_collections
 
+from vlm_jax.config import config_args
 from vlm_jax.models.vit import parse_variant
 
 # Image-tower size → (text width, depth, mlp, heads, embed dim), following CLIP / SigLIP pairings.
@@ -27,13 +28,8 @@ LOSSES = {"clip": dict(vocab=49_408, text_len=77, t=1 / 0.07, b=None, b2=0.98, l
 
 def get_config(arg=None):
     """`arg`: variant=B/16, loss=clip|siglip, batch, steps, res (image px), fsdp (-1: all devices), remat."""
-    given = arg.to_dict() if isinstance(arg, ml_collections.ConfigDict) else {}
-    arg = ml_collections.ConfigDict(dict(variant="B/16", loss="clip", batch=32_768, steps=20_000, res=224,
-                                         fsdp=-1, remat="minimal"))
-    unknown = set(given) - set(arg.keys())
-    if unknown:
-        raise ValueError(f"Unknown config arg(s) {sorted(unknown)}; valid: {sorted(arg.keys())}")
-    arg.update(given)
+    arg = config_args(arg, variant="B/16", loss="clip", batch=32_768, steps=20_000, res=224, fsdp=-1,
+                      remat="minimal")
     if arg.loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {arg.loss!r}")
     image = parse_variant(arg.variant)

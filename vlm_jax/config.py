@@ -151,6 +151,15 @@ def merge_defaults(config: ConfigDict, defaults: ConfigDict,
     return merged
 
 
+def config_args(arg: Any, **defaults: Any) -> ConfigDict:
+    """The `file.py:k=v` arguments of a `get_config(arg)` over their defaults; unknown names raise."""
+    given = arg.to_dict() if isinstance(arg, ConfigDict) else {}
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise ValueError(f"Unknown config arg(s) {sorted(unknown)}; valid: {sorted(defaults)}")
+    return ConfigDict({**defaults, **given})
+
+
 def fill_missing(config: ConfigDict, defaults: dict[str, Any]) -> ConfigDict:
     """`config` with keys it lacks taken from `defaults` (nested); its own values win."""
     merged = ConfigDict(defaults)

@@ -21,6 +21,14 @@ DEFAULT_AUGMENT: dict[str, Any] = {
     "outline": {"p": 0.25, "width": (1, 2)},
 }
 
+# The emoji experiments' augmentation: style changes (outlines, flat colours, jitter, blur) and zoom-out crops.
+STYLE_AUGMENT: dict[str, Any] = {
+    "crop": {"scale": (0.6, 1.0)}, "grayscale": 0.1,
+    "jitter": {"p": 0.8, "brightness": 0.3, "contrast": 0.3, "saturation": 0.4, "hue": 0.1},
+    "blur": {"p": 0.2, "sigma": (0.1, 1.0)}, "flatten": {"p": 0.2, "colors": (3, 12)},
+    "outline": {"p": 0.3, "width": (1, 2)},
+}
+
 
 def _pil(img: np.ndarray) -> Image.Image:
     """uint8 PIL image from uint8/float input."""

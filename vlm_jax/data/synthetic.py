@@ -16,9 +16,11 @@ NUM_EXAMPLES = 2 ** 31 - 1  # an epoch no run reaches
 class _Sample(grain.transforms.Map):
     """Index → deterministic random image in [-1, 1] and right-padded token ids (last real token = eos)."""
 
-    def __init__(self, seed: int, image_size: int, text_len: int, vocab_size: int, eos_id: int = 2):
+    def __init__(self, seed: int, image_size: int, text_len: int, vocab_size: int, eos_id: int = 2,
+                 text_image_size: int = 0):
         self.seed, self.image_size, self.text_len, self.vocab_size, self.eos_id = \
             seed, image_size, text_len, vocab_size, eos_id
+        self.text_image_size = text_image_size
 
     def map(self, index: int) -> dict[str, np.ndarray]:
         """One example, a function of (seed, index) only, so resuming reproduces it."""
@@ -28,6 +30,9 @@ class _Sample(grain.transforms.Map):
         text = np.zeros(self.text_len, np.int32)
         text[:length - 1] = rng.integers(3, self.vocab_size, length - 1)
         text[length - 1] = self.eos_id
+        if self.text_image_size:  # stands in for rendered text (CLIPPO)
+            s = self.text_image_size
+            return {"image": image, "text": rng.uniform(-1, 1, (s, s, 3)).astype(np.float32)}
         return {"image": image, "text": text}
 
 
@@ -35,7 +40,8 @@ class _Sample(grain.transforms.Map):
 class SyntheticPairs:
     """Shapes of a real dataset without its content; no evaluation sets."""
 
-    DEFAULTS = dict(name="synthetic", image_size=224, text_len=64, vocab_size=32_000)
+    DEFAULTS = dict(name="synthetic", image_size=224, text_len=64, vocab_size=32_000, text_format="tokens",
+                    text_image_size=0)  # text_format "render": text is an image of text_image_size (0: image_size)
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -44,13 +50,21 @@ class SyntheticPairs:
         self.vocab_size = int(cfg["vocab_size"])
         if self.vocab_size < 4:
             raise ValueError(f"data.vocab_size must be >= 4, got {self.vocab_size}")
+        if cfg["text_format"] not in ("tokens", "render"):
+            raise ValueError(f"data.text_format must be 'tokens' or 'render', got {cfg['text_format']!r}")
+        self.text_image_size = (int(cfg["text_image_size"]) or self.image_size) if cfg["text_format"] == "render" else 0
 
     def text_spec(self, batch_size: int) -> tuple[tuple[int, ...], np.dtype]:
-        """Shape and dtype of a batch of token ids."""
+        """Shape and dtype of a batch of text inputs: token ids, or text images when rendering."""
+        if self.text_image_size:
+            return (batch_size, self.text_image_size, self.text_image_size, 3), np.dtype(np.float32)
         return (batch_size, self.text_len), np.dtype(np.int32)
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
-        """Byte-level ids folded into the vocabulary (stable, not meaningful), int32 [N, text_len]."""
+        """Byte-level ids folded into the vocabulary (stable, not meaningful), int32 [N, text_len]; or renders."""
+        if self.text_image_size:
+            from vlm_jax.data.render_text import render_to_float
+            return render_to_float(texts, self.text_image_size)
         out = np.zeros((len(texts), self.text_len), np.int32)
         for i, t in enumerate(texts):
             ids = [3 + b % (self.vocab_size - 3) for b in t.encode()][:self.text_len - 1] + [2]
@@ -60,7 +74,7 @@ class SyntheticPairs:
     def train(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         """This process's shard of an endless, resumable stream of random pairs."""
         ds = grain.MapDataset.range(NUM_EXAMPLES)[process_index::process_count]
-        ds = ds.map(_Sample(seed, self.image_size, self.text_len, self.vocab_size))
+        ds = ds.map(_Sample(seed, self.image_size, self.text_len, self.vocab_size, text_image_size=self.text_image_size))
         return ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
 
     def evaluators(self, embedder: Any, config: ml_collections.ConfigDict) -> dict[str, Any]:

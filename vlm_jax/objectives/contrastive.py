@@ -20,6 +20,19 @@ from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
 
 MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init")
 LOSS_KEYS = ("name", "impl", "chunk_size", "grad_cache")
+# Paper settings by short name: loss, initial temperature (and bias), Adam b2 (CLIP: Radford et al. 2021;
+# SigLIP: Zhai et al. 2023).
+LOSS_PRESETS = {
+    "clip": dict(name="infonce", temperature_init=1 / 0.07, bias_init=None, b2=0.98),
+    "siglip": dict(name="sigmoid", temperature_init=10.0, bias_init=-10.0, b2=0.95),
+}
+
+
+def loss_preset(name: str) -> dict:
+    """LOSS_PRESETS[name], naming the valid ones on error."""
+    if name not in LOSS_PRESETS:
+        raise ValueError(f"loss must be one of {sorted(LOSS_PRESETS)}, got {name!r}")
+    return LOSS_PRESETS[name]
 
 
 def check_module_fields(section: Any, module: type, prefix: str) -> None:
