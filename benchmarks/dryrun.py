@@ -25,6 +25,8 @@ ROWS = [  # (name, config, topology, slices, overrides)
      "experiments/two_tower_scale.py:variant=So400m/14,loss=siglip,batch=32768,fsdp=128,remat=full", "v5e-256", 1, []),
     ("SigLIP So400m/14, no remat", "experiments/two_tower_scale.py:variant=So400m/14,loss=siglip,batch=32768,"
      "remat=none", "v5p-128", 1, []),
+    ("CLIPPO B/16", "experiments/clippo_scale.py:variant=B/16,batch=10240", "v5e-256", 1, []),
+    ("CLIPPO B/16", "experiments/clippo_scale.py:variant=B/16,batch=10240", "v5p-128", 1, []),
     ("CLIP B/16, 2 slices", "experiments/two_tower_scale.py:variant=B/16,loss=clip,batch=65536", "v5e-256", 2, []),
 ]
 
