@@ -4,6 +4,7 @@
   --config experiments/emoji_clippo.py:langs=multi      captions in 7 languages; Italian and Russian held out
   --config experiments/emoji_clippo.py:loss=siglip      sigmoid loss
   --config experiments/emoji_clippo.py:size=test        tiny model for tests
+  --config experiments/emoji_clippo.py:text_px=96       captions rendered at 96 px (all fit; slower, worse at 1.2k steps)
 """
 import ml_collections
 
@@ -13,19 +14,20 @@ from vlm_jax.objectives.contrastive import loss_preset
 
 TRAIN_LANGS = ("en", "de", "es", "fr", "ko", "ja", "zh")
 HELD_OUT_LANGS = ("it", "ru")
-SIZES = {  # shared tower, embedding dim, image px, rendered-text px, patch
-    "test": (dict(width=32, depth=1, mlp_dim=64, num_heads=2), 32, 32, 32, 16),
-    "small": (dict(width=128, depth=4, mlp_dim=512, num_heads=4), 128, 64, 96, 16),
+SIZES = {  # shared tower, embedding dim, image px, patch
+    "test": (dict(width=32, depth=1, mlp_dim=64, num_heads=2), 32, 32, 16),
+    "small": (dict(width=128, depth=4, mlp_dim=512, num_heads=4), 128, 64, 16),
 }
 
 
 def get_config(arg=None):
-    """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N, langs=en|multi."""
-    arg = config_args(arg, loss="clip", size="small", steps=1200, batch=256, langs="en")
+    """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N, langs=en|multi, text_px (0: image px)."""
+    arg = config_args(arg, loss="clip", size="small", steps=1200, batch=256, langs="en", text_px=0)
     loss = loss_preset(arg.loss)
     if arg.langs not in ("en", "multi"):
         raise ValueError(f"langs must be en or multi, got {arg.langs!r}")
-    tower, embed_dim, size, text_size, patch = SIZES[arg.size]
+    tower, embed_dim, size, patch = SIZES[arg.size]
+    text_size = arg.text_px or size
     multi = arg.langs == "multi"
     c = ml_collections.ConfigDict()
     c.objective = "clippo"
@@ -36,8 +38,9 @@ def get_config(arg=None):
     c.eval_every = 0
 
     # Same emoji styles and augmentation as the two-tower config. Images at 64 px with 16-px patches give the
-    # same 4×4 token grid as the two-tower's 32 px / 8 px; a 16-px Unifont line is one patch row, and 96 px
-    # holds every "an emoji of {name}." caption (measured: 1871/1871; at 64 px only 1107 fit).
+    # same 4×4 token grid as the two-tower's 32 px / 8 px; a 16-px Unifont line is one patch row. Text at 64 px
+    # holds 1107/1871 "an emoji of {name}." captions whole (1761 bare names); text_px=96 holds all of them
+    # but trained worse in 1.2k steps (README), so 64 is the default.
     c.data = dict(name="emoji", data_dir="", image_size=size, text_len=16, train_styles=("noto", "twitter", "facebook"),
                   text_format="render", text_image_size=text_size, font_size=16, max_chars=0,
                   languages=TRAIN_LANGS if multi else ("en",), templates=["{}"] if multi else None,
