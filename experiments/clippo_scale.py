@@ -6,6 +6,8 @@ Data is `synthetic` (shapes only) until a web-scale image–text source is wired
 import ml_collections
 
 from vlm_jax.config import config_args
+from vlm_jax.objectives.contrastive import apply_loss_preset
+from vlm_jax.sharding import fsdp_mesh
 from vlm_jax.models.vit import parse_variant
 
 
@@ -19,16 +21,13 @@ def get_config(arg=None):
     c.seed = 0
     c.total_steps = arg.steps
     c.batch_size = arg.batch
-    c.mesh = [("data", 1), ("fsdp", -1), ("tensor", 1)] if arg.fsdp == -1 else \
-        [("data", -1), ("fsdp", arg.fsdp), ("tensor", 1)]
+    c.mesh = fsdp_mesh(arg.fsdp)
     c.log_every = 50
     c.data = dict(name="synthetic", image_size=arg.res, text_format="render", text_image_size=arg.res)
     c.model = dict(image=dict(posemb="learn", pool_type="map", scan=True, remat_policy=arg.remat,
                               dtype_mm="bfloat16", **image),
-                   embed_dim=image["width"], temperature_init=1 / 0.07 if arg.loss == "clip" else 10.0)
-    if arg.loss == "siglip":
-        c.model.bias_init = -10.0
-    c.loss = dict(name="infonce" if arg.loss == "clip" else "sigmoid")
+                   embed_dim=image["width"])
+    apply_loss_preset(c, arg.loss)
     c.optim = dict(name="adamw", lr=1e-3, b2=0.95, weight_decay=1e-4, warmup_steps=min(10_000, arg.steps // 10),
                    schedule="rsqrt", clip_norm=1.0)
     c.checkpoint = dict(every_steps=1_000, keep=3)

@@ -10,7 +10,7 @@ import ml_collections
 
 from vlm_jax.config import config_args
 from vlm_jax.data.ops import STYLE_AUGMENT
-from vlm_jax.objectives.contrastive import loss_preset
+from vlm_jax.objectives.contrastive import apply_loss_preset
 
 TRAIN_LANGS = ("en", "de", "es", "fr", "ko", "ja", "zh")
 HELD_OUT_LANGS = ("it", "ru")
@@ -23,7 +23,6 @@ SIZES = {  # shared tower, embedding dim, image px, patch
 def get_config(arg=None):
     """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N, langs=en|multi, text_px (0: image px)."""
     arg = config_args(arg, loss="clip", size="small", steps=1200, batch=256, langs="en", text_px=0)
-    loss = loss_preset(arg.loss)
     if arg.langs not in ("en", "multi"):
         raise ValueError(f"langs must be en or multi, got {arg.langs!r}")
     tower, embed_dim, size, patch = SIZES[arg.size]
@@ -47,10 +46,8 @@ def get_config(arg=None):
                   augment=STYLE_AUGMENT)
     # sincos posemb: the tower reads images and rendered text of any size
     c.model = dict(image=dict(posemb="sincos2d", pool_type="map", patch_size=(patch, patch), **tower),
-                   embed_dim=embed_dim, temperature_init=loss["temperature_init"])
-    if loss["bias_init"] is not None:
-        c.model.bias_init = loss["bias_init"]
-    c.loss = dict(name=loss["name"])
+                   embed_dim=embed_dim)
+    loss = apply_loss_preset(c, arg.loss)
 
     c.optim = dict(name="adamw", lr=1e-3, b2=loss["b2"], weight_decay=0.1,
                    warmup_steps=min(200, arg.steps // 10), schedule="cosine", clip_norm=1.0)

@@ -9,7 +9,7 @@ import ml_collections
 
 from vlm_jax.config import config_args
 from vlm_jax.data.ops import STYLE_AUGMENT
-from vlm_jax.objectives.contrastive import loss_preset
+from vlm_jax.objectives.contrastive import apply_loss_preset
 
 SIZES = {
     # image tower, text tower, embedding dim, image px
@@ -23,7 +23,6 @@ SIZES = {
 def get_config(arg=None):
     """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N."""
     arg = config_args(arg, loss="clip", size="small", steps=1200, batch=256)
-    loss = loss_preset(arg.loss)
     image, text, embed_dim, image_size = SIZES[arg.size]
     c = ml_collections.ConfigDict()
     c.objective = "contrastive"
@@ -39,10 +38,8 @@ def get_config(arg=None):
     c.model = dict(
         image=dict(posemb="learn", pool_type="map", **image),
         text=dict(vocab_size=0, causal=True, pool_type="last", max_len=16, **text),  # vocab from tokenizer
-        embed_dim=embed_dim, temperature_init=loss["temperature_init"])
-    if loss["bias_init"] is not None:
-        c.model.bias_init = loss["bias_init"]
-    c.loss = dict(name=loss["name"])
+        embed_dim=embed_dim)
+    loss = apply_loss_preset(c, arg.loss)
 
     c.optim = dict(name="adamw", lr=1e-3, b2=loss["b2"], weight_decay=0.1,
                    warmup_steps=min(200, arg.steps // 10), schedule="cosine", clip_norm=1.0)

@@ -9,6 +9,8 @@ are used by `python -m vlm_jax.tools.dryrun` and throughput benchmarks.
 import ml_collections
 
 from vlm_jax.config import config_args
+from vlm_jax.objectives.contrastive import apply_loss_preset, loss_preset
+from vlm_jax.sharding import fsdp_mesh
 from vlm_jax.models.vit import parse_variant
 
 # Image-tower size → (text width, depth, mlp, heads, embed dim), following CLIP / SigLIP pairings.
@@ -22,20 +24,18 @@ TEXT_FOR = {
     "g": (1024, 24, 4096, 16, 1024),
     "G": (1280, 32, 5120, 20, 1280),
 }
-LOSSES = {"clip": dict(vocab=49_408, text_len=77, t=1 / 0.07, b=None, b2=0.98, loss="infonce"),
-          "siglip": dict(vocab=32_000, text_len=64, t=10.0, b=-10.0, b2=0.95, loss="sigmoid")}
+TEXT_DATA = {"clip": dict(vocab=49_408, text_len=77), "siglip": dict(vocab=32_000, text_len=64)}  # tokenizer
 
 
 def get_config(arg=None):
     """`arg`: variant=B/16, loss=clip|siglip, batch, steps, res (image px), fsdp (-1: all devices), remat."""
     arg = config_args(arg, variant="B/16", loss="clip", batch=32_768, steps=20_000, res=224, fsdp=-1,
                       remat="minimal")
-    if arg.loss not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {arg.loss!r}")
+    loss = loss_preset(arg.loss)
     image = parse_variant(arg.variant)
     name = arg.variant.partition("/")[0]
     tw, td, tm, th, embed = TEXT_FOR[name]
-    lo = LOSSES[arg.loss]
+    lo = TEXT_DATA[arg.loss]
     common = dict(scan=True, remat_policy=arg.remat, dtype_mm="bfloat16")
 
     c = ml_collections.ConfigDict()
@@ -43,20 +43,16 @@ def get_config(arg=None):
     c.seed = 0
     c.total_steps = arg.steps
     c.batch_size = arg.batch
-    # Pure FSDP over every device by default; fsdp=N keeps N-way FSDP and data parallelism across groups.
-    c.mesh = [("data", 1), ("fsdp", -1), ("tensor", 1)] if arg.fsdp == -1 else \
-        [("data", -1), ("fsdp", arg.fsdp), ("tensor", 1)]
+    c.mesh = fsdp_mesh(arg.fsdp)
     c.log_every = 50
     c.data = dict(name="synthetic", image_size=arg.res, text_len=lo["text_len"], vocab_size=lo["vocab"])
     c.model = dict(
         image=dict(posemb="learn", pool_type="map" if arg.loss == "siglip" else "tok", **image, **common),
         text=dict(vocab_size=lo["vocab"], width=tw, depth=td, mlp_dim=tm, num_heads=th, causal=arg.loss == "clip",
                   pool_type="last", max_len=lo["text_len"], **common),
-        embed_dim=embed, temperature_init=lo["t"])
-    if lo["b"] is not None:
-        c.model.bias_init = lo["b"]
-    c.loss = dict(name=lo["loss"])
-    c.optim = dict(name="adamw", lr=1e-3, b2=lo["b2"], weight_decay=1e-4, warmup_steps=min(2_000, arg.steps // 10),
+        embed_dim=embed)
+    apply_loss_preset(c, arg.loss)
+    c.optim = dict(name="adamw", lr=1e-3, b2=loss["b2"], weight_decay=1e-4, warmup_steps=min(2_000, arg.steps // 10),
                    schedule="cosine", clip_norm=1.0)
     c.checkpoint = dict(every_steps=1_000, keep=3)
     c.evals = dict(sets=[])

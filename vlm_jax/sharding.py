@@ -108,6 +108,11 @@ def make_mesh(spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | Non
     return jax.make_mesh(tuple(sizes), tuple(names), axis_types=auto, devices=devices)
 
 
+def fsdp_mesh(fsdp: int = -1) -> list[tuple[str, int]]:
+    """Config mesh for FSDP: over every device (-1), or N-way FSDP groups with data parallelism across them."""
+    return [("data", 1), ("fsdp", -1), ("tensor", 1)] if fsdp == -1 else [("data", -1), ("fsdp", fsdp), ("tensor", 1)]
+
+
 def rules_for_mesh(mesh: Mesh, rules: Sequence[Sequence[Any]] = DEFAULT_RULES) -> list[tuple[str, Any]]:
     """Drops mesh axes the mesh lacks (or of size 1) from the rules."""
     out = []

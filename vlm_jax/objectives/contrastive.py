@@ -35,6 +35,16 @@ def loss_preset(name: str) -> dict:
     return LOSS_PRESETS[name]
 
 
+def apply_loss_preset(config: ml_collections.ConfigDict, name: str) -> dict:
+    """Sets `config.loss` and the model's initial temperature (and bias) from a preset; returns the preset."""
+    preset = loss_preset(name)
+    config.model.temperature_init = preset["temperature_init"]
+    if preset["bias_init"] is not None:
+        config.model.bias_init = preset["bias_init"]
+    config.loss = dict(name=preset["name"])
+    return preset
+
+
 def check_module_fields(section: Any, module: type, prefix: str) -> None:
     """Raises on keys that are not fields of the Flax module, naming the valid ones."""
     fields = tuple(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
