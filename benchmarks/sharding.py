@@ -41,11 +41,10 @@ def memory_rows():
     rows = []
     for name, mesh in MEMORY_MESHES.items():
         setup = _setup(mesh, WIDE)
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                jax.eval_shape(setup.init_state, jax.random.key(0)), setup.state_shardings)
+        abstract = setup.abstract_state()
         batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=setup.batch_sharding),
                              _batch(setup, 64))
-        mem = setup.train_step.lower(abstract, batch).compile().memory_analysis()
+        mem = setup.train_step.compile(abstract, batch).memory_analysis()
         state_bytes = sum(int(np.prod(s.shard_shape(a.shape))) * a.dtype.itemsize
                           for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(setup.state_shardings)))
         rows.append((name, state_bytes / 2 ** 20, mem.temp_size_in_bytes / 2 ** 20))

@@ -1,14 +1,17 @@
 """Device mesh from config and the one table mapping logical axis names to mesh axes."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+log = logging.getLogger(__name__)
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical name → mesh axes. The only place where model axis names meet mesh axis names.
@@ -102,6 +105,8 @@ def make_mesh(spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | Non
         array = hybrid_device_array(sizes, dcn_sizes, devices)
         return Mesh(array, tuple(names), axis_types=auto)
     if -1 not in [int(s) for _, s in spec] and math.prod(sizes) < len(devices) and jax.process_count() == 1:
+        log.warning("Mesh %s uses %d of the %d devices; the other %d stay idle (size one axis -1 to use them all).",
+                    dict(zip(names, sizes)), math.prod(sizes), len(devices), len(devices) - math.prod(sizes))
         devices = devices[:math.prod(sizes)]  # a smaller mesh on one host uses the first devices
     if math.prod(sizes) != len(devices):
         raise ValueError(f"Mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, have {len(devices)}")
@@ -209,3 +214,67 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """Assembles per-process numpy batches into global jax.Arrays."""
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+@contextlib.contextmanager
+def trace_context(mesh: Mesh, rules: Sequence[Sequence[Any]] = DEFAULT_RULES) -> Iterator[None]:
+    """The mesh (as an abstract mesh, so it may be entered inside jit) and its logical axis rules.
+
+    Activation constraints (`nn.with_logical_constraint`) and the shard_map loss kernels read both while tracing.
+    """
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules_for_mesh(mesh, rules)):
+        yield
+
+
+def _signature(args: tuple) -> tuple:
+    """Hashable input signature: tree structure plus each leaf's shape, dtype, weak type and sharding."""
+    leaves, treedef = jax.tree.flatten(args)
+    return treedef, tuple((tuple(x.shape), x.dtype, bool(getattr(x, "weak_type", False)), x.sharding)
+                          for x in leaves)
+
+
+class MeshJit:
+    """`jax.jit(fn)` that always traces under `mesh` and its axis rules, whoever calls it and from where.
+
+    Called, it compiles ahead of time once per input signature and runs that executable, which `compiled()`
+    returns for inspection (HLO text, memory analysis): what is inspected is what runs.
+    """
+
+    def __init__(self, fn: Callable, mesh: Mesh, rules: Sequence[Sequence[Any]], **jit_kwargs: Any):
+        self.mesh, self.rules = mesh, rules
+
+        def traced(*args: Any) -> Any:
+            with trace_context(mesh, rules):
+                return fn(*args)
+
+        self.traced = traced
+        self.jitted = jax.jit(traced, **jit_kwargs)
+        self._executables: dict[tuple, Any] = {}
+        self._last: Any = None
+
+    def lower(self, *args: Any) -> Any:
+        """The lowered program for these (concrete or abstract) inputs."""
+        return self.jitted.lower(*args)
+
+    def compile(self, *args: Any) -> Any:
+        """The compiled executable for these inputs' signature (compiled on first use)."""
+        key = _signature(args)
+        if key not in self._executables:
+            self._executables[key] = self.lower(*args).compile()
+        self._last = self._executables[key]
+        return self._last
+
+    def compiled(self) -> Any:
+        """The executable of the most recent call or compile (None before any)."""
+        return self._last
+
+    def jaxpr(self, *args: Any) -> Any:
+        """The closed jaxpr, traced under the mesh and rules."""
+        return jax.make_jaxpr(self.traced)(*args)
+
+    def eval_shape(self, *args: Any) -> Any:
+        """Output shapes and dtypes."""
+        return jax.eval_shape(self.traced, *args)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.compile(*args)(*args)

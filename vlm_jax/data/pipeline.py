@@ -127,12 +127,14 @@ def make_train_dataset(
 def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1, num_threads: int = 2,
                  prefetch: int = 8) -> grain.IterDataset:
-    """Any random-access source → this process's shard, reshuffled each epoch, preprocessed (bad examples
-    dropped and counted), batched. Deterministic given the seed and exactly resumable."""
-    ds = grain.MapDataset.source(src)[process_index::process_count]
-    if len(ds) < batch_size:
-        raise ValueError(f"shard has {len(ds)} examples < batch_size {batch_size}")
-    ds = ds.shuffle(seed=seed).repeat(None).random_map(preprocess, seed=seed + 1)
+    """Any random-access source → reshuffled each epoch, preprocessed, this process's share, bad examples dropped
+    and counted, batched. Deterministic given the seed and exactly resumable."""
+    ds = grain.MapDataset.source(src)
+    if len(ds) < batch_size * process_count:
+        raise ValueError(f"{len(ds)} examples < the global batch {batch_size * process_count}")
+    # One global stream (shuffled per epoch, augmented with per-example seeds from the global index), split
+    # across processes: process p takes elements p, p+P, …, so no two hosts share augmentation seeds.
+    ds = ds.shuffle(seed=seed).repeat(None).random_map(preprocess, seed=seed + 1)[process_index::process_count]
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
     return robust.SkipBad(ds).batch(batch_size, drop_remainder=True)
 

@@ -6,7 +6,8 @@ so every process reads the full result.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, ContextManager
 
 import jax
 import numpy as np
@@ -29,8 +30,10 @@ class Embedder:
     """Wraps tower functions with their input preparation (tokenizer, image normalisation)."""
 
     def __init__(self, image_fn: EmbedFn, text_fn: EmbedFn, tokenize: Callable[[list[str]], np.ndarray],
-                 batch_size: int = 256):
+                 batch_size: int = 256, context: Callable[[], ContextManager] = contextlib.nullcontext):
+        # `context`: entered while tracing the towers (the trainer's mesh + logical axis rules)
         self._fns = {"image": image_fn, "text": text_fn}
+        self._context = context
         self._jitted: dict[tuple[str, Any], Callable] = {}
         self.tokenize, self.batch_size = tokenize, batch_size
 
@@ -38,7 +41,13 @@ class Embedder:
         key = (kind, mesh)
         if key not in self._jitted:
             out = shd.replicated(mesh) if mesh is not None else None
-            self._jitted[key] = jax.jit(self._fns[kind], out_shardings=out)
+            fn = self._fns[kind]
+
+            def traced(params: Any, x: jax.Array, fn: EmbedFn = fn) -> jax.Array:
+                with self._context():
+                    return fn(params, x)
+
+            self._jitted[key] = jax.jit(traced, out_shardings=out)
         return self._jitted[key]
 
     def _batched(self, kind: str, params: Any, inputs: np.ndarray) -> np.ndarray:

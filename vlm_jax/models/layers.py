@@ -1,4 +1,8 @@
-"""Shared transformer building blocks with logical-axis sharding annotations."""
+"""Shared transformer building blocks with logical-axis sharding annotations.
+
+Mixed precision, one policy for every tower: parameters, the residual stream, LayerNorm, attention logits and
+softmax, pooled outputs and embeddings are float32; only matmul inputs are cast to `dtype_mm` (e.g. bfloat16).
+"""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -90,7 +94,7 @@ class Attention(nn.Module):
             return _constrain(y, BSHK)
 
         q, k, v = proj("query", x), proj("key", x_kv), proj("value", x_kv)
-        logits = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) / np.sqrt(hd)
+        logits = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(dt)
@@ -175,6 +179,7 @@ class MAPHead(nn.Module):
         probe = jnp.broadcast_to(probe, (b, 1, d))
         attn_mask = None if mask is None else mask[:, None, None, :]
         x = Attention(self.num_heads, dtype_mm=self.dtype_mm, name="attn")(probe, x, mask=attn_mask)
+        x = x.astype(jnp.float32)
         y = layer_norm("ln")(x)
         x = x + MlpBlock(self.mlp_dim, gelu_approximate=self.gelu_approximate, dtype_mm=self.dtype_mm, name="mlp")(y)
         return x[:, 0]

@@ -5,6 +5,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from vlm_jax.models import layers
 from vlm_jax.models.two_tower import l2_normalize, temperature_and_bias
@@ -25,7 +26,7 @@ class OneTower(nn.Module):
         out, tower_aux = tower(x, train=train)
         aux.update({f"{prefix}/{k}": v for k, v in tower_aux.items()})
         if head is not None:
-            out = head(out)
+            out = head(out).astype(jnp.float32)
         aux[f"{prefix}/unnormed"] = out
         return l2_normalize(out)
 

@@ -68,5 +68,6 @@ class TextTransformer(nn.Module):
         if self.num_classes is None:
             return x, aux
         x = layers.dense(self.num_classes, ("embed", None), self.dtype_mm, name="head")(x)
+        x = x.astype(jnp.float32)
         aux["logits"] = x
         return x, aux

@@ -74,6 +74,7 @@ class ViT(nn.Module):
                     param_dtype=jnp.float32, name="embedding",
                     kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, None, "embed")),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(image)
+        x = x.astype(jnp.float32)  # the residual stream is float32 (layers' mixed-precision policy)
         aux["stem"] = x
         b, h, w, _ = x.shape
         x = x.reshape(b, h * w, d)
@@ -108,5 +109,6 @@ class ViT(nn.Module):
             return x, aux
         init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.xavier_uniform()
         x = layers.dense(self.num_classes, ("embed", None), self.dtype_mm, kernel_init=init, name="head")(x)
+        x = x.astype(jnp.float32)
         aux["logits"] = x
         return x, aux

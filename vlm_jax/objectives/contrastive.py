@@ -16,10 +16,11 @@ from vlm_jax.losses import get_contrastive_loss
 from vlm_jax.losses.distributed import contrastive_loss
 from vlm_jax.models import TextTransformer, TwoTower, ViT
 from vlm_jax.data import image_text as datasets
+from vlm_jax.train.microbatch import merge_microbatches, split_microbatches
 from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
 
 MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init")
-LOSS_KEYS = ("name", "impl", "chunk_size", "grad_cache")
+LOSS_KEYS = ("name", "impl", "chunk_size", "grad_cache", "temperature_max")
 # Paper settings by short name: loss, initial temperature (and bias), Adam b2 (CLIP: Radford et al. 2021;
 # SigLIP: Zhai et al. 2023).
 LOSS_PRESETS = {
@@ -56,8 +57,9 @@ class ContrastiveObjective(Objective):
     """Two towers + a contrastive loss (`config.loss.name`: infonce | sigmoid)."""
 
     # impl: "full" (B×B logits) | "gather" (b×B per device) | "ring" (b×b per device, ppermute ring);
-    # chunk_size: rows per in-device tile (0: none); grad_cache: GradCache sub-batches (0: off).
-    CONFIG_DEFAULTS = {"loss": dict(name="infonce", impl="full", chunk_size=0, grad_cache=0)}
+    # chunk_size: rows per in-device tile (0: none); grad_cache: GradCache sub-batches (0: off);
+    # temperature_max: the logit scale t is clamped to at most this after every update (CLIP: 100; 0: unbounded).
+    CONFIG_DEFAULTS = {"loss": dict(name="infonce", impl="full", chunk_size=0, grad_cache=0, temperature_max=100.0)}
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
@@ -109,6 +111,13 @@ class ContrastiveObjective(Objective):
         loss, metrics = self._contrastive(zimg, ztxt, t, b)
         return loss, (metrics, extra)
 
+    def project(self, params: Any) -> Any:
+        """Clamps the log-temperature at log(loss.temperature_max) (Radford et al. 2021 clip t at 100)."""
+        t_max = float(self.config.loss.get("temperature_max", 0) or 0)
+        if not t_max or "t" not in params:
+            return params
+        return {**params, "t": jnp.minimum(params["t"], jnp.log(t_max).astype(params["t"].dtype))}
+
     def value_and_grad(self, params: Any, extra: Any, batch: dict[str, jax.Array],
                        rng: jax.Array) -> tuple[LossOut, Any]:
         """Plain autodiff, or GradCache when `loss.grad_cache` > 1 sub-batches."""
@@ -125,12 +134,9 @@ class ContrastiveObjective(Objective):
         (and t, b) on the full batch; 3. per sub-batch, recompute the towers and pull the cached embedding
         gradients back to the parameters, summing. Sub-batch k holds rows k, k+n, … so each stays sharded.
         """
-        size = batch["image"].shape[0]
-        if size % n:
-            raise ValueError(f"batch {size} does not split into loss.grad_cache={n} sub-batches")
-        split = lambda x: jnp.swapaxes(x.reshape(size // n, n, *x.shape[1:]), 0, 1)  # noqa: E731
-        merge = lambda x: jnp.swapaxes(x, 0, 1).reshape(size, *x.shape[2:])  # noqa: E731
-        subs = jax.tree.map(split, {"image": batch["image"], "text": batch["text"]})
+        subs = split_microbatches({"image": batch["image"], "text": batch["text"]}, n)
+        split = lambda x: split_microbatches(x, n)  # noqa: E731
+        merge = merge_microbatches
         keys = jax.random.split(rng, n)
 
         def embed(p: Any, sub: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, ...]:
@@ -162,7 +168,8 @@ class ContrastiveObjective(Objective):
         model = self.model()
         image_fn = lambda p, x: model.apply({"params": p}, x, None)[0][0]  # noqa: E731
         text_fn = lambda p, t: model.apply({"params": p}, None, t)[0][1]  # noqa: E731
-        return Embedder(image_fn, text_fn, self.data.tokenize, batch_size=self.config.evals.get("batch_size", 256))
+        return Embedder(image_fn, text_fn, self.data.tokenize, batch_size=self.config.evals.get("batch_size", 256),
+                        context=lambda: self.trace_context())
 
     @functools.cached_property
     def _evaluators(self) -> dict[str, Evaluator]:

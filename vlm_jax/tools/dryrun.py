@@ -63,11 +63,6 @@ class Report:
         return self.global_batch / self.step_seconds_at_mfu
 
 
-def _abstract(tree: Any, shardings: Any) -> Any:
-    """ShapeDtypeStructs carrying shardings."""
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
-
-
 def _itemsize(dtype: Any) -> int:
     """Bytes per element (PRNG keys: 8)."""
     try:
@@ -110,8 +105,7 @@ def _without_remat(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def _step_flops(setup: Any, state: Any, batch: Any) -> float:
     """Matmul FLOPs of one global train step."""
-    with setup.context():
-        return jaxpr_flops(jax.make_jaxpr(setup._train_step)(state, batch))
+    return jaxpr_flops(setup.train_step.jaxpr(state, batch))
 
 
 def _replication_hint(report: Report) -> list[str]:
@@ -168,9 +162,7 @@ def dry_run(config: ml_collections.ConfigDict, topology: str, num_slices: int = 
     if setup.mesh.size != len(devices):
         raise ValueError(f"Mesh {dict(setup.mesh.shape)} covers {setup.mesh.size} of {len(devices)} devices; "
                          f"size one axis -1 to span the slice")
-    state = _abstract(jax.eval_shape(setup.init_state, jax.random.key(0)), setup.state_shardings)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=setup.batch_sharding)
-             for k, v in setup.objective.init_batch(config.batch_size).items()}
+    state, batch = setup.abstract_state(), setup.abstract_batch()
 
     hardware_flops = _step_flops(setup, state, batch)
     plain = Setup(_without_remat(config), devices=devices)
@@ -195,8 +187,7 @@ def dry_run(config: ml_collections.ConfigDict, topology: str, num_slices: int = 
         compile_seconds=0.0)
     start = time.perf_counter()
     try:
-        with setup.context():
-            compiled = setup.train_step.lower(state, batch).compile()
+        compiled = setup.train_step.compile(state, batch)  # the executable training would run
     except Exception as err:  # noqa: BLE001 - XLA raises JaxRuntimeError / XlaRuntimeError
         report.compile_seconds = time.perf_counter() - start
         message = str(err)

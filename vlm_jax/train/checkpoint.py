@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
@@ -44,11 +44,28 @@ class Checkpointer:
         """Saved steps, oldest first."""
         return sorted(self.manager.all_steps())
 
-    def restore_latest(self, abstract_state: Any, data_iter: Any) -> tuple[Any, dict[str, Any]] | None:
-        """Restores the newest readable checkpoint into (state, meta); None when there is none at all."""
+    def _meta(self, step: int) -> dict[str, Any]:
+        """The metadata item alone."""
+        return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+    def restore_latest(self, abstract_state: Any, data_iter: Any,
+                       check_meta: Callable[[int, dict[str, Any]], None] | None = None,
+                       ) -> tuple[Any, dict[str, Any]] | None:
+        """Restores the newest readable checkpoint into (state, meta); None when there is none at all.
+
+        `check_meta(step, meta)` runs before the state is read; what it raises propagates (no fallback).
+        """
         steps = self.steps()
         errors = []
         for step in reversed(steps):
+            if check_meta is not None:
+                try:
+                    meta = self._meta(step)
+                except Exception as exc:  # noqa: BLE001 - unreadable metadata: treat like any broken checkpoint
+                    log.warning("Checkpoint metadata at step %d is unreadable (%s); trying an older one.", step, exc)
+                    errors.append(f"step {step}: metadata: {type(exc).__name__}: {str(exc)[:200]}")
+                    continue
+                check_meta(step, meta)
             try:
                 args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                           data=grain.checkpoint.CheckpointRestore(data_iter),
@@ -68,16 +85,8 @@ class Checkpointer:
                                   "\n".join(errors))
         return None
 
-    def wait(self) -> None:
-        """Blocks until pending async saves are committed."""
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
         """Finishes pending saves and releases resources."""
         self.manager.wait_until_finished()
         self.manager.close()
 
-
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) describing `tree`, for restoring into the same layout."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

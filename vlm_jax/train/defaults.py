@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import ml_collections
 
+# No weight decay on biases, norm scales, position embeddings, pooling probes / cls tokens, and the top-level
+# logit temperature `t` and bias `b` (paths are "img/.../bias", "t", "b").
+WD_EXCLUDE = r"(bias|scale|pos_embedding|probe|(^|/)cls$|(^|/)[tb]$)"
+
 # Sections validated by the objective / model / data code that consumes them.
 OPEN_SECTIONS = frozenset({"model", "data", "evals", "loss"})
 
@@ -23,7 +27,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0, weight_decay=1e-4,
-        wd_exclude=r"(bias|scale|pos_embedding|/t$|/b$)", clip_norm=1.0, schedule="cosine",
+        wd_exclude=WD_EXCLUDE, clip_norm=1.0, schedule="cosine",
         warmup_steps=100, end_lr_factor=0.0, lr_mults={}, freeze=""))
 
     c.log_every = 10

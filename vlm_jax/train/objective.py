@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Iterator
+import contextlib
+from typing import Any, Callable, ContextManager, Iterator
 
 import flax.linen as nn
 import jax
@@ -43,6 +44,8 @@ class Objective(abc.ABC):
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
+        # Mesh + logical axis rules for code the objective jits itself (evaluators); set by the trainer's Setup.
+        self.trace_context: Callable[[], ContextManager] = contextlib.nullcontext
 
     @abc.abstractmethod
     def model(self) -> nn.Module:
@@ -65,6 +68,10 @@ class Objective(abc.ABC):
                        rng: jax.Array) -> tuple[LossOut, Any]:
         """((loss, (metrics, new_extra)), grads) of `loss`; objectives may override (e.g. GradCache)."""
         return jax.value_and_grad(lambda p: self.loss(p, extra, batch, rng, True), has_aux=True)(params)
+
+    def project(self, params: Any) -> Any:
+        """Maps updated parameters back into their allowed set (e.g. a clamped logit scale); inside the step."""
+        return params
 
     def after_update(self, params: Any, extra: Any) -> Any:
         """Updates `extra` from the new parameters (e.g. an EMA teacher); inside the jitted step."""

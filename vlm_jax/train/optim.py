@@ -38,6 +38,11 @@ def path_mask(params: Any, pattern: str | None) -> Any:
         lambda p, _: bool(regex and regex.search(path_str(p))), params)
 
 
+def weight_decay_mask(params: Any, config: ml_collections.ConfigDict) -> Any:
+    """Boolean tree: True where decoupled weight decay applies (paths not matching `config.wd_exclude`)."""
+    return jax.tree.map(lambda excluded: not excluded, path_mask(params, config.wd_exclude))
+
+
 def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> Callable[[Any], jax.Array]:
     """Linear warmup followed by cosine / rsqrt / linear decay or a constant."""
     name, peak, warmup = config.schedule, config.lr, int(config.warmup_steps)
@@ -73,8 +78,7 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
         chain.append(optax.clip_by_global_norm(config.clip_norm))
     chain.append(OPTIMIZERS[config.name](config))
     if config.weight_decay:
-        decay_mask = jax.tree.map(lambda excluded: not excluded, path_mask(params, config.wd_exclude))
-        chain.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
+        chain.append(optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask(params, config)))
     chain.append(optax.scale_by_schedule(lambda s: -schedule(s)))
     for pattern, mult in dict(config.lr_mults or {}).items():
         chain.append(optax.masked(optax.scale(float(mult)), path_mask(params, pattern)))

@@ -22,9 +22,11 @@ from vlm_jax.data import robust
 from vlm_jax.config import fill_missing, merge_defaults
 from vlm_jax.train.checkpoint import Checkpointer
 from vlm_jax.train.defaults import OPEN_SECTIONS, trainer_defaults
+from vlm_jax.train.microbatch import split_microbatches
 from vlm_jax.train.objective import Objective, get_objective, objective_class
 from vlm_jax.train.optim import make_optimizer
 from vlm_jax.train.progress import JsonlWriter, Progress
+from vlm_jax.train.resume import check_resume, trim_jsonl
 from vlm_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,11 @@ def finalize_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 
 class Setup:
-    """Mesh, model, optimizer, shardings and jitted functions for one config (no state yet)."""
+    """Mesh, model, optimizer, shardings and jitted functions for one config (no state yet).
+
+    `init_state` and `train_step` are `MeshJit`s: they trace under this mesh and its logical axis rules whoever
+    calls them, so training, evaluation, the dry run and the benchmarks compile one and the same program.
+    """
 
     def __init__(self, config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None):
         self.config = config
@@ -52,6 +58,7 @@ class Setup:
         self.mesh = shd.make_mesh(config.mesh, devices, config.dcn_mesh)
         self.rules = list(config.sharding_rules or shd.DEFAULT_RULES)
         self.mesh_rules = shd.rules_for_mesh(self.mesh, self.rules)
+        self.objective.trace_context = self.trace_context
         self.model = self.objective.model()
         self.batch_sharding = shd.batch_sharding(self.mesh, self.rules)
         if config.batch_size % (jax.process_count() * config.grad_accum_steps):
@@ -60,9 +67,17 @@ class Setup:
 
     @contextlib.contextmanager
     def context(self):
-        """Mesh + logical axis rules, active while tracing model code."""
+        """Concrete mesh + logical axis rules, for eager code outside jit (the jitted functions need none)."""
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.mesh_rules):
             yield
+
+    def trace_context(self):
+        """Abstract mesh + logical axis rules; may be entered inside a traced function."""
+        return shd.trace_context(self.mesh, self.rules)
+
+    def jit(self, fn: Callable, **jit_kwargs: Any) -> shd.MeshJit:
+        """`fn` jitted to trace under this setup's mesh and rules."""
+        return shd.MeshJit(fn, self.mesh, self.rules, **jit_kwargs)
 
     def _init_variables(self, rng: jax.Array) -> Any:
         """Boxed (logically annotated) parameters."""
@@ -71,9 +86,8 @@ class Setup:
 
     def _build(self) -> None:
         config = self.config
-        # Only tracing runs under the mesh: it may be an AOT-only mesh of devices this host lacks.
         rng = jax.eval_shape(lambda: jax.random.key(config.seed))
-        with self.context():
+        with self.trace_context():  # tracing only: the mesh may be an AOT-only mesh of devices this host lacks
             boxed = jax.eval_shape(self._init_variables, rng)
         fsdp = dict(min_size=config.fsdp_min_size, fsdp=config.fsdp_dims)
         self.param_shardings = shd.tree_shardings(boxed, self.mesh, self.rules, **fsdp)
@@ -84,14 +98,25 @@ class Setup:
         opt_shardings = optax.tree_utils.tree_map_params(
             self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
             transform_non_params=lambda _: replicated)
-        with self.context():
+        with self.trace_context():
             boxed_extra = jax.eval_shape(self.objective.init_extra, abstract_params)
         extra_shardings = shd.tree_shardings(boxed_extra, self.mesh, self.rules, **fsdp)
         self.state_shardings = TrainState(step=replicated, params=self.param_shardings,
                                           opt_state=opt_shardings, extra=extra_shardings, rng=replicated)
-        self.init_state = jax.jit(self._init_state, out_shardings=self.state_shardings)
-        self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
-                                  out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+        self.init_state = self.jit(self._init_state, out_shardings=self.state_shardings)
+        self.train_step = self.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+                                   out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+
+    def abstract_state(self, seed: int = 0) -> TrainState:
+        """ShapeDtypeStructs of the train state, carrying its shardings."""
+        shapes = self.init_state.eval_shape(jax.random.key(seed))
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            shapes, self.state_shardings)
+
+    def abstract_batch(self, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+        """The objective's batch shapes at the global batch size, with the batch sharding."""
+        shapes = self.objective.init_batch(batch_size or self.config.batch_size)
+        return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding) for k, v in shapes.items()}
 
     def _init_state(self, rng: jax.Array) -> TrainState:
         params_rng, state_rng = jax.random.split(rng)
@@ -100,42 +125,56 @@ class Setup:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
                           extra=extra, rng=state_rng)
 
-    def _grads(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
-        """Loss, metrics, new extra and gradients; micro-batched when grad_accum_steps > 1."""
-        grad_fn = lambda p, b, r: self.objective.value_and_grad(p, state.extra, b, r)  # noqa: E731
+    def _grads(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array):
+        """Loss, metrics, new extra and gradients; micro-batched when grad_accum_steps > 1.
+
+        Micro-batches are strided (each spans every device) and `extra` is threaded through them in order.
+        """
+        value_and_grad = self.objective.value_and_grad
         accum = self.config.grad_accum_steps
         if accum == 1:
-            (loss, (metrics, extra)), grads = grad_fn(state.params, batch, rng)
+            (loss, (metrics, extra)), grads = value_and_grad(params, extra, batch, rng)
             return loss, metrics, extra, grads
-        micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+        micro = split_microbatches(batch, accum)
 
         def body(carry, xs):
+            acc, extra = carry
             mb, i = xs
-            (loss, (metrics, extra)), grads = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
-            acc = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
-            return acc, extra
+            (loss, (metrics, extra)), grads = value_and_grad(params, extra, mb, jax.random.fold_in(rng, i))
+            return (jax.tree.map(jnp.add, acc, (loss, metrics, grads)), extra), None
 
         (loss_s, (metrics_s, _)), grads_s = jax.eval_shape(
-            grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
+            value_and_grad, params, extra, jax.tree.map(lambda x: x[0], micro), rng)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_s, metrics_s, grads_s))
-        total, extras = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+        (total, extra), _ = jax.lax.scan(body, (zeros, extra), (micro, jnp.arange(accum)))
         loss, metrics, grads = jax.tree.map(lambda x: x / accum, total)
-        return loss, metrics, jax.tree.map(lambda x: x[-1], extras), grads
+        return loss, metrics, extra, grads
 
     def _train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
-        loss, metrics, extra, grads = self._grads(state, batch, rng)
+        loss, metrics, extra, grads = self._grads(state.params, state.extra, batch, rng)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = self.objective.project(optax.apply_updates(state.params, updates))
         extra = self.objective.after_update(params, extra)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         stepped = state.replace(step=state.step + 1)
         new = stepped.replace(params=params, opt_state=opt_state, extra=extra)
         new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, stepped)  # a bad step changes nothing
-        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=self.schedule(state.step),
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=self.schedule(updates_applied(state)),
                        param_norm=optax.tree.norm(params), nonfinite=(~ok).astype(jnp.int32))
         return new, metrics
+
+
+def updates_applied(state: TrainState) -> jax.Array:
+    """Optimizer updates applied so far (the lr schedule's count): `step` minus skipped non-finite steps."""
+    counts = [s.count for s in jax.tree.leaves(state.opt_state, is_leaf=_is_schedule_state)
+              if _is_schedule_state(s)]
+    return counts[0] if counts else state.step
+
+
+def _is_schedule_state(x: Any) -> bool:
+    return isinstance(x, optax.ScaleByScheduleState)
 
 
 def _host_metrics(pending: list[tuple[int, dict]]) -> list[tuple[int, dict[str, float]]]:
@@ -147,12 +186,11 @@ def _host_metrics(pending: list[tuple[int, dict]]) -> list[tuple[int, dict[str, 
 def run_evaluators(setup: Setup, state: TrainState, step: int, writer: JsonlWriter) -> dict[str, float]:
     """Runs every evaluator of the objective and logs the flat results."""
     results: dict[str, float] = {}
-    with setup.context():
-        for name, evaluator in setup.objective.evaluators().items():
-            t0 = time.perf_counter()
-            for key, value in evaluator(state.params, state.extra).items():
-                results[f"{name}/{key}"] = value
-            log.info("eval %s took %.1fs", name, time.perf_counter() - t0)
+    for name, evaluator in setup.objective.evaluators().items():
+        t0 = time.perf_counter()
+        for key, value in evaluator(state.params, state.extra).items():
+            results[f"{name}/{key}"] = value
+        log.info("eval %s took %.1fs", name, time.perf_counter() - t0)
     writer.write({"step": step, "split": "eval", **results})
     return results
 
@@ -182,15 +220,17 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path,
-          stop_after: int | None = None, on_step: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
-    """Trains (or resumes) `config` in `workdir`; returns the final eval metrics and summary."""
+def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: int | None = None,
+          on_step: Callable[[int, dict], None] | None = None, allow_config_change: bool = False) -> dict[str, Any]:
+    """Trains (or resumes) `config` in `workdir`; returns the final eval metrics and summary.
+
+    Resuming under a config that changes the experiment raises `ConfigMismatchError` unless
+    `allow_config_change` (then the change is logged); one that changes the state's structure always raises.
+    """
     config = finalize_config(config)
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    config_json = config.to_json_best_effort()
     setup = Setup(config)
     objective = setup.objective
     local_batch = config.batch_size // jax.process_count()
@@ -199,22 +239,40 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
     ckpt = Checkpointer(workdir / "checkpoints", every_steps=config.checkpoint.every_steps,
                         keep=config.checkpoint.keep, keep_period=config.checkpoint.keep_period,
                         async_save=config.checkpoint.async_save)
-    writer = JsonlWriter(workdir / "metrics.jsonl", enabled=is_main)
+    changes: dict[str, Any] = {}
 
-    with setup.context():
-        abstract = jax.eval_shape(setup.init_state, jax.random.key(config.seed))
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, setup.state_shardings)
-    restored = ckpt.restore_latest(abstract, data_iter)
+    def check(step: int, meta: dict[str, Any]) -> None:
+        changes.update(check_resume(meta.get("config"), config_json, step, allow_config_change))
+
+    try:
+        restored = ckpt.restore_latest(setup.abstract_state(config.seed), data_iter, check_meta=check)
+    except Exception:
+        ckpt.close()
+        raise
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(json.loads(config_json), indent=2))
+    writer = JsonlWriter(workdir / "metrics.jsonl", enabled=is_main)
+    prior_seconds = 0.0
     if restored is None:
         state = setup.init_state(jax.random.key(config.seed))
         start = 0
+        if is_main:
+            trim_jsonl(writer.path, 0)  # records of an attempt that died before its first checkpoint
     else:
         state, meta = restored
         start = int(meta["step"])
+        prior_seconds = float(meta.get("train_seconds", 0.0))
         log.info("Resumed from step %d", start)
         if is_main:
-            print(f"Resumed from checkpoint at step {start}", flush=True)
+            dropped = trim_jsonl(writer.path, start)
+            print(f"Resumed from checkpoint at step {start}" +
+                  (f" (dropped {dropped} metric records logged after it)" if dropped else ""), flush=True)
+            if changes:
+                print("Resuming with config changes (--allow_config_change): " +
+                      "; ".join(f"{k}: {o!r} → {n!r}" for k, (o, n) in changes.items()), flush=True)
+                writer.write({"step": start, "split": "config_change",
+                              "changes": {k: [o, n] for k, (o, n) in changes.items()}})
 
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     if is_main:
@@ -228,6 +286,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
     t_start = time.perf_counter()
     preemption = _Preemption()
     preempted = False
+    elapsed = lambda: prior_seconds + time.perf_counter() - t_start  # noqa: E731  (all segments)
     data_stats: dict[str, float] = {}
     while step < end:
         host_batch = dict(next(data_iter))
@@ -255,7 +314,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
             writer.write({"step": step, "split": "train", **m, **timing})
         preempted = preemption.due(step) and not last
         if ckpt.due(step, config.total_steps) or preempted:
-            ckpt.save(step, state, data_iter, {"step": step, "config": config.to_json_best_effort()})
+            ckpt.save(step, state, data_iter, {"step": step, "config": config_json, "train_seconds": elapsed()})
         if preempted:
             if is_main:
                 print(f"Preempted: checkpoint saved at step {step}; rerun the same command to resume.", flush=True)
@@ -263,12 +322,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
         if config.eval_every and step % config.eval_every == 0 and not last:
             run_evaluators(setup, state, step, writer)
     preemption.restore()
-    train_seconds = time.perf_counter() - t_start
+    train_seconds = elapsed()
     ckpt.close()
     if preempted or (stop_after is not None and step < config.total_steps):
         return {"step": step, "state": state, "setup": setup, "preempted": preempted}
     eval_results = run_evaluators(setup, state, step, writer)
-    summary = {"step": step, "train_seconds": train_seconds, "params": n_params, "evals": eval_results}
+    summary = {"step": step, "train_seconds": train_seconds, "segment_seconds": train_seconds - prior_seconds,
+               "params": n_params, "evals": eval_results}
     if is_main:
         (workdir / "results.json").write_text(json.dumps(summary, indent=2))
     return {**summary, "state": state, "setup": setup}
