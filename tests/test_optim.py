@@ -59,9 +59,53 @@ def test_freeze_and_lr_mults():
     np.testing.assert_allclose(updates["txt"]["w"], np.zeros(3))
 
 
-def test_path_mask():
-    tree = {"a": {"bias": 1, "kernel": 2}, "t": 3}
-    assert path_mask(tree, r"(bias|^t$)") == {"a": {"bias": True, "kernel": False}, "t": True}
+# Every shipped experiment config, with the loss presets that change the parameter tree (SigLIP adds `b`).
+SHIPPED = ["emoji_two_tower.py", "emoji_two_tower.py:loss=siglip", "emoji_clippo.py", "emoji_clippo.py:loss=siglip",
+           "two_tower_scale.py", "two_tower_scale.py:variant=So400m/14,loss=siglip", "clippo_scale.py"]
+
+
+def _expected_decay(path: str) -> bool:
+    """Independent rule from the leaf names: decay matrices and embedding tables, nothing else."""
+    name = path.split("/")[-1]
+    if path in ("t", "b") or name.endswith("bias") or name in ("scale", "pos_embedding", "probe", "cls"):
+        return False
+    assert name.endswith("kernel") or name == "embedding", f"unclassified parameter {path}"
+    return True
+
+
+@pytest.mark.parametrize("spec", SHIPPED)
+def test_weight_decay_mask_on_every_shipped_config(spec, data_dir):
+    from vlm_jax.config import load_config
+    from vlm_jax.train.optim import path_str, weight_decay_mask
+    from vlm_jax.train.trainer import Setup, finalize_config
+
+    config = finalize_config(load_config(f"experiments/{spec}"))
+    assert config.optim.weight_decay > 0
+    setup = Setup(config)
+    params = setup.abstract_state().params
+    mask = weight_decay_mask(params, config.optim)
+    got = {path_str(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
+    want = {path: _expected_decay(path) for path in got}
+    assert got == want
+    assert got["t"] is False and got.get("b", False) is False
+    assert any(want.values()) and not all(want.values())
+
+
+def test_real_chain_decays_exactly_the_masked_parameters(data_dir):
+    """Zero gradients: the AdamW update is lr × wd × param where decay applies, and exactly 0 elsewhere."""
+    from vlm_jax.config import load_config
+    from vlm_jax.train.optim import path_str, weight_decay_mask
+    from vlm_jax.train.trainer import Setup, finalize_config
+
+    config = finalize_config(load_config("experiments/emoji_two_tower.py:size=test,loss=siglip"))
+    setup = Setup(config)
+    params = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), setup.abstract_state().params)
+    updates, _ = setup.tx.update(jax.tree.map(jnp.zeros_like, params), setup.tx.init(params), params)
+    mask = weight_decay_mask(params, config.optim)
+    lr0 = float(setup.schedule(0))
+    for (p, u), m in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(mask)):
+        want = -lr0 * config.optim.weight_decay if m else 0.0
+        np.testing.assert_allclose(np.asarray(u), want, rtol=1e-6, err_msg=path_str(p))
 
 
 def test_unknown_optimizer_names_valid():

@@ -260,21 +260,29 @@ class MeshJit:
         """The compiled executable for these inputs' signature (compiled on first use)."""
         key = _signature(args)
         if key not in self._executables:
-            self._executables[key] = self.lower(*args).compile()
+            lowered = self.lower(*args)
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), args)
+            self._executables[key] = (lowered, lowered.compile(), abstract)
         self._last = self._executables[key]
-        return self._last
+        return self._last[1]
 
     def compiled(self) -> Any:
         """The executable of the most recent call or compile (None before any)."""
-        return self._last
+        return self._last[1] if self._last else None
+
+    def lowered(self) -> Any:
+        """The lowered program (StableHLO, with its sharding annotations) of that executable."""
+        return self._last[0] if self._last else None
 
     def jaxpr(self, *args: Any) -> Any:
-        """The closed jaxpr, traced under the mesh and rules."""
-        return jax.make_jaxpr(self.traced)(*args)
+        """The closed jaxpr, traced under the mesh and rules (no args: those of the last executable)."""
+        return jax.make_jaxpr(self.traced)(*(args or self._last[2]))
 
     def eval_shape(self, *args: Any) -> Any:
         """Output shapes and dtypes."""
         return jax.eval_shape(self.traced, *args)
 
     def __call__(self, *args: Any) -> Any:
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args)):
+            return self.jitted(*args)  # called inside another trace (eval_shape, an outer jit)
         return self.compile(*args)(*args)

@@ -13,14 +13,6 @@ from PIL import Image, ImageFilter
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
-DEFAULT_AUGMENT: dict[str, Any] = {
-    "crop": {"scale": (0.5, 1.3), "ratio": (3 / 4, 4 / 3)},
-    "jitter": {"p": 0.8, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.0},
-    "blur": {"p": 0.2, "sigma": (0.1, 1.0)},
-    "flatten": {"p": 0.25, "colors": (3, 12)},
-    "outline": {"p": 0.25, "width": (1, 2)},
-}
-
 # The emoji experiments' augmentation: style changes (outlines, flat colours, jitter, blur) and zoom-out crops.
 STYLE_AUGMENT: dict[str, Any] = {
     "crop": {"scale": (0.6, 1.0)}, "grayscale": 0.1,

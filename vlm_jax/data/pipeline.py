@@ -13,7 +13,7 @@ import grain
 import numpy as np
 
 from vlm_jax.data import emoji_tfds, multilingual, ops, robust
-from vlm_jax.data.tokenizer import EVAL_TEMPLATE, TRAIN_TEMPLATES, Tokenizer
+from vlm_jax.data.tokenizer import TRAIN_TEMPLATES, Tokenizer
 
 
 MAX_PIXELS = 4096 * 4096  # larger images are skipped (decompression bombs, broken headers)
@@ -137,25 +137,3 @@ def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size
     ds = ds.shuffle(seed=seed).repeat(None).random_map(preprocess, seed=seed + 1)[process_index::process_count]
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
     return robust.SkipBad(ds).batch(batch_size, drop_remainder=True)
-
-
-def make_eval_arrays(
-    data_dir: str | Path,
-    split: str,
-    *,
-    image_size: int,
-    tokenizer: Tokenizer | None = None,
-    text_len: int | None = None,
-    template: str = EVAL_TEMPLATE,
-    prepared_size: int = 64,
-    max_concepts: int | None = None,
-) -> dict[str, Any]:
-    """Whole split, no augmentation: image float32 [N,S,S,3] in [-1,1] plus metadata (and "text" tokens of
-    `template` per concept when a tokenizer is given), sorted by concept id."""
-    d = emoji_tfds.load_split(data_dir, split, prepared_size, max_concepts)
-    d["image"] = np.stack([ops.normalize(ops.resize(x, image_size)) for x in d["image"]])
-    if tokenizer is not None:
-        if text_len is None:
-            raise ValueError("text_len is required with a tokenizer")
-        d["text"] = tokenizer.encode([template.format(n) for n in d["name"]], text_len)
-    return d

@@ -1,7 +1,5 @@
 """Loss functions by name."""
-from vlm_jax.losses.contrastive import infonce_loss, sigmoid_loss
-
-CONTRASTIVE_LOSSES = {"infonce": infonce_loss, "sigmoid": sigmoid_loss}
+from vlm_jax.losses.contrastive import LOSSES as CONTRASTIVE_LOSSES, infonce_loss, sigmoid_loss  # noqa: F401
 
 
 def get_contrastive_loss(name: str):

@@ -36,3 +36,7 @@ def sigmoid_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array) -
     pos = jnp.sum(jnp.diagonal(logits)) / n
     neg = (jnp.sum(logits) - n * pos) / float(max(n * (n - 1), 1))  # a Python float: n² overflows int32
     return loss, {"logit/pos": pos, "logit/neg": neg, **_retrieval_accuracy(logits)}
+
+
+# The contrastive losses by name (config.loss.name): one table for `get_contrastive_loss` and the kernels.
+LOSSES = {"infonce": infonce_loss, "sigmoid": sigmoid_loss}

@@ -33,12 +33,11 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from vlm_jax import sharding
-from vlm_jax.losses.contrastive import infonce_loss, sigmoid_loss
+from vlm_jax.losses.contrastive import LOSSES
 
 Metrics = dict[str, jax.Array]
 KINDS = ("infonce", "sigmoid")
 IMPLS = ("full", "gather", "ring")
-_FULL = {"infonce": infonce_loss, "sigmoid": sigmoid_loss}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -468,7 +467,7 @@ def contrastive_loss(kind: str, zimg: jax.Array, ztxt: jax.Array, t: jax.Array, 
     bias = None if b is None else jnp.asarray(b, jnp.float32)
     ctx = _context(mesh, x.shape[0], chunk_size, distributed=impl != "full")
     if not ctx.axes and not chunk_size:
-        return _FULL[kind](x, y, t, *(() if kind == "infonce" else (bias,)))
+        return LOSSES[kind](x, y, t, *(() if kind == "infonce" else (bias,)))
     if impl == "gather" and ctx.axes:
         out = _gather_infonce(x, y, t, ctx) if kind == "infonce" else _gather_sigmoid(x, y, t, bias, ctx)
     else:
