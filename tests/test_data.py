@@ -2,10 +2,12 @@
 import itertools
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
-from vlm_jax.data import emoji, emoji_tfds, fashion_mnist, ops, pipeline
+from vlm_jax.data import emoji, emoji_tfds, fashion_mnist, image_text, ops, pipeline
 from vlm_jax.data.tokenizer import EOS_ID, EVAL_TEMPLATE, PAD_ID, TRAIN_TEMPLATES, UNK_ID, Tokenizer
 
 SMALL = 200  # concepts in the test dataset
@@ -29,7 +31,7 @@ def tok(small_dir):
 
 
 def _train(small_dir, tok, seed=0, **kw):
-    args = dict(image_size=32, text_len=16, batch_size=8, seed=seed, augment=ops.DEFAULT_AUGMENT,
+    args = dict(image_size=32, text_len=16, batch_size=8, seed=seed, augment=ops.STYLE_AUGMENT,
                 max_concepts=SMALL, num_threads=1, prefetch=2)
     return pipeline.make_train_dataset(small_dir, "train", tok, **{**args, **kw})
 
@@ -162,8 +164,8 @@ def test_outline(img):
 
 
 def test_augment_determinism(img):
-    a = ops.augment(img, np.random.default_rng(3), ops.DEFAULT_AUGMENT, 32)
-    b = ops.augment(img, np.random.default_rng(3), ops.DEFAULT_AUGMENT, 32)
+    a = ops.augment(img, np.random.default_rng(3), ops.STYLE_AUGMENT, 32)
+    b = ops.augment(img, np.random.default_rng(3), ops.STYLE_AUGMENT, 32)
     assert a.shape == (32, 32, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
     assert np.array_equal(ops.augment(img, np.random.default_rng(0), {}, 32), ops.resize(img, 32))
 
@@ -220,12 +222,43 @@ def test_pipeline_sharding(small_dir, tok):
     assert not seen[0] & seen[1]
 
 
-def test_eval_arrays(small_dir, tok):
-    d = pipeline.make_eval_arrays(small_dir, "openmoji", image_size=32, tokenizer=tok, text_len=16,
-                                  max_concepts=SMALL)
-    assert d["image"].shape == (SMALL, 32, 32, 3) and d["image"].dtype == np.float32
-    assert -1 <= d["image"].min() and d["image"].max() <= 1
-    assert tok.decode(d["text"][:1]) == [EVAL_TEMPLATE.format(d["name"][0]).lower()]
+def _model_input(images, size):
+    """uint8 [N, 64, 64, 3] → float32 [N, size, size, 3] in [-1, 1]: bicubic resize (PIL), then x / 127.5 - 1."""
+    resized = [np.asarray(Image.fromarray(x).resize((size, size), Image.Resampling.BICUBIC)) for x in images]
+    return np.stack(resized).astype(np.float32) / np.float32(127.5) - np.float32(1)
+
+
+def test_eval_sets(small_dir, tok):
+    """The evaluation path (EmojiPairs.eval_sets): OpenMoji queries against Noto classes, never augmented."""
+    cfg = ml_collections.ConfigDict(dict(name="emoji", data_dir=str(small_dir), image_size=32, text_len=16,
+                                         max_concepts=SMALL, augment=ops.STYLE_AUGMENT))
+    data = image_text.get(cfg)
+    sets = data.eval_sets(["emoji"])
+    assert sorted(sets) == ["emoji/cross", "emoji/unseen"]
+    noto = emoji_tfds.load_split(small_dir, "noto", max_concepts=SMALL)
+    om = emoji_tfds.load_split(small_dir, "openmoji", max_concepts=SMALL)
+    assert list(om["concept"]) == list(noto["concept"]) == sorted(noto["concept"])
+    seen, flag = np.asarray(om["seen"], bool), np.asarray(om["is_flag"], bool)
+    assert 0 < (~seen).sum() < seen.sum()
+    unseen_cls = np.flatnonzero(~seen)
+    for ev, queries, classes in ((sets["emoji/cross"], seen, np.arange(SMALL)),
+                                 (sets["emoji/unseen"], ~seen, unseen_cls)):
+        n = int(queries.sum())
+        assert ev.images.shape == (n, 32, 32, 3) and ev.images.dtype == np.float32
+        assert -1 <= ev.images.min() and ev.images.max() <= 1
+        np.testing.assert_allclose(ev.images, _model_input(om["image"][queries], 32), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(ev.class_images, _model_input(noto["image"][classes], 32), rtol=0, atol=1e-6)
+        assert ev.class_names == [noto["name"][i] for i in classes]
+        assert [ev.class_names[label] for label in ev.labels] == [n for n, q in zip(om["name"], queries) if q]
+        np.testing.assert_array_equal(ev.subsets["flag"], flag[queries])
+        np.testing.assert_array_equal(ev.subsets["nonflag"], ~flag[queries])
+    # the class prompts reach the text tower as tokens of the evaluation template, through the data's tokenizer
+    prompts = [EVAL_TEMPLATE.format(n) for n in sets["emoji/cross"].class_names]
+    ids = data.tokenize(prompts)
+    assert ids.shape == (SMALL, 16) and ids.dtype == np.int32
+    whole = ids[:, -1] == PAD_ID  # prompts that fit in text_len (the rest are truncated)
+    assert whole.mean() > 0.5
+    assert [t for t, w in zip(tok.decode(ids), whole) if w] == [p.lower() for p, w in zip(prompts, whole) if w]
 
 
 # ---- Fashion-MNIST --------------------------------------------------------------------------------------------

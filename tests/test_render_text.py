@@ -1,6 +1,7 @@
 """Unifont text renderer: pixels against glyphs decoded by hand from unifont.hex, wrapping, fallbacks, sizes."""
 from __future__ import annotations
 
+import functools
 import gzip
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from vlm_jax.data.render_text import TextRenderer, render_to_float
 
 FONT = Path("/usr/share/unifont/unifont.hex")
 GREY, BLACK, MARGIN = 127, 0, 1
+SPACE, SPACING = 4, 1  # documented defaults at font size 16: a space is 4 px wide, glyphs are 1 px apart
 
 
+@functools.lru_cache(maxsize=None)
 def _hex_line(char: str) -> str:
     """The raw `CODE:HEX` line of `char` in unifont.hex, found with plain string operations."""
     prefix = f"{ord(char):04X}:"
@@ -38,6 +41,30 @@ def _expected(bitmap: np.ndarray, size: int, x: int = MARGIN, y: int = MARGIN) -
     image = np.full((size, size), GREY, np.uint8)
     h, w = bitmap.shape
     image[y:y + h, x:x + w][bitmap] = BLACK
+    return np.repeat(image[:, :, None], 3, axis=2)
+
+
+def _hand_layout(text: str, size: int) -> np.ndarray:
+    """`text` rendered per the module docstring's rules, built independently of the renderer: default options
+    (16-px font, lowercase, margin 1), glyphs hand-decoded from unifont.hex, words greedily wrapped, a word
+    wider than a line broken between glyphs, lines that do not fit dropped. Plain words only (no controls,
+    invisible or missing characters)."""
+    line_width, max_lines = size - 2 * MARGIN, (size - 2 * MARGIN) // 16
+    image = np.full((size, size), GREY, np.uint8)
+    line, end = 0, None  # end: where the ink of the current line ends (None: line still empty)
+    for word in text.lower().split():
+        glyphs = [_hand_bitmap(c) for c in word]
+        width = sum(g.shape[1] for g in glyphs) + SPACING * (len(glyphs) - 1)
+        x = 0 if end is None else end + SPACING + SPACE + SPACING
+        if end is not None and x + width > line_width:
+            line, x = line + 1, 0
+        for g in glyphs:
+            if x > 0 and x + g.shape[1] > line_width:  # only in a word wider than a line
+                line, x = line + 1, 0
+            if line < max_lines:
+                image[MARGIN + 16 * line:MARGIN + 16 * (line + 1), MARGIN + x:MARGIN + x + g.shape[1]][g] = BLACK
+            x += g.shape[1] + SPACING
+        end = x - SPACING
     return np.repeat(image[:, :, None], 3, axis=2)
 
 
@@ -131,6 +158,8 @@ def test_image_sizes(size):
     assert images.shape == (3, size, size, 3) and images.dtype == np.uint8
     assert (images[:2] == BLACK).any(axis=(1, 2, 3)).all() and (images[2] == GREY).all()
     assert set(np.unique(images)) == {BLACK, GREY}
+    for image, text in zip(images, texts):  # wrapped (64, 224) or cut to the one line that fits (32)
+        np.testing.assert_array_equal(image, _hand_layout(text, size), err_msg=text)
     np.testing.assert_array_equal(images[1], TextRenderer(image_size=size).render(texts[1]))
 
 
@@ -143,10 +172,16 @@ def test_tiny_images_and_small_fonts_clip_without_error():
 
 def test_render_to_float():
     texts = ["a cat", "고양이"]
+    ink = np.stack([_hand_layout(t, 32) == BLACK for t in texts])
+    assert ink.any(axis=(1, 2, 3)).all() and not ink.all(axis=(1, 2, 3)).any()
     x = render_to_float(texts, image_size=32)
     assert x.dtype == np.float32 and x.shape == (2, 32, 32, 3)
-    np.testing.assert_allclose(x, TextRenderer(image_size=32).render_batch(texts) / 127.5 - 1, atol=1e-6)
-    assert x.min() == -1 and x.max() == pytest.approx(127 / 127.5 - 1)
+    assert (x[ink] == -1).all()  # ink 0 → exactly -1
+    np.testing.assert_allclose(x[~ink], 127 / 127.5 - 1, rtol=0, atol=1e-7)  # background 127 → x / 127.5 - 1
+    y = render_to_float(texts, image_size=32, ink=255, background=0)  # options reach the renderer
+    assert (y[ink] == 1).all() and (y[~ink] == -1).all()
+    z = render_to_float(texts, image_size=32, ink=51, background=204)
+    np.testing.assert_allclose(z, np.where(ink, 51 / 127.5 - 1, 204 / 127.5 - 1), rtol=0, atol=1e-7)
 
 
 def test_gz_font_and_missing_glyphs(tmp_path):
