@@ -1,13 +1,12 @@
 """Optimizer chain and schedules against closed-form NumPy references."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from vlm_jax.train.defaults import trainer_defaults
-from vlm_jax.train.optim import make_optimizer, make_schedule, path_mask
+from vlm_jax.train.optim import make_optimizer, make_schedule
 
 
 def _cfg(**kw):

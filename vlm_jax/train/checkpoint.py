@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import grain
-import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)

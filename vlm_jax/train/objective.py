@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager
 
 import flax.linen as nn
 import jax
