@@ -190,6 +190,18 @@ def test_pipeline_elements_and_determinism(small_dir, tok):
     assert not np.array_equal(a[0]["image"], c[0]["image"])
 
 
+def test_processes_split_one_global_stream(small_dir, tok):
+    """Process p of P gets elements p, p+P, … of the one-process stream, augmentation included: per-example
+    seeds come from the global index, so hosts never repeat each other's augmentations."""
+    one = _take(_train(small_dir, tok, batch_size=12), 4)
+    parts = [_take(_train(small_dir, tok, batch_size=4, process_index=p, process_count=3), 4) for p in range(3)]
+    for b in range(4):
+        for p in range(3):
+            for key in one[b]:
+                np.testing.assert_array_equal(parts[p][b][key], one[b][key][p::3], err_msg=f"{key} p{p} b{b}")
+    assert not np.array_equal(parts[0][0]["image"], parts[1][0]["image"])
+
+
 def test_pipeline_resume(small_dir, tok):
     it = iter(_train(small_dir, tok))
     for _ in range(25):  # past the first epoch boundary (~180 seen examples / 8)

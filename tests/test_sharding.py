@@ -1,4 +1,6 @@
 """Data-parallel, FSDP and tensor-parallel runs equal a 1-device run; checkpoints restore across meshes."""
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -72,6 +74,8 @@ def test_sharded_run_equals_single_device(reference, mesh):
         assert any("fsdp" in s for s in specs), specs  # parameters really are split
     if "tp" in mesh:
         assert any("tensor" in s for s in specs), specs
+    if mesh.endswith("_loss"):  # the distributed kernel ran, not the full-loss fallback
+        assert "shard_map" in str(setup.train_step.jaxpr())
 
 
 def test_fsdp_shards_optimizer_state_like_params(data_dir):
@@ -105,6 +109,16 @@ def test_checkpoint_restores_under_another_mesh(tmp_path, data_dir):
                  jax.device_get(restored.params), jax.device_get(state.params))
     specs = {str(x.sharding.spec) for x in jax.tree.leaves(restored.params)}
     assert any("tensor" in s for s in specs) and not any("fsdp" in s for s in specs)
+
+
+def test_smaller_mesh_warns_about_idle_devices(caplog):
+    with caplog.at_level(logging.WARNING, logger="vlm_jax.sharding"):
+        mesh = shd.make_mesh([("data", 4), ("tensor", 1)])
+    assert mesh.size == 4 and "uses 4 of the 8 devices" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vlm_jax.sharding"):
+        shd.make_mesh([("data", -1)])
+    assert not caplog.text
 
 
 def test_mesh_errors_are_clear():
