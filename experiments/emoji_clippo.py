@@ -41,7 +41,7 @@ def get_config(arg=None):
     # holds 1107/1871 "an emoji of {name}." captions whole (1761 bare names); text_px=96 holds all of them
     # but trained worse in 1.2k steps (README), so 64 is the default.
     c.data = dict(name="emoji", data_dir="", image_size=size, text_len=16, train_styles=("noto", "twitter", "facebook"),
-                  text_format="render", text_image_size=text_size, font_size=16, max_chars=0,
+                  text_format="render", text_image_size=text_size, font_size=16, max_chars=0, sampling="examples",
                   languages=TRAIN_LANGS if multi else ("en",), templates=["{}"] if multi else None,
                   augment=STYLE_AUGMENT)
     # sincos posemb: the tower reads images and rendered text of any size

@@ -33,7 +33,7 @@ def get_config(arg=None):
     c.eval_every = 0
 
     c.data = dict(name="emoji", data_dir="", image_size=image_size, text_len=16,
-                  train_styles=("noto", "twitter", "facebook"),
+                  train_styles=("noto", "twitter", "facebook"), sampling="examples",
                   augment=STYLE_AUGMENT)
     c.model = dict(
         image=dict(posemb="learn", pool_type="map", **image),

@@ -202,6 +202,30 @@ def test_processes_split_one_global_stream(small_dir, tok):
     assert not np.array_equal(parts[0][0]["image"], parts[1][0]["image"])
 
 
+def test_concept_sampling_puts_each_concept_once_per_epoch(small_dir, tok):
+    styles = ("noto", "twitter", "facebook")
+    rows = pipeline.train_source(small_dir, styles, max_concepts=SMALL)
+    per_concept = {}
+    for i in range(len(rows)):
+        per_concept.setdefault(int(rows[i]["concept"]), []).append(i)
+    n = len(per_concept)
+    assert max(map(len, per_concept.values())) == 3  # the same concept in three styles: "examples" mixes them
+    batches = _take(_train(small_dir, tok, styles=styles, sampling="concepts", batch_size=4, augment={},
+                           image_size=64), 2 * n // 4)
+    concepts = np.concatenate([b["concept"] for b in batches])
+    for b in batches[:n // 4]:
+        assert len(set(b["concept"].tolist())) == 4  # within an epoch, never twice in a batch
+    assert sorted(concepts[:n].tolist()) == sorted(per_concept)  # epoch 1: every concept exactly once
+    assert sorted(concepts[n:2 * n - 4].tolist()) != concepts[n:2 * n - 4].tolist()  # reshuffled
+    seen_images = {}
+    for b in batches:
+        for c, im in zip(b["concept"].tolist(), b["image"]):
+            seen_images.setdefault(c, set()).add(im.tobytes())
+    assert sum(len(v) > 1 for v in seen_images.values()) > n // 4  # styles drawn per epoch, not fixed
+    with pytest.raises(ValueError, match="sampling"):
+        _train(small_dir, tok, sampling="concept")
+
+
 def test_pipeline_resume(small_dir, tok):
     it = iter(_train(small_dir, tok))
     for _ in range(25):  # past the first epoch boundary (~180 seen examples / 8)

@@ -56,9 +56,11 @@ class EmojiPairs:
 
     DEFAULTS = dict(name="emoji", data_dir="", image_size=32, text_len=16, augment={}, templates=None,
                     max_concepts=0, num_threads=2, train_styles=("noto",), languages=("en",),
-                    text_format="tokens", text_image_size=0, font_size=16, max_chars=0)
+                    text_format="tokens", text_image_size=0, font_size=16, max_chars=0, sampling="examples")
     # text_format "tokens": SentencePiece ids [text_len]; "render": text drawn with GNU Unifont as an image
     # [text_image_size (0: image_size)]² × 3 in [-1, 1] (CLIPPO). languages: caption languages drawn per example.
+    # sampling "examples": every (concept, style) example once per epoch; "concepts": every concept once per
+    # epoch in one random style, so no batch counts another drawing of its own concept as a negative.
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -70,6 +72,9 @@ class EmojiPairs:
         self.max_concepts = int(cfg["max_concepts"]) or None
         self.num_threads = int(cfg["num_threads"])
         self.train_styles = tuple(cfg["train_styles"])
+        self.sampling = cfg["sampling"]
+        if self.sampling not in pipeline.SAMPLINGS:
+            raise ValueError(f"data.sampling must be one of {pipeline.SAMPLINGS}, got {self.sampling!r}")
         self.languages = tuple(cfg["languages"])
         for lang in self.languages:
             multilingual.names(lang)  # validates the language code
@@ -110,7 +115,8 @@ class EmojiPairs:
             self.data_dir, "train", encode, image_size=self.image_size, text_len=self.text_len, languages=self.languages,
             batch_size=batch_size, seed=seed, augment=self.augment, templates=self.templates,
             process_index=process_index, process_count=process_count, prepared_size=PREPARED_SIZE,
-            max_concepts=self.max_concepts, num_threads=self.num_threads, styles=self.train_styles)
+            max_concepts=self.max_concepts, num_threads=self.num_threads, styles=self.train_styles,
+            sampling=self.sampling)
 
     def _split(self, split: str) -> dict[str, Any]:
         return emoji_tfds.load_split(self.data_dir, split, image_size=PREPARED_SIZE, max_concepts=self.max_concepts)

@@ -16,6 +16,7 @@ from vlm_jax.data import emoji_tfds, multilingual, ops, robust
 from vlm_jax.data.tokenizer import TRAIN_TEMPLATES, Tokenizer
 
 
+SAMPLINGS = ("examples", "concepts")
 MAX_PIXELS = 4096 * 4096  # larger images are skipped (decompression bombs, broken headers)
 
 
@@ -72,6 +73,34 @@ class _Rows:
         return src[int(rows[index - self.offsets[part]])]
 
 
+class _ConceptGroups:
+    """Random-access source of concepts: element i holds the `rows` indices of concept i's examples (styles)."""
+
+    def __init__(self, rows: _Rows):
+        concepts = np.concatenate([
+            np.asarray([int(r["concept"]) for r in src.__getitems__(list(map(int, idx)))], np.int64)
+            for src, idx in rows.parts]) if len(rows) else np.zeros(0, np.int64)
+        order = np.argsort(concepts, kind="stable")
+        bounds = np.flatnonzero(np.diff(concepts[order])) + 1
+        self.groups = np.split(order, bounds)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.groups[index]
+
+
+class _PickExample(grain.transforms.RandomMap):
+    """A concept's example indices → one of its examples (one style), drawn with the element's rng."""
+
+    def __init__(self, rows: _Rows):
+        self.rows = rows
+
+    def random_map(self, group: np.ndarray, rng: np.random.Generator) -> Any:
+        return self.rows[int(group[int(rng.integers(len(group)))])]
+
+
 def train_source(data_dir: str | Path, styles: Sequence[str], prepared_size: int = 64,
                  max_concepts: int | None = None) -> _Rows:
     """Seen-concept examples of every training style ("noto" is the "train" split; others are filtered)."""
@@ -110,23 +139,33 @@ def make_train_dataset(
     styles: Sequence[str] | None = None,
     max_pixels: int = MAX_PIXELS,
     languages: Sequence[str] = ("en",),
+    sampling: str = "examples",
 ) -> grain.IterDataset:
     """Infinite, shuffled, augmented, batched per-process training stream (drop_remainder).
 
     `styles` (e.g. ("noto", "twitter", "facebook")) replaces `split` with the seen concepts of each style.
+    `sampling`: "examples" shuffles all (concept, style) examples, so a batch can hold one concept in several
+    styles (false negatives for a contrastive loss); "concepts" shuffles concepts and draws one style each, so
+    a concept appears at most once per batch (except in a batch spanning two epochs).
     """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if styles:
         src = train_source(data_dir, styles, prepared_size, max_concepts)
     else:
-        src = emoji_tfds.data_source(data_dir, split, prepared_size, max_concepts, encoded_images=True)
+        split_src = emoji_tfds.data_source(data_dir, split, prepared_size, max_concepts, encoded_images=True)
+        src = _Rows([(split_src, np.arange(len(split_src)))])
+    pick = None
+    if sampling == "concepts":
+        src, pick = _ConceptGroups(src), _PickExample(src)
     preprocess = _Preprocess(tokenizer, image_size, text_len, augment or {}, templates, max_pixels, languages)
     return train_stream(src, preprocess, batch_size=batch_size, seed=seed, process_index=process_index,
-                        process_count=process_count, num_threads=num_threads, prefetch=prefetch)
+                        process_count=process_count, num_threads=num_threads, prefetch=prefetch, pick=pick)
 
 
 def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1, num_threads: int = 2,
-                 prefetch: int = 8) -> grain.IterDataset:
+                 prefetch: int = 8, pick: grain.transforms.RandomMap | None = None) -> grain.IterDataset:
     """Any random-access source → reshuffled each epoch, preprocessed, this process's share, bad examples dropped
     and counted, batched. Deterministic given the seed and exactly resumable."""
     ds = grain.MapDataset.source(src)
@@ -134,6 +173,9 @@ def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size
         raise ValueError(f"{len(ds)} examples < the global batch {batch_size * process_count}")
     # One global stream (shuffled per epoch, augmented with per-example seeds from the global index), split
     # across processes: process p takes elements p, p+P, …, so no two hosts share augmentation seeds.
-    ds = ds.shuffle(seed=seed).repeat(None).random_map(preprocess, seed=seed + 1)[process_index::process_count]
+    ds = ds.shuffle(seed=seed).repeat(None)
+    if pick is not None:  # e.g. a concept → one of its examples
+        ds = ds.random_map(pick, seed=seed + 2)
+    ds = ds.random_map(preprocess, seed=seed + 1)[process_index::process_count]
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
     return robust.SkipBad(ds).batch(batch_size, drop_remainder=True)
