@@ -114,3 +114,17 @@ def test_resumed_run_logs_each_step_once_and_sums_train_time(tmp_path):
     assert results["train_seconds"] > results["segment_seconds"] > 0
     assert out["train_seconds"] == results["train_seconds"]
 
+
+
+def test_cli_refuses_a_changed_config_and_names_the_flag(tmp_path):
+    from vlm_jax import main
+
+    spec = tmp_path / "toy_config.py"
+    spec.write_text("from toy_objective import toy_config\n\n\ndef get_config():\n"
+                    "    return toy_config(total_steps=8, checkpoint=dict(every_steps=4, async_save=False))\n")
+    workdir = str(tmp_path / "run")
+    train(_resumable(), workdir, stop_after=6)
+    with pytest.raises(SystemExit, match=r"total_steps: 8 → 12.*--allow_config_change"):
+        main.main(["--config", str(spec), "--workdir", workdir, "--config.total_steps=12"])
+    out = main.main(["--config", str(spec), "--workdir", workdir, "--config.total_steps=12", "--allow_config_change"])
+    assert out["step"] == 12

@@ -16,6 +16,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--config", required=True, help="experiments/<file>.py[:arg]")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, results.json go here")
     parser.add_argument("--print_config", action="store_true", help="print the final config and exit")
+    parser.add_argument("--allow_config_change", action="store_true",
+                        help="resume a checkpoint written under another config (the differences are logged)")
     parser.add_argument("--coordinator_address", default=None, help="multi-host: host:port of process 0")
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
@@ -43,7 +45,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.print_config:
         print(config)
         return {}
-    out = train(config, args.workdir)
+    from vlm_jax.train.resume import ConfigMismatchError
+
+    try:
+        out = train(config, args.workdir, allow_config_change=args.allow_config_change)
+    except ConfigMismatchError as err:
+        raise SystemExit(f"Config error: {err}") from None
     if out.get("preempted"):
         return out  # checkpoint saved at the current step; the same command resumes
     if jax.process_index() == 0:

@@ -162,7 +162,8 @@ class Setup:
         new = stepped.replace(params=params, opt_state=opt_state, extra=extra)
         new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, stepped)  # a bad step changes nothing
         metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=self.schedule(updates_applied(state)),
-                       param_norm=optax.tree.norm(params), nonfinite=(~ok).astype(jnp.int32))
+                       param_norm=optax.tree.norm(params), nonfinite=(~ok).astype(jnp.int32),
+                       nonfinite_skipped=new.step - updates_applied(new))  # over the whole run, resumes included
         return new, metrics
 
 
@@ -280,7 +281,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
               f"steps {start}→{config.total_steps}", flush=True)
     progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main and config.progress)
     pending: list[tuple[int, dict]] = []
-    skipped = 0
     step = start
     end = config.total_steps if stop_after is None else min(config.total_steps, stop_after)
     t_start = time.perf_counter()
@@ -298,14 +298,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
         last = step == end
         if step % config.log_every == 0 or last or ckpt.due(step, config.total_steps):
             for s, m in _host_metrics(pending):
-                if m["nonfinite"]:
-                    if config.nonfinite == "stop":
-                        ckpt.close()
-                        raise NonFiniteError(
-                            f"Non-finite loss/gradient at step {s} (loss={m['loss']}, grad_norm={m['grad_norm']}); "
-                            f"the update was not applied. Last good checkpoint: step {max(ckpt.steps(), default=0)}.")
-                    skipped += 1
-                m["nonfinite_skipped"] = skipped
+                if m["nonfinite"] and config.nonfinite == "stop":
+                    ckpt.close()
+                    raise NonFiniteError(
+                        f"Non-finite loss/gradient at step {s} (loss={m['loss']}, grad_norm={m['grad_norm']}); "
+                        f"the update was not applied. Last good checkpoint: step {max(ckpt.steps(), default=0)}.")
                 m.update(data_stats)
                 if on_step:
                     on_step(s, m)
