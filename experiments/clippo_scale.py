@@ -25,7 +25,7 @@ def get_config(arg=None):
     c.log_every = 50
     c.data = dict(name="synthetic", image_size=arg.res, text_format="render", text_image_size=arg.res)
     c.model = dict(image=dict(posemb="learn", pool_type="map", scan=True, remat_policy=arg.remat,
-                              dtype_mm="bfloat16", **image),
+                              dtype_mm="bfloat16", residual_dtype="bfloat16", **image),
                    embed_dim=image["width"])
     apply_loss_preset(c, arg.loss)
     c.optim = dict(name="adamw", lr=1e-3, b2=0.95, weight_decay=1e-4, warmup_steps=min(10_000, arg.steps // 10),

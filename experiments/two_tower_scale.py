@@ -36,7 +36,7 @@ def get_config(arg=None):
     name = arg.variant.partition("/")[0]
     tw, td, tm, th, embed = TEXT_FOR[name]
     lo = TEXT_DATA[arg.loss]
-    common = dict(scan=True, remat_policy=arg.remat, dtype_mm="bfloat16")
+    common = dict(scan=True, remat_policy=arg.remat, dtype_mm="bfloat16", residual_dtype="bfloat16")
 
     c = ml_collections.ConfigDict()
     c.objective = "contrastive"

@@ -1,7 +1,8 @@
 """Shared transformer building blocks with logical-axis sharding annotations.
 
-Mixed precision, one policy for every tower: parameters, the residual stream, LayerNorm, attention logits and
-softmax, pooled outputs and embeddings are float32; only matmul inputs are cast to `dtype_mm` (e.g. bfloat16).
+Mixed precision, one policy for every tower: parameters, LayerNorm, attention logits and softmax, pooled outputs
+and embeddings are float32; matmul inputs are cast to `dtype_mm` (e.g. bfloat16); the residual stream between
+blocks has the towers' `residual_dtype` (float32 by default; bfloat16 halves activation memory at scale).
 """
 from __future__ import annotations
 
@@ -116,11 +117,12 @@ class EncoderBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> tuple[Array, None]:
         x = _constrain(x, BSE)
+        residual = x.dtype  # kept through the block (the tower's residual_dtype)
         y = Attention(self.num_heads, dtype_mm=self.dtype_mm, name="attn")(layer_norm("ln_attn")(x), mask=mask)
-        x = _constrain(x + nn.Dropout(self.dropout)(y, deterministic=deterministic), BSE)
+        x = _constrain((x + nn.Dropout(self.dropout)(y, deterministic=deterministic)).astype(residual), BSE)
         y = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.dtype_mm, name="mlp")(
             layer_norm("ln_mlp")(x), deterministic=deterministic)
-        x = _constrain(x + nn.Dropout(self.dropout)(y, deterministic=deterministic), BSE)
+        x = _constrain((x + nn.Dropout(self.dropout)(y, deterministic=deterministic)).astype(residual), BSE)
         return x, None
 
 

@@ -27,6 +27,7 @@ class TextTransformer(nn.Module):
     scan: bool = False
     remat_policy: str = "none"
     dtype_mm: str = "float32"
+    residual_dtype: str = "float32"  # the residual stream (layers' mixed-precision policy); e.g. "bfloat16" at scale
 
     @nn.compact
     def __call__(self, tokens: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
@@ -39,7 +40,7 @@ class TextTransformer(nn.Module):
         emb_init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("vocab", "embed"))
         x = nn.Embed(self.vocab_size, self.width, embedding_init=emb_init, name="embedding")(tokens)
         pe = layers.posemb_learned(self, "pos_embedding", self.max_len, self.width)
-        x = x + pe[:, :length]
+        x = (x + pe[:, :length]).astype(jnp.dtype(self.residual_dtype))
         aux["embedded"] = x
         x = nn.with_logical_constraint(nn.Dropout(self.dropout)(x, deterministic=not train), layers.BSE)
 

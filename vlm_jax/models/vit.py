@@ -54,6 +54,7 @@ class ViT(nn.Module):
     scan: bool = False
     remat_policy: str = "none"
     dtype_mm: str = "float32"
+    residual_dtype: str = "float32"  # the residual stream (layers' mixed-precision policy); e.g. "bfloat16" at scale
 
     def _cfg(self) -> dict[str, Any]:
         """Size fields, overridden by `variant` when set."""
@@ -74,7 +75,7 @@ class ViT(nn.Module):
                     param_dtype=jnp.float32, name="embedding",
                     kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, None, "embed")),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(image)
-        x = x.astype(jnp.float32)  # the residual stream is float32 (layers' mixed-precision policy)
+        x = x.astype(jnp.dtype(self.residual_dtype))  # the residual stream (layers' mixed-precision policy)
         aux["stem"] = x
         b, h, w, _ = x.shape
         x = x.reshape(b, h * w, d)
