@@ -57,6 +57,7 @@ def classify(changes: dict[str, tuple[Any, Any]]) -> tuple[dict, dict]:
 
 
 def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
+    """'key: old → new; …'."""
     return "; ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in changes.items())
 
 

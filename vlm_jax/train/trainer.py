@@ -175,6 +175,7 @@ def updates_applied(state: TrainState) -> jax.Array:
 
 
 def _is_schedule_state(x: Any) -> bool:
+    """Whether `x` is the lr schedule's optax state."""
     return isinstance(x, optax.ScaleByScheduleState)
 
 
