@@ -166,8 +166,12 @@ class Encoder(nn.Module):
         return _constrain(layer_norm("encoder_norm")(x), BSE), aux
 
 
-class MAPHead(nn.Module):
-    """Multihead attention pooling with a learned probe; returns [B, D]."""
+class AttentionPooler(nn.Module):
+    """Attention pooling with `num_queries` learned queries (+ LN and MLP residual); returns [B, num_queries, D].
+
+    One query is MAP pooling (big_vision's MAPHead); many give CoCa's / CapPa's pooled image tokens.
+    """
+    num_queries: int = 1
     num_heads: int = 12
     mlp_dim: int | None = None
     gelu_approximate: bool = True
@@ -177,11 +181,18 @@ class MAPHead(nn.Module):
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
         """x [B, L, D]; mask [B, L] bool marks valid keys."""
         b, _, d = x.shape
-        probe = self.param("probe", _lp(nn.initializers.xavier_uniform(), (None, None, "embed")), (1, 1, d))
-        probe = jnp.broadcast_to(probe, (b, 1, d))
+        probe = self.param("probe", _lp(nn.initializers.xavier_uniform(), (None, None, "embed")),
+                           (1, self.num_queries, d))
+        probe = jnp.broadcast_to(probe, (b, self.num_queries, d))
         attn_mask = None if mask is None else mask[:, None, None, :]
         x = Attention(self.num_heads, dtype_mm=self.dtype_mm, name="attn")(probe, x, mask=attn_mask)
         x = x.astype(jnp.float32)
         y = layer_norm("ln")(x)
-        x = x + MlpBlock(self.mlp_dim, gelu_approximate=self.gelu_approximate, dtype_mm=self.dtype_mm, name="mlp")(y)
-        return x[:, 0]
+        return x + MlpBlock(self.mlp_dim, gelu_approximate=self.gelu_approximate, dtype_mm=self.dtype_mm, name="mlp")(y)
+
+
+class MAPHead(AttentionPooler):
+    """Multihead attention pooling with one learned probe; returns [B, D]."""
+
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        return super().__call__(x, mask)[:, 0]
