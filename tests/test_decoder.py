@@ -86,3 +86,50 @@ def test_tensor_and_fsdp_sharded_decoder_equals_one_device(model_and_params):
     got = fn(sharded, tokens, context)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert "all-reduce" in fn.compiled().as_text()  # the tensor-parallel matmuls really are split
+
+
+def _reference_logprobs(model, params, context, prefix):
+    """Teacher-forced next-token log-probs after `prefix` [B, t] (no cache; pad masking off)."""
+    logits = model.clone(pad_id=-1).apply({"params": params}, prefix, context)[0][:, -1]
+    return np.asarray(jax.nn.log_softmax(logits), np.float64)
+
+
+def test_greedy_decoding_of_the_decoder_equals_argmax_recompute(model_and_params):
+    import functools
+
+    from vlm_jax.models.decoding import greedy
+
+    model, params, tokens, context = model_and_params
+    eos, n = 5, L - 1
+    run = jax.jit(functools.partial(greedy, step_fn(model, params, context), max_len=n, eos_id=eos, pad_id=0))
+    got = np.asarray(run(model.init_cache(B, context), tokens[:, 0]))
+    prefix, done = np.asarray(tokens[:, :1]), np.zeros(B, bool)
+    want = np.zeros((B, n), np.int32)
+    for i in range(n):
+        nxt = _reference_logprobs(model, params, context, jnp.asarray(prefix)).argmax(-1)
+        want[:, i] = np.where(done, 0, nxt)
+        done |= nxt == eos
+        prefix = np.concatenate([prefix, nxt[:, None]], axis=1)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_beam_scores_equal_recomputed_log_probs_of_the_decoder(model_and_params):
+    import functools
+
+    from vlm_jax.models.decoding import beam_search
+
+    model, params, tokens, context = model_and_params
+    k, n, eos, alpha = 3, 4, 5, 0.6
+    ctx = jnp.repeat(context, k, axis=0)  # the decoder's context rows follow the beams
+    run = jax.jit(functools.partial(beam_search, step_fn(model, params, ctx), max_len=n, eos_id=eos, beam_size=k,
+                                    length_penalty=alpha))
+    seqs, scores = run(model.init_cache(B, context), tokens[:, 0])
+    for b in range(B):
+        for j in range(k):
+            seq = np.asarray(seqs[b, j])
+            length = int(np.argmax(seq == eos)) + 1 if eos in seq else n
+            prefix, total = np.asarray(tokens[b:b + 1, :1]), 0.0
+            for t in range(length):
+                total += _reference_logprobs(model, params, context[b:b + 1], jnp.asarray(prefix))[0, seq[t]]
+                prefix = np.concatenate([prefix, seq[None, t:t + 1]], axis=1)
+            assert float(scores[b, j]) == pytest.approx(total / ((5 + length) / 6) ** alpha, rel=1e-4, abs=1e-4)
