@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Hashable, Mapping, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -216,17 +216,28 @@ def _cider_d(cands: list[Tokens], refs: list[list[Tokens]]) -> np.ndarray:
     return np.array(scores)
 
 
+def _per_image(score: Callable, candidates: Mapping[Hashable, str],
+               references: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, float]:
+    """{image id: score} of a per-image scorer over tokenized captions."""
+    ids, cands, refs = _tokenized(candidates, references)
+    return dict(zip(ids, score(cands, refs).tolist()))
+
+
+def _corpus(score: Callable, candidates: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> float:
+    """The mean of a per-image scorer over tokenized captions."""
+    _, cands, refs = _tokenized(candidates, references)
+    return float(np.mean(score(cands, refs)))
+
+
 def cider_d_scores(candidates: Mapping[Hashable, str],
                    references: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, float]:
     """Per-image CIDEr-D (x10 scale; idf from the evaluated set's references, so one image alone scores 0)."""
-    ids, cands, refs = _tokenized(candidates, references)
-    return dict(zip(ids, _cider_d(cands, refs).tolist()))
+    return _per_image(_cider_d, candidates, references)
 
 
 def cider_d(candidates: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> float:
     """Corpus CIDEr-D: the mean of the per-image scores."""
-    _, cands, refs = _tokenized(candidates, references)
-    return float(np.mean(_cider_d(cands, refs)))
+    return _corpus(_cider_d, candidates, references)
 
 
 # ---------------------------------------------------------------- ROUGE-L
@@ -262,14 +273,12 @@ def _rouge_l(cands: list[Tokens], refs: list[list[Tokens]]) -> np.ndarray:
 def rouge_l_scores(candidates: Mapping[Hashable, str],
                    references: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, float]:
     """Per-image ROUGE-L (beta = 1.2)."""
-    ids, cands, refs = _tokenized(candidates, references)
-    return dict(zip(ids, _rouge_l(cands, refs).tolist()))
+    return _per_image(_rouge_l, candidates, references)
 
 
 def rouge_l(candidates: Mapping[Hashable, str], references: Mapping[Hashable, Sequence[str]]) -> float:
     """Corpus ROUGE-L: the mean of the per-image scores."""
-    _, cands, refs = _tokenized(candidates, references)
-    return float(np.mean(_rouge_l(cands, refs)))
+    return _corpus(_rouge_l, candidates, references)
 
 
 # ---------------------------------------------------------------- all together
