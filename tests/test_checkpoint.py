@@ -66,11 +66,6 @@ def _assert_bit_equal(state, want):
         assert a.tobytes() == b.tobytes(), name  # bit-exact (also tells -0.0 from 0.0)
 
 
-def _abstract(setup):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        jax.eval_shape(setup.init_state, jax.random.key(0)), setup.state_shardings)
-
-
 def _save_two(setup, directory):
     ckpt = Checkpointer(directory, every_steps=1, async_save=False)
     states = {s: _distinct(setup.init_state(jax.random.key(s)), s) for s in (1, 2)}
@@ -90,7 +85,7 @@ def _corrupt(step_dir):
 
 def _restore(setup, directory):
     return Checkpointer(directory, every_steps=1).restore_latest(
-        _abstract(setup), iter(setup.objective.train_data(8, 0, 0, 1)))
+        setup.abstract_state(), iter(setup.objective.train_data(8, 0, 0, 1)))
 
 
 def test_latest_restores(setup, tmp_path):

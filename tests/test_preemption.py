@@ -59,12 +59,8 @@ def _final(workdir: Path) -> tuple[dict, list[float]]:
     config = apply_overrides(finalize_config(load_config(CONFIG)),
                              [o[len("--config."):] for o in OVERRIDES])
     setup = Setup(config)
-    with setup.context():
-        abstract = jax.eval_shape(setup.init_state, jax.random.key(0))
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                            setup.state_shardings)
     state, meta = Checkpointer(workdir / "checkpoints", every_steps=4).restore_latest(
-        abstract, iter(setup.objective.train_data(32, 0, 0, 1)))
+        setup.abstract_state(), iter(setup.objective.train_data(32, 0, 0, 1)))
     assert meta["step"] == 12
     records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["loss"] for r in records if r.get("split") == "train"}  # a resumed step overwrites

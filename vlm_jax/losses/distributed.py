@@ -36,7 +36,7 @@ from vlm_jax import sharding
 from vlm_jax.losses.contrastive import LOSSES
 
 Metrics = dict[str, jax.Array]
-KINDS = ("infonce", "sigmoid")
+KINDS = tuple(LOSSES)
 IMPLS = ("full", "gather", "ring")
 
 
