@@ -12,7 +12,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vlm_jax.models import layers
 
@@ -20,62 +19,8 @@ Array = jax.Array
 _lp = nn.with_logical_partitioning
 
 
-class CachedSelfAttention(nn.Module):
-    """Causal multi-head self-attention; with `decode`, appends one position to a KV cache and attends to it."""
-    num_heads: int
-    dtype_mm: str = "float32"
-
-    @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None, *, decode: bool = False) -> Array:
-        """x [B, L, D]; `mask` [B, 1, L, L] (teacher forcing) is combined with causality."""
-        b, length, d = x.shape
-        hd = d // self.num_heads
-        dt = jnp.dtype(self.dtype_mm)
-        qkv_init = _lp(nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2)), ("embed", "heads", "kv"))
-        b_init = _lp(nn.initializers.zeros, ("heads", "kv"))
-
-        def proj(name: str) -> Array:
-            w = self.param(f"{name}_kernel", qkv_init, (d, self.num_heads, hd), jnp.float32)
-            bias = self.param(f"{name}_bias", b_init, (self.num_heads, hd), jnp.float32)
-            return nn.with_logical_constraint(
-                jnp.einsum("bld,dhk->blhk", x.astype(dt), w.astype(dt)) + bias.astype(dt), layers.BSHK)
-
-        q, k, v = proj("query"), proj("key"), proj("value")
-        if decode:
-            k, v, mask = self._update_cache(k, v)
-        else:
-            causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
-            mask = causal if mask is None else mask & causal
-        logits = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-        o = nn.with_logical_constraint(jnp.einsum("bhqs,bshk->bqhk", probs, v), layers.BSHK)
-        wo = self.param("out_kernel", _lp(nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
-                                          ("heads", "kv", "embed")), (self.num_heads, hd, d), jnp.float32)
-        bo = self.param("out_bias", _lp(nn.initializers.zeros, ("embed",)), (d,), jnp.float32)
-        return jnp.einsum("bqhk,hkd->bqd", o, wo.astype(dt)) + bo.astype(dt)
-
-    def _update_cache(self, k: Array, v: Array) -> tuple[Array, Array, Array]:
-        """Writes this step's key/value at the cache index; returns the full cache and the valid-position mask."""
-        initialized = self.has_variable("cache", "cached_key")
-        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
-        index = self.variable("cache", "index", lambda: jnp.zeros((k.shape[0],), jnp.int32))  # per row, all equal
-        if not initialized:  # init_cache: shapes only, at the maximum length
-            return k, v, jnp.ones((1, 1, k.shape[1], k.shape[1]), bool)
-        if k.shape[1] != 1:
-            raise ValueError(f"decode=True takes one position per call, got {k.shape[1]}")
-        i = index.value[0]
-        cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k.astype(cached_k.value.dtype), i, 1)
-        cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v.astype(cached_v.value.dtype), i, 1)
-        index.value = index.value + 1
-        max_len = cached_k.value.shape[1]
-        mask = (jnp.arange(max_len) <= i)[None, None, None, :]
-        return cached_k.value, cached_v.value, mask
-
-
 class DecoderBlock(nn.Module):
-    """Pre-LN block: causal self-attention (cached when decoding), cross-attention to `context`, MLP."""
+    """Pre-LN block: causal self-attention (KV-cached when decoding), cross-attention to `context`, MLP."""
     mlp_dim: int
     num_heads: int
     cross_attention: bool = True
@@ -89,8 +34,12 @@ class DecoderBlock(nn.Module):
         residual = x.dtype
         drop = nn.Dropout(self.dropout)
         x = nn.with_logical_constraint(x, layers.BSE)
-        y = CachedSelfAttention(self.num_heads, self.dtype_mm, name="self_attn")(
-            layers.layer_norm("ln_self")(x), self_mask, decode=decode)
+        if not decode:  # teacher forcing: causal, and the caller's padding mask
+            length = x.shape[1]
+            causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+            self_mask = causal if self_mask is None else self_mask & causal
+        y = layers.Attention(self.num_heads, dtype_mm=self.dtype_mm, name="self_attn")(
+            layers.layer_norm("ln_self")(x), mask=self_mask, decode=decode)
         x = (x + drop(y, deterministic=deterministic)).astype(residual)
         if self.cross_attention:
             if context is None:

@@ -79,8 +79,13 @@ class Attention(nn.Module):
     dtype_mm: str = "float32"
 
     @nn.compact
-    def __call__(self, x: Array, x_kv: Array | None = None, mask: Array | None = None) -> Array:
-        """x [B, Lq, D], x_kv [B, Lk, D] (default x), mask bool broadcastable to [B, heads, Lq, Lk]."""
+    def __call__(self, x: Array, x_kv: Array | None = None, mask: Array | None = None, *,
+                 decode: bool = False) -> Array:
+        """x [B, Lq, D], x_kv [B, Lk, D] (default x), mask bool broadcastable to [B, heads, Lq, Lk].
+
+        decode: self-attention of one new position against a KV cache ("cache" collection; `mask` is replaced by
+        the cache's filled positions). Calling it with a full-length x while the cache is absent creates it.
+        """
         x_kv = x if x_kv is None else x_kv
         d = x.shape[-1]
         hd = self.head_dim or d // self.num_heads
@@ -95,6 +100,8 @@ class Attention(nn.Module):
             return _constrain(y, BSHK)
 
         q, k, v = proj("query", x), proj("key", x_kv), proj("value", x_kv)
+        if decode:
+            k, v, mask = self._update_cache(k, v)
         logits = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
@@ -104,6 +111,26 @@ class Attention(nn.Module):
                                           ("heads", "kv", "embed")), (self.num_heads, hd, d), jnp.float32)
         bo = self.param("out_bias", _lp(nn.initializers.zeros, ("embed",)), (d,), jnp.float32)
         return jnp.einsum("bqhk,hkd->bqd", o, wo.astype(dt)) + bo.astype(dt)
+
+    def _update_cache(self, k: Array, v: Array) -> tuple[Array, Array, Array]:
+        """Writes this step's key/value at the cache index; returns the full cache and the filled-position mask.
+
+        Every cache leaf is batch-major (the index is kept per row, all equal) so beam search can reorder it.
+        """
+        initialized = self.has_variable("cache", "cached_key")
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        index = self.variable("cache", "index", lambda: jnp.zeros((k.shape[0],), jnp.int32))
+        if not initialized:  # creating the cache: shapes only, at the maximum length
+            return k, v, jnp.ones((1, 1, k.shape[1], k.shape[1]), bool)
+        if k.shape[1] != 1:
+            raise ValueError(f"decode=True takes one position per call, got {k.shape[1]}")
+        i = index.value[0]
+        cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k.astype(cached_k.value.dtype), i, 1)
+        cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v.astype(cached_v.value.dtype), i, 1)
+        index.value = index.value + 1
+        mask = (jnp.arange(cached_k.value.shape[1]) <= i)[None, None, None, :]
+        return cached_k.value, cached_v.value, mask
 
 
 class EncoderBlock(nn.Module):
