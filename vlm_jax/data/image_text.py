@@ -95,6 +95,16 @@ class EmojiPairs:
         """Tokenizer vocabulary size (the text tower's embedding rows)."""
         return self.tokenizer.vocab_size
 
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """Decoder token ids: pad, eos, bos, mask, and the decoder vocabulary size (`vocab`)."""
+        t = self.tokenizer
+        return dict(pad=t.pad_id, eos=t.eos_id, bos=t.bos_id, mask=t.mask_id, vocab=t.decoder_vocab_size)
+
+    def decode(self, ids: np.ndarray) -> list[str]:
+        """Token ids → strings (stops at EOS)."""
+        return self.tokenizer.decode(ids)
+
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """Model text inputs: int32 [N, text_len] token ids, or rendered float32 [N, S, S, 3] (text_format)."""
         if self.renderer is not None:

@@ -60,6 +60,19 @@ class SyntheticPairs:
             return (batch_size, self.text_image_size, self.text_image_size, 3), np.dtype(np.float32)
         return (batch_size, self.text_len), np.dtype(np.int32)
 
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """Decoder token ids: pad 0, eos 2, and bos / mask after the vocabulary."""
+        return dict(pad=0, eos=2, bos=self.vocab_size, mask=self.vocab_size + 1, vocab=self.vocab_size + 2)
+
+    def decode(self, ids: np.ndarray) -> list[str]:
+        """Token ids as space-separated numbers up to EOS (synthetic text has no words)."""
+        out = []
+        for row in np.asarray(ids).reshape(-1, np.shape(ids)[-1]).tolist():
+            row = row[: row.index(2)] if 2 in row else row
+            out.append(" ".join(str(t) for t in row if t))
+        return out
+
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """Byte-level ids folded into the vocabulary (stable, not meaningful), int32 [N, text_len]; or renders."""
         if self.text_image_size:

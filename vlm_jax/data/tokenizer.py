@@ -4,7 +4,9 @@ Why: no pretrained text tokenizer ships in any package we can install offline, a
 sequence length. A small unigram SentencePiece model trained in memory on the training captions (emoji names
 in the TRAIN_TEMPLATES) is real, takes well under a second, and is reproducible from the dataset alone.
 byte_fallback=True means unseen words and other scripts become UTF-8 byte pieces instead of <unk>; text is
-case-folded (nmt_nfkc_cf). Ids: 0 = <pad>, 1 = <unk>, 2 = </s> (EOS); no BOS.
+case-folded (nmt_nfkc_cf). Ids: 0 = <pad>, 1 = <unk>, 2 = </s> (EOS). Decoders also need BOS (the first
+decoder input) and MASK (CapPa's parallel-prediction input): they take the two ids after the SentencePiece
+pieces, so `encode` never yields them and the contrastive text towers (`vocab_size`) are unchanged.
 """
 from __future__ import annotations
 
@@ -79,6 +81,21 @@ class Tokenizer:
         """End-of-sequence id."""
         return EOS_ID
 
+    @property
+    def bos_id(self) -> int:
+        """Beginning-of-sequence id: the decoder's first input (past the SentencePiece pieces)."""
+        return self.sp.get_piece_size()
+
+    @property
+    def mask_id(self) -> int:
+        """Mask id: CapPa's parallel-prediction decoder input (past the SentencePiece pieces)."""
+        return self.sp.get_piece_size() + 1
+
+    @property
+    def decoder_vocab_size(self) -> int:
+        """Rows of a decoder's token embedding: every piece plus BOS and MASK."""
+        return self.sp.get_piece_size() + 2
+
     def encode(self, texts: list[str], max_len: int) -> np.ndarray:
         """int32 [N, max_len]: ids truncated to max_len-1, then EOS, then 0 padding."""
         out = np.zeros((len(texts), max_len), np.int32)
@@ -92,5 +109,5 @@ class Tokenizer:
         out = []
         for row in np.asarray(ids).reshape(-1, np.shape(ids)[-1]).tolist():
             row = row[: row.index(EOS_ID)] if EOS_ID in row else row
-            out.append(self.sp.decode([t for t in row if t != PAD_ID]))
+            out.append(self.sp.decode([t for t in row if t != PAD_ID and t < self.vocab_size]))
         return out

@@ -19,11 +19,14 @@ class EvalSet:
     images: np.ndarray  # float32 [Q, H, W, 3] in [-1, 1]
     labels: np.ndarray  # int [Q] indices into class_names
     class_names: list[str]
-    class_images: np.ndarray  # float32 [C, H, W, 3]: a training-style image of each class
+    class_images: np.ndarray | None  # float32 [C, H, W, 3]: a training-style image of each class (None: no pixel NN)
     subsets: dict[str, np.ndarray] = field(default_factory=dict)  # name → bool mask over queries
     retrieval: bool = True  # image↔caption retrieval over the query pool (needs one query per class)
     pixel_images: np.ndarray | None = None  # baseline inputs at their own resolution (default: `images`)
     pixel_class_images: np.ndarray | None = None  # [C, h, w, 3] or [S, C, h, w, 3]: one per training style
+    references: list[list[str]] | None = None  # captioning: every reference caption of each query image
+    caption_pool_pixels: np.ndarray | None = None  # [M, h, w, 3] training images at the pixel-baseline size …
+    caption_pool_texts: list[str] | None = None  # … and their captions: the pixel-NN captioning baseline
 
 
 def _mean_hits(hits: dict[int, np.ndarray], subsets: dict[str, np.ndarray], name: str) -> dict[str, float]:
@@ -44,12 +47,14 @@ def _scores(queries: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 
 def evaluate_set(ev: EvalSet, img_emb: np.ndarray, class_emb: np.ndarray,
-                 pixel_query: np.ndarray, pixel_class: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
-    """Model, pixel-baseline and chance numbers for one EvalSet given embeddings and pixel features."""
+                 pixel_query: np.ndarray, pixel_class: np.ndarray | None, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Model, pixel-baseline (when the set has class images) and chance numbers for one EvalSet."""
     subsets = {"all": np.ones(len(ev.labels), bool), **ev.subsets}
     out: dict[str, float] = {}
     n_cls = len(ev.class_names)
     for who, q, c in (("model", img_emb, class_emb), ("pixel", pixel_query, pixel_class)):
+        if c is None:
+            continue
         scores = _scores(q, c)
         res = _mean_hits(topk_hits(scores, ev.labels, ks), subsets, "top")
         if ev.retrieval:  # pool of aligned (image i, caption of label i) pairs
@@ -69,9 +74,11 @@ def evaluate_set(ev: EvalSet, img_emb: np.ndarray, class_emb: np.ndarray,
     return out
 
 
-def _class_pixel_features(ev: EvalSet) -> np.ndarray:
-    """[C, F] or [S, C, F] pixel features of the class reference images."""
+def _class_pixel_features(ev: EvalSet) -> np.ndarray | None:
+    """[C, F] or [S, C, F] pixel features of the class reference images (None without any)."""
     refs = ev.class_images if ev.pixel_class_images is None else ev.pixel_class_images
+    if refs is None:
+        return None
     if refs.ndim == 5:
         return np.stack([pixel_features(r) for r in refs])
     return pixel_features(refs)
