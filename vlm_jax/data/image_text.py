@@ -160,17 +160,26 @@ class EmojiPairs:
             om_px = _prep_images(omoji["image"], PIXEL_BASELINE_SIZE)
             seen = np.asarray(omoji["seen"], bool)
             flag = np.asarray(omoji["is_flag"], bool)
+            # captioning: every training caption of an image's concept is a reference; the pixel NN captions a
+            # query with the eval prompt of its nearest training-style drawing of a *seen* concept
+            refs = [[t.format(names_all[i]) for t in self.templates] for i in labels]
+            seen_cls = np.flatnonzero(np.asarray(noto["seen"], bool))
+            pool_px = noto_px[:, seen_cls].reshape(-1, *noto_px.shape[2:])
+            pool_texts = [EVAL_TEMPLATE.format(names_all[i]) for i in seen_cls] * len(noto_px)
+            caption_pool = dict(caption_pool_pixels=pool_px, caption_pool_texts=pool_texts)
             sets["emoji/cross"] = EvalSet(
                 images=om_img[seen], labels=labels[seen], class_names=names_all, class_images=noto_img,
                 subsets={"flag": flag[seen], "nonflag": ~flag[seen]},
-                pixel_images=om_px[seen], pixel_class_images=noto_px)
+                pixel_images=om_px[seen], pixel_class_images=noto_px,
+                references=[r for r, s in zip(refs, seen) if s], **caption_pool)
             unseen_cls = np.flatnonzero(~np.asarray(noto["seen"], bool))
             remap = {int(c): j for j, c in enumerate(unseen_cls)}
             sets["emoji/unseen"] = EvalSet(
                 images=om_img[~seen], labels=np.array([remap[int(l)] for l in labels[~seen]], int),
                 class_names=[names_all[i] for i in unseen_cls], class_images=noto_img[unseen_cls],
                 subsets={"flag": flag[~seen], "nonflag": ~flag[~seen]},
-                pixel_images=om_px[~seen], pixel_class_images=noto_px[:, unseen_cls])
+                pixel_images=om_px[~seen], pixel_class_images=noto_px[:, unseen_cls],
+                references=[r for r, s in zip(refs, seen) if not s], **caption_pool)
         if "fashion_mnist" in names:
             images, labels = fashion_mnist.load_fashion_mnist("test")
             classes = list(fashion_mnist.CLASS_NAMES)

@@ -4,6 +4,10 @@ Teacher-forced (`decode=False`): tokens [B, L] → logits [B, L, V]. Incremental
 per call, keys/values kept in the "cache" collection, created by `init_cache` at the maximum length. Every cache
 leaf has a leading batch dimension (positions are stored per row), so beam search can reorder it by gathering.
 Parameters and activations carry the same logical axis names as the encoders, so DP/FSDP/TP apply unchanged.
+
+CoCa's split decoder: the first `unimodal_depth` blocks have no cross-attention; with `cls_token` a learned
+token is appended after the text for those blocks (it sees every non-pad token; no token sees it) and its
+normalised output is `aux["cls"]`, the text embedding. CapPa: rows flagged in `parallel` attend non-causally.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ _lp = nn.with_logical_partitioning
 
 
 class DecoderBlock(nn.Module):
-    """Pre-LN block: causal self-attention (KV-cached when decoding), cross-attention to `context`, MLP."""
+    """Pre-LN block: self-attention (masked by the caller; KV-cached when decoding), cross-attention, MLP."""
     mlp_dim: int
     num_heads: int
     cross_attention: bool = True
@@ -34,10 +38,6 @@ class DecoderBlock(nn.Module):
         residual = x.dtype
         drop = nn.Dropout(self.dropout)
         x = nn.with_logical_constraint(x, layers.BSE)
-        if not decode:  # teacher forcing: causal, and the caller's padding mask
-            length = x.shape[1]
-            causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
-            self_mask = causal if self_mask is None else self_mask & causal
         y = layers.Attention(self.num_heads, dtype_mm=self.dtype_mm, name="self_attn")(
             layers.layer_norm("ln_self")(x), mask=self_mask, decode=decode)
         x = (x + drop(y, deterministic=deterministic)).astype(residual)
@@ -53,6 +53,20 @@ class DecoderBlock(nn.Module):
         return x, None
 
 
+def self_attention_mask(tokens: Array, pad_id: int, extra: int = 0, parallel: Array | None = None) -> Array:
+    """bool [B, 1, L', L'] (L' = L + extra appended always-valid tokens): causal, pad keys hidden, and fully
+    bidirectional for rows where `parallel` [B] is true."""
+    b, length = tokens.shape
+    valid = tokens != pad_id
+    if extra:
+        valid = jnp.concatenate([valid, jnp.ones((b, extra), bool)], axis=1)
+    n = length + extra
+    causal = jnp.broadcast_to(jnp.tril(jnp.ones((n, n), bool))[None, None], (b, 1, n, n))
+    if parallel is not None:
+        causal = causal | parallel.astype(bool)[:, None, None, None]
+    return causal & valid[:, None, None, :]
+
+
 class TextDecoder(nn.Module):
     """Token embedding + learned posemb + `depth` DecoderBlocks + LayerNorm + vocabulary logits."""
     vocab_size: int
@@ -62,16 +76,26 @@ class TextDecoder(nn.Module):
     num_heads: int = 8
     max_len: int = 64
     cross_attention: bool = True
+    unimodal_depth: int = 0  # lower blocks without cross-attention (CoCa: half the depth)
+    cls_token: bool = False  # CoCa: append a learned token in the unimodal blocks; aux["cls"] = its output
     pad_id: int = 0
     dropout: float = 0.0
+    remat_policy: str = "none"
     dtype_mm: str = "float32"
     residual_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, tokens: Array, context: Array | None = None, *, train: bool = False,
-                 decode: bool = False) -> tuple[Array, dict[str, Any]]:
-        """tokens [B, L] (decode: [B, 1]); context [B, T, D] image tokens → logits float32 [B, L, V]."""
+                 decode: bool = False, parallel: Array | None = None,
+                 unimodal_only: bool = False) -> tuple[Array | None, dict[str, Any]]:
+        """tokens [B, L] (decode: [B, 1]); context [B, T, D] image tokens → logits float32 [B, L, V].
+
+        parallel: [B] bool, rows that attend bidirectionally (CapPa). unimodal_only: stop after the unimodal
+        blocks and return (None, aux) (CoCa's text embedding needs no image).
+        """
         b, length = tokens.shape
+        if self.unimodal_depth > self.depth:
+            raise ValueError(f"unimodal_depth {self.unimodal_depth} exceeds depth {self.depth}")
         emb_init = _lp(nn.initializers.normal(stddev=0.02), ("vocab", "embed"))
         x = nn.Embed(self.vocab_size, self.width, embedding_init=emb_init, name="embedding")(tokens)
         pe = layers.posemb_learned(self, "pos_embedding", self.max_len, self.width)
@@ -85,12 +109,31 @@ class TextDecoder(nn.Module):
             start = 0
         x = (x + jax.lax.dynamic_slice_in_dim(pe, start, length, axis=1)).astype(jnp.dtype(self.residual_dtype))
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
-        pad_mask = None if decode else (tokens != self.pad_id)[:, None, None, :]
+        with_cls = self.cls_token and not decode
+        if with_cls:
+            cls = self.param("cls", _lp(nn.initializers.normal(stddev=0.02), (None, None, "embed")),
+                             (1, 1, self.width), jnp.float32)
+            x = jnp.concatenate([x, jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype)], axis=1)
+        mask = None if decode else self_attention_mask(tokens, self.pad_id, int(with_cls), parallel)
+        block = DecoderBlock
+        if self.remat_policy != "none":
+            block = nn.remat(DecoderBlock, static_argnums=(5, 6), policy=layers._remat_policy(self.remat_policy))
         aux: dict[str, Any] = {}
         for i in range(self.depth):
-            x, _ = DecoderBlock(self.mlp_dim, self.num_heads, self.cross_attention, self.dropout, self.dtype_mm,
-                                name=f"block_{i:02d}")(x, context, pad_mask, None, not train, decode)
+            if i == self.unimodal_depth and with_cls:  # the multimodal blocks see the text only
+                aux["cls"] = layers.layer_norm("cls_norm")(x[:, -1])
+                x, mask = x[:, :-1], mask[:, :, :-1, :-1]
+            if i == self.unimodal_depth and unimodal_only:
+                return None, aux
+            cross = self.cross_attention and i >= self.unimodal_depth
+            x, _ = block(self.mlp_dim, self.num_heads, cross, self.dropout, self.dtype_mm,
+                         name=f"block_{i:02d}")(x, context, mask, None, not train, decode)
             aux[f"block{i:02d}"] = x
+        if with_cls and self.unimodal_depth == self.depth:
+            aux["cls"] = layers.layer_norm("cls_norm")(x[:, -1])
+            x = x[:, :-1]
+        if unimodal_only:
+            return None, aux
         x = layers.layer_norm("decoder_norm")(x)
         aux["pre_logits"] = x
         logits = layers.dense(self.vocab_size, ("embed", "vocab"), self.dtype_mm, name="head")(x)

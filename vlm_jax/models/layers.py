@@ -81,7 +81,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, x_kv: Array | None = None, mask: Array | None = None, *,
                  decode: bool = False) -> Array:
-        """x [B, Lq, D], x_kv [B, Lk, D] (default x), mask bool broadcastable to [B, heads, Lq, Lk].
+        """x [B, Lq, D], x_kv [B, Lk, D_kv] (default x), mask bool broadcastable to [B, heads, Lq, Lk].
 
         decode: self-attention of one new position against a KV cache ("cache" collection; `mask` is replaced by
         the cache's filled positions). Calling it with a full-length x while the cache is absent creates it.
@@ -94,7 +94,7 @@ class Attention(nn.Module):
         b_init = _lp(nn.initializers.zeros, ("heads", "kv"))
 
         def proj(name: str, inp: Array) -> Array:
-            w = self.param(f"{name}_kernel", qkv_init, (d, self.num_heads, hd), jnp.float32)
+            w = self.param(f"{name}_kernel", qkv_init, (inp.shape[-1], self.num_heads, hd), jnp.float32)
             b = self.param(f"{name}_bias", b_init, (self.num_heads, hd), jnp.float32)
             y = jnp.einsum("bld,dhk->blhk", inp.astype(dt), w.astype(dt)) + b.astype(dt)
             return _constrain(y, BSHK)

@@ -105,11 +105,26 @@ class ContrastiveObjective(Objective):
                                              impl=impl, chunk_size=chunk)
         return loss, dict(metrics, t=t, **({} if b is None else {"b": b}))
 
+    def _towers(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
+                denominator: jax.Array | None = None) -> tuple[Any, ...]:
+        """(zimg, ztxt, t, b, local, local_metrics): the embeddings, plus a per-example loss term beside the
+        contrastive one (CoCa's captioning), as this batch's share of a batch mean over `denominator` items
+        (None: this batch's own count). Two-tower models have none (local is None)."""
+        zimg, ztxt, t, b = self._embed(params, batch["image"], batch["text"], rng, train)
+        return zimg, ztxt, t, b, None, {}
+
     def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
              train: bool = True) -> LossOut:
-        zimg, ztxt, t, b = self._embed(params, batch["image"], batch["text"], rng, train)
+        zimg, ztxt, t, b, local, local_metrics = self._towers(params, batch, rng, train)
         loss, metrics = self._contrastive(zimg, ztxt, t, b)
-        return loss, (metrics, extra)
+        if local is None:
+            return loss, (metrics, extra)
+        total = float(self.config.loss.get("contrastive_weight", 1.0)) * loss + local
+        return total, (dict(metrics, **local_metrics, contrastive_loss=loss), extra)
+
+    def local_denominator(self, batch: dict[str, jax.Array]) -> jax.Array | None:
+        """The count the local loss term is averaged over, for the whole batch (None: no local term)."""
+        return None
 
     def project(self, params: Any) -> Any:
         """Clamps the log-temperature at log(loss.temperature_max) (Radford et al. 2021 clip t at 100)."""
@@ -139,24 +154,32 @@ class ContrastiveObjective(Objective):
         merge = merge_microbatches
         keys = jax.random.split(rng, n)
 
-        def embed(p: Any, sub: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, ...]:
-            zimg, ztxt, t, b = self._embed(p, sub["image"], sub["text"], key)
-            return zimg, ztxt, t, jnp.zeros((), jnp.float32) if b is None else b
+        denominator = self.local_denominator(batch)
 
-        zi, zt, ts, bs = jax.lax.map(lambda xs: embed(params, *xs), (subs, keys))
+        def embed(p: Any, sub: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, ...]:
+            zimg, ztxt, t, b, local, _ = self._towers(p, sub, key, True, denominator)
+            zero = jnp.zeros((), jnp.float32)
+            return zimg, ztxt, t, zero if b is None else b, zero if local is None else local
+
+        zi, zt, ts, bs, locals_ = jax.lax.map(lambda xs: embed(params, *xs), (subs, keys))
         has_b = self.config.model.get("bias_init", None) is not None
         loss_fn = lambda zimg, ztxt, t, b: self._contrastive(zimg, ztxt, t, b if has_b else None)  # noqa: E731
         loss, vjp, metrics = jax.vjp(loss_fn, merge(zi), merge(zt), ts[0], bs[0], has_aux=True)
-        g_img, g_txt, g_t, g_b = vjp(jnp.ones_like(loss))
+        weight = 1.0 if denominator is None else float(self.config.loss.get("contrastive_weight", 1.0))
+        g_img, g_txt, g_t, g_b = vjp(jnp.full_like(loss, weight))
 
         def backward(acc: Any, xs: tuple) -> tuple[Any, None]:
             sub, key, gi, gt_ = xs
             _, pull = jax.vjp(lambda p: embed(p, sub, key), params)
-            (grads,) = pull((gi, gt_, g_t / n, g_b / n))  # t and b are shared: each sub-batch takes 1/n
+            # t and b are shared: each sub-batch takes 1/n; the local term's share enters with weight 1
+            (grads,) = pull((gi, gt_, g_t / n, g_b / n, jnp.ones((), jnp.float32)))
             return jax.tree.map(jnp.add, acc, grads), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         grads, _ = jax.lax.scan(backward, zeros, (subs, keys, split(g_img), split(g_txt)))
+        if denominator is not None:
+            metrics = dict(metrics, contrastive_loss=loss, local_loss=jnp.sum(locals_))
+            loss = weight * loss + jnp.sum(locals_)
         return (loss, (metrics, extra)), grads
 
     def train_data(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:

@@ -1,0 +1,245 @@
+"""Evaluation of image-to-text models: generated captions (CIDEr-D, BLEU, ROUGE-L), perplexity, and the scoring
+classifier (zero-shot classification by the highest caption log-likelihood over class prompts, as in CapPa).
+
+`CaptionFns` holds the jitted model functions (generate, score image–text pairs, score every class prompt for a
+batch of images); inputs are fixed-shape batches (the last one padded by repeating its final row) placed as
+replicated global arrays, so the same code runs on one device, a mesh, or several hosts.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, ContextManager, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlm_jax import sharding as shd
+from vlm_jax.evals.captioning import caption_scores, cider_d_scores
+from vlm_jax.evals.embedder import _mesh_of
+from vlm_jax.evals.metrics import chance_topk, pixel_features, topk_hits
+from vlm_jax.evals.zeroshot import KS, EvalSet, _class_pixel_features, _mean_hits, _scores
+from vlm_jax.losses.generative import sequence_log_likelihood, shift_right
+from vlm_jax.models import decoding
+
+CAPTION_METRICS = ("CIDEr-D", "BLEU-1", "BLEU-4", "ROUGE-L")
+
+
+def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
+    """x with its last row repeated up to n rows."""
+    return x if len(x) == n else np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])
+
+
+class CaptionFns:
+    """Jitted generation and scoring for a `Captioner`-like model (methods encode / logits / decode_step)."""
+
+    def __init__(self, model: Any, ids: dict[str, int], tokenize: Callable[[list[str]], np.ndarray],
+                 detokenize: Callable[[np.ndarray], list[str]], *, max_len: int, batch_size: int = 64,
+                 class_chunk: int = 64, beam_size: int = 1, length_penalty: float = 0.6,
+                 context: Callable[[], ContextManager] = contextlib.nullcontext):
+        self.model, self.ids, self.tokenize, self.detokenize = model, dict(ids), tokenize, detokenize
+        self.max_len, self.batch_size, self.class_chunk = max_len, batch_size, class_chunk
+        self.beam_size, self.length_penalty, self._context = beam_size, length_penalty, context
+        self._jitted: dict[tuple[str, Any], Callable] = {}
+
+    # ------------------------------------------------------------------ traced functions
+    def _generate(self, params: Any, images: jax.Array) -> jax.Array:
+        """Greedy (beam_size 1) or beam-search tokens [B, max_len] (EOS, then pad)."""
+        m, ids = self.model, self.ids
+        context, _ = m.apply({"params": params}, images, method="encode")
+        b, k = images.shape[0], self.beam_size
+        cache = m.init_cache(b, context)
+        rows = context if k == 1 else jnp.repeat(context, k, axis=0)  # beam rows b*k + j read image b
+
+        def step(tokens: jax.Array, cache: Any, position: jax.Array) -> tuple[jax.Array, Any]:
+            logits, state = m.apply({"params": params, "cache": cache}, tokens[:, None], rows,
+                                    method="decode_step", mutable=["cache"])
+            return logits[:, 0], state["cache"]
+
+        bos = jnp.full((b,), ids["bos"], jnp.int32)
+        kw = dict(max_len=self.max_len, eos_id=ids["eos"], pad_id=ids["pad"])
+        if k == 1:
+            return decoding.greedy(step, cache, bos, **kw)
+        seqs, _ = decoding.beam_search(step, cache, bos, beam_size=k, length_penalty=self.length_penalty, **kw)
+        return seqs[:, 0]
+
+    def _pair_scores(self, params: Any, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Σ log p(caption | image) [B] and target token counts [B] of aligned pairs."""
+        m = self.model
+        context, _ = m.apply({"params": params}, images, method="encode")
+        logits = m.apply({"params": params}, shift_right(tokens, self.ids["bos"]), context, method="logits")
+        mask = tokens != self.ids["pad"]
+        return sequence_log_likelihood(logits, tokens, mask), jnp.sum(mask, axis=-1)
+
+    def _class_scores(self, params: Any, images: jax.Array, tokens: jax.Array) -> jax.Array:
+        """Σ log p(prompt c | image i) [B, C] for every image × every class prompt (image encoded once)."""
+        m = self.model
+        b, c = images.shape[0], tokens.shape[0]
+        context, _ = m.apply({"params": params}, images, method="encode")
+        rows = jnp.repeat(context, c, axis=0)  # row i*c + j: image i, prompt j
+        tok = jnp.tile(tokens, (b, 1))
+        logits = m.apply({"params": params}, shift_right(tok, self.ids["bos"]), rows, method="logits")
+        return sequence_log_likelihood(logits, tok, tok != self.ids["pad"]).reshape(b, c)
+
+    # ------------------------------------------------------------------ host side
+    def _fn(self, name: str, mesh: Any) -> Callable:
+        key = (name, mesh)
+        if key not in self._jitted:
+            fn = getattr(self, f"_{name}")
+
+            def traced(*args: Any, fn: Callable = fn) -> Any:
+                with self._context():
+                    return fn(*args)
+
+            self._jitted[key] = jax.jit(traced, out_shardings=shd.replicated(mesh) if mesh is not None else None)
+        return self._jitted[key]
+
+    @staticmethod
+    def _put(x: np.ndarray, mesh: Any) -> Any:
+        """A host array as a replicated global array (every process holds the same eval inputs)."""
+        if mesh is None:
+            return x
+        return jax.make_array_from_callback(x.shape, shd.replicated(mesh), lambda idx: x[idx])
+
+    def generate_tokens(self, params: Any, images: np.ndarray) -> np.ndarray:
+        """int32 [N, max_len] generated tokens for float images [N, H, W, 3] in [-1, 1]."""
+        mesh, out = _mesh_of(params), []
+        fn = self._fn("generate", mesh)
+        for start in range(0, len(images), self.batch_size):
+            chunk = np.asarray(images[start:start + self.batch_size], np.float32)
+            res = fn(params, self._put(_pad_rows(chunk, self.batch_size), mesh))
+            out.append(np.asarray(jax.device_get(res))[:len(chunk)])
+        return np.concatenate(out) if out else np.zeros((0, self.max_len), np.int32)
+
+    def generate(self, params: Any, images: np.ndarray) -> list[str]:
+        """Captions of images."""
+        return self.detokenize(self.generate_tokens(params, images)) if len(images) else []
+
+    def pair_scores(self, params: Any, images: np.ndarray, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(Σ log p(text_i | image_i), target token count) per pair, float64 [N] and int [N]."""
+        mesh = _mesh_of(params)
+        fn = self._fn("pair_scores", mesh)
+        tokens = self.tokenize(list(texts))
+        lls, counts = [], []
+        for start in range(0, len(texts), self.batch_size):
+            n = min(self.batch_size, len(texts) - start)
+            img = _pad_rows(np.asarray(images[start:start + n], np.float32), self.batch_size)
+            tok = _pad_rows(tokens[start:start + n], self.batch_size)
+            ll, cnt = jax.device_get(fn(params, self._put(img, mesh), self._put(tok, mesh)))
+            lls.append(np.asarray(ll, np.float64)[:n])
+            counts.append(np.asarray(cnt)[:n])
+        return np.concatenate(lls), np.concatenate(counts)
+
+    def class_scores(self, params: Any, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+        """float64 [N, C]: Σ log p(prompt_c | image_n) over every class prompt."""
+        mesh = _mesh_of(params)
+        fn = self._fn("class_scores", mesh)
+        tokens = self.tokenize(list(prompts))
+        bi = max(1, self.batch_size // 8)  # images per call: each is paired with a chunk of class prompts
+        out = np.zeros((len(images), len(prompts)), np.float64)
+        for i in range(0, len(images), bi):
+            n = min(bi, len(images) - i)
+            img = self._put(_pad_rows(np.asarray(images[i:i + n], np.float32), bi), mesh)
+            for c in range(0, len(prompts), self.class_chunk):
+                m = min(self.class_chunk, len(prompts) - c)
+                tok = self._put(_pad_rows(tokens[c:c + m], self.class_chunk), mesh)
+                out[i:i + n, c:c + m] = np.asarray(jax.device_get(fn(params, img, tok)), np.float64)[:n, :m]
+        return out
+
+
+def pixel_nn_captions(ev: EvalSet) -> list[str] | None:
+    """The pixel-NN captioning baseline: each query gets the caption of its most correlated pool image."""
+    if ev.caption_pool_pixels is None or not ev.caption_pool_texts:
+        return None
+    query = pixel_features(ev.images if ev.pixel_images is None else ev.pixel_images)
+    nearest = np.argmax(query @ pixel_features(ev.caption_pool_pixels).T, axis=1)
+    return [ev.caption_pool_texts[i] for i in nearest]
+
+
+def scoring_queries(n: int, num_classes: int, max_pairs: int) -> np.ndarray:
+    """Evenly spaced query indices such that queries × classes ≤ max_pairs (0: all queries): a fixed subset
+    where scoring every class prompt for every image is costly."""
+    limit = max(1, max_pairs // max(num_classes, 1)) if max_pairs else n
+    if limit >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+
+
+class CaptionEvaluator:
+    """Generated captions of each set's images against all their references (beside the pixel-NN captions) and
+    the perplexity of the references."""
+
+    def __init__(self, fns: CaptionFns, sets: dict[str, EvalSet], examples: int = 3, verbose: bool = True):
+        self.fns, self.examples, self.verbose = fns, examples, verbose
+        self.sets = {k: v for k, v in sets.items() if v.references}
+        self._pixel = {k: pixel_nn_captions(v) for k, v in self.sets.items()}
+        self.last_captions: dict[str, list[str]] = {}
+
+    def __call__(self, params: Any, extra: Any = None) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, ev in self.sets.items():
+            captions = self.fns.generate(params, ev.images)
+            self.last_captions[name] = captions
+            refs = {i: list(r) for i, r in enumerate(ev.references)}
+            subsets = {"all": np.ones(len(captions), bool), **ev.subsets}
+            for who, cands in (("model", captions), ("pixel", self._pixel[name])):
+                if cands is None:
+                    continue
+                for sub, mask in subsets.items():
+                    idx = np.flatnonzero(mask)
+                    if len(idx):
+                        scores = caption_scores({i: cands[i] for i in idx}, {i: refs[i] for i in idx})
+                        out.update({f"{name}/{sub}/{k}/{who}": scores[k] for k in CAPTION_METRICS})
+            pairs = [(i, r) for i, rs in refs.items() for r in rs]
+            ll, count = self.fns.pair_scores(params, ev.images[[i for i, _ in pairs]], [r for _, r in pairs])
+            out[f"{name}/nll_per_token"] = float(-ll.sum() / max(count.sum(), 1))
+            out[f"{name}/perplexity"] = float(np.exp(out[f"{name}/nll_per_token"]))
+            if self.verbose and jax.process_index() == 0:
+                print(format_examples(name, captions, ev.references, self.examples), flush=True)
+        return out
+
+
+def format_examples(name: str, captions: list[str], references: list[list[str]], n: int = 3) -> str:
+    """The n best and n worst generated captions by per-image CIDEr-D, with a reference each."""
+    per = cider_d_scores(dict(enumerate(captions)), dict(enumerate(references)))
+    order = np.argsort(-np.asarray([per[i] for i in range(len(captions))]), kind="stable")
+    pick = [("best", i) for i in order[:n]] + [("worst", i) for i in order[::-1][:n]]
+    lines = [f"{name}: generated captions (per-image CIDEr-D)"]
+    lines += [f"  {tag:5s} {per[i]:6.2f}  {captions[i]!r}  (reference: {references[i][0]!r})" for tag, i in pick]
+    return "\n".join(lines)
+
+
+class ScoringClassifier:
+    """Zero-shot classification by the highest Σ log p(prompt | image) over class prompts (averaged over
+    templates), with top-k beside the pixel NN and chance on the same queries."""
+
+    def __init__(self, fns: CaptionFns, sets: dict[str, EvalSet], templates: Sequence[str], max_pairs: int = 0):
+        self.fns, self.templates = fns, list(templates)
+        self.sets = {k: v for k, v in sets.items() if len(v.class_names)}
+        self.queries = {k: scoring_queries(len(v.labels), len(v.class_names), max_pairs) for k, v in self.sets.items()}
+
+    def scores(self, params: Any, ev: EvalSet, idx: np.ndarray) -> np.ndarray:
+        """[Q, C] prompt log-likelihoods of the chosen queries, averaged over templates."""
+        per = [self.fns.class_scores(params, ev.images[idx], [t.format(c) for c in ev.class_names])
+               for t in self.templates]
+        return np.mean(per, axis=0)
+
+    def __call__(self, params: Any, extra: Any = None) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, ev in self.sets.items():
+            idx = self.queries[name]
+            labels = np.asarray(ev.labels)[idx]
+            subsets = {"all": np.ones(len(idx), bool), **{k: np.asarray(v)[idx] for k, v in ev.subsets.items()}}
+            res = {f"{k}/model": v for k, v in _mean_hits(topk_hits(self.scores(params, ev, idx), labels, KS),
+                                                          subsets, "top").items()}
+            classes = _class_pixel_features(ev)
+            if classes is not None:
+                px = pixel_features((ev.images if ev.pixel_images is None else ev.pixel_images)[idx])
+                res.update({f"{k}/pixel": v for k, v in
+                            _mean_hits(topk_hits(_scores(px, classes), labels, KS), subsets, "top").items()})
+            for sub in subsets:
+                for k in KS:
+                    res[f"{sub}/top@{k}/chance"] = chance_topk(len(ev.class_names), k)
+            res["num_queries"] = float(len(idx))
+            out.update({f"{name}/{k}": v for k, v in res.items()})
+        return out

@@ -1,0 +1,168 @@
+"""Image-to-text objectives on the `Captioner` model: CapPa (captioning with parallel prediction) and the parts
+CoCa shares with it (model from config, decoder inputs, caption loss, generation evaluators)."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vlm_jax.config import check_keys
+from vlm_jax.data import image_text as datasets
+from vlm_jax.data.tokenizer import EVAL_TEMPLATE
+from vlm_jax.evals.generation import CaptionEvaluator, CaptionFns, ScoringClassifier
+from vlm_jax.losses.generative import shift_right, token_cross_entropy
+from vlm_jax.models import TextDecoder, ViT
+from vlm_jax.models.captioner import Captioner
+from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
+
+# Decoder fields the data decides (vocabulary, padding id, length) or the objective (CoCa's CLS token).
+DATA_DECIDED = ("vocab_size", "pad_id", "max_len", "cls_token")
+# evals: sets (dataset eval sets), templates (scoring prompts), captions / scoring (which evaluators),
+# scoring_pairs (the scoring classifier scores at most this many image × class-prompt pairs per set, on evenly
+# spaced query images; 0: all), decode options
+# for generated captions (max_len 0: the data's text_len), examples (best / worst captions printed).
+EVAL_DEFAULTS = dict(batch_size=64, sets=["emoji", "fashion_mnist"], templates=None, languages=[], captions=True,
+                     scoring=True, scoring_pairs=500_000, class_chunk=64, examples=3,
+                     decode=dict(max_len=0, beam_size=1, length_penalty=0.6))
+
+
+def check_module_fields(section: Any, module: type, prefix: str, exclude: tuple[str, ...] = ()) -> None:
+    """Raises on keys that are not settable fields of the Flax module, naming the valid ones."""
+    import dataclasses
+
+    fields = tuple(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name", *exclude))
+    check_keys(dict(section), fields, prefix)
+
+
+def evals_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`config.evals` over EVAL_DEFAULTS (unknown keys raise, naming the valid ones)."""
+    check_keys(config.evals, {**EVAL_DEFAULTS, "batch_size": 0}, "evals")
+    out = {**EVAL_DEFAULTS, **config.evals.to_dict()}
+    check_keys(out["decode"], EVAL_DEFAULTS["decode"], "evals.decode")
+    out["decode"] = {**EVAL_DEFAULTS["decode"], **out["decode"]}
+    return out
+
+
+class CaptionParts:
+    """Mixin: the Captioner built from `config.model`, teacher-forced caption loss and generation evaluators."""
+
+    config: ml_collections.ConfigDict
+    data: Any
+    trace_context: Any
+    contrastive_heads = False  # CoCa: an embedding dimension, a CLS token in the decoder, t (and b)
+
+    def check_caption_model(self, config: ml_collections.ConfigDict, model_keys: tuple[str, ...]) -> None:
+        """Unknown model / decoder keys raise, naming the valid ones."""
+        check_keys(config.model, model_keys, "model")
+        check_module_fields(config.model.get("image", {}), ViT, "model.image", ("pool_type", "num_classes"))
+        check_module_fields(config.model.get("decoder", {}), TextDecoder, "model.decoder", DATA_DECIDED)
+
+    @property
+    def ids(self) -> dict[str, int]:
+        """pad / eos / bos / mask ids and the decoder vocabulary of the dataset's tokenizer."""
+        return self.data.special_ids
+
+    def caption_model(self) -> Captioner:
+        """The Captioner from `config.model` with the data's vocabulary and text length."""
+        m = self.config.model
+        ids = self.ids
+        decoder = dict(m.decoder, vocab_size=ids["vocab"], pad_id=ids["pad"], max_len=self.data.text_len,
+                       cls_token=self.contrastive_heads)
+        kw: dict[str, Any] = dict(image=dict(m.image), decoder=decoder, cap_queries=int(m.get("cap_queries", 0)))
+        if self.contrastive_heads:
+            kw.update(embed_dim=int(m.embed_dim), temperature_init=m.get("temperature_init", 10.0),
+                      bias_init=m.get("bias_init", None))
+        return Captioner(**kw)
+
+    def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        s = self.data.image_size
+        return {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
+                "text": jax.ShapeDtypeStruct(*self.data.text_spec(batch_size))}
+
+    def decoder_inputs(self, text: jax.Array) -> jax.Array:
+        """Teacher forcing: [BOS, t0, …, t_{L-2}] for targets `text` [B, L]."""
+        return shift_right(text, self.ids["bos"])
+
+    def caption_loss(self, logits: jax.Array, text: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Mean cross-entropy over the non-pad target tokens (EOS included), with `loss.label_smoothing`."""
+        mask = text != self.ids["pad"]
+        return token_cross_entropy(logits, text, mask, float(self.config.loss.get("label_smoothing", 0.0)))
+
+    def train_data(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
+        return self.data.train(batch_size, seed, process_index, process_count)
+
+    @functools.cached_property
+    def caption_fns(self) -> CaptionFns:
+        """Jitted generation / scoring functions for the evaluators and `tools.caption`."""
+        ev = evals_config(self.config)
+        dec = ev["decode"]
+        return CaptionFns(self.model(), self.ids, self.data.tokenize, self.data.decode,
+                          max_len=int(dec["max_len"]) or self.data.text_len, batch_size=int(ev["batch_size"]),
+                          class_chunk=int(ev["class_chunk"]), beam_size=int(dec["beam_size"]),
+                          length_penalty=float(dec["length_penalty"]), context=lambda: self.trace_context())
+
+    def caption_evaluators(self) -> dict[str, Evaluator]:
+        """Generated-caption metrics + perplexity, and the scoring classifier, on the data's eval sets."""
+        ev = evals_config(self.config)
+        sets = self.data.eval_sets(list(ev["sets"]))
+        out: dict[str, Evaluator] = {}
+        if ev["captions"]:
+            out["caption"] = CaptionEvaluator(self.caption_fns, sets, examples=int(ev["examples"]))
+        if ev["scoring"]:
+            templates = list(ev["templates"] or [EVAL_TEMPLATE])
+            out["scoring"] = ScoringClassifier(self.caption_fns, sets, templates, int(ev["scoring_pairs"]))
+        return out
+
+
+@register("cappa")
+class CapPaObjective(CaptionParts, Objective):
+    """CapPa (Tschannen et al. 2023): with probability `loss.parallel_fraction` an example's decoder inputs are all
+    MASK and it attends bidirectionally (parallel prediction); otherwise autoregressive captioning. 0 is plain
+    captioning (Cap)."""
+
+    CONFIG_DEFAULTS = {"loss": dict(parallel_fraction=0.75, label_smoothing=0.0)}
+    MODEL_KEYS = ("image", "decoder", "cap_queries")
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        self.check_caption_model(config, self.MODEL_KEYS)
+        check_keys(config.loss, self.CONFIG_DEFAULTS["loss"], "loss")
+        p = float(config.loss.get("parallel_fraction", 0.75))
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"loss.parallel_fraction must be in [0, 1], got {p}")
+        self.data = datasets.get(config.data)
+        evals_config(config)
+
+    def model(self) -> nn.Module:
+        return self.caption_model()
+
+    def parallel_rows(self, rng: jax.Array, batch_size: int, train: bool) -> jax.Array:
+        """bool [B]: the examples trained by parallel prediction this step (none at evaluation)."""
+        p = float(self.config.loss.get("parallel_fraction", 0.75))
+        if not train or p <= 0.0:
+            return jnp.zeros((batch_size,), bool)
+        return jax.random.bernoulli(jax.random.fold_in(rng, 1), p, (batch_size,))
+
+    def masked_inputs(self, text: jax.Array, parallel: jax.Array) -> jax.Array:
+        """Decoder inputs: teacher forcing, with every input of a parallel row replaced by MASK."""
+        return jnp.where(parallel[:, None], jnp.int32(self.ids["mask"]), self.decoder_inputs(text))
+
+    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
+             train: bool = True) -> LossOut:
+        text = batch["text"]
+        parallel = self.parallel_rows(rng, text.shape[0], train)
+        (_, _, logits), _ = self.model().apply({"params": params}, batch["image"], self.masked_inputs(text, parallel),
+                                               train=train, parallel=parallel, rngs={"dropout": rng})
+        loss, metrics = self.caption_loss(logits, text)
+        return loss, (dict(metrics, parallel_fraction=jnp.mean(parallel.astype(jnp.float32))), extra)
+
+    def evaluators(self) -> dict[str, Evaluator]:
+        return self._evaluators
+
+    @functools.cached_property
+    def _evaluators(self) -> dict[str, Evaluator]:
+        return self.caption_evaluators()
