@@ -215,3 +215,4 @@ class EmojiPairs:
 
 
 from vlm_jax.data import synthetic as _synthetic  # noqa: E402,F401  (registers "synthetic")
+from vlm_jax.data import tuxpaint as _tuxpaint  # noqa: E402,F401  (registers "tuxpaint")

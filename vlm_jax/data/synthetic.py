@@ -90,6 +90,10 @@ class SyntheticPairs:
         ds = ds.map(_Sample(seed, self.image_size, self.text_len, self.vocab_size, text_image_size=self.text_image_size))
         return ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
 
+    def eval_sets(self, names: list[str]) -> dict[str, Any]:
+        """Random data has no evaluation sets."""
+        return {}
+
     def evaluators(self, embedder: Any, config: ml_collections.ConfigDict) -> dict[str, Any]:
         """Random data has nothing to evaluate."""
         return {}

@@ -40,11 +40,12 @@ class CaptionFns:
         self.model, self.ids, self.tokenize, self.detokenize = model, dict(ids), tokenize, detokenize
         self.max_len, self.batch_size, self.class_chunk = max_len, batch_size, class_chunk
         self.beam_size, self.length_penalty, self._context = beam_size, length_penalty, context
-        self._jitted: dict[tuple[str, Any], Callable] = {}
+        self.sampling: dict[str, Any] | None = None  # {temperature, top_k, top_p, seed}: sample instead of search
+        self._jitted: dict[tuple, Callable] = {}
 
     # ------------------------------------------------------------------ traced functions
     def _generate(self, params: Any, images: jax.Array) -> jax.Array:
-        """Greedy (beam_size 1) or beam-search tokens [B, max_len] (EOS, then pad)."""
+        """Greedy (beam_size 1), beam-search or (with `sampling`) sampled tokens [B, max_len] (EOS, then pad)."""
         m, ids = self.model, self.ids
         context, _ = m.apply({"params": params}, images, method="encode")
         b, k = images.shape[0], self.beam_size
@@ -58,6 +59,10 @@ class CaptionFns:
 
         bos = jnp.full((b,), ids["bos"], jnp.int32)
         kw = dict(max_len=self.max_len, eos_id=ids["eos"], pad_id=ids["pad"])
+        if self.sampling is not None:
+            opts = dict(self.sampling)
+            key = jax.random.key(int(opts.pop("seed", 0)))
+            return decoding.sample(step, cache, bos, key, **kw, **opts)
         if k == 1:
             return decoding.greedy(step, cache, bos, **kw)
         seqs, _ = decoding.beam_search(step, cache, bos, beam_size=k, length_penalty=self.length_penalty, **kw)
@@ -83,7 +88,7 @@ class CaptionFns:
 
     # ------------------------------------------------------------------ host side
     def _fn(self, name: str, mesh: Any) -> Callable:
-        key = (name, mesh)
+        key = (name, mesh, self.beam_size, tuple(sorted((self.sampling or {}).items())))
         if key not in self._jitted:
             fn = getattr(self, f"_{name}")
 

@@ -84,6 +84,17 @@ class Checkpointer:
                                   "\n".join(errors))
         return None
 
+    def restore_state(self, abstract_state: Any) -> tuple[Any, int]:
+        """The train state alone (no data iterator) of the newest readable checkpoint, and its step."""
+        errors = []
+        for step in reversed(self.steps()):
+            try:
+                args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+                return self.manager.restore(step, args=args).state, step
+            except Exception as exc:  # noqa: BLE001 - fall back to an older checkpoint
+                errors.append(f"step {step}: {type(exc).__name__}: {str(exc)[:200]}")
+        raise CheckpointError(f"No readable checkpoint in {self.directory}" + "".join(f"\n{e}" for e in errors))
+
     def close(self) -> None:
         """Finishes pending saves and releases resources."""
         self.manager.wait_until_finished()

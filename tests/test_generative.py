@@ -1,0 +1,239 @@
+"""CoCa and CapPa: loss terms against float64 NumPy, CLS / parallel-prediction masks, KV-cached generation through
+the evaluators' functions, the scoring classifier against brute force, and sharded runs equal one device."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlm_jax import sharding as shd
+from vlm_jax.config import apply_overrides, load_config
+from vlm_jax.evals.captioning import cider_d
+from vlm_jax.evals.generation import CaptionEvaluator, ScoringClassifier, scoring_queries
+from vlm_jax.evals.zeroshot import EvalSet
+from vlm_jax.losses.generative import shift_right
+from vlm_jax.train.trainer import Setup, finalize_config
+
+B = 16
+TINY = ["batch_size=16", "fsdp_min_size=0", "optim.warmup_steps=1", "optim.name=sgd", "optim.momentum=0.9",
+        "optim.lr=0.1", "model.image.num_heads=4", "model.decoder.num_heads=4"]
+
+
+def _setup(name, mesh=(("data", 1),), more=()):
+    c = finalize_config(load_config(f"experiments/emoji_{name}.py:size=test"))
+    return Setup(apply_overrides(c, TINY + [f"mesh={list(mesh)!r}", *more]))
+
+
+def _batches(setup, n=3, seed=0):
+    """Random images; real captions of the tokenizer, so lengths (and padding) vary."""
+    rng = np.random.default_rng(seed)
+    data = setup.objective.data
+    s = data.image_size
+    words = ["cat", "grinning face", "flag: japan", "a picture of a red apple.", "an emoji of kangaroo.", "x"]
+    out = []
+    for _ in range(n):
+        texts = [" ".join(rng.choice(words, rng.integers(1, 4))) for _ in range(B)]
+        out.append({"image": rng.uniform(-1, 1, (B, s, s, 3)).astype(np.float32), "text": data.tokenize(texts)})
+    return out
+
+
+def _run(setup, batches):
+    state = setup.init_state(jax.random.key(0))
+    losses = []
+    for b in batches:
+        state, m = setup.train_step(state, shd.global_batch(b, setup.batch_sharding))
+        losses.append(float(m["loss"]))
+    return losses, jax.device_get(state.params), state
+
+
+@pytest.fixture(scope="module")
+def coca(data_dir):
+    setup = _setup("coca")
+    state = setup.init_state(jax.random.key(0))
+    return setup, jax.device_get(state.params)
+
+
+@pytest.fixture(scope="module")
+def cappa(data_dir):
+    setup = _setup("cappa")
+    state = setup.init_state(jax.random.key(0))
+    return setup, jax.device_get(state.params)
+
+
+def _np_cross_entropy(logits, targets, mask):
+    logits = np.asarray(logits, np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, np.asarray(targets)[..., None], -1)[..., 0]
+    return float((nll * mask).sum() / mask.sum())
+
+
+def _np_infonce(zimg, ztxt, t):
+    logits = t * np.asarray(zimg, np.float64) @ np.asarray(ztxt, np.float64).T
+
+    def ce(lg):
+        lg = lg - lg.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(lg).sum(1)) - np.diag(lg)))
+    return (ce(logits) + ce(logits.T)) / 2
+
+
+def test_coca_loss_is_weighted_contrastive_plus_captioning_in_float64(coca):
+    setup, params = coca
+    obj = setup.objective
+    batch = {k: jnp.asarray(v) for k, v in _batches(setup, 1)[0].items()}
+    text = np.asarray(batch["text"])
+    loss, (metrics, _) = obj.loss(params, {}, batch, jax.random.key(1), train=False)
+    (zimg, ztxt, logits), aux = obj.model().apply({"params": params}, batch["image"],
+                                                  shift_right(batch["text"], obj.ids["bos"]))
+    con = _np_infonce(zimg, ztxt, float(aux["t"]))
+    cap = _np_cross_entropy(logits, text, text != obj.ids["pad"])
+    np.testing.assert_allclose(float(metrics["contrastive_loss"]), con, rtol=1e-5)
+    two_tower = obj.loss_fn(zimg, ztxt, aux["t"])[0]  # the two-tower loss on the same embeddings
+    np.testing.assert_allclose(float(metrics["contrastive_loss"]), float(two_tower), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["caption_loss"]), cap, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), 1.0 * con + 2.0 * cap, rtol=1e-5)
+    assert (text == obj.ids["pad"]).any() and (text[:, -1] == obj.ids["pad"]).any()  # padding really was masked
+
+
+def test_coca_text_embedding_is_the_cls_of_the_unimodal_blocks(coca):
+    setup, params = coca
+    obj, model = setup.objective, setup.objective.model()
+    batch = _batches(setup, 1)[0]
+    inputs = shift_right(jnp.asarray(batch["text"]), obj.ids["bos"])
+    (_, ztxt, _), _ = model.apply({"params": params}, batch["image"], inputs)
+    alone = model.apply({"params": params}, inputs, method="embed_text")  # no image: what zero-shot uses
+    np.testing.assert_allclose(alone, ztxt, rtol=1e-5, atol=1e-6)
+    other = model.apply({"params": params}, batch["image"][::-1], inputs)[0][1]
+    np.testing.assert_allclose(other, ztxt, rtol=1e-5, atol=1e-6)  # the text embedding never sees the image
+    # the CLS reads every real token: change the last real input token of row 0
+    last = int(np.sum(np.asarray(inputs[0]) != 0)) - 1
+    changed = inputs.at[0, last].set((inputs[0, last] + 5) % 1000 + 3)
+    assert not np.allclose(model.apply({"params": params}, changed, method="embed_text")[0], alone[0], atol=1e-6)
+
+
+def test_coca_decoder_is_causal_and_cross_attends_every_image_token(coca):
+    setup, params = coca
+    obj, model = setup.objective, setup.objective.model()
+    batch = _batches(setup, 1)[0]
+    inputs = shift_right(jnp.asarray(batch["text"]), obj.ids["bos"])
+    context, _ = model.apply({"params": params}, batch["image"], method="encode")
+    base = model.apply({"params": params}, inputs, context, method="logits")
+    changed = model.apply({"params": params}, inputs.at[:, 5].set(7), context, method="logits")
+    np.testing.assert_allclose(changed[:, :5], base[:, :5], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(changed[:, 5:], base[:, 5:])
+    for j in range(context.shape[1]):  # every pooled image token is read
+        moved = model.apply({"params": params}, inputs, context.at[:, j].add(1.0), method="logits")
+        assert not np.allclose(moved, base, atol=1e-6), j
+
+
+def _teacher_forced_greedy(model, params, images, ids, max_len):
+    """Greedy decoding by re-running the full (uncached) decoder on the growing prefix."""
+    context, _ = model.apply({"params": params}, images, method="encode")
+    tokens = np.full((len(images), 1), ids["bos"], np.int32)
+    for _ in range(max_len):
+        logits = model.apply({"params": params}, jnp.asarray(tokens), context, method="logits")
+        tokens = np.concatenate([tokens, np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]], axis=1)
+    out = tokens[:, 1:]
+    for row in out:  # after EOS: pad
+        hit = np.flatnonzero(row == ids["eos"])
+        if len(hit):
+            row[hit[0] + 1:] = ids["pad"]
+    return out
+
+
+@pytest.mark.parametrize("name", ["coca", "cappa"])
+def test_cached_generation_equals_uncached_greedy(name, coca, cappa):
+    setup, params = {"coca": coca, "cappa": cappa}[name]
+    obj = setup.objective
+    fns = obj.caption_fns
+    images = _batches(setup, 1)[0]["image"][:5]
+    got = fns.generate_tokens(params, images)
+    want = _teacher_forced_greedy(obj.model(), params, images, obj.ids, fns.max_len)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_scoring_classifier_equals_brute_force(cappa):
+    setup, params = cappa
+    fns = setup.objective.caption_fns
+    rng = np.random.default_rng(3)
+    images = rng.uniform(-1, 1, (5, 32, 32, 3)).astype(np.float32)
+    names = ["cat", "dog face", "flag: japan", "red apple", "kangaroo", "x", "grinning face"]
+    scores = fns.class_scores(params, images, names)  # chunked: 7 prompts, image batches of batch_size // 8
+    for i in range(len(images)):
+        ll, _ = fns.pair_scores(params, np.repeat(images[i:i + 1], len(names), 0), names)
+        np.testing.assert_allclose(scores[i], ll, rtol=1e-5, atol=1e-4)
+    ev = EvalSet(images=images, labels=np.array([0, 1, 2, 3, 4]), class_names=names, class_images=None)
+    out = ScoringClassifier(fns, {"s": ev}, ["{}"])(params)
+    want_top1 = np.mean(np.argmax(scores, 1) == ev.labels)
+    assert out["s/all/top@1/model"] == pytest.approx(want_top1)
+    assert out["s/all/top@1/chance"] == pytest.approx(1 / 7)
+    assert list(scoring_queries(100, 10, 200)) == list(np.linspace(0, 99, 20).round().astype(int))
+
+
+def test_caption_evaluator_scores_the_generated_captions(cappa):
+    setup, params = cappa
+    fns = setup.objective.caption_fns
+    rng = np.random.default_rng(4)
+    images = rng.uniform(-1, 1, (6, 32, 32, 3)).astype(np.float32)
+    refs = [["a cat."], ["a dog", "dog face"], ["flag"], ["x y"], ["an apple"], ["kangaroo"]]
+    ev = EvalSet(images=images, labels=np.arange(6), class_names=[r[0] for r in refs], class_images=None,
+                 references=refs, caption_pool_pixels=images[::-1], caption_pool_texts=[r[0] for r in refs][::-1])
+    out = CaptionEvaluator(fns, {"s": ev}, verbose=False)(params)
+    gen = fns.generate(params, images)
+    assert out["s/all/CIDEr-D/model"] == pytest.approx(cider_d(dict(enumerate(gen)), dict(enumerate(refs))))
+    # the pixel NN of image i in the reversed pool is itself → its own first reference
+    assert out["s/all/CIDEr-D/pixel"] == pytest.approx(cider_d({i: r[0] for i, r in enumerate(refs)},
+                                                               dict(enumerate(refs))))
+    ll, n = fns.pair_scores(params, images[[i for i, r in enumerate(refs) for _ in r]], [x for r in refs for x in r])
+    assert out["s/perplexity"] == pytest.approx(np.exp(-ll.sum() / n.sum()), rel=1e-6)
+
+
+def test_cappa_parallel_rows_get_mask_inputs_and_bidirectional_attention(cappa):
+    setup, params = cappa
+    obj, model = setup.objective, setup.objective.model()
+    batch = {k: jnp.asarray(v) for k, v in _batches(setup, 1)[0].items()}
+    parallel = jnp.asarray([True, False] * (B // 2))
+    inputs = obj.masked_inputs(batch["text"], parallel)
+    teacher = np.asarray(shift_right(batch["text"], obj.ids["bos"]))
+    np.testing.assert_array_equal(np.asarray(inputs)[::2], obj.ids["mask"])  # chosen rows: all MASK
+    np.testing.assert_array_equal(np.asarray(inputs)[1::2], teacher[1::2])  # others: teacher forcing
+    run = lambda tok: model.apply({"params": params}, batch["image"], tok, parallel=parallel)[0][2]  # noqa: E731
+    base, moved = run(inputs), run(inputs.at[:, 6].set(5))
+    assert not np.allclose(moved[::2, :6], base[::2, :6], atol=1e-6)  # parallel rows see later positions
+    np.testing.assert_allclose(moved[1::2, :6], base[1::2, :6], rtol=1e-5, atol=1e-6)  # causal rows do not
+    # the objective's loss on a batch is the float64 cross-entropy of the logits of its chosen rows' inputs
+    rng = jax.random.key(7)
+    chosen = obj.parallel_rows(rng, B, True)
+    loss, (metrics, _) = obj.loss(params, {}, batch, rng, train=True)
+    logits = model.apply({"params": params}, batch["image"], obj.masked_inputs(batch["text"], chosen),
+                         parallel=chosen)[0][2]
+    text = np.asarray(batch["text"])
+    np.testing.assert_allclose(float(loss), _np_cross_entropy(logits, text, text != 0), rtol=1e-5)
+    assert float(metrics["parallel_fraction"]) == pytest.approx(float(np.mean(chosen)))
+    draws = np.mean([np.asarray(obj.parallel_rows(jax.random.key(s), 256, True)) for s in range(20)])
+    assert abs(draws - 0.75) < 4 * np.sqrt(0.75 * 0.25 / (20 * 256))  # the configured fraction (binomial bound)
+    assert not np.asarray(obj.parallel_rows(rng, B, False)).any()  # evaluation is always autoregressive
+
+
+@pytest.fixture(scope="module")
+def coca_reference(data_dir):
+    setup = _setup("coca")
+    batches = _batches(setup)
+    return batches, _run(setup, batches)
+
+
+@pytest.mark.parametrize("mesh,more", [
+    ([("data", 8)], ()), ([("fsdp", 8)], ()), ([("data", 4), ("tensor", 2)], ()),
+    ([("data", 8)], ("loss.impl=ring",)), ([("data", 2)], ("loss.grad_cache=2",))])
+def test_sharded_coca_equals_one_device(coca_reference, mesh, more):
+    batches, (want_losses, want_params, _) = coca_reference
+    setup = _setup("coca", mesh, more)
+    losses, params, state = _run(setup, batches)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, want_params)
+    specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
+    if mesh[0][0] == "fsdp":
+        assert any("fsdp" in s for s in specs), specs
+    if len(mesh) > 1:
+        assert any("tensor" in s for s in specs), specs
+    if "loss.impl=ring" in more:
+        assert "shard_map" in str(setup.train_step.jaxpr())

@@ -1,0 +1,85 @@
+"""Captions of image files from a trained image-to-text run (CoCa, CapPa, …).
+
+  python -m vlm_jax.tools.caption --workdir runs/emoji_cappa --image a.png b.png [--beam 4] [--sample --temperature 0.7]
+
+Images are composited on white, cropped to their drawn pixels (for RGBA), padded to a square and resized to the
+run's resolution, the same preparation as the training drawings. Reads the run's config.json and newest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """float32 [size, size, 3] in [-1, 1]: RGBA composited on white, cropped to content, squared, resized."""
+    from PIL import Image
+
+    from vlm_jax.data import emoji, ops
+
+    with Image.open(path) as im:
+        rgba = im.convert("RGBA")
+    return ops.normalize(ops.resize(emoji.to_square_rgb(rgba, max(rgba.size)), size))
+
+
+def load_run(workdir: str | Path) -> tuple[Any, Any, int]:
+    """(Setup, params, step) of a trained run: its config.json and its newest readable checkpoint."""
+    import ml_collections
+
+    from vlm_jax.train.checkpoint import Checkpointer
+    from vlm_jax.train.trainer import Setup, finalize_config
+
+    workdir = Path(workdir)
+    if not (workdir / "config.json").exists():
+        raise SystemExit(f"{workdir}/config.json not found: is this a training workdir?")
+    config = finalize_config(ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())))
+    setup = Setup(config)
+    ckpt = Checkpointer(workdir / "checkpoints", every_steps=0, async_save=False)
+    try:
+        state, step = ckpt.restore_state(setup.abstract_state(config.seed))
+    finally:
+        ckpt.close()
+    return setup, state.params, step
+
+
+def caption_files(workdir: str | Path, images: list[str], beam: int = 1, sample: bool = False,
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+    """Captions of image files by the run in `workdir`."""
+    setup, params, _ = load_run(workdir)
+    objective = setup.objective
+    if not hasattr(objective, "caption_fns"):
+        raise SystemExit(f"objective {setup.config.objective!r} does not generate text")
+    fns = objective.caption_fns
+    fns.beam_size = beam
+    if sample:
+        fns.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    batch = np.stack([load_image(p, objective.data.image_size) for p in images])
+    return fns.generate(params, batch)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(prog="python -m vlm_jax.tools.caption", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--image", nargs="+", required=True)
+    parser.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy / beam search")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    captions = caption_files(args.workdir, args.image, args.beam, args.sample, args.temperature, args.top_k,
+                             args.top_p, args.seed)
+    for path, text in zip(args.image, captions):
+        print(f"{path}\t{text}")
+
+
+if __name__ == "__main__":
+    main()
