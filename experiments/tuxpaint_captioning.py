@@ -1,0 +1,49 @@
+"""Image captioning on Tux Paint stamps (856 training pictures with one-sentence descriptions; 94 held-out
+stamps whose captions never occur in training), by CapPa or CoCa.
+
+  --config experiments/tuxpaint_captioning.py                    CapPa (parallel fraction 0.75)
+  --config experiments/tuxpaint_captioning.py:objective=coca     CoCa (contrastive + captioning)
+  --config experiments/tuxpaint_captioning.py:size=test          tiny model for tests
+"""
+import ml_collections
+
+from vlm_jax.config import config_args
+from vlm_jax.data.ops import STYLE_AUGMENT
+
+SIZES = {
+    # image tower, decoder width / mlp / heads, CapPa decoder depth, CoCa decoder depth (half unimodal)
+    "test": (dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=(8, 8)), (32, 64, 2), 1, 2),
+    "small": (dict(width=128, depth=4, mlp_dim=512, num_heads=4, patch_size=(8, 8)), (128, 512, 4), 2, 4),
+}
+
+
+def get_config(arg=None):
+    """`arg`: objective=cappa|coca, size=small|test, steps=N, batch=N."""
+    arg = config_args(arg, objective="cappa", size="small", steps=600, batch=128)
+    if arg.objective not in ("cappa", "coca"):
+        raise ValueError(f"objective must be cappa or coca, got {arg.objective!r}")
+    image, (width, mlp, heads), cappa_depth, coca_depth = SIZES[arg.size]
+    c = ml_collections.ConfigDict()
+    c.objective = arg.objective
+    c.seed = 0
+    c.total_steps = arg.steps
+    c.batch_size = arg.batch
+    c.log_every = 50
+    c.eval_every = 0
+    c.data = dict(name="tuxpaint", data_dir="", image_size=32, text_len=32, augment=STYLE_AUGMENT)
+    decoder = dict(width=width, mlp_dim=mlp, num_heads=heads)
+    if arg.objective == "cappa":
+        c.model = dict(image=dict(posemb="learn", **image), decoder=dict(depth=cappa_depth, **decoder), cap_queries=0)
+        c.loss = dict(parallel_fraction=0.75)
+    else:
+        c.model = dict(image=dict(posemb="learn", **image), embed_dim=width, temperature_init=1 / 0.07,
+                       decoder=dict(depth=coca_depth, unimodal_depth=coca_depth // 2, **decoder), cap_queries=16)
+        c.loss = dict(name="infonce", contrastive_weight=1.0, caption_weight=2.0)
+    c.optim = dict(name="adamw", lr=1e-3, b2=0.98, weight_decay=0.1, warmup_steps=min(100, arg.steps // 10),
+                   schedule="cosine", clip_norm=1.0)
+    c.checkpoint = dict(every_steps=max(arg.steps // 4, 1), keep=2)
+    c.evals = dict(batch_size=128, sets=["tuxpaint"], templates=["{}"], examples=3)
+    if arg.size == "test":
+        c.log_every = 1
+        c.evals = dict(batch_size=64, sets=["tuxpaint"], templates=["{}"], examples=1)
+    return c
