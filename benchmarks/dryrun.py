@@ -30,6 +30,7 @@ ROWS = [  # (name, config, topology, slices, overrides)
     ("CLIP B/16, 2 slices", "experiments/two_tower_scale.py:variant=B/16,loss=clip,batch=65536", "v5e-256", 2, []),
     ("CoCa-Base (B/18 @288, 12+12 decoder)", "experiments/captioner_scale.py:model=coca_base", "v5p-128", 1, []),
     ("CoCa-Base (B/18 @288, 12+12 decoder)", "experiments/captioner_scale.py:model=coca_base", "v5p-512", 1, []),
+    ("CoCa-Base, remat=full", "experiments/captioner_scale.py:model=coca_base,remat=full", "v5p-128", 1, []),
     ("CapPa B/16 (6-layer decoder)", "experiments/captioner_scale.py:model=cappa_b16", "v5p-128", 1, []),
     ("CapPa B/16 (6-layer decoder)", "experiments/captioner_scale.py:model=cappa_b16", "v5e-256", 1, []),
 ]

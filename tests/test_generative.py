@@ -237,3 +237,41 @@ def test_sharded_coca_equals_one_device(coca_reference, mesh, more):
         assert any("tensor" in s for s in specs), specs
     if "loss.impl=ring" in more:
         assert "shard_map" in str(setup.train_step.jaxpr())
+
+
+@pytest.mark.slow
+def test_cappa_through_train_evaluators_and_caption_tool(tmp_path, data_dir, capsys):
+    """train() → the caption / scoring evaluators on the emoji sets → `tools.caption` on an image file."""
+    from PIL import Image
+
+    from vlm_jax.data import emoji
+    from vlm_jax.evals.metrics import pixel_features
+    from vlm_jax.tools import caption
+    from vlm_jax.train.trainer import train
+
+    c = apply_overrides(finalize_config(load_config("experiments/emoji_cappa.py:size=test,steps=3,batch=16")),
+                        ["evals.scoring_pairs=20000", "checkpoint.every_steps=3"])
+    out = train(c, tmp_path / "run")
+    ev = out["evals"]
+    setup, params = out["setup"], out["state"].params
+    # the pixel-NN captioner, recomputed: nearest seen-concept training drawing by correlation, its eval caption
+    cross = setup.objective.data.eval_sets(["emoji"])["emoji/cross"]
+    nearest = np.argmax(pixel_features(cross.pixel_images) @ pixel_features(cross.caption_pool_pixels).T, 1)
+    want = cider_d({i: cross.caption_pool_texts[j] for i, j in enumerate(nearest)}, dict(enumerate(cross.references)))
+    assert ev["caption/emoji/cross/all/CIDEr-D/pixel"] == pytest.approx(want)
+    assert len(cross.references[0]) == 4 and cross.references[0][0].startswith("an emoji of ")
+    assert ev["scoring/emoji/cross/num_queries"] == len(scoring_queries(len(cross.labels), 1871, 20000))
+    assert 1.0 < ev["caption/emoji/cross/perplexity"] < setup.objective.ids["vocab"] * 2
+    assert "zeroshot/emoji/cross/all/top@1/model" not in ev  # CapPa has no embeddings: scoring is its zero-shot
+    # the caption tool restores the checkpoint and prepares a file like the training drawings
+    from vlm_jax.data import ops
+
+    path = tmp_path / "kangaroo.png"
+    raw = emoji.render_rgba("🦘", "openmoji")  # transparent background, uncropped
+    raw.save(path)
+    capsys.readouterr()
+    caption.main(["--workdir", str(tmp_path / "run"), "--image", str(path)])
+    printed = capsys.readouterr().out.strip().split("\t")
+    image = caption.load_image(path, 32)
+    np.testing.assert_allclose(image, ops.normalize(ops.resize(emoji.render("🦘", "openmoji", 64), 32)), atol=1e-6)
+    assert printed == [str(path), setup.objective.caption_fns.generate(params, image[None])[0]]

@@ -2,8 +2,8 @@
 
   python -m vlm_jax.tools.caption --workdir runs/emoji_cappa --image a.png b.png [--beam 4] [--sample --temperature 0.7]
 
-Images are composited on white, cropped to their drawn pixels (for RGBA), padded to a square and resized to the
-run's resolution, the same preparation as the training drawings. Reads the run's config.json and newest checkpoint.
+Images are cropped to their drawn pixels (transparent or, if opaque, white background removed), centred on a
+white square and resized to the run's resolution: the preparation of the training drawings. Reads the run's config.json and newest checkpoint.
 """
 from __future__ import annotations
 
@@ -16,15 +16,22 @@ from typing import Any
 import numpy as np
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """float32 [size, size, 3] in [-1, 1]: RGBA composited on white, cropped to content, squared, resized."""
+def load_image(path: str | Path, size: int, prepared_size: int = 64) -> np.ndarray:
+    """float32 [size, size, 3] in [-1, 1], prepared like the training drawings: cropped to its drawn pixels
+    (alpha > 0; an opaque image: its non-white pixels), centred on a white square with a margin, stored size,
+    then resized to the model's."""
     from PIL import Image
 
     from vlm_jax.data import emoji, ops
 
     with Image.open(path) as im:
         rgba = im.convert("RGBA")
-    return ops.normalize(ops.resize(emoji.to_square_rgb(rgba, max(rgba.size)), size))
+    arr = np.asarray(rgba)
+    if arr[..., 3].min() == 255:  # opaque: what is not (near) white is the drawing
+        alpha = np.where((arr[..., :3] < 250).any(-1), 255, 0).astype(np.uint8)
+        if alpha.any():
+            rgba = Image.fromarray(np.dstack([arr[..., :3], alpha]), "RGBA")
+    return ops.normalize(ops.resize(emoji.to_square_rgb(rgba, prepared_size), size))
 
 
 def load_run(workdir: str | Path) -> tuple[Any, Any, int]:
