@@ -271,7 +271,28 @@ def test_cappa_through_train_evaluators_and_caption_tool(tmp_path, data_dir, cap
     raw.save(path)
     capsys.readouterr()
     caption.main(["--workdir", str(tmp_path / "run"), "--image", str(path)])
-    printed = capsys.readouterr().out.strip().split("\t")
+    printed = capsys.readouterr().out.strip().splitlines()[-1].split("\t")
     image = caption.load_image(path, 32)
     np.testing.assert_allclose(image, ops.normalize(ops.resize(emoji.render("🦘", "openmoji", 64), 32)), atol=1e-6)
     assert printed == [str(path), setup.objective.caption_fns.generate(params, image[None])[0]]
+
+
+@pytest.mark.slow
+def test_coca_on_tux_paint_through_train(tmp_path, data_dir):
+    """CoCa on the Tux Paint captions: zero-shot retrieval, generated-caption and scoring metrics in one run."""
+    from vlm_jax.data import tuxpaint
+    from vlm_jax.evals.metrics import pixel_features
+    from vlm_jax.train.trainer import train
+
+    c = load_config("experiments/tuxpaint_captioning.py:objective=coca,size=test,steps=2,batch=16")
+    ev = train(c, tmp_path / "run")["evals"]
+    test, tr = tuxpaint.load_split(data_dir, "test"), tuxpaint.load_split(data_dir, "train")
+    from vlm_jax.data.image_text import PIXEL_BASELINE_SIZE, _prep_images
+
+    small = lambda x: _prep_images(x, PIXEL_BASELINE_SIZE)  # noqa: E731
+    nearest = np.argmax(pixel_features(small(test["image"])) @ pixel_features(small(tr["image"])).T, 1)
+    want = cider_d({i: tr["caption"][j] for i, j in enumerate(nearest)},
+                   {i: [t] for i, t in enumerate(test["caption"])})
+    assert ev["caption/tuxpaint/test/all/CIDEr-D/pixel"] == pytest.approx(want, rel=1e-6)
+    assert ev["zeroshot/tuxpaint/test/all/top@1/chance"] == pytest.approx(1 / len(test["caption"]))
+    assert ev["scoring/tuxpaint/test/num_queries"] == len(test["caption"])
