@@ -151,6 +151,44 @@ def test_cached_generation_equals_uncached_greedy(name, coca, cappa):
     np.testing.assert_array_equal(got, want)
 
 
+def test_sharded_and_sampled_generation(coca):
+    """On 8 devices the cached greedy captions are the same; sampling with a fixed key equals an uncached loop
+    drawing with the same per-step keys."""
+    from vlm_jax.models.decoding import sample_logits
+
+    setup, params = coca
+    obj = setup.objective
+    images = _batches(setup, 1)[0]["image"][:5]
+    dp8 = _setup("coca", [("data", 8)])
+    sharded = dp8.init_state(jax.random.key(0)).params  # the same seed: the same parameters, now on 8 devices
+    np.testing.assert_array_equal(dp8.objective.caption_fns.generate_tokens(sharded, images),
+                                  obj.caption_fns.generate_tokens(params, images))
+    fns = obj.caption_fns
+    fns.sampling = dict(temperature=1.5, top_k=20, top_p=0.95, seed=3)
+    try:
+        got = fns.generate_tokens(params, images)
+    finally:
+        fns.sampling = None
+    model, ids = obj.model(), obj.ids
+    context, _ = model.apply({"params": params}, _pad(images, fns.batch_size), method="encode")
+    tokens = np.full((fns.batch_size, 1), ids["bos"], np.int32)
+    for i in range(fns.max_len):
+        logits = model.apply({"params": params}, jnp.asarray(tokens), context, method="logits")[:, -1]
+        tok = sample_logits(logits, jax.random.fold_in(jax.random.key(3), i), temperature=1.5, top_k=20, top_p=0.95)
+        tokens = np.concatenate([tokens, np.asarray(tok)[:, None]], axis=1)
+    want = tokens[:5, 1:]
+    for row in want:
+        hit = np.flatnonzero(row == ids["eos"])
+        if len(hit):
+            row[hit[0] + 1:] = ids["pad"]
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, obj.caption_fns.generate_tokens(params, images))  # it did sample
+
+
+def _pad(x, n):
+    return np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])
+
+
 def test_scoring_classifier_equals_brute_force(cappa):
     setup, params = cappa
     fns = setup.objective.caption_fns

@@ -50,8 +50,29 @@ def _prep_images(images: np.ndarray, size: int) -> np.ndarray:
         np.zeros((0, size, size, 3), np.float32)
 
 
+class TokenizerText:
+    """Mixin for datasets whose text goes through a SentencePiece `self.tokenizer`: vocabulary and special ids."""
+
+    tokenizer: Tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokenizer vocabulary size (the text tower's embedding rows)."""
+        return self.tokenizer.vocab_size
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """Decoder token ids: pad, eos, bos, mask, and the decoder vocabulary size (`vocab`)."""
+        t = self.tokenizer
+        return dict(pad=t.pad_id, eos=t.eos_id, bos=t.bos_id, mask=t.mask_id, vocab=t.decoder_vocab_size)
+
+    def decode(self, ids: np.ndarray) -> list[str]:
+        """Token ids → strings (stops at EOS)."""
+        return self.tokenizer.decode(ids)
+
+
 @register("emoji")
-class EmojiPairs:
+class EmojiPairs(TokenizerText):
     """Noto-rendered emoji with their CLDR names; cross-style (OpenMoji) and unseen-concept evaluation."""
 
     DEFAULTS = dict(name="emoji", data_dir="", image_size=32, text_len=16, augment={}, templates=None,
@@ -89,21 +110,6 @@ class EmojiPairs:
 
             self.renderer = TextRenderer(image_size=int(cfg["text_image_size"]) or self.image_size,
                                          font_size=int(cfg["font_size"]), max_chars=int(cfg["max_chars"]) or None)
-
-    @property
-    def vocab_size(self) -> int:
-        """Tokenizer vocabulary size (the text tower's embedding rows)."""
-        return self.tokenizer.vocab_size
-
-    @property
-    def special_ids(self) -> dict[str, int]:
-        """Decoder token ids: pad, eos, bos, mask, and the decoder vocabulary size (`vocab`)."""
-        t = self.tokenizer
-        return dict(pad=t.pad_id, eos=t.eos_id, bos=t.bos_id, mask=t.mask_id, vocab=t.decoder_vocab_size)
-
-    def decode(self, ids: np.ndarray) -> list[str]:
-        """Token ids → strings (stops at EOS)."""
-        return self.tokenizer.decode(ids)
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """Model text inputs: int32 [N, text_len] token ids, or rendered float32 [N, S, S, 3] (text_format)."""

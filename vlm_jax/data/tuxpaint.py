@@ -71,7 +71,7 @@ from tensorflow_datasets.core import utils as tfds_utils
 
 from vlm_jax.config import check_keys
 from vlm_jax.data import emoji, ops, pipeline, robust, tokenizer
-from vlm_jax.data.image_text import PIXEL_BASELINE_SIZE, _prep_images, default_data_dir, register
+from vlm_jax.data.image_text import PIXEL_BASELINE_SIZE, TokenizerText, _prep_images, default_data_dir, register
 from vlm_jax.data.tokenizer import Tokenizer
 from vlm_jax.evals.zeroshot import EvalSet, ZeroShotEvaluator
 
@@ -443,7 +443,7 @@ def _translations(data: Any) -> dict[str, str]:
 
 
 @register("tuxpaint")
-class TuxPaintPairs:
+class TuxPaintPairs(TokenizerText):
     """Tux Paint stamps with their English descriptions; held-out stamps for image→caption retrieval."""
 
     DEFAULTS = dict(name="tuxpaint", data_dir="", image_size=32, text_len=32, augment={}, num_threads=2,
@@ -466,21 +466,6 @@ class TuxPaintPairs:
             unknown = [lang for lang in self.languages if lang not in known]
             if unknown:
                 raise ValueError(f"data.languages {unknown} not in the stamp translations; valid: {sorted(known)}")
-
-    @property
-    def vocab_size(self) -> int:
-        """Tokenizer vocabulary size (the text tower's embedding rows)."""
-        return self.tokenizer.vocab_size
-
-    @property
-    def special_ids(self) -> dict[str, int]:
-        """Decoder token ids: pad, eos, bos, mask, and the decoder vocabulary size (`vocab`)."""
-        t = self.tokenizer
-        return dict(pad=t.pad_id, eos=t.eos_id, bos=t.bos_id, mask=t.mask_id, vocab=t.decoder_vocab_size)
-
-    def decode(self, ids: np.ndarray) -> list[str]:
-        """Token ids → strings (stops at EOS)."""
-        return self.tokenizer.decode(ids)
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """int32 [N, text_len] token ids."""
