@@ -50,6 +50,8 @@ class CaptionFns:
         context, _ = m.apply({"params": params}, images, method="encode")
         b, k = images.shape[0], self.beam_size
         cache = m.init_cache(b, context)
+        if hasattr(m, "prefill"):  # a prefix-LM writes the image tokens into the cache first
+            cache = m.apply({"params": params, "cache": cache}, context, method="prefill", mutable=["cache"])[1]["cache"]
         rows = context if k == 1 else jnp.repeat(context, k, axis=0)  # beam rows b*k + j read image b
 
         def step(tokens: jax.Array, cache: Any, position: jax.Array) -> tuple[jax.Array, Any]:

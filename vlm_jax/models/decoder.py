@@ -53,18 +53,24 @@ class DecoderBlock(nn.Module):
         return x, None
 
 
-def self_attention_mask(tokens: Array, pad_id: int, extra: int = 0, parallel: Array | None = None) -> Array:
-    """bool [B, 1, L', L'] (L' = L + extra appended always-valid tokens): causal, pad keys hidden, and fully
-    bidirectional for rows where `parallel` [B] is true."""
+def self_attention_mask(tokens: Array, pad_id: int, extra: int = 0, parallel: Array | None = None,
+                        prefix: int = 0, prefix_len: Array | None = None) -> Array:
+    """bool [B, 1, N, N] over N = prefix + L + extra positions: `prefix` always-valid leading positions (image
+    tokens), the text, `extra` always-valid appended ones (CoCa's CLS). Causal, pad keys hidden; keys among the
+    leading `prefix` positions and the first `prefix_len` [B] text positions are seen by every query (prefix-LM);
+    rows where `parallel` [B] is true are fully bidirectional (CapPa)."""
     b, length = tokens.shape
     valid = tokens != pad_id
-    if extra:
-        valid = jnp.concatenate([valid, jnp.ones((b, extra), bool)], axis=1)
-    n = length + extra
-    causal = jnp.broadcast_to(jnp.tril(jnp.ones((n, n), bool))[None, None], (b, 1, n, n))
+    valid = jnp.concatenate([jnp.ones((b, prefix), bool), valid, jnp.ones((b, extra), bool)], axis=1)
+    n = prefix + length + extra
+    visible = jnp.broadcast_to(jnp.tril(jnp.ones((n, n), bool))[None, None], (b, 1, n, n))
+    if prefix or prefix_len is not None:
+        end = prefix + (0 if prefix_len is None else prefix_len.astype(jnp.int32))
+        in_prefix = jnp.arange(n)[None, :] < jnp.broadcast_to(jnp.asarray(end), (b,))[:, None]  # [B, N] keys
+        visible = visible | in_prefix[:, None, None, :]
     if parallel is not None:
-        causal = causal | parallel.astype(bool)[:, None, None, None]
-    return causal & valid[:, None, None, :]
+        visible = visible | parallel.astype(bool)[:, None, None, None]
+    return visible & valid[:, None, None, :]
 
 
 class TextDecoder(nn.Module):
@@ -85,36 +91,54 @@ class TextDecoder(nn.Module):
     residual_dtype: str = "float32"
 
     @nn.compact
-    def __call__(self, tokens: Array, context: Array | None = None, *, train: bool = False,
-                 decode: bool = False, parallel: Array | None = None,
-                 unimodal_only: bool = False) -> tuple[Array | None, dict[str, Any]]:
+    def __call__(self, tokens: Array | None, context: Array | None = None, *, train: bool = False,
+                 decode: bool = False, parallel: Array | None = None, unimodal_only: bool = False,
+                 prefix: Array | None = None, prefix_len: Array | None = None) -> tuple[Array | None, dict[str, Any]]:
         """tokens [B, L] (decode: [B, 1]); context [B, T, D] image tokens → logits float32 [B, L, V].
 
         parallel: [B] bool, rows that attend bidirectionally (CapPa). unimodal_only: stop after the unimodal
-        blocks and return (None, aux) (CoCa's text embedding needs no image).
+        blocks and return (None, aux) (CoCa's text embedding needs no image). prefix: [B, P, width] embedded
+        tokens (e.g. projected image tokens) placed before the text in the same stack, seen by every position,
+        with the first `prefix_len` [B] text positions (prefix-LM); logits cover the text only. With decode,
+        `tokens=None` and a prefix prefills the cache (returns (None, aux)).
         """
-        b, length = tokens.shape
         if self.unimodal_depth > self.depth:
             raise ValueError(f"unimodal_depth {self.unimodal_depth} exceeds depth {self.depth}")
-        emb_init = _lp(nn.initializers.normal(stddev=0.02), ("vocab", "embed"))
-        x = nn.Embed(self.vocab_size, self.width, embedding_init=emb_init, name="embedding")(tokens)
         pe = layers.posemb_learned(self, "pos_embedding", self.max_len, self.width)
-        if decode:
-            position = self.variable("cache", "position", lambda: jnp.zeros((b,), jnp.int32))  # per row, all equal
-            start = position.value[0]
-            position.value = position.value + length
+        embed = nn.Embed(self.vocab_size, self.width, name="embedding",
+                         embedding_init=_lp(nn.initializers.normal(stddev=0.02), ("vocab", "embed")))
+        residual = jnp.dtype(self.residual_dtype)
+        n_prefix = 0 if prefix is None else prefix.shape[1]
+        if tokens is None:  # prefill: the prefix alone, into the cache
+            if not decode or prefix is None:
+                raise ValueError("tokens=None only prefills a decoding cache with a prefix")
+            x = prefix.astype(residual)
+            b, length = x.shape[0], 0
         else:
-            if length > self.max_len:
-                raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
-            start = 0
-        x = (x + jax.lax.dynamic_slice_in_dim(pe, start, length, axis=1)).astype(jnp.dtype(self.residual_dtype))
+            b, length = tokens.shape
+            x = embed(tokens)
+            creating = decode and not self.has_variable("cache", "position")  # init of the decoding cache
+            if decode:
+                position = self.variable("cache", "position", lambda: jnp.zeros((b,), jnp.int32))  # per row
+                start = position.value[0]
+                position.value = position.value + length
+            else:
+                if length > self.max_len:
+                    raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
+                start = 0
+            x = (x + jax.lax.dynamic_slice_in_dim(pe, start, length, axis=1)).astype(residual)
+            if prefix is not None and (not decode or creating):
+                x = jnp.concatenate([prefix.astype(residual), x], axis=1)  # teacher forcing / cache creation
+            else:
+                n_prefix = 0  # decoding steps: the prefix is already in the cache
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
         with_cls = self.cls_token and not decode
         if with_cls:
             cls = self.param("cls", _lp(nn.initializers.normal(stddev=0.02), (None, None, "embed")),
                              (1, 1, self.width), jnp.float32)
             x = jnp.concatenate([x, jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype)], axis=1)
-        mask = None if decode else self_attention_mask(tokens, self.pad_id, int(with_cls), parallel)
+        mask = None if decode else self_attention_mask(tokens, self.pad_id, int(with_cls), parallel, n_prefix,
+                                                       prefix_len)
         block = DecoderBlock
         if self.remat_policy != "none":
             block = nn.remat(DecoderBlock, static_argnums=(5, 6), policy=layers._remat_policy(self.remat_policy))
@@ -132,9 +156,9 @@ class TextDecoder(nn.Module):
         if with_cls and self.unimodal_depth == self.depth:
             aux["cls"] = layers.layer_norm("cls_norm")(x[:, -1])
             x = x[:, :-1]
-        if unimodal_only:
+        if unimodal_only or tokens is None:
             return None, aux
-        x = layers.layer_norm("decoder_norm")(x)
+        x = layers.layer_norm("decoder_norm")(x[:, x.shape[1] - length:])  # the text positions
         aux["pre_logits"] = x
         logits = layers.dense(self.vocab_size, ("embed", "vocab"), self.dtype_mm, name="head")(x)
         return logits.astype(jnp.float32), aux

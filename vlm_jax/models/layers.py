@@ -83,8 +83,9 @@ class Attention(nn.Module):
                  decode: bool = False) -> Array:
         """x [B, Lq, D], x_kv [B, Lk, D_kv] (default x), mask bool broadcastable to [B, heads, Lq, Lk].
 
-        decode: self-attention of one new position against a KV cache ("cache" collection; `mask` is replaced by
-        the cache's filled positions). Calling it with a full-length x while the cache is absent creates it.
+        decode: self-attention of new positions against a KV cache ("cache" collection; `mask` is replaced by the
+        cache's filled positions): one position per decoding step, or several at once to prefill a prefix whose
+        positions all attend to each other. Calling it while the cache is absent creates it at x's length.
         """
         x_kv = x if x_kv is None else x_kv
         d = x.shape[-1]
@@ -123,13 +124,12 @@ class Attention(nn.Module):
         index = self.variable("cache", "index", lambda: jnp.zeros((k.shape[0],), jnp.int32))
         if not initialized:  # creating the cache: shapes only, at the maximum length
             return k, v, jnp.ones((1, 1, k.shape[1], k.shape[1]), bool)
-        if k.shape[1] != 1:
-            raise ValueError(f"decode=True takes one position per call, got {k.shape[1]}")
+        n = k.shape[1]  # 1 per decoding step; more to prefill a bidirectional prefix (all n see each other)
         i = index.value[0]
         cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k.astype(cached_k.value.dtype), i, 1)
         cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v.astype(cached_v.value.dtype), i, 1)
-        index.value = index.value + 1
-        mask = (jnp.arange(cached_k.value.shape[1]) <= i)[None, None, None, :]
+        index.value = index.value + n
+        mask = (jnp.arange(cached_k.value.shape[1]) < i + n)[None, None, None, :]
         return cached_k.value, cached_v.value, mask
 
 

@@ -66,12 +66,16 @@ class CaptionParts:
         """pad / eos / bos / mask ids and the decoder vocabulary of the dataset's tokenizer."""
         return self.data.special_ids
 
+    def decoder_fields(self) -> dict[str, Any]:
+        """`config.model.decoder` with the data's vocabulary, padding id and text length."""
+        ids = self.ids
+        return dict(self.config.model.decoder, vocab_size=ids["vocab"], pad_id=ids["pad"],
+                    max_len=self.data.text_len)
+
     def caption_model(self) -> Captioner:
         """The Captioner from `config.model` with the data's vocabulary and text length."""
         m = self.config.model
-        ids = self.ids
-        decoder = dict(m.decoder, vocab_size=ids["vocab"], pad_id=ids["pad"], max_len=self.data.text_len,
-                       cls_token=self.contrastive_heads)
+        decoder = dict(self.decoder_fields(), cls_token=self.contrastive_heads)
         kw: dict[str, Any] = dict(image=dict(m.image), decoder=decoder, cap_queries=int(m.get("cap_queries", 0)))
         if self.contrastive_heads:
             kw.update(embed_dim=int(m.embed_dim), temperature_init=m.get("temperature_init", 10.0),
