@@ -40,7 +40,8 @@ def get_config(arg=None):
     c.log_every = 50
     c.data = dict(name="synthetic", image_size=res, text_len=text_len, vocab_size=vocab)
     c.model = dict(image=dict(posemb="learn", scan=True, **parse_variant(variant), **common),
-                   decoder=dict(width=width, depth=depth, unimodal_depth=uni, mlp_dim=mlp, num_heads=heads, **common),
+                   decoder=dict(width=width, depth=depth, unimodal_depth=uni, mlp_dim=mlp, num_heads=heads, scan=True,
+                                **common),
                    cap_queries=queries)
     if objective == "coca":
         c.model.embed_dim = embed

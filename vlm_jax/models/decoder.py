@@ -86,9 +86,34 @@ class TextDecoder(nn.Module):
     cls_token: bool = False  # CoCa: append a learned token in the unimodal blocks; aux["cls"] = its output
     pad_id: int = 0
     dropout: float = 0.0
+    scan: bool = False  # nn.scan over each run of identical blocks (unimodal, then multimodal): fast compiles
     remat_policy: str = "none"
     dtype_mm: str = "float32"
     residual_dtype: str = "float32"
+
+    def _blocks(self, start: int, stop: int, cross: bool, x: Array, context: Array | None, mask: Array | None,
+                deterministic: bool, decode: bool, aux: dict[str, Any]) -> Array:
+        """Blocks start … stop−1: a Python loop, or one nn.scan (parameters stacked on a leading "layers" axis;
+        cache leaves on axis 1, so they stay batch-major for beam search)."""
+        block = DecoderBlock
+        if self.remat_policy != "none":
+            block = nn.remat(DecoderBlock, static_argnums=(5, 6), policy=layers._remat_policy(self.remat_policy),
+                             prevent_cse=not self.scan)
+        kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, cross_attention=cross, dropout=self.dropout,
+                  dtype_mm=self.dtype_mm)
+        if not self.scan:
+            for i in range(start, stop):
+                x, _ = block(name=f"block_{i:02d}", **kw)(x, context, mask, None, deterministic, decode)
+                aux[f"block{i:02d}"] = x
+            return x
+        if stop == start:
+            return x
+        scanned = nn.scan(block, variable_axes={"params": 0, "cache": 1},
+                          split_rngs={"params": True, "dropout": True}, length=stop - start,
+                          in_axes=(nn.broadcast,) * 5, metadata_params={nn.PARTITION_NAME: "layers"})
+        name = "multimodal_blocks" if cross else "blocks"
+        x, _ = scanned(name=name, **kw)(x, context, mask, None, deterministic, decode)
+        return x
 
     @nn.compact
     def __call__(self, tokens: Array | None, context: Array | None = None, *, train: bool = False,
@@ -139,24 +164,16 @@ class TextDecoder(nn.Module):
             x = jnp.concatenate([x, jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype)], axis=1)
         mask = None if decode else self_attention_mask(tokens, self.pad_id, int(with_cls), parallel, n_prefix,
                                                        prefix_len)
-        block = DecoderBlock
-        if self.remat_policy != "none":
-            block = nn.remat(DecoderBlock, static_argnums=(5, 6), policy=layers._remat_policy(self.remat_policy))
         aux: dict[str, Any] = {}
-        for i in range(self.depth):
-            if i == self.unimodal_depth and with_cls:  # the multimodal blocks see the text only
-                aux["cls"] = layers.layer_norm("cls_norm")(x[:, -1])
-                x, mask = x[:, :-1], mask[:, :, :-1, :-1]
-            if i == self.unimodal_depth and unimodal_only:
-                return None, aux
-            cross = self.cross_attention and i >= self.unimodal_depth
-            x, _ = block(self.mlp_dim, self.num_heads, cross, self.dropout, self.dtype_mm,
-                         name=f"block_{i:02d}")(x, context, mask, None, not train, decode)
-            aux[f"block{i:02d}"] = x
-        if with_cls and self.unimodal_depth == self.depth:
+        split = self.unimodal_depth if self.cross_attention else self.depth  # blocks below have no cross-attention
+        x = self._blocks(0, split, False, x, context, mask, not train, decode, aux)
+        if with_cls:  # the multimodal blocks see the text only
             aux["cls"] = layers.layer_norm("cls_norm")(x[:, -1])
-            x = x[:, :-1]
-        if unimodal_only or tokens is None:
+            x, mask = x[:, :-1], mask[:, :, :-1, :-1]
+        if unimodal_only:
+            return None, aux
+        x = self._blocks(split, self.depth, True, x, context, mask, not train, decode, aux)
+        if tokens is None:
             return None, aux
         x = layers.layer_norm("decoder_norm")(x[:, x.shape[1] - length:])  # the text positions
         aux["pre_logits"] = x
