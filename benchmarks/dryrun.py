@@ -33,6 +33,10 @@ ROWS = [  # (name, config, topology, slices, overrides)
     ("CoCa-Base, remat=full", "experiments/captioner_scale.py:model=coca_base,remat=full", "v5p-128", 1, []),
     ("CapPa B/16 (6-layer decoder)", "experiments/captioner_scale.py:model=cappa_b16", "v5p-128", 1, []),
     ("CapPa B/16 (6-layer decoder)", "experiments/captioner_scale.py:model=cappa_b16", "v5e-256", 1, []),
+    ("PrefixLM, PaliGemma-like (So400m/14 + 2B decoder)", "experiments/captioner_scale.py:model=paligemma_like",
+     "v5p-128", 1, []),
+    ("PrefixLM, PaliGemma-like (So400m/14 + 2B decoder)", "experiments/captioner_scale.py:model=paligemma_like",
+     "v5e-256", 1, []),
 ]
 
 
