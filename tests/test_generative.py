@@ -280,8 +280,6 @@ def test_sharded_coca_equals_one_device(coca_reference, mesh, more):
 @pytest.mark.slow
 def test_cappa_through_train_evaluators_and_caption_tool(tmp_path, data_dir, capsys):
     """train() → the caption / scoring evaluators on the emoji sets → `tools.caption` on an image file."""
-    from PIL import Image
-
     from vlm_jax.data import emoji
     from vlm_jax.evals.metrics import pixel_features
     from vlm_jax.tools import caption

@@ -19,7 +19,7 @@ from vlm_jax.evals.metrics import l2_normalize
 EmbedFn = Callable[[Any, jax.Array], jax.Array]
 
 
-def _mesh_of(params: Any) -> Any:
+def mesh_of(params: Any) -> Any:
     """The mesh the parameters live on (None for unsharded arrays)."""
     leaf = jax.tree.leaves(params)[0]
     sharding = getattr(leaf, "sharding", None)
@@ -52,7 +52,7 @@ class Embedder:
 
     def _batched(self, kind: str, params: Any, inputs: np.ndarray) -> np.ndarray:
         """Applies a tower over fixed-size batches, padding the last one by repeating its final row."""
-        mesh = _mesh_of(params)
+        mesh = mesh_of(params)
         fn = self._compiled(kind, mesh)
         in_sharding = shd.batch_sharding(mesh) if mesh is not None else None
         if in_sharding is not None and self.batch_size % shd.axes_size(mesh, in_sharding.spec[0]):

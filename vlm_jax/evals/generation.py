@@ -16,9 +16,9 @@ import numpy as np
 
 from vlm_jax import sharding as shd
 from vlm_jax.evals.captioning import caption_scores, cider_d_scores
-from vlm_jax.evals.embedder import _mesh_of
+from vlm_jax.evals.embedder import mesh_of
 from vlm_jax.evals.metrics import chance_topk, pixel_features, topk_hits
-from vlm_jax.evals.zeroshot import KS, EvalSet, _class_pixel_features, _mean_hits, _scores
+from vlm_jax.evals.zeroshot import KS, EvalSet, class_pixel_features, mean_hits, similarity_scores
 from vlm_jax.losses.generative import sequence_log_likelihood, shift_right
 from vlm_jax.models import decoding
 
@@ -110,7 +110,7 @@ class CaptionFns:
 
     def generate_tokens(self, params: Any, images: np.ndarray) -> np.ndarray:
         """int32 [N, max_len] generated tokens for float images [N, H, W, 3] in [-1, 1]."""
-        mesh, out = _mesh_of(params), []
+        mesh, out = mesh_of(params), []
         fn = self._fn("generate", mesh)
         for start in range(0, len(images), self.batch_size):
             chunk = np.asarray(images[start:start + self.batch_size], np.float32)
@@ -124,7 +124,7 @@ class CaptionFns:
 
     def pair_scores(self, params: Any, images: np.ndarray, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(Σ log p(text_i | image_i), target token count) per pair, float64 [N] and int [N]."""
-        mesh = _mesh_of(params)
+        mesh = mesh_of(params)
         fn = self._fn("pair_scores", mesh)
         tokens = self.tokenize(list(texts))
         lls, counts = [], []
@@ -139,7 +139,7 @@ class CaptionFns:
 
     def class_scores(self, params: Any, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
         """float64 [N, C]: Σ log p(prompt_c | image_n) over every class prompt."""
-        mesh = _mesh_of(params)
+        mesh = mesh_of(params)
         fn = self._fn("class_scores", mesh)
         tokens = self.tokenize(list(prompts))
         bi = max(1, self.batch_size // 8)  # images per call: each is paired with a chunk of class prompts
@@ -237,13 +237,13 @@ class ScoringClassifier:
             idx = self.queries[name]
             labels = np.asarray(ev.labels)[idx]
             subsets = {"all": np.ones(len(idx), bool), **{k: np.asarray(v)[idx] for k, v in ev.subsets.items()}}
-            res = {f"{k}/model": v for k, v in _mean_hits(topk_hits(self.scores(params, ev, idx), labels, KS),
+            res = {f"{k}/model": v for k, v in mean_hits(topk_hits(self.scores(params, ev, idx), labels, KS),
                                                           subsets, "top").items()}
-            classes = _class_pixel_features(ev)
+            classes = class_pixel_features(ev)
             if classes is not None:
                 px = pixel_features((ev.images if ev.pixel_images is None else ev.pixel_images)[idx])
                 res.update({f"{k}/pixel": v for k, v in
-                            _mean_hits(topk_hits(_scores(px, classes), labels, KS), subsets, "top").items()})
+                            mean_hits(topk_hits(similarity_scores(px, classes), labels, KS), subsets, "top").items()})
             for sub in subsets:
                 for k in KS:
                     res[f"{sub}/top@{k}/chance"] = chance_topk(len(ev.class_names), k)

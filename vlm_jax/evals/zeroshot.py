@@ -29,7 +29,7 @@ class EvalSet:
     caption_pool_texts: list[str] | None = None  # … and their captions: the pixel-NN captioning baseline
 
 
-def _mean_hits(hits: dict[int, np.ndarray], subsets: dict[str, np.ndarray], name: str) -> dict[str, float]:
+def mean_hits(hits: dict[int, np.ndarray], subsets: dict[str, np.ndarray], name: str) -> dict[str, float]:
     """Averages top-k hits over each subset of queries."""
     out = {}
     for sub, mask in subsets.items():
@@ -39,7 +39,7 @@ def _mean_hits(hits: dict[int, np.ndarray], subsets: dict[str, np.ndarray], name
     return out
 
 
-def _scores(queries: np.ndarray, classes: np.ndarray) -> np.ndarray:
+def similarity_scores(queries: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """[Q, C] similarities; `classes` [S, C, F] (several references per class) takes the best one."""
     if classes.ndim == 2:
         return queries @ classes.T
@@ -55,13 +55,13 @@ def evaluate_set(ev: EvalSet, img_emb: np.ndarray, class_emb: np.ndarray,
     for who, q, c in (("model", img_emb, class_emb), ("pixel", pixel_query, pixel_class)):
         if c is None:
             continue
-        scores = _scores(q, c)
-        res = _mean_hits(topk_hits(scores, ev.labels, ks), subsets, "top")
+        scores = similarity_scores(q, c)
+        res = mean_hits(topk_hits(scores, ev.labels, ks), subsets, "top")
         if ev.retrieval:  # pool of aligned (image i, caption of label i) pairs
             pool = np.arange(len(ev.labels))
             i2t = scores[:, ev.labels]
-            res.update(_mean_hits(topk_hits(i2t, pool, ks), subsets, "i2t_R"))
-            res.update(_mean_hits(topk_hits(i2t.T, pool, ks), subsets, "t2i_R"))
+            res.update(mean_hits(topk_hits(i2t, pool, ks), subsets, "i2t_R"))
+            res.update(mean_hits(topk_hits(i2t.T, pool, ks), subsets, "t2i_R"))
         out.update({f"{k}/{who}": v for k, v in res.items()})
     for sub in subsets:
         for k in ks:
@@ -74,7 +74,7 @@ def evaluate_set(ev: EvalSet, img_emb: np.ndarray, class_emb: np.ndarray,
     return out
 
 
-def _class_pixel_features(ev: EvalSet) -> np.ndarray | None:
+def class_pixel_features(ev: EvalSet) -> np.ndarray | None:
     """[C, F] or [S, C, F] pixel features of the class reference images (None without any)."""
     refs = ev.class_images if ev.pixel_class_images is None else ev.pixel_class_images
     if refs is None:
@@ -90,7 +90,7 @@ class ZeroShotEvaluator:
     def __init__(self, embedder: Embedder, sets: dict[str, EvalSet], templates: Sequence[str]):
         self.embedder, self.sets, self.templates = embedder, sets, list(templates)
         self._pixels = {name: (pixel_features(s.images if s.pixel_images is None else s.pixel_images),
-                               _class_pixel_features(s))
+                               class_pixel_features(s))
                         for name, s in sets.items()}
 
     def class_embeddings(self, params: Any, names: list[str]) -> np.ndarray:

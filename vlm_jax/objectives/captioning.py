@@ -17,6 +17,7 @@ from vlm_jax.evals.generation import CaptionEvaluator, CaptionFns, ScoringClassi
 from vlm_jax.losses.generative import shift_right, token_cross_entropy
 from vlm_jax.models import TextDecoder, ViT
 from vlm_jax.models.captioner import Captioner
+from vlm_jax.objectives.contrastive import check_module_fields
 from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
 
 # Decoder fields the data decides (vocabulary, padding id, length) or the objective (CoCa's CLS token).
@@ -28,14 +29,6 @@ DATA_DECIDED = ("vocab_size", "pad_id", "max_len", "cls_token")
 EVAL_DEFAULTS = dict(batch_size=64, sets=["emoji", "fashion_mnist"], templates=None, languages=[], captions=True,
                      scoring=True, scoring_pairs=500_000, class_chunk=64, examples=3,
                      decode=dict(max_len=0, beam_size=1, length_penalty=0.6))
-
-
-def check_module_fields(section: Any, module: type, prefix: str, exclude: tuple[str, ...] = ()) -> None:
-    """Raises on keys that are not settable fields of the Flax module, naming the valid ones."""
-    import dataclasses
-
-    fields = tuple(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name", *exclude))
-    check_keys(dict(section), fields, prefix)
 
 
 def evals_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

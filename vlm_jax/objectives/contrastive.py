@@ -46,9 +46,9 @@ def apply_loss_preset(config: ml_collections.ConfigDict, name: str) -> dict:
     return preset
 
 
-def check_module_fields(section: Any, module: type, prefix: str) -> None:
-    """Raises on keys that are not fields of the Flax module, naming the valid ones."""
-    fields = tuple(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name"))
+def check_module_fields(section: Any, module: type, prefix: str, exclude: tuple[str, ...] = ()) -> None:
+    """Raises on keys that are not settable fields of the Flax module (less `exclude`), naming the valid ones."""
+    fields = tuple(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name", *exclude))
     check_keys(dict(section), fields, prefix)
 
 
