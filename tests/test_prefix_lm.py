@@ -29,9 +29,9 @@ def prefixlm(data_dir):
 def _hidden(model, params, image, tokens, prefix_len):
     """(logits [B, L, V], first block's output over image + text positions)."""
     context, _ = model.apply({"params": params}, image, method="encode")
-    logits, aux = model.apply({"params": params}, tokens, prefix=context, prefix_len=prefix_len,
+    logits, aux = model.apply({"params": params}, tokens, prefix=context["image"], prefix_len=prefix_len,
                               method=lambda m, t, **kw: m.text_decoder(t, **kw))
-    return logits, aux["block00"], context.shape[1]
+    return logits, aux["block00"], context["image"].shape[1]
 
 
 def test_prefix_masks(prefixlm):

@@ -2,8 +2,10 @@
 classifier (zero-shot classification by the highest caption log-likelihood over class prompts, as in CapPa).
 
 `CaptionFns` holds the jitted model functions (generate, score image–text pairs, score every class prompt for a
-batch of images); inputs are fixed-shape batches (the last one padded by repeating its final row) placed as
-replicated global arrays, so the same code runs on one device, a mesh, or several hosts.
+batch of images), each optionally conditioned on a task prompt per image; inputs are fixed-shape batches (the
+last one padded by repeating its final row) placed as replicated global arrays, so the same code runs on one
+device, a mesh, or several hosts. The model's `encode(image, prompt)` returns a context pytree that the other
+methods (logits, decode_step, prefill, init_cache) take as it is.
 """
 from __future__ import annotations
 
@@ -31,28 +33,32 @@ def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
 
 
 class CaptionFns:
-    """Jitted generation and scoring for a `Captioner`-like model (methods encode / logits / decode_step)."""
+    """Jitted generation and scoring for a `Captioner`-like model (methods encode / logits / decode_step).
+
+    tokenize_prompt: prompt strings → int32 [N, P] for a prompted model (None: the model takes no prompt)."""
 
     def __init__(self, model: Any, ids: dict[str, int], tokenize: Callable[[list[str]], np.ndarray],
                  detokenize: Callable[[np.ndarray], list[str]], *, max_len: int, batch_size: int = 64,
                  class_chunk: int = 64, beam_size: int = 1, length_penalty: float = 0.6,
-                 context: Callable[[], ContextManager] = contextlib.nullcontext):
+                 context: Callable[[], ContextManager] = contextlib.nullcontext,
+                 tokenize_prompt: Callable[[list[str]], np.ndarray] | None = None):
         self.model, self.ids, self.tokenize, self.detokenize = model, dict(ids), tokenize, detokenize
+        self.tokenize_prompt = tokenize_prompt
         self.max_len, self.batch_size, self.class_chunk = max_len, batch_size, class_chunk
         self.beam_size, self.length_penalty, self._context = beam_size, length_penalty, context
         self.sampling: dict[str, Any] | None = None  # {temperature, top_k, top_p, seed}: sample instead of search
         self._jitted: dict[tuple, Callable] = {}
 
     # ------------------------------------------------------------------ traced functions
-    def _generate(self, params: Any, images: jax.Array) -> jax.Array:
+    def _generate(self, params: Any, images: jax.Array, prompts: jax.Array | None = None) -> jax.Array:
         """Greedy (beam_size 1), beam-search or (with `sampling`) sampled tokens [B, max_len] (EOS, then pad)."""
         m, ids = self.model, self.ids
-        context, _ = m.apply({"params": params}, images, method="encode")
+        context, _ = m.apply({"params": params}, images, prompts, method="encode")
         b, k = images.shape[0], self.beam_size
         cache = m.init_cache(b, context)
         if hasattr(m, "prefill"):  # a prefix-LM writes the image tokens into the cache first
             cache = m.apply({"params": params, "cache": cache}, context, method="prefill", mutable=["cache"])[1]["cache"]
-        rows = context if k == 1 else jnp.repeat(context, k, axis=0)  # beam rows b*k + j read image b
+        rows = context if k == 1 else _repeat(context, k)  # beam rows b*k + j read image b
 
         def step(tokens: jax.Array, cache: Any, position: jax.Array) -> tuple[jax.Array, Any]:
             logits, state = m.apply({"params": params, "cache": cache}, tokens[:, None], rows,
@@ -70,20 +76,22 @@ class CaptionFns:
         seqs, _ = decoding.beam_search(step, cache, bos, beam_size=k, length_penalty=self.length_penalty, **kw)
         return seqs[:, 0]
 
-    def _pair_scores(self, params: Any, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Σ log p(caption | image) [B] and target token counts [B] of aligned pairs."""
+    def _pair_scores(self, params: Any, images: jax.Array, tokens: jax.Array,
+                     prompts: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Σ log p(caption | image, prompt) [B] and target token counts [B] of aligned pairs."""
         m = self.model
-        context, _ = m.apply({"params": params}, images, method="encode")
+        context, _ = m.apply({"params": params}, images, prompts, method="encode")
         logits = m.apply({"params": params}, shift_right(tokens, self.ids["bos"]), context, method="logits")
         mask = tokens != self.ids["pad"]
         return sequence_log_likelihood(logits, tokens, mask), jnp.sum(mask, axis=-1)
 
-    def _class_scores(self, params: Any, images: jax.Array, tokens: jax.Array) -> jax.Array:
-        """Σ log p(prompt c | image i) [B, C] for every image × every class prompt (image encoded once)."""
+    def _class_scores(self, params: Any, images: jax.Array, tokens: jax.Array,
+                      prompts: jax.Array | None = None) -> jax.Array:
+        """Σ log p(text c | image i, prompt i) [B, C] for every image × every class text (image encoded once)."""
         m = self.model
         b, c = images.shape[0], tokens.shape[0]
-        context, _ = m.apply({"params": params}, images, method="encode")
-        rows = jnp.repeat(context, c, axis=0)  # row i*c + j: image i, prompt j
+        context, _ = m.apply({"params": params}, images, prompts, method="encode")
+        rows = _repeat(context, c)  # row i*c + j: image i, text j
         tok = jnp.tile(tokens, (b, 1))
         logits = m.apply({"params": params}, shift_right(tok, self.ids["bos"]), rows, method="logits")
         return sequence_log_likelihood(logits, tok, tok != self.ids["pad"]).reshape(b, c)
@@ -108,50 +116,79 @@ class CaptionFns:
             return x
         return jax.make_array_from_callback(x.shape, shd.replicated(mesh), lambda idx: x[idx])
 
-    def generate_tokens(self, params: Any, images: np.ndarray) -> np.ndarray:
-        """int32 [N, max_len] generated tokens for float images [N, H, W, 3] in [-1, 1]."""
+    def prompt_tokens(self, prompts: str | Sequence[str] | None, n: int) -> np.ndarray | None:
+        """int32 [n, P] tokens of one prompt per image (a single string is used for all n); None without."""
+        if prompts is None:
+            return None
+        if self.tokenize_prompt is None:
+            raise ValueError("this model takes no prompt")
+        prompts = [prompts] * n if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != n:
+            raise ValueError(f"{len(prompts)} prompts for {n} images")
+        return self.tokenize_prompt(prompts)
+
+    def _rows(self, x: np.ndarray | None, start: int, n: int, size: int, mesh: Any) -> Any:
+        """Rows start … start+n of x padded to `size` rows, as a global array (None stays None)."""
+        return None if x is None else self._put(_pad_rows(x[start:start + n], size), mesh)
+
+    def generate_tokens(self, params: Any, images: np.ndarray,
+                        prompts: str | Sequence[str] | None = None) -> np.ndarray:
+        """int32 [N, max_len] generated tokens for float images [N, H, W, 3] in [-1, 1] (and their prompts)."""
         mesh, out = mesh_of(params), []
         fn = self._fn("generate", mesh)
+        ptok = self.prompt_tokens(prompts, len(images))
         for start in range(0, len(images), self.batch_size):
             chunk = np.asarray(images[start:start + self.batch_size], np.float32)
-            res = fn(params, self._put(_pad_rows(chunk, self.batch_size), mesh))
+            res = fn(params, self._put(_pad_rows(chunk, self.batch_size), mesh),
+                     self._rows(ptok, start, len(chunk), self.batch_size, mesh))
             out.append(np.asarray(jax.device_get(res))[:len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, self.max_len), np.int32)
 
-    def generate(self, params: Any, images: np.ndarray) -> list[str]:
-        """Captions of images."""
-        return self.detokenize(self.generate_tokens(params, images)) if len(images) else []
+    def generate(self, params: Any, images: np.ndarray, prompts: str | Sequence[str] | None = None) -> list[str]:
+        """Captions (answers to the prompts) of images."""
+        return self.detokenize(self.generate_tokens(params, images, prompts)) if len(images) else []
 
-    def pair_scores(self, params: Any, images: np.ndarray, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(Σ log p(text_i | image_i), target token count) per pair, float64 [N] and int [N]."""
+    def pair_scores(self, params: Any, images: np.ndarray, texts: Sequence[str],
+                    prompts: str | Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(Σ log p(text_i | image_i, prompt_i), target token count) per pair, float64 [N] and int [N]."""
         mesh = mesh_of(params)
         fn = self._fn("pair_scores", mesh)
         tokens = self.tokenize(list(texts))
+        ptok = self.prompt_tokens(prompts, len(texts))
         lls, counts = [], []
         for start in range(0, len(texts), self.batch_size):
             n = min(self.batch_size, len(texts) - start)
             img = _pad_rows(np.asarray(images[start:start + n], np.float32), self.batch_size)
             tok = _pad_rows(tokens[start:start + n], self.batch_size)
-            ll, cnt = jax.device_get(fn(params, self._put(img, mesh), self._put(tok, mesh)))
+            ll, cnt = jax.device_get(fn(params, self._put(img, mesh), self._put(tok, mesh),
+                                        self._rows(ptok, start, n, self.batch_size, mesh)))
             lls.append(np.asarray(ll, np.float64)[:n])
             counts.append(np.asarray(cnt)[:n])
         return np.concatenate(lls), np.concatenate(counts)
 
-    def class_scores(self, params: Any, images: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
-        """float64 [N, C]: Σ log p(prompt_c | image_n) over every class prompt."""
+    def class_scores(self, params: Any, images: np.ndarray, texts: Sequence[str],
+                     prompts: str | Sequence[str] | None = None) -> np.ndarray:
+        """float64 [N, C]: Σ log p(text_c | image_n, prompt_n) over every class text."""
         mesh = mesh_of(params)
         fn = self._fn("class_scores", mesh)
-        tokens = self.tokenize(list(prompts))
-        bi = max(1, self.batch_size // 8)  # images per call: each is paired with a chunk of class prompts
-        out = np.zeros((len(images), len(prompts)), np.float64)
+        tokens = self.tokenize(list(texts))
+        ptok = self.prompt_tokens(prompts, len(images))
+        bi = max(1, self.batch_size // 8)  # images per call: each is paired with a chunk of class texts
+        out = np.zeros((len(images), len(texts)), np.float64)
         for i in range(0, len(images), bi):
             n = min(bi, len(images) - i)
             img = self._put(_pad_rows(np.asarray(images[i:i + n], np.float32), bi), mesh)
-            for c in range(0, len(prompts), self.class_chunk):
-                m = min(self.class_chunk, len(prompts) - c)
+            pr = self._rows(ptok, i, n, bi, mesh)
+            for c in range(0, len(texts), self.class_chunk):
+                m = min(self.class_chunk, len(texts) - c)
                 tok = self._put(_pad_rows(tokens[c:c + m], self.class_chunk), mesh)
-                out[i:i + n, c:c + m] = np.asarray(jax.device_get(fn(params, img, tok)), np.float64)[:n, :m]
+                out[i:i + n, c:c + m] = np.asarray(jax.device_get(fn(params, img, tok, pr)), np.float64)[:n, :m]
         return out
+
+
+def _repeat(tree: Any, k: int) -> Any:
+    """Every leaf's rows repeated k times in place (row i → rows i*k … i*k+k−1)."""
+    return jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), tree)
 
 
 def pixel_nn_captions(ev: EvalSet) -> list[str] | None:

@@ -47,8 +47,10 @@ class Captioner(nn.Module):
             if self.bias_init is not None:
                 self.b = self.param("b", init(self.bias_init), (), jnp.float32)
 
-    def encode(self, image: Array, train: bool = False) -> tuple[Array, Array | None]:
+    def encode(self, image: Array, prompt: Array | None = None, train: bool = False) -> tuple[Array, Array | None]:
         """Decoder context [B, T', D] and, for CoCa, the unit-norm image embedding [B, E] (else None)."""
+        if prompt is not None:
+            raise ValueError("a Captioner takes no prompt (use the 'pali' objective for prompted tasks)")
         tokens, _ = self.vit(image, train=train)
         context = self.cap_pooler(tokens) if self.cap_queries else tokens
         zimg = None
@@ -72,7 +74,7 @@ class Captioner(nn.Module):
     def __call__(self, image: Array, text: Array, *, train: bool = False,
                  parallel: Array | None = None) -> tuple[tuple[Array | None, Array | None, Array], dict[str, Any]]:
         """image [B, H, W, 3], decoder inputs `text` [B, L] → ((zimg, ztxt, logits [B, L, V]), aux with t (and b))."""
-        context, zimg = self.encode(image, train)
+        context, zimg = self.encode(image, train=train)
         logits, dec_aux = self.text_decoder(text, context, train=train, parallel=parallel)
         aux: dict[str, Any] = {"context": context}
         ztxt = None

@@ -92,7 +92,7 @@ class TextDecoder(nn.Module):
     residual_dtype: str = "float32"
 
     def _blocks(self, start: int, stop: int, cross: bool, x: Array, context: Array | None, mask: Array | None,
-                deterministic: bool, decode: bool, aux: dict[str, Any]) -> Array:
+                context_mask: Array | None, deterministic: bool, decode: bool, aux: dict[str, Any]) -> Array:
         """Blocks start … stop−1: a Python loop, or one nn.scan (parameters stacked on a leading "layers" axis;
         cache leaves on axis 1, so they stay batch-major for beam search)."""
         block = DecoderBlock
@@ -103,7 +103,7 @@ class TextDecoder(nn.Module):
                   dtype_mm=self.dtype_mm)
         if not self.scan:
             for i in range(start, stop):
-                x, _ = block(name=f"block_{i:02d}", **kw)(x, context, mask, None, deterministic, decode)
+                x, _ = block(name=f"block_{i:02d}", **kw)(x, context, mask, context_mask, deterministic, decode)
                 aux[f"block{i:02d}"] = x
             return x
         if stop == start:
@@ -112,20 +112,23 @@ class TextDecoder(nn.Module):
                           split_rngs={"params": True, "dropout": True}, length=stop - start,
                           in_axes=(nn.broadcast,) * 5, metadata_params={nn.PARTITION_NAME: "layers"})
         name = "multimodal_blocks" if cross else "blocks"
-        x, _ = scanned(name=name, **kw)(x, context, mask, None, deterministic, decode)
+        x, _ = scanned(name=name, **kw)(x, context, mask, context_mask, deterministic, decode)
         return x
 
     @nn.compact
     def __call__(self, tokens: Array | None, context: Array | None = None, *, train: bool = False,
                  decode: bool = False, parallel: Array | None = None, unimodal_only: bool = False,
-                 prefix: Array | None = None, prefix_len: Array | None = None) -> tuple[Array | None, dict[str, Any]]:
+                 prefix: Array | None = None, prefix_len: Array | None = None,
+                 context_mask: Array | None = None) -> tuple[Array | None, dict[str, Any]]:
         """tokens [B, L] (decode: [B, 1]); context [B, T, D] image tokens → logits float32 [B, L, V].
 
         parallel: [B] bool, rows that attend bidirectionally (CapPa). unimodal_only: stop after the unimodal
         blocks and return (None, aux) (CoCa's text embedding needs no image). prefix: [B, P, width] embedded
         tokens (e.g. projected image tokens) placed before the text in the same stack, seen by every position,
         with the first `prefix_len` [B] text positions (prefix-LM); logits cover the text only. With decode,
-        `tokens=None` and a prefix prefills the cache (returns (None, aux)).
+        a prefix prefills the cache: the prefix alone (`tokens=None`, returns (None, aux)) or the prefix and
+        `tokens` (a prompt: all of it bidirectional, its pad positions hidden from later queries).
+        context_mask: [B, T] bool, the valid context tokens (a padded prompt's pads are not).
         """
         if self.unimodal_depth > self.depth:
             raise ValueError(f"unimodal_depth {self.unimodal_depth} exceeds depth {self.depth}")
@@ -142,7 +145,6 @@ class TextDecoder(nn.Module):
         else:
             b, length = tokens.shape
             x = embed(tokens)
-            creating = decode and not self.has_variable("cache", "position")  # init of the decoding cache
             if decode:
                 position = self.variable("cache", "position", lambda: jnp.zeros((b,), jnp.int32))  # per row
                 start = position.value[0]
@@ -152,27 +154,30 @@ class TextDecoder(nn.Module):
                     raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
                 start = 0
             x = (x + jax.lax.dynamic_slice_in_dim(pe, start, length, axis=1)).astype(residual)
-            if prefix is not None and (not decode or creating):
-                x = jnp.concatenate([prefix.astype(residual), x], axis=1)  # teacher forcing / cache creation
-            else:
-                n_prefix = 0  # decoding steps: the prefix is already in the cache
+            if prefix is not None:  # teacher forcing, cache creation, or prefilling prefix + prompt
+                x = jnp.concatenate([prefix.astype(residual), x], axis=1)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
         with_cls = self.cls_token and not decode
         if with_cls:
             cls = self.param("cls", _lp(nn.initializers.normal(stddev=0.02), (None, None, "embed")),
                              (1, 1, self.width), jnp.float32)
             x = jnp.concatenate([x, jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype)], axis=1)
-        mask = None if decode else self_attention_mask(tokens, self.pad_id, int(with_cls), parallel, n_prefix,
-                                                       prefix_len)
+        if decode:  # the validity of the new keys: a prompt's pads are hidden, everything else is valid
+            mask = None
+            if tokens is not None and prefix is not None:
+                mask = jnp.concatenate([jnp.ones((b, n_prefix), bool), tokens != self.pad_id], axis=1)
+        else:
+            mask = self_attention_mask(tokens, self.pad_id, int(with_cls), parallel, n_prefix, prefix_len)
+        cmask = None if context_mask is None else context_mask.astype(bool)[:, None, None, :]
         aux: dict[str, Any] = {}
         split = self.unimodal_depth if self.cross_attention else self.depth  # blocks below have no cross-attention
-        x = self._blocks(0, split, False, x, context, mask, not train, decode, aux)
+        x = self._blocks(0, split, False, x, context, mask, cmask, not train, decode, aux)
         if with_cls:  # the multimodal blocks see the text only
             aux["cls"] = layers.layer_norm("cls_norm")(x[:, -1])
             x, mask = x[:, :-1], mask[:, :, :-1, :-1]
         if unimodal_only:
             return None, aux
-        x = self._blocks(split, self.depth, True, x, context, mask, not train, decode, aux)
+        x = self._blocks(split, self.depth, True, x, context, mask, cmask, not train, decode, aux)
         if tokens is None:
             return None, aux
         x = layers.layer_norm("decoder_norm")(x[:, x.shape[1] - length:])  # the text positions

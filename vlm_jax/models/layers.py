@@ -83,9 +83,11 @@ class Attention(nn.Module):
                  decode: bool = False) -> Array:
         """x [B, Lq, D], x_kv [B, Lk, D_kv] (default x), mask bool broadcastable to [B, heads, Lq, Lk].
 
-        decode: self-attention of new positions against a KV cache ("cache" collection; `mask` is replaced by the
-        cache's filled positions): one position per decoding step, or several at once to prefill a prefix whose
-        positions all attend to each other. Calling it while the cache is absent creates it at x's length.
+        decode: self-attention of new positions against a KV cache ("cache" collection): one position per decoding
+        step, or several at once to prefill a prefix whose positions all attend to each other. Here `mask` is
+        None or bool [B, n]: which of the n new positions are valid keys (a padded prompt's pads are not); every
+        query sees the cache's valid filled positions. Calling it while the cache is absent creates it at x's
+        length.
         """
         x_kv = x if x_kv is None else x_kv
         d = x.shape[-1]
@@ -102,7 +104,7 @@ class Attention(nn.Module):
 
         q, k, v = proj("query", x), proj("key", x_kv), proj("value", x_kv)
         if decode:
-            k, v, mask = self._update_cache(k, v)
+            k, v, mask = self._update_cache(k, v, mask)
         logits = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
@@ -113,24 +115,27 @@ class Attention(nn.Module):
         bo = self.param("out_bias", _lp(nn.initializers.zeros, ("embed",)), (d,), jnp.float32)
         return jnp.einsum("bqhk,hkd->bqd", o, wo.astype(dt)) + bo.astype(dt)
 
-    def _update_cache(self, k: Array, v: Array) -> tuple[Array, Array, Array]:
-        """Writes this step's key/value at the cache index; returns the full cache and the filled-position mask.
+    def _update_cache(self, k: Array, v: Array, valid: Array | None = None) -> tuple[Array, Array, Array]:
+        """Writes this step's keys/values (and their validity [B, n], default all) at the cache index; returns the
+        full cache and the mask of valid filled positions [B, 1, 1, Lmax].
 
         Every cache leaf is batch-major (the index is kept per row, all equal) so beam search can reorder it.
         """
         initialized = self.has_variable("cache", "cached_key")
         cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        cached_ok = self.variable("cache", "valid", jnp.zeros, k.shape[:2], bool)
         index = self.variable("cache", "index", lambda: jnp.zeros((k.shape[0],), jnp.int32))
         if not initialized:  # creating the cache: shapes only, at the maximum length
             return k, v, jnp.ones((1, 1, k.shape[1], k.shape[1]), bool)
         n = k.shape[1]  # 1 per decoding step; more to prefill a bidirectional prefix (all n see each other)
         i = index.value[0]
+        valid = jnp.ones(k.shape[:2], bool) if valid is None else jnp.broadcast_to(valid.astype(bool), k.shape[:2])
         cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k.astype(cached_k.value.dtype), i, 1)
         cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v.astype(cached_v.value.dtype), i, 1)
+        cached_ok.value = jax.lax.dynamic_update_slice_in_dim(cached_ok.value, valid, i, 1)
         index.value = index.value + n
-        mask = (jnp.arange(cached_k.value.shape[1]) < i + n)[None, None, None, :]
-        return cached_k.value, cached_v.value, mask
+        return cached_k.value, cached_v.value, cached_ok.value[:, None, None, :]
 
 
 class EncoderBlock(nn.Module):

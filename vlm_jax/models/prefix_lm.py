@@ -1,9 +1,10 @@
 """Decoder-only image prefix-LM (SimVLM's PrefixLM, PaliGemma's layout): projected ViT tokens and a text prefix
 attend bidirectionally, the rest of the text causally, in one transformer stack (a `TextDecoder` with a prefix).
 
-Decoding prefills the cache with the image tokens (all see each other) and then generates token by token, so the
-evaluators' `CaptionFns` drive it like the encoder–decoder `Captioner` (methods encode / logits / prefill /
-decode_step / init_cache).
+With a task prompt (PaliGemma's layout: image tokens + prompt bidirectional, answer causal) the prompt joins the
+prefix. Decoding prefills the cache with the image tokens and the prompt (all see each other, pads hidden) and
+then generates token by token, so the evaluators' `CaptionFns` drive it like the encoder–decoder models (methods
+encode / logits / prefill / decode_step / init_cache).
 """
 from __future__ import annotations
 
@@ -32,38 +33,54 @@ class ImagePrefixLM(nn.Module):
         self.img_proj = layers.dense(width, ("embed", None), self.decoder.get("dtype_mm", "float32"),
                                      name="img_proj")
 
-    def encode(self, image: Array, train: bool = False) -> tuple[Array, None]:
-        """The image prefix [B, T, width] (and no embedding)."""
+    def encode(self, image: Array, prompt: Array | None = None, train: bool = False) -> tuple[dict[str, Any], None]:
+        """The decoding context {"image": the image prefix [B, T, width], "prompt": tokens [B, P] or None} (and no
+        embedding)."""
         tokens, _ = self.vit(image, train=train)
-        return self.img_proj(tokens).astype(jnp.float32), None
+        return {"image": self.img_proj(tokens).astype(jnp.float32), "prompt": prompt}, None
 
-    def logits(self, tokens: Array, context: Array, prefix_len: Array | None = None) -> Array:
-        """Teacher-forced logits [B, L, V] of decoder inputs after the image prefix (`prefix_len` text positions
-        also bidirectional)."""
-        return self.text_decoder(tokens, prefix=context, prefix_len=prefix_len)[0]
+    @staticmethod
+    def _with_prompt(tokens: Array, context: dict[str, Any],
+                     prefix_len: Array | None) -> tuple[Array, Array | None, int]:
+        """(prompt + tokens, bidirectional text positions, prompt width): a prompt joins the bidirectional prefix
+        (its pads hidden); the text after it keeps its own `prefix_len`."""
+        prompt = context.get("prompt")
+        if prompt is None:
+            return tokens, prefix_len, 0
+        p = prompt.shape[1]
+        extra = 0 if prefix_len is None else prefix_len
+        return jnp.concatenate([prompt.astype(tokens.dtype), tokens], axis=1), p + jnp.asarray(extra, jnp.int32) \
+            + jnp.zeros(tokens.shape[:1], jnp.int32), p
 
-    def prefill(self, context: Array) -> None:
-        """Writes the image prefix into the decoding cache."""
-        self.text_decoder(None, prefix=context, decode=True)
+    def logits(self, tokens: Array, context: dict[str, Any], prefix_len: Array | None = None,
+               train: bool = False) -> Array:
+        """Teacher-forced logits [B, L, V] of decoder inputs after the image prefix and prompt (and `prefix_len`
+        text positions also bidirectional)."""
+        text, plen, p = self._with_prompt(tokens, context, prefix_len)
+        return self.text_decoder(text, train=train, prefix=context["image"], prefix_len=plen)[0][:, p:]
 
-    def create_cache(self, tokens: Array, context: Array) -> None:
+    def prefill(self, context: dict[str, Any]) -> None:
+        """Writes the image prefix (and the prompt, its pads hidden) into the decoding cache."""
+        self.text_decoder(context.get("prompt"), prefix=context["image"], decode=True)
+
+    def create_cache(self, tokens: Array, context: dict[str, Any]) -> None:
         """Creates the decoding cache at its full length (image prefix + text); used through `init_cache`."""
-        self.text_decoder(tokens, prefix=context, decode=True)
+        self.text_decoder(tokens, prefix=context["image"], decode=True)
 
-    def decode_step(self, tokens: Array, context: Array) -> Array:
+    def decode_step(self, tokens: Array, context: dict[str, Any]) -> Array:
         """One cached step: tokens [B, 1] → logits [B, 1, V] (the prefix is already in the cache)."""
         del context
         return self.text_decoder(tokens, decode=True)[0]
 
-    def __call__(self, image: Array, text: Array, *, train: bool = False,
-                 prefix_len: Array | None = None) -> tuple[tuple[None, None, Array], dict[str, Any]]:
-        """image, decoder inputs `text` [B, L] → ((None, None, logits [B, L, V]), aux)."""
-        context, _ = self.encode(image, train)
-        logits, _ = self.text_decoder(text, train=train, prefix=context, prefix_len=prefix_len)
-        return (None, None, logits), {"context": context}
+    def __call__(self, image: Array, text: Array, *, train: bool = False, prefix_len: Array | None = None,
+                 prompt: Array | None = None) -> tuple[tuple[None, None, Array], dict[str, Any]]:
+        """image, decoder inputs `text` [B, L] (after an optional prompt [B, P]) → ((None, None, logits [B, L, V]),
+        aux)."""
+        context, _ = self.encode(image, prompt, train)
+        return (None, None, self.logits(text, context, prefix_len, train)), {"context": context}
 
-    def init_cache(self, batch_size: int, context: Array) -> Any:
-        """An empty cache for the image prefix plus `max_len` text positions."""
+    def init_cache(self, batch_size: int, context: dict[str, Any]) -> Any:
+        """An empty cache for the image prefix plus `max_len` text positions (prompt included)."""
         tokens = jnp.zeros((batch_size, self.decoder.get("max_len", 64)), jnp.int32)
         shapes = jax.eval_shape(lambda: self.init(jax.random.key(0), tokens, context, method=ImagePrefixLM.create_cache))
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
