@@ -222,3 +222,4 @@ class EmojiPairs(TokenizerText):
 
 from vlm_jax.data import synthetic as _synthetic  # noqa: E402,F401  (registers "synthetic")
 from vlm_jax.data import tuxpaint as _tuxpaint  # noqa: E402,F401  (registers "tuxpaint")
+from vlm_jax.data import multitask as _multitask  # noqa: E402,F401  (registers "multitask")

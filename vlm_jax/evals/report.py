@@ -1,9 +1,11 @@
-"""Results table: every model number beside the raw-pixel baseline and chance."""
+"""Results table: every model number beside the raw-pixel baseline and chance (and other baselines a task has,
+e.g. "copy": a translation task's input unchanged)."""
 from __future__ import annotations
 
 from typing import Mapping
 
 WHO = ("model", "pixel", "chance")
+EXTRA = ("copy",)  # further baseline columns, shown when some result has them
 
 
 def rows(results: Mapping[str, float]) -> list[tuple[str, str, str, dict[str, float]]]:
@@ -11,7 +13,7 @@ def rows(results: Mapping[str, float]) -> list[tuple[str, str, str, dict[str, fl
     table: dict[tuple[str, str, str], dict[str, float]] = {}
     for key, value in results.items():
         parts = key.split("/")
-        if len(parts) < 4 or parts[-1] not in WHO:
+        if len(parts) < 4 or parts[-1] not in WHO + EXTRA:
             continue
         *set_parts, subset, metric, who = parts
         table.setdefault(("/".join(set_parts), subset, metric), {})[who] = value
@@ -25,10 +27,13 @@ def _pct(value: float | None) -> str:
 def format_results(results: Mapping[str, float], title: str = "") -> str:
     """Markdown table of all evaluated metrics (percent)."""
     lines = [f"### {title}", ""] if title else []
-    lines += ["| eval set | subset | metric | model % | pixel NN % | chance % |", "|---|---|---|---:|---:|---:|"]
-    for set_name, subset, metric, v in rows(results):
+    table = rows(results)
+    extra = [w for w in EXTRA if any(w in v for *_, v in table)]
+    lines += ["| eval set | subset | metric | model % | pixel NN % | chance % |" + "".join(f" {w} % |" for w in extra),
+              "|---|---|---|---:|---:|---:|" + "---:|" * len(extra)]
+    for set_name, subset, metric, v in table:
         lines.append(f"| {set_name} | {subset} | {metric} | {_pct(v.get('model'))} | {_pct(v.get('pixel'))} | "
-                     f"{_pct(v.get('chance'))} |")
+                     f"{_pct(v.get('chance'))} |" + "".join(f" {_pct(v.get(w))} |" for w in extra))
     return "\n".join(lines)
 
 

@@ -31,12 +31,13 @@ EVAL_DEFAULTS = dict(batch_size=64, sets=["emoji", "fashion_mnist"], templates=N
                      decode=dict(max_len=0, beam_size=1, length_penalty=0.6))
 
 
-def evals_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """`config.evals` over EVAL_DEFAULTS (unknown keys raise, naming the valid ones)."""
-    check_keys(config.evals, {**EVAL_DEFAULTS, "batch_size": 0}, "evals")
-    out = {**EVAL_DEFAULTS, **config.evals.to_dict()}
-    check_keys(out["decode"], EVAL_DEFAULTS["decode"], "evals.decode")
-    out["decode"] = {**EVAL_DEFAULTS["decode"], **out["decode"]}
+def evals_config(config: ml_collections.ConfigDict, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`config.evals` over `defaults` (EVAL_DEFAULTS; unknown keys raise, naming the valid ones)."""
+    defaults = EVAL_DEFAULTS if defaults is None else defaults
+    check_keys(config.evals, {**defaults, "batch_size": 0}, "evals")
+    out = {**defaults, **config.evals.to_dict()}
+    check_keys(out["decode"], defaults["decode"], "evals.decode")
+    out["decode"] = {**defaults["decode"], **out["decode"]}
     return out
 
 
@@ -47,6 +48,7 @@ class CaptionParts:
     data: Any
     trace_context: Any
     contrastive_heads = False  # CoCa: an embedding dimension, a CLS token in the decoder, t (and b)
+    eval_defaults: dict[str, Any] = EVAL_DEFAULTS
 
     def check_caption_model(self, config: ml_collections.ConfigDict, model_keys: tuple[str, ...]) -> None:
         """Unknown model / decoder keys raise, naming the valid ones."""
@@ -95,12 +97,13 @@ class CaptionParts:
     @functools.cached_property
     def caption_fns(self) -> CaptionFns:
         """Jitted generation / scoring functions for the evaluators and `tools.caption`."""
-        ev = evals_config(self.config)
+        ev = evals_config(self.config, self.eval_defaults)
         dec = ev["decode"]
         return CaptionFns(self.model(), self.ids, self.data.tokenize, self.data.decode,
                           max_len=int(dec["max_len"]) or self.data.text_len, batch_size=int(ev["batch_size"]),
                           class_chunk=int(ev["class_chunk"]), beam_size=int(dec["beam_size"]),
-                          length_penalty=float(dec["length_penalty"]), context=lambda: self.trace_context())
+                          length_penalty=float(dec["length_penalty"]), context=lambda: self.trace_context(),
+                          tokenize_prompt=getattr(self.data, "tokenize_prompt", None))
 
     def caption_evaluators(self) -> dict[str, Evaluator]:
         """Generated-caption metrics + perplexity, and the scoring classifier, on the data's eval sets."""

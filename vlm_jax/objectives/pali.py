@@ -1,0 +1,88 @@
+"""Prompted multi-task image-to-text (PaLI, Chen et al. 2023; PaliGemma's decoder-only layout): the model reads an
+image and a task prompt and writes the answer; the loss covers the answer tokens only.
+
+`model.layout`: "encdec" — PaLI: ViT tokens + prompt through a bidirectional encoder, a decoder cross-attends to
+it (`models.pali.PaLI`); "decoder" — one stack where image tokens and the prompt attend bidirectionally and the
+answer causally (`models.prefix_lm.ImagePrefixLM` with a prompt). Data: a prompted dataset such as "multitask".
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from vlm_jax.config import check_keys
+from vlm_jax.data import image_text as datasets
+from vlm_jax.evals.prompted import PromptEvaluator
+from vlm_jax.losses.generative import token_cross_entropy
+from vlm_jax.models import layers
+from vlm_jax.models.pali import PaLI
+from vlm_jax.models.prefix_lm import ImagePrefixLM
+from vlm_jax.objectives.captioning import EVAL_DEFAULTS, CaptionParts, evals_config
+from vlm_jax.objectives.contrastive import check_module_fields
+from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
+
+LAYOUTS = ("encdec", "decoder")
+# max_items: evaluate at most this many evenly spaced items per task (0: all).
+PALI_EVAL_DEFAULTS = {**EVAL_DEFAULTS, "max_items": 0}
+
+
+@register("pali")
+class PaLIObjective(CaptionParts, Objective):
+    """Answer-token cross-entropy given image + prompt; per-task evaluation of generated answers."""
+
+    CONFIG_DEFAULTS = {"loss": dict(label_smoothing=0.0)}
+    MODEL_KEYS = ("layout", "image", "encoder", "decoder")
+    eval_defaults = PALI_EVAL_DEFAULTS
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        self.check_caption_model(config, self.MODEL_KEYS)
+        layout = config.model.get("layout", "encdec")
+        if layout not in LAYOUTS:
+            raise ValueError(f"model.layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == "encdec":
+            encoder = {k: v for k, v in dict(config.model.get("encoder", {})).items() if k != "width"}
+            check_module_fields(encoder, layers.Encoder, "model.encoder")
+        elif config.model.get("encoder"):
+            raise ValueError("model.encoder is for layout 'encdec'; the 'decoder' layout has one stack")
+        check_keys(config.loss, self.CONFIG_DEFAULTS["loss"], "loss")
+        self.data = datasets.get(config.data)
+        if not hasattr(self.data, "prompt_tasks"):
+            raise ValueError(f"objective 'pali' needs prompted data (data.name='multitask'), got "
+                             f"{config.data.get('name', 'emoji')!r}")
+        evals_config(config, self.eval_defaults)
+
+    def model(self) -> nn.Module:
+        m = self.config.model
+        decoder = self.decoder_fields()
+        if m.get("layout", "encdec") == "decoder":  # the prompt sits before the answer in the one stack
+            return ImagePrefixLM(image=dict(m.image), decoder=dict(decoder, max_len=self.data.prompt_len
+                                                                   + self.data.text_len))
+        return PaLI(image=dict(m.image), encoder=dict(m.get("encoder", {})), decoder=decoder,
+                    prompt_len=self.data.prompt_len)
+
+    def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        return {**super().init_batch(batch_size), "prompt": jax.ShapeDtypeStruct(*self.data.prompt_spec(batch_size))}
+
+    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
+             train: bool = True) -> LossOut:
+        text = batch["text"]
+        (_, _, logits), _ = self.model().apply({"params": params}, batch["image"], self.decoder_inputs(text),
+                                               prompt=batch["prompt"], train=train, rngs={"dropout": rng})
+        mask = text != self.ids["pad"]
+        loss, metrics = token_cross_entropy(logits, text, mask, float(self.config.loss.get("label_smoothing", 0.0)))
+        return loss, (metrics, extra)
+
+    def evaluators(self) -> dict[str, Evaluator]:
+        return self._evaluators
+
+    @functools.cached_property
+    def _evaluators(self) -> dict[str, Evaluator]:
+        ev = evals_config(self.config, self.eval_defaults)
+        return {"tasks": PromptEvaluator(self.caption_fns, self.data.prompt_tasks(), scoring=bool(ev["scoring"]),
+                                         scoring_pairs=int(ev["scoring_pairs"]), max_items=int(ev["max_items"]),
+                                         examples=int(ev["examples"]))}
