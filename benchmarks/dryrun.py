@@ -37,6 +37,12 @@ ROWS = [  # (name, config, topology, slices, overrides)
      "v5p-128", 1, []),
     ("PrefixLM, PaliGemma-like (So400m/14 + 2B decoder)", "experiments/captioner_scale.py:model=paligemma_like",
      "v5e-256", 1, []),
+    ("PaLI-3-like (G/14 @224 + 3B enc-dec), prompt 64 + answer 64", "experiments/pali_scale.py:model=pali3_like",
+     "v5p-128", 1, []),
+    ("PaLI-3-like (G/14 @224 + 3B enc-dec), prompt 64 + answer 64", "experiments/pali_scale.py:model=pali3_like",
+     "v5p-256", 1, []),
+    ("PaliGemma-like prompted (So400m/14 + 2B), prompt 64 + answer 64",
+     "experiments/pali_scale.py:model=paligemma_like", "v5p-128", 1, []),
 ]
 
 

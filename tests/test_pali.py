@@ -264,12 +264,18 @@ def test_pali_through_train_evaluators_and_prompted_caption_tool(tmp_path, data_
     evaluator = setup.objective.evaluators()["tasks"]
     for name, task in tasks.items():
         idx = evaluator.items[name]
-        assert ev[f"tasks/{name}/items"] == len(idx) == 16
+        assert ev[f"tasks/{name}/all/items"] == len(idx) == 16
         answers = evaluator.last_answers[name]
-        key = "exact" if task.metric == "exact" else "CIDEr-D"
-        if key == "exact":
-            assert ev[f"tasks/{name}/exact/model"] == exact_match(answers, [task.references[i] for i in idx])
-    assert ev["tasks/emoji_name/scoring/top@1/chance"] == pytest.approx(1 / len(tasks["emoji_name"].classes))
+        if task.metric == "exact":
+            assert ev[f"tasks/{name}/all/exact/model"] == exact_match(answers, [task.references[i] for i in idx])
+            for who, base in task.baselines.items():
+                assert ev[f"tasks/{name}/all/exact/{who}"] == exact_match([base[i] for i in idx],
+                                                                         [task.references[i] for i in idx])
+        else:
+            assert {f"tasks/{name}/all/{m}/{w}" for m in ("CIDEr-D", "BLEU-4") for w in ("model", "pixel")} <= set(ev)
+    nonflag = tasks["emoji_name"].subsets["nonflag"][evaluator.items["emoji_name"]]
+    assert ev["tasks/emoji_name/nonflag/items"] == nonflag.sum() > 0
+    assert ev["tasks/emoji_name/all/scoring_top@1/chance"] == pytest.approx(1 / len(tasks["emoji_name"].classes))
     path = tmp_path / "kangaroo.png"
     emoji.render_rgba("🦘", "openmoji").save(path)
     capsys.readouterr()

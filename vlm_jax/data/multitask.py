@@ -58,7 +58,7 @@ class PromptTask:
 
     metric: "exact" (exact match after case folding, plus `prefix_sep` part-match) or "caption" (CIDEr-D, BLEU,
     ROUGE-L). baselines: name → an answer per item. classes / labels: candidate answers for the scoring
-    classifier (None: not scored).
+    classifier (None: not scored). subsets: items reported separately besides "all".
     """
     images: np.ndarray
     prompts: list[str]
@@ -68,6 +68,7 @@ class PromptTask:
     classes: list[str] | None = None
     labels: np.ndarray | None = None
     prefix_sep: str | None = None
+    subsets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name → bool [N] (e.g. nonflag)
 
 
 def parse_task(name: str) -> tuple[str, str | None]:
@@ -330,6 +331,7 @@ class MultiTask(TokenizerText):
         seen_cls = [i for i in np.argsort(noto["concept"]) if noto["seen"][i] and answer(i)]
         by_concept = {int(noto["concept"][i]): i for i in seen_cls}
         rows = [j for j, c in enumerate(om["concept"]) if int(c) in by_concept]
+        flag = np.asarray(om["is_flag"], bool)[rows]
         truth = [answer(by_concept[int(om["concept"][j])]) for j in rows]
         classes = sorted(set(answer(i) for i in seen_cls))
         index = {c: k for k, c in enumerate(classes)}
@@ -341,7 +343,8 @@ class MultiTask(TokenizerText):
         return PromptTask(images=_prep_images(om["image"][rows], size), prompts=[PROMPTS[kind]] * len(rows),
                           references=[[t] for t in truth], metric="exact", baselines=baselines,
                           classes=classes, labels=np.asarray([index[t] for t in truth]),
-                          prefix_sep=" / " if kind == "emoji_group" else None)
+                          prefix_sep=" / " if kind == "emoji_group" else None,
+                          subsets={"flag": flag, "nonflag": ~flag})
 
 
 def tuxpaint_image(png: bytes) -> np.ndarray:

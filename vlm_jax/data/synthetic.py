@@ -17,22 +17,29 @@ class _Sample(grain.transforms.Map):
     """Index → deterministic random image in [-1, 1] and right-padded token ids (last real token = eos)."""
 
     def __init__(self, seed: int, image_size: int, text_len: int, vocab_size: int, eos_id: int = 2,
-                 text_image_size: int = 0):
+                 text_image_size: int = 0, prompt_len: int = 0):
         self.seed, self.image_size, self.text_len, self.vocab_size, self.eos_id = \
             seed, image_size, text_len, vocab_size, eos_id
-        self.text_image_size = text_image_size
+        self.text_image_size, self.prompt_len = text_image_size, prompt_len
+
+    def _tokens(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Right-padded random ids of random length, EOS last."""
+        length = int(rng.integers(2, size + 1))
+        text = np.zeros(size, np.int32)
+        text[:length - 1] = rng.integers(3, self.vocab_size, length - 1)
+        text[length - 1] = self.eos_id
+        return text
 
     def map(self, index: int) -> dict[str, np.ndarray]:
         """One example, a function of (seed, index) only, so resuming reproduces it."""
         rng = np.random.default_rng([self.seed, index])
         image = rng.uniform(-1, 1, (self.image_size, self.image_size, 3)).astype(np.float32)
-        length = int(rng.integers(2, self.text_len + 1))
-        text = np.zeros(self.text_len, np.int32)
-        text[:length - 1] = rng.integers(3, self.vocab_size, length - 1)
-        text[length - 1] = self.eos_id
+        text = self._tokens(rng, self.text_len)
         if self.text_image_size:  # stands in for rendered text (CLIPPO)
             s = self.text_image_size
             return {"image": image, "text": rng.uniform(-1, 1, (s, s, 3)).astype(np.float32)}
+        if self.prompt_len:  # a task prompt (prompted objectives such as PaLI)
+            return {"image": image, "text": text, "prompt": self._tokens(rng, self.prompt_len)}
         return {"image": image, "text": text}
 
 
@@ -41,7 +48,9 @@ class SyntheticPairs:
     """Shapes of a real dataset without its content; no evaluation sets."""
 
     DEFAULTS = dict(name="synthetic", image_size=224, text_len=64, vocab_size=32_000, text_format="tokens",
-                    text_image_size=0)  # text_format "render": text is an image of text_image_size (0: image_size)
+                    text_image_size=0, prompt_len=0)
+    # text_format "render": text is an image of text_image_size (0: image_size); prompt_len > 0: every example
+    # also has a random task prompt of that many ids.
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -53,12 +62,25 @@ class SyntheticPairs:
         if cfg["text_format"] not in ("tokens", "render"):
             raise ValueError(f"data.text_format must be 'tokens' or 'render', got {cfg['text_format']!r}")
         self.text_image_size = (int(cfg["text_image_size"]) or self.image_size) if cfg["text_format"] == "render" else 0
+        self.prompt_len = int(cfg["prompt_len"])
 
     def text_spec(self, batch_size: int) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype of a batch of text inputs: token ids, or text images when rendering."""
         if self.text_image_size:
             return (batch_size, self.text_image_size, self.text_image_size, 3), np.dtype(np.float32)
         return (batch_size, self.text_len), np.dtype(np.int32)
+
+    def prompt_spec(self, batch_size: int) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of a batch of prompts."""
+        return (batch_size, self.prompt_len), np.dtype(np.int32)
+
+    def tokenize_prompt(self, prompts: list[str]) -> np.ndarray:
+        """Prompts folded into the vocabulary like `tokenize`, int32 [N, prompt_len]."""
+        return self._fold(prompts, self.prompt_len)
+
+    def prompt_tasks(self) -> dict[str, Any]:
+        """Random data has no evaluation tasks."""
+        return {}
 
     @property
     def special_ids(self) -> dict[str, int]:
@@ -78,16 +100,20 @@ class SyntheticPairs:
         if self.text_image_size:
             from vlm_jax.data.render_text import render_to_float
             return render_to_float(texts, self.text_image_size)
-        out = np.zeros((len(texts), self.text_len), np.int32)
+        return self._fold(texts, self.text_len)
+
+    def _fold(self, texts: list[str], size: int) -> np.ndarray:
+        out = np.zeros((len(texts), size), np.int32)
         for i, t in enumerate(texts):
-            ids = [3 + b % (self.vocab_size - 3) for b in t.encode()][:self.text_len - 1] + [2]
+            ids = [3 + b % (self.vocab_size - 3) for b in t.encode()][:size - 1] + [2]
             out[i, :len(ids)] = ids
         return out
 
     def train(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         """This process's shard of an endless, resumable stream of random pairs."""
         ds = grain.MapDataset.range(NUM_EXAMPLES)[process_index::process_count]
-        ds = ds.map(_Sample(seed, self.image_size, self.text_len, self.vocab_size, text_image_size=self.text_image_size))
+        ds = ds.map(_Sample(seed, self.image_size, self.text_len, self.vocab_size, text_image_size=self.text_image_size,
+                            prompt_len=self.prompt_len))
         return ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
 
     def eval_sets(self, names: list[str]) -> dict[str, Any]:

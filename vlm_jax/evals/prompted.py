@@ -46,6 +46,7 @@ class PromptEvaluator:
         self.last_answers: dict[str, list[str]] = {}
 
     def _scores(self, task: Any, who: str, answers: list[str], refs: list[list[str]]) -> dict[str, float]:
+        """{metric/who: value} of answers against references (exact match, or caption metrics)."""
         if task.metric == "exact":
             out = {f"exact/{who}": exact_match(answers, refs)}
             if task.prefix_sep:
@@ -55,6 +56,7 @@ class PromptEvaluator:
         return {f"{k}/{who}": scores[k] for k in CAPTION_METRICS}
 
     def __call__(self, params: Any, extra: Any = None) -> dict[str, float]:
+        """{task/subset/metric/who: value} for subsets "all" and the task's own (e.g. flag / nonflag)."""
         out: dict[str, float] = {}
         for name, task in self.tasks.items():
             idx = self.items[name]
@@ -62,26 +64,40 @@ class PromptEvaluator:
             refs = [task.references[i] for i in idx]
             answers = self.fns.generate(params, images, prompts)
             self.last_answers[name] = answers
-            res = self._scores(task, "model", answers, refs)
-            for who, base in task.baselines.items():
-                res.update(self._scores(task, who, [base[i] for i in idx], refs))
-            if self.scoring and task.classes:
-                res.update(self._scoring(params, task, idx))
-            res["items"] = float(len(idx))
-            out.update({f"{name}/{k}": v for k, v in res.items()})
+            subsets = {"all": np.ones(len(idx), bool), **{k: np.asarray(v)[idx] for k, v in task.subsets.items()}}
+            scored = self._scoring(params, task, idx) if self.scoring and task.classes else None
+            for sub, mask in subsets.items():
+                pick = np.flatnonzero(mask)
+                if not len(pick):
+                    continue
+                res = self._scores(task, "model", [answers[i] for i in pick], [refs[i] for i in pick])
+                for who, base in task.baselines.items():
+                    res.update(self._scores(task, who, [base[idx[i]] for i in pick], [refs[i] for i in pick]))
+                res["items"] = float(len(pick))
+                if scored is not None:
+                    res.update(self._scoring_metrics(task, *scored, mask))
+                out.update({f"{name}/{sub}/{k}": v for k, v in res.items()})
             if self.verbose and jax.process_index() == 0:
                 lines = [f"{name}: {prompts[i]!r} → {answers[i]!r} (reference {refs[i][0]!r})"
                          for i in range(min(self.examples, len(idx)))]
                 print("\n".join(lines), flush=True)
         return out
 
-    def _scoring(self, params: Any, task: Any, idx: np.ndarray) -> dict[str, float]:
-        """Top-k of the answer with the highest log-likelihood among the task's classes (a subset of queries such
-        that queries × classes ≤ scoring_pairs), with chance."""
-        q = idx[scoring_queries(len(idx), len(task.classes), self.scoring_pairs)]
-        scores = self.fns.class_scores(params, task.images[q], task.classes, [task.prompts[i] for i in q])
-        hits = topk_hits(scores, np.asarray(task.labels)[q], KS)
-        res = {f"scoring/top@{k}/model": float(np.mean(h)) for k, h in hits.items()}
-        res.update({f"scoring/top@{k}/chance": chance_topk(len(task.classes), k) for k in KS})
-        res["scoring/queries"] = float(len(q))
+    def _scoring(self, params: Any, task: Any, idx: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """(positions q within idx, top-k hits): the answer with the highest log-likelihood among the task's
+        classes, for evenly spaced queries such that queries × classes ≤ scoring_pairs."""
+        q = scoring_queries(len(idx), len(task.classes), self.scoring_pairs)
+        rows = idx[q]
+        scores = self.fns.class_scores(params, task.images[rows], task.classes, [task.prompts[i] for i in rows])
+        return q, topk_hits(scores, np.asarray(task.labels)[rows], KS)
+
+    @staticmethod
+    def _scoring_metrics(task: Any, q: np.ndarray, hits: dict[int, np.ndarray], mask: np.ndarray) -> dict[str, float]:
+        """Scoring-classifier top-k (and chance) over the scored queries inside `mask`."""
+        inside = np.asarray(mask)[q]
+        if not inside.any():
+            return {}
+        res = {f"scoring_top@{k}/model": float(np.mean(h[inside])) for k, h in hits.items()}
+        res.update({f"scoring_top@{k}/chance": chance_topk(len(task.classes), k) for k in KS})
+        res["scoring_queries"] = float(inside.sum())
         return res

@@ -24,7 +24,7 @@ _lp = nn.with_logical_partitioning
 class PaLI(nn.Module):
     """ViT tokens + prompt → bidirectional encoder → cross-attending decoder."""
     image: dict[str, Any]
-    encoder: dict[str, Any]  # width, depth, mlp_dim, num_heads, dropout, scan, remat_policy, dtype_mm
+    encoder: dict[str, Any]  # width, residual_dtype, and layers.Encoder's fields (depth, mlp_dim, num_heads, scan, …)
     decoder: dict[str, Any]  # TextDecoder fields
     prompt_len: int = 16
 
@@ -32,6 +32,7 @@ class PaLI(nn.Module):
         self.vit = ViT(**{**self.image, "pool_type": "none", "num_classes": None}, name="img")
         enc = dict(self.encoder)
         self.width = int(enc.pop("width", 512))
+        self.residual_dtype = jnp.dtype(enc.pop("residual_dtype", "float32"))
         dtype_mm = enc.get("dtype_mm", "float32")
         self.img_proj = layers.dense(self.width, ("embed", None), dtype_mm, name="img_proj")
         self.prompt_embedding = nn.Embed(self.decoder["vocab_size"], self.width, name="prompt_embedding",
@@ -57,7 +58,7 @@ class PaLI(nn.Module):
             x = jnp.concatenate([x, p.astype(x.dtype)], axis=1)
             valid = jnp.concatenate([valid, prompt != self.decoder.get("pad_id", 0)], axis=1)
         mask = valid[:, None, None, :]  # bidirectional; pads are hidden keys
-        out, _ = self.mm_encoder(x, mask, train=train)
+        out, _ = self.mm_encoder(x.astype(self.residual_dtype), mask, train=train)
         return {"tokens": out, "mask": valid}, None
 
     def logits(self, tokens: Array, context: dict[str, Array], train: bool = False) -> Array:

@@ -45,15 +45,16 @@ class PaLIObjective(CaptionParts, Objective):
         if layout not in LAYOUTS:
             raise ValueError(f"model.layout must be one of {LAYOUTS}, got {layout!r}")
         if layout == "encdec":
-            encoder = {k: v for k, v in dict(config.model.get("encoder", {})).items() if k != "width"}
+            encoder = {k: v for k, v in dict(config.model.get("encoder", {})).items()
+                       if k not in ("width", "residual_dtype")}
             check_module_fields(encoder, layers.Encoder, "model.encoder")
         elif config.model.get("encoder"):
             raise ValueError("model.encoder is for layout 'encdec'; the 'decoder' layout has one stack")
         check_keys(config.loss, self.CONFIG_DEFAULTS["loss"], "loss")
         self.data = datasets.get(config.data)
-        if not hasattr(self.data, "prompt_tasks"):
-            raise ValueError(f"objective 'pali' needs prompted data (data.name='multitask'), got "
-                             f"{config.data.get('name', 'emoji')!r}")
+        if not getattr(self.data, "prompt_len", 0):
+            raise ValueError(f"objective 'pali' needs prompted data (data.name='multitask', or 'synthetic' with "
+                             f"prompt_len > 0), got {config.data.get('name', 'emoji')!r}")
         evals_config(config, self.eval_defaults)
 
     def model(self) -> nn.Module:

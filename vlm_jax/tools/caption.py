@@ -36,10 +36,12 @@ def load_image(path: str | Path, size: int, prepared_size: int = 64) -> np.ndarr
     return ops.normalize(ops.resize(emoji.to_square_rgb(rgba, prepared_size), size))
 
 
-def load_run(workdir: str | Path) -> tuple[Any, Any, int]:
-    """(Setup, params, step) of a trained run: its config.json and its newest readable checkpoint."""
+def load_run(workdir: str | Path, overrides: list[str] | None = None) -> tuple[Any, Any, int]:
+    """(Setup, params, step) of a trained run: its config.json (with `overrides`, KEY=VALUE) and its newest
+    readable checkpoint."""
     import ml_collections
 
+    from vlm_jax.config import apply_overrides
     from vlm_jax.train.checkpoint import Checkpointer
     from vlm_jax.train.trainer import Setup, finalize_config
 
@@ -47,6 +49,8 @@ def load_run(workdir: str | Path) -> tuple[Any, Any, int]:
     if not (workdir / "config.json").exists():
         raise SystemExit(f"{workdir}/config.json not found: is this a training workdir?")
     config = finalize_config(ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())))
+    if overrides:
+        config = apply_overrides(config, list(overrides))
     setup = Setup(config)
     ckpt = Checkpointer(workdir / "checkpoints", every_steps=0, async_save=False)
     try:
