@@ -180,8 +180,10 @@ class MultiTask(TokenizerText):
     """Prompted multi-task mixture over the Tux Paint stamps and the emoji (see the module docstring)."""
 
     DEFAULTS = dict(name="multitask", data_dir="", image_size=32, text_len=32, prompt_len=16, augment={},
-                    num_threads=2, tasks=DEFAULT_TASKS, tokenizer_vocab=4096, block=4096)
-    # tasks: name → weight (weights need not sum to 1); block: elements per task-schedule block.
+                    num_threads=2, tasks=DEFAULT_TASKS, tokenizer_vocab=4096, block=4096,
+                    emoji_styles=("noto", "twitter", "facebook"))
+    # tasks: name → weight (weights need not sum to 1); block: elements per task-schedule block; emoji_styles:
+    # the emoji drawings of the image tasks (as the emoji dataset's train_styles; OpenMoji stays held out).
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -190,6 +192,7 @@ class MultiTask(TokenizerText):
         self.image_size, self.text_len = int(cfg["image_size"]), int(cfg["text_len"])
         self.prompt_len, self.augment = int(cfg["prompt_len"]), dict(cfg["augment"] or {})
         self.num_threads, self.block = int(cfg["num_threads"]), int(cfg["block"])
+        self.emoji_styles = tuple(cfg["emoji_styles"])
         tasks = dict(cfg["tasks"])
         if not tasks:
             raise ValueError("data.tasks is empty; give task → weight, e.g. " + json.dumps(DEFAULT_TASKS))
@@ -208,9 +211,10 @@ class MultiTask(TokenizerText):
     # ------------------------------------------------------------------ sources
     @functools.cached_property
     def _emoji(self) -> dict[str, dict[str, Any]]:
-        """Emoji splits: "train" (Noto, seen; PNG bytes), "noto" and "openmoji" (decoded, all concepts)."""
-        src = emoji_tfds.data_source(self.data_dir, "train", PREPARED_SIZE, encoded_images=True)
-        rows = src.__getitems__(list(range(len(src))))
+        """Emoji splits: "train" (seen concepts in every training style; PNG bytes), "noto" and "openmoji"
+        (decoded, all concepts)."""
+        src = pipeline.train_source(self.data_dir, self.emoji_styles, PREPARED_SIZE)
+        rows = [src[i] for i in range(len(src))]
         train = {"image": [r["image"] for r in rows], "name": [robust.decode_caption(r["name"]) for r in rows],
                  "emoji": [robust.decode_caption(r["emoji"]) for r in rows]}
         return {"train": train, "noto": emoji_tfds.load_split(self.data_dir, "noto", PREPARED_SIZE),
@@ -252,6 +256,8 @@ class MultiTask(TokenizerText):
                 prompt, image = PROMPTS["translate"].format(lang=lang, text=en), b""
             if target and en:
                 out.append(Example(image, prompt, target))
+        if kind == "translate":  # text only: one example per concept, however many styles draw it
+            out = list(dict.fromkeys(out))
         return out
 
     def _tokenizer(self, vocab: int) -> Path:
