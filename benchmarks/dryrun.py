@@ -74,10 +74,30 @@ def main() -> None:
             f"| {r.compile_seconds:.0f} s |")
         records.append(dict(name=name, config=cfg, topology=r.topology, fits=r.fits, required=r.required_bytes,
                             hbm=r.hbm_bytes, model_flops=r.model_flops_total, step_s=r.step_seconds_at_mfu))
-    if not args.only:
-        out.write_text("\n".join(lines) + "\n")
-        out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if args.only and out.exists():  # merge: the new rows replace those of the same model and topology
+        lines, records = merge(out, lines, records)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     print("\n".join(lines))
+
+
+def merge(out: Path, lines: list[str], records: list[dict]) -> tuple[list[str], list[dict]]:
+    """The existing table and JSONL with rows of the same (name, topology) replaced by the new ones, in ROWS
+    order."""
+    key = lambda line: tuple(c.strip() for c in line.split("|")[1:3])  # noqa: E731
+    head = [ln for ln in lines if not ln.startswith("| ") or ln.startswith("| model ")]
+    new_rows = {key(ln): ln for ln in lines if ln.startswith("| ") and not ln.startswith("| model ")}
+    old_rows = {key(ln): ln for ln in out.read_text().splitlines() if ln.startswith("| ") and not ln.startswith("| model ")}
+    rows = {**old_rows, **new_rows}
+    order = {(name, topo): i for i, (name, _, topo, _, _) in enumerate(ROWS)}
+    place = lambda name, topo: order.get((name, topo.split(" × ")[0]), len(order))  # noqa: E731  (multi-slice rows)
+    table = sorted(rows.items(), key=lambda kv: place(*kv[0]))
+    old = [json.loads(ln) for ln in out.with_suffix(".jsonl").read_text().splitlines() if ln.strip()] \
+        if out.with_suffix(".jsonl").exists() else []
+    fresh = {(r["name"], r["topology"]) for r in records}
+    recs = [r for r in old if (r["name"], r["topology"]) not in fresh] + records
+    recs.sort(key=lambda r: place(r["name"], r["topology"]))
+    return head + [ln for _, ln in table], recs
 
 
 if __name__ == "__main__":
