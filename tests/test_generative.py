@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlm_jax import sharding as shd
+from steps import np_cross_entropy as _np_cross_entropy
+from steps import run_steps as _run
 from vlm_jax.config import apply_overrides, load_config
 from vlm_jax.evals.captioning import cider_d
 from vlm_jax.evals.generation import CaptionEvaluator, ScoringClassifier, scoring_queries
@@ -36,15 +37,6 @@ def _batches(setup, n=3, seed=0):
     return out
 
 
-def _run(setup, batches):
-    state = setup.init_state(jax.random.key(0))
-    losses = []
-    for b in batches:
-        state, m = setup.train_step(state, shd.global_batch(b, setup.batch_sharding))
-        losses.append(float(m["loss"]))
-    return losses, jax.device_get(state.params), state
-
-
 @pytest.fixture(scope="module")
 def coca(data_dir):
     setup = _setup("coca")
@@ -57,14 +49,6 @@ def cappa(data_dir):
     setup = _setup("cappa")
     state = setup.init_state(jax.random.key(0))
     return setup, jax.device_get(state.params)
-
-
-def _np_cross_entropy(logits, targets, mask):
-    logits = np.asarray(logits, np.float64)
-    logp = logits - logits.max(-1, keepdims=True)
-    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
-    nll = -np.take_along_axis(logp, np.asarray(targets)[..., None], -1)[..., 0]
-    return float((nll * mask).sum() / mask.sum())
 
 
 def _np_infonce(zimg, ztxt, t):

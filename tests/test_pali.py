@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlm_jax import sharding as shd
+from steps import np_cross_entropy as _np_cross_entropy
+from steps import run_steps as _run
 from vlm_jax.config import apply_overrides, load_config
 from vlm_jax.data.multitask import TaskSchedule, parse_task
 from vlm_jax.evals.prompted import exact_match
@@ -29,15 +30,6 @@ def _batches(setup, n=3, seed=0):
     """Real batches of the task mixture (prompts and answers of varying length)."""
     it = iter(setup.objective.data.train(B, seed, 0, 1))
     return [{k: v for k, v in next(it).items() if k != "_skipped"} for _ in range(n)]
-
-
-def _run(setup, batches):
-    state = setup.init_state(jax.random.key(0))
-    losses = []
-    for b in batches:
-        state, m = setup.train_step(state, shd.global_batch(b, setup.batch_sharding))
-        losses.append(float(m["loss"]))
-    return losses, jax.device_get(state.params)
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +98,6 @@ def test_encdec_masks_prompt_pads_and_causality(models):
     later = _logits(obj, params, batch, text=np.where(np.arange(text.shape[1]) >= j, 9, text))
     np.testing.assert_allclose(later[:, :j + 1], base[:, :j + 1], atol=1e-5)  # input j+1 is the first changed
     assert not np.allclose(later[:, j + 1:], base[:, j + 1:], atol=1e-4)
-
-
-def _np_cross_entropy(logits, targets, mask):
-    x = np.asarray(logits, np.float64)
-    logp = x - x.max(-1, keepdims=True)
-    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
-    nll = -np.take_along_axis(logp, np.asarray(targets)[..., None], -1)[..., 0]
-    return (nll * mask).sum() / mask.sum()
 
 
 @pytest.mark.parametrize("layout", ["encdec", "decoder"])
@@ -233,7 +217,7 @@ def test_exact_match_and_eval_tasks(models):
 def reference(data_dir):
     setup = _setup("encdec")
     batches = _batches(setup)
-    return batches, _run(setup, batches)
+    return batches, _run(setup, batches)[:2]
 
 
 @pytest.mark.parametrize("layout,mesh", [("encdec", [("fsdp", 8)]), ("encdec", [("data", 4), ("tensor", 2)]),
@@ -243,8 +227,8 @@ def test_sharded_equals_one_device(reference, models, layout, mesh):
         batches, (want_losses, want_params) = reference
     else:
         batches = _batches(models["decoder"][0])
-        want_losses, want_params = _run(models["decoder"][0], batches)
-    losses, params = _run(_setup(layout, mesh), batches)
+        want_losses, want_params, _ = _run(models["decoder"][0], batches)
+    losses, params, _ = _run(_setup(layout, mesh), batches)
     np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, want_params)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from steps import run_steps as _run
 from vlm_jax import sharding as shd
 from vlm_jax.config import apply_overrides, load_config
 from vlm_jax.train.checkpoint import Checkpointer
@@ -42,15 +43,6 @@ def _batches(setup, n=3):
     s, l = setup.objective.data.image_size, setup.objective.data.text_len
     return [{"image": rng.uniform(-1, 1, (16, s, s, 3)).astype(np.float32),
              "text": rng.integers(3, setup.objective.data.vocab_size, (16, l)).astype(np.int32)} for _ in range(n)]
-
-
-def _run(setup, batches):
-    state = setup.init_state(jax.random.key(0))
-    losses = []
-    for b in batches:
-        state, m = setup.train_step(state, shd.global_batch(b, setup.batch_sharding))
-        losses.append(float(m["loss"]))
-    return losses, jax.device_get(state.params), state
 
 
 @pytest.fixture(scope="module", params=["clip", "siglip"])
