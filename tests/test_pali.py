@@ -73,6 +73,11 @@ def test_decoder_layout_prefix_masks(models):
     moved_logits, moved_h = hidden(prompt.at[:, 0].set(prompt[:, 0] + 1), inputs)  # first prompt token
     assert (np.abs(moved_h[:, :n_img] - base_h[:, :n_img]).max(axis=(1, 2)) > 1e-6).all()  # image sees the prompt
     assert (np.abs(moved_logits - base_logits).max(axis=(1, 2)) > 1e-6).all()
+    valid = np.asarray(prompt) != obj.ids["pad"]
+    for j in range(1, int(valid.sum(1).max())):  # every other real prompt token reaches the image tokens
+        _, moved_h = hidden(prompt.at[:, j].set(jnp.where(prompt[:, j] > 0, prompt[:, j] + 1, 0)), inputs)
+        reached = np.abs(moved_h[:, :n_img] - base_h[:, :n_img]).max(axis=(1, 2)) > 1e-6
+        np.testing.assert_array_equal(reached, valid[:, j])  # and a pad position, unchanged, changes nothing
     # the model's own forward pass is this computation
     np.testing.assert_allclose(_logits(obj, params, batch, prompt=prompt), base_logits, rtol=1e-5, atol=1e-5)
 
@@ -273,3 +278,27 @@ def test_pali_through_train_evaluators_and_prompted_caption_tool(tmp_path, data_
     assert printed[1] == setup.objective.caption_fns.generate(params, blank, "translate to de: red apple")[0]
     with pytest.raises(SystemExit, match="--prompt"):
         caption.main(["--workdir", str(tmp_path / "run"), "--image", str(path)])
+
+
+def test_config_errors_name_the_fix(data_dir):
+    from vlm_jax.train.objective import get_objective
+
+    def config(layout="encdec"):
+        return finalize_config(load_config(f"experiments/multitask_pali.py:size=test,layout={layout}"))
+
+    bad = config()
+    bad.model.layout = "stack"
+    with pytest.raises(ValueError, match="encdec"):
+        get_objective(bad)
+    bad = config()
+    bad.model.encoder.depthh = 2
+    with pytest.raises(ValueError, match="depth"):
+        get_objective(bad)
+    bad = config("decoder")
+    bad.model.encoder = dict(depth=2)
+    with pytest.raises(ValueError, match="one stack"):
+        get_objective(bad)
+    bad = config()
+    bad.data = dict(name="emoji")
+    with pytest.raises(ValueError, match="multitask"):
+        get_objective(bad)
