@@ -3,6 +3,7 @@ prompt are scored by exact match (names, groups, translations) or caption metric
 the task's baselines; tasks with a closed answer set also get the scoring classifier (the most likely answer)."""
 from __future__ import annotations
 
+import collections
 from typing import Any, Sequence
 
 import jax
@@ -70,9 +71,13 @@ class PromptEvaluator:
                 pick = np.flatnonzero(mask)
                 if not len(pick):
                     continue
-                res = self._scores(task, "model", [answers[i] for i in pick], [refs[i] for i in pick])
+                sub_refs = [refs[i] for i in pick]
+                res = self._scores(task, "model", [answers[i] for i in pick], sub_refs)
                 for who, base in task.baselines.items():
-                    res.update(self._scores(task, who, [base[idx[i]] for i in pick], [refs[i] for i in pick]))
+                    res.update(self._scores(task, who, [base[idx[i]] for i in pick], sub_refs))
+                if task.metric == "exact" and task.classes:  # chance: always the subset's most common answer
+                    common = collections.Counter(r[0] for r in sub_refs).most_common(1)[0][0]
+                    res.update(self._scores(task, "chance", [common] * len(pick), sub_refs))
                 res["items"] = float(len(pick))
                 if scored is not None:
                     res.update(self._scoring_metrics(task, *scored, mask))
