@@ -48,9 +48,8 @@ class ImagePrefixLM(nn.Module):
         if prompt is None:
             return tokens, prefix_len, 0
         p = prompt.shape[1]
-        extra = 0 if prefix_len is None else prefix_len
-        return jnp.concatenate([prompt.astype(tokens.dtype), tokens], axis=1), p + jnp.asarray(extra, jnp.int32) \
-            + jnp.zeros(tokens.shape[:1], jnp.int32), p
+        plen = jnp.full(tokens.shape[:1], p, jnp.int32) + (0 if prefix_len is None else prefix_len)
+        return jnp.concatenate([prompt.astype(tokens.dtype), tokens], axis=1), plen, p
 
     def logits(self, tokens: Array, context: dict[str, Any], prefix_len: Array | None = None,
                train: bool = False) -> Array:
