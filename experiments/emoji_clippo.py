@@ -6,9 +6,7 @@
   --config experiments/emoji_clippo.py:size=test        tiny model for tests
   --config experiments/emoji_clippo.py:text_px=96       captions rendered at 96 px (all fit; slower, worse at 1.2k steps)
 """
-import ml_collections
-
-from vlm_jax.config import config_args
+from vlm_jax.config import config_args, small_run
 from vlm_jax.data.ops import STYLE_AUGMENT
 from vlm_jax.objectives.contrastive import apply_loss_preset
 
@@ -28,13 +26,7 @@ def get_config(arg=None):
     tower, embed_dim, size, patch = SIZES[arg.size]
     text_size = arg.text_px or size
     multi = arg.langs == "multi"
-    c = ml_collections.ConfigDict()
-    c.objective = "clippo"
-    c.seed = 0
-    c.total_steps = arg.steps
-    c.batch_size = arg.batch
-    c.log_every = 50
-    c.eval_every = 0
+    c = small_run("clippo", arg.steps, arg.batch)
 
     # Same emoji styles and augmentation as the two-tower config. Images at 64 px with 16-px patches give the
     # same 4×4 token grid as the two-tower's 32 px / 8 px; a 16-px Unifont line is one patch row. Text at 64 px
@@ -49,9 +41,7 @@ def get_config(arg=None):
                    embed_dim=embed_dim)
     loss = apply_loss_preset(c, arg.loss)
 
-    c.optim = dict(name="adamw", lr=1e-3, b2=loss["b2"], weight_decay=0.1,
-                   warmup_steps=min(200, arg.steps // 10), schedule="cosine", clip_norm=1.0)
-    c.checkpoint = dict(every_steps=max(arg.steps // 4, 1), keep=2)
+    c.optim.b2 = loss["b2"]
     c.evals = dict(batch_size=256, sets=["emoji", "fashion_mnist"])
     if multi:
         c.evals.templates = ["{}"]

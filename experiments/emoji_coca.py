@@ -4,9 +4,7 @@ drawings: zero-shot / retrieval like CLIP, generated captions (CIDEr-D, BLEU), p
   --config experiments/emoji_coca.py               the README run (1.2k steps, CLIP's data, batch and schedule)
   --config experiments/emoji_coca.py:size=test     tiny model for tests
 """
-import ml_collections
-
-from vlm_jax.config import config_args
+from vlm_jax.config import config_args, small_run
 from vlm_jax.data.ops import STYLE_AUGMENT
 
 SIZES = {
@@ -22,22 +20,13 @@ def get_config(arg=None):
     """`arg`: size=small|test, steps=N, batch=N."""
     arg = config_args(arg, size="small", steps=1200, batch=256)
     image, decoder, embed_dim, image_size, cap_queries = SIZES[arg.size]
-    c = ml_collections.ConfigDict()
-    c.objective = "coca"
-    c.seed = 0
-    c.total_steps = arg.steps
-    c.batch_size = arg.batch
-    c.log_every = 50
-    c.eval_every = 0
+    c = small_run("coca", arg.steps, arg.batch)
     c.data = dict(name="emoji", data_dir="", image_size=image_size, text_len=16,
                   train_styles=("noto", "twitter", "facebook"), sampling="examples", augment=STYLE_AUGMENT)
     c.model = dict(image=dict(posemb="learn", **image), decoder=decoder, embed_dim=embed_dim,
                    cap_queries=cap_queries, temperature_init=1 / 0.07)
     # Yu et al. 2022: loss = 1.0 · contrastive (InfoNCE) + 2.0 · captioning
     c.loss = dict(name="infonce", contrastive_weight=1.0, caption_weight=2.0)
-    c.optim = dict(name="adamw", lr=1e-3, b2=0.98, weight_decay=0.1, warmup_steps=min(200, arg.steps // 10),
-                   schedule="cosine", clip_norm=1.0)
-    c.checkpoint = dict(every_steps=max(arg.steps // 4, 1), keep=2)
     c.evals = dict(batch_size=256, sets=["emoji", "fashion_mnist"])
     if arg.size == "test":
         c.log_every = 1

@@ -5,9 +5,7 @@ stack) trained with a random split point per caption; evaluated like CapPa on he
   --config experiments/emoji_prefixlm.py               1.2k steps, CLIP's data, batch and schedule
   --config experiments/emoji_prefixlm.py:size=test     tiny model for tests
 """
-import ml_collections
-
-from vlm_jax.config import config_args
+from vlm_jax.config import config_args, small_run
 from vlm_jax.data.ops import STYLE_AUGMENT
 
 SIZES = {
@@ -23,19 +21,10 @@ def get_config(arg=None):
     """`arg`: size=small|test, steps=N, batch=N."""
     arg = config_args(arg, size="small", steps=1200, batch=256)
     image, decoder, image_size = SIZES[arg.size]
-    c = ml_collections.ConfigDict()
-    c.objective = "prefixlm"
-    c.seed = 0
-    c.total_steps = arg.steps
-    c.batch_size = arg.batch
-    c.log_every = 50
-    c.eval_every = 0
+    c = small_run("prefixlm", arg.steps, arg.batch)
     c.data = dict(name="emoji", data_dir="", image_size=image_size, text_len=16,
                   train_styles=("noto", "twitter", "facebook"), sampling="examples", augment=STYLE_AUGMENT)
     c.model = dict(image=dict(posemb="learn", **image), decoder=decoder)
-    c.optim = dict(name="adamw", lr=1e-3, b2=0.98, weight_decay=0.1, warmup_steps=min(200, arg.steps // 10),
-                   schedule="cosine", clip_norm=1.0)
-    c.checkpoint = dict(every_steps=max(arg.steps // 4, 1), keep=2)
     c.evals = dict(batch_size=256, sets=["emoji", "fashion_mnist"])
     if arg.size == "test":
         c.log_every = 1

@@ -5,9 +5,7 @@
   --config experiments/emoji_two_tower.py:steps=5000      the longer (~45 min) run
   --config experiments/emoji_two_tower.py:size=test          tiny model for tests
 """
-import ml_collections
-
-from vlm_jax.config import config_args
+from vlm_jax.config import config_args, small_run
 from vlm_jax.data.ops import STYLE_AUGMENT
 from vlm_jax.objectives.contrastive import apply_loss_preset
 
@@ -24,13 +22,7 @@ def get_config(arg=None):
     """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N."""
     arg = config_args(arg, loss="clip", size="small", steps=1200, batch=256)
     image, text, embed_dim, image_size = SIZES[arg.size]
-    c = ml_collections.ConfigDict()
-    c.objective = "contrastive"
-    c.seed = 0
-    c.total_steps = arg.steps
-    c.batch_size = arg.batch
-    c.log_every = 50
-    c.eval_every = 0
+    c = small_run("contrastive", arg.steps, arg.batch)
 
     c.data = dict(name="emoji", data_dir="", image_size=image_size, text_len=16,
                   train_styles=("noto", "twitter", "facebook"), sampling="examples",
@@ -41,9 +33,7 @@ def get_config(arg=None):
         embed_dim=embed_dim)
     loss = apply_loss_preset(c, arg.loss)
 
-    c.optim = dict(name="adamw", lr=1e-3, b2=loss["b2"], weight_decay=0.1,
-                   warmup_steps=min(200, arg.steps // 10), schedule="cosine", clip_norm=1.0)
-    c.checkpoint = dict(every_steps=max(arg.steps // 4, 1), keep=2)
+    c.optim.b2 = loss["b2"]
     c.evals = dict(batch_size=256, sets=["emoji", "fashion_mnist"])
     if arg.size == "test":
         c.log_every = 1

@@ -5,9 +5,7 @@ names and CLDR groups, and text-only name translation (data "multitask"), with p
   --config experiments/multitask_pali.py:layout=decoder         decoder-only prefix layout (PaliGemma-style)
   --config experiments/multitask_pali.py:size=test              tiny model for tests
 """
-import ml_collections
-
-from vlm_jax.config import config_args
+from vlm_jax.config import config_args, small_run
 from vlm_jax.data.ops import STYLE_AUGMENT
 
 SIZES = {
@@ -26,22 +24,13 @@ def get_config(arg=None):
     image, encoder, decoder, image_size = SIZES[arg.size]
     if arg.layout == "decoder":  # one stack: as deep as the encoder and decoder together
         decoder = dict(decoder, depth=decoder["depth"] + encoder["depth"])
-    c = ml_collections.ConfigDict()
-    c.objective = "pali"
-    c.seed = 0
-    c.total_steps = arg.steps
-    c.batch_size = arg.batch
-    c.log_every = 50
-    c.eval_every = 0
+    c = small_run("pali", arg.steps, arg.batch)
     c.data = dict(name="multitask", data_dir="", image_size=image_size, text_len=32, prompt_len=16,
                   augment=STYLE_AUGMENT,
                   tasks=dict(caption_en=0.3, caption_de=0.15, emoji_name=0.3, emoji_group=0.15, translate_de=0.1))
     c.model = dict(layout=arg.layout, image=dict(posemb="learn", **image), decoder=decoder)
     if arg.layout == "encdec":
         c.model.encoder = encoder
-    c.optim = dict(name="adamw", lr=1e-3, b2=0.98, weight_decay=0.1, warmup_steps=min(200, arg.steps // 10),
-                   schedule="cosine", clip_norm=1.0)
-    c.checkpoint = dict(every_steps=max(arg.steps // 4, 1), keep=2)
     c.evals = dict(batch_size=256, scoring_pairs=500_000)
     if arg.size == "test":
         c.log_every = 1

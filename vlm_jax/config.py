@@ -196,3 +196,20 @@ def split_cli_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
             rest.append(arg)
         i += 1
     return overrides, rest
+
+
+def small_run(objective: str, steps: int, batch: int, b2: float = 0.98) -> ConfigDict:
+    """Run settings the small experiments share: seed 0, progress every 50 steps, evaluation at the end, AdamW
+    (lr 1e-3, weight decay 0.1, clip 1) on a cosine schedule after min(200, steps/10) warmup steps, a checkpoint
+    every quarter of the run (two kept)."""
+    c = ConfigDict()
+    c.objective = objective
+    c.seed = 0
+    c.total_steps = steps
+    c.batch_size = batch
+    c.log_every = 50
+    c.eval_every = 0
+    c.optim = dict(name="adamw", lr=1e-3, b2=b2, weight_decay=0.1, warmup_steps=min(200, steps // 10),
+                   schedule="cosine", clip_norm=1.0)
+    c.checkpoint = dict(every_steps=max(steps // 4, 1), keep=2)
+    return c
