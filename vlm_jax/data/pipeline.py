@@ -20,6 +20,27 @@ SAMPLINGS = ("examples", "concepts")
 MAX_PIXELS = 4096 * 4096  # larger images are skipped (decompression bombs, broken headers)
 
 
+DECODED_CACHE_BYTES = 1 << 30  # decoded training images kept in memory (the emoji sets need ~0.1 GiB)
+
+
+class MemoCache:
+    """A dict that stops growing at `budget` (sizes by `size_of`); entries stay once in (no eviction churn)."""
+
+    def __init__(self, budget: int, size_of: Callable[[Any], int]):
+        self.budget, self.size_of, self.used, self.data = budget, size_of, 0, {}
+
+    def get(self, key: Any) -> Any:
+        """The stored value or None."""
+        return self.data.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        """Stores `value` while under budget."""
+        size = self.size_of(value)
+        if self.used + size <= self.budget:
+            self.data[key] = value
+            self.used += size
+
+
 class _Preprocess(grain.transforms.RandomMap):
     """Decode -> augment -> normalize; caption = random template filled with the name -> tokens.
 
@@ -33,12 +54,37 @@ class _Preprocess(grain.transforms.RandomMap):
         self.encode = (lambda texts: tokenizer.encode(texts, text_len)) if isinstance(tokenizer, Tokenizer) \
             else tokenizer
         self.image_size, self.text_len = image_size, text_len
-        self.augment, self.templates, self.max_pixels = dict(augment), tuple(templates), max_pixels
+        self.augment = augment.to_dict() if hasattr(augment, "to_dict") else dict(augment)  # plain dict: fast reads
+        self.templates, self.max_pixels = tuple(templates), max_pixels
         self.languages = tuple(languages)
+        self.images = MemoCache(DECODED_CACHE_BYTES, lambda a: a.nbytes)  # decoding is a pure function of the bytes
+        self.captions = MemoCache(100_000, lambda a: 1)
+
+    def _image(self, data: Any) -> tuple[np.ndarray | None, str | None]:
+        """Decoded image (read-only, memoised by its encoded bytes) or (None, reason)."""
+        if not isinstance(data, bytes):
+            return robust.decode_image(data, self.max_pixels)
+        image = self.images.get(data)
+        if image is None:
+            image, reason = robust.decode_image(data, self.max_pixels)
+            if image is None:
+                return None, reason
+            image.flags.writeable = False
+            self.images.put(data, image)
+        return image, None
+
+    def _tokens(self, caption: str) -> np.ndarray:
+        """The model input of one caption (memoised: captions repeat every epoch)."""
+        out = self.captions.get(caption)
+        if out is None:
+            out = self.encode([caption])[0]
+            out.flags.writeable = False
+            self.captions.put(caption, out)
+        return out
 
     def random_map(self, ex: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """One example -> model inputs."""
-        image, reason = robust.decode_image(ex["image"], self.max_pixels)
+        image, reason = self._image(ex["image"])
         if image is None:
             return {robust.BAD: reason}
         name = robust.decode_caption(ex["name"])
@@ -52,7 +98,7 @@ class _Preprocess(grain.transforms.RandomMap):
         caption = self.templates[int(rng.integers(len(self.templates)))].format(name)
         return {
             "image": ops.normalize(img),
-            "text": self.encode([caption])[0],
+            "text": self._tokens(caption),
             "concept": np.int32(ex["concept"]),
         }
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import time
+from typing import Any, Callable
 
 GiB = 2 ** 30
 
@@ -45,3 +47,44 @@ def chip_for_device_kind(kind: str) -> Chip | None:
         if any(kind.startswith(k) for k in c.device_kinds if k.startswith("NVIDIA")):
             return c
     return None
+
+
+def measure_matmul_flops(dtype: str = "float32", n: int = 2048, reps: int = 5,
+                         device: Any = None, clock: Callable[[], float] = time.perf_counter) -> float:
+    """FLOP/s of an n×n×n matmul in `dtype` on `device` (default: the first), the best of `reps` timed calls.
+
+    The CPU's MFU ceiling: machines of the same kind differ by 2× (198 vs 460 GFLOP/s fp32 seen), so a run
+    measures its own instead of trusting a table.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    device = device or jax.devices()[0]
+    keys = jax.random.split(jax.random.key(0))
+    a, b = (jax.device_put(jax.random.normal(k, (n, n), jnp.float32).astype(dtype), device) for k in keys)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()  # compile
+    best = float("inf")
+    for _ in range(reps):
+        t0 = clock()
+        matmul(a, b).block_until_ready()
+        best = min(best, clock() - t0)
+    return 2.0 * n ** 3 / best
+
+
+def peak_flops(devices: list[Any], dtype: str = "float32", probe: Callable[[str], float] | None = None) -> float:
+    """Peak FLOP/s of `devices` together: the chip table for TPU/GPU (dense bf16), a matmul probe on CPU.
+
+    Host CPU devices share the machine's cores, so each process's CPU devices count once (one probe) and
+    processes add up.
+    """
+    import jax
+
+    kinds = {d.device_kind for d in devices}
+    chips = [chip_for_device_kind(k) for k in kinds]
+    if all(c is not None for c in chips) and chips:
+        return sum(chip_for_device_kind(d.device_kind).bf16_flops for d in devices)
+    if all(d.platform == "cpu" for d in devices):
+        local = (probe or measure_matmul_flops)(dtype)
+        return local * len({d.process_index for d in devices})
+    return 0.0  # an accelerator missing from the table: MFU is not reported

@@ -5,7 +5,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
@@ -19,30 +19,51 @@ def _fmt_time(seconds: float) -> str:
 
 
 class Progress:
-    """Prints one line per log step with throughput measured since the previous line."""
+    """Prints one line per log step with throughput and MFU measured since the previous line.
+
+    MFU = model FLOPs per step × steps ÷ elapsed seconds ÷ `peak_flops` (all devices); shown when both are known.
+    """
 
     def __init__(self, total_steps: int, start_step: int, batch_size: int, stream: TextIO = sys.stdout,
-                 enabled: bool = True):
+                 enabled: bool = True, flops_per_step: float = 0.0, peak_flops: float = 0.0,
+                 clock: Callable[[], float] = time.perf_counter):
         self.total, self.batch_size, self.stream, self.enabled = total_steps, batch_size, stream, enabled
-        self._last_step, self._last_time = start_step, time.perf_counter()
+        self.flops_per_step, self.peak_flops, self.clock = flops_per_step, peak_flops, clock
+        self._last_step, self._last_time = start_step, clock()
         self._rates: list[float] = []
+        self.mfus: list[float] = []  # one per progress line
+
+    def steady_mfu(self) -> float | None:
+        """Median MFU of the progress lines after the first (whose interval includes compilation)."""
+        values = self.mfus[1:] or self.mfus
+        return float(np.median(values)) if values else None
 
     def update(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
         """Reports progress after `step` steps; returns the timing metrics it computed."""
-        now = time.perf_counter()
+        now = self.clock()
         steps = step - self._last_step
-        rate = steps * self.batch_size / max(now - self._last_time, 1e-9) if steps else 0.0
+        seconds = max(now - self._last_time, 1e-9)
+        rate = steps * self.batch_size / seconds if steps else 0.0
         self._last_step, self._last_time = step, now
         if steps:
             self._rates = (self._rates + [rate])[-5:]
         mean_rate = float(np.mean(self._rates)) if self._rates else 0.0
         eta = (self.total - step) * self.batch_size / mean_rate if mean_rate else float("nan")
+        timing = {"samples_per_sec": rate}
+        if steps:
+            timing["step_seconds"] = seconds / steps
+        if self.flops_per_step and steps:
+            timing["flops_per_sec"] = self.flops_per_step * steps / seconds
+            if self.peak_flops:
+                timing["mfu"] = timing["flops_per_sec"] / self.peak_flops
+                self.mfus.append(timing["mfu"])
         if self.enabled:
             extras = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("acc/"))
+            mfu = f" | MFU {100 * timing['mfu']:4.1f}%" if "mfu" in timing else ""
             line = (f"step {step:>6d}/{self.total} | loss {metrics.get('loss', float('nan')):.4f} | "
-                    f"{mean_rate:7.1f} samples/s | ETA {_fmt_time(eta) if eta == eta else '?'}")
+                    f"{mean_rate:7.1f} samples/s{mfu} | ETA {_fmt_time(eta) if eta == eta else '?'}")
             print(line + (f" | {extras}" if extras else ""), file=self.stream, flush=True)
-        return {"samples_per_sec": rate}
+        return timing
 
 
 class JsonlWriter:

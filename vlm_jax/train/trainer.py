@@ -19,6 +19,7 @@ import optax
 
 from vlm_jax import sharding as shd
 from vlm_jax.data import robust
+from vlm_jax.scaling import compute, hardware
 from vlm_jax.config import fill_missing, merge_defaults
 from vlm_jax.train.checkpoint import Checkpointer
 from vlm_jax.train.defaults import OPEN_SECTIONS, trainer_defaults
@@ -185,6 +186,21 @@ def _host_metrics(pending: list[tuple[int, dict]]) -> list[tuple[int, dict[str, 
     return [(s, {k: float(np.asarray(v)) for k, v in m.items()}) for (s, _), m in zip(pending, fetched)]
 
 
+def step_flops(setup: Setup) -> float:
+    """Model FLOPs of one train step (analytic, `scaling.compute`); 0 for a model without an analytic count."""
+    accum = setup.config.grad_accum_steps
+    try:
+        return compute.train_step_flops(setup.model, setup.objective.init_batch(setup.config.batch_size), accum)
+    except NotImplementedError:
+        return 0.0
+
+
+def matmul_dtype(model_config: Any) -> str:
+    """The matmul dtype of a model config: bfloat16 when any tower sets it, else float32."""
+    text = json.dumps(model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config))
+    return "bfloat16" if '"dtype_mm": "bfloat16"' in text else "float32"
+
+
 def run_evaluators(setup: Setup, state: TrainState, step: int, writer: JsonlWriter) -> dict[str, float]:
     """Runs every evaluator of the objective and logs the flat results."""
     results: dict[str, float] = {}
@@ -280,7 +296,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
     if is_main:
         print(f"{n_params:,} parameters | mesh {dict(setup.mesh.shape)} | global batch {config.batch_size} | "
               f"steps {start}→{config.total_steps}", flush=True)
-    progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main and config.progress)
+    flops_per_step, peak = step_flops(setup), config.peak_flops or hardware.peak_flops(
+        list(setup.mesh.devices.flat), matmul_dtype(config.model))
+    if is_main and flops_per_step:
+        print(f"model FLOPs per step {flops_per_step:.3e} | peak {peak:.3e} FLOP/s "
+              f"({'set' if config.peak_flops else 'measured' if jax.devices()[0].platform == 'cpu' else 'chip table'})",
+              flush=True)
+    progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main and config.progress,
+                        flops_per_step=flops_per_step, peak_flops=peak)
     pending: list[tuple[int, dict]] = []
     step = start
     end = config.total_steps if stop_after is None else min(config.total_steps, stop_after)
@@ -326,7 +349,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
         return {"step": step, "state": state, "setup": setup, "preempted": preempted}
     eval_results = run_evaluators(setup, state, step, writer)
     summary = {"step": step, "train_seconds": train_seconds, "segment_seconds": train_seconds - prior_seconds,
-               "params": n_params, "evals": eval_results}
+               "params": n_params, "flops_per_step": flops_per_step, "train_flops": flops_per_step * step,
+               "peak_flops": peak, "mfu": progress.steady_mfu(), "evals": eval_results}
     if is_main:
         (workdir / "results.json").write_text(json.dumps(summary, indent=2))
     return {**summary, "state": state, "setup": setup}
