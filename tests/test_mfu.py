@@ -1,0 +1,109 @@
+"""The MFU meter: analytic model FLOPs equal the jaxpr count of the real train step; MFU arithmetic; CPU peak."""
+import io
+import json
+
+import jax
+import pytest
+
+from vlm_jax.config import apply_overrides, load_config
+from vlm_jax.scaling import compute, hardware
+from vlm_jax.scaling.flops import jaxpr_flops
+from vlm_jax.train.progress import Progress
+from vlm_jax.train.trainer import Setup, finalize_config, step_flops, train
+
+ONE_DEVICE = ["mesh=[('data', 1)]", "batch_size=8"]
+
+
+@pytest.mark.parametrize("experiment,overrides", [
+    ("emoji_two_tower.py:size=test", []),
+    ("emoji_two_tower.py:size=test,loss=siglip", ["grad_accum_steps=2", "model.image.pool_type=tok"]),
+    ("emoji_two_tower.py", []),  # map pooling in both towers
+    ("emoji_clippo.py:size=test", {"separate_heads": True}),
+    ("emoji_coca.py:size=test", []),
+    ("emoji_cappa.py:size=test", []),
+    ("emoji_prefixlm.py:size=test", []),
+    ("multitask_pali.py:size=test", []),
+    ("multitask_pali.py:size=test,layout=decoder", []),
+])
+def test_analytic_step_flops_equal_the_jaxpr_of_the_train_step(data_dir, experiment, overrides):
+    """The meter's FLOPs per step (analytic, from the model config) vs the matmul FLOPs of the jitted train step
+    the trainer runs (forward, backward, micro-batch scan), counted on its jaxpr: within 2% (here: exact)."""
+    config = finalize_config(load_config(f"experiments/{experiment}"))
+    if isinstance(overrides, dict):  # model keys the experiment leaves out
+        with config.unlocked():
+            config.model.update(overrides)
+        overrides = []
+    config = apply_overrides(config, ONE_DEVICE + overrides)
+    setup = Setup(config)
+    counted = jaxpr_flops(setup.train_step.jaxpr(setup.abstract_state(), setup.abstract_batch()))
+    analytic = step_flops(setup)
+    assert analytic == pytest.approx(counted, rel=0.02), (analytic, counted)
+
+
+def test_forward_parts_match_hand_formula():
+    """A ViT-B/16 image tower at 224 px + CLIP's 12-layer width-512 text tower: the paper's ~20.6 GMACs per pair
+    (Cherti et al. 2023, table of forward GMACs), and the transformer formula 24·L·d² + 4·L²·d per layer."""
+    from vlm_jax.models import TwoTower
+
+    model = TwoTower(image=dict(variant="B/16", pool_type="tok"),
+                     text=dict(vocab_size=49408, width=512, depth=12, mlp_dim=2048, num_heads=8, max_len=77),
+                     embed_dim=512)
+    batch = {"image": jax.ShapeDtypeStruct((1, 224, 224, 3), "float32"),
+             "text": jax.ShapeDtypeStruct((1, 77), "int32")}
+    parts = compute.model_forward(model, batch)
+    gmacs = sum(parts.values()) / 2e9
+    assert gmacs == pytest.approx(20.6, rel=0.02)
+    length, d = 197, 768
+    per_layer = 24 * length * d * d + 4 * length * length * d
+    assert parts["image"] == pytest.approx(12 * per_layer + 2 * 768 * 512, rel=1e-12)
+
+
+def test_mfu_is_flops_over_time_and_peak():
+    """Fake clock: 20 steps of 3e9 FLOPs in 4 s on a 50 GFLOP/s peak is 30% MFU; the line shows it."""
+    now = [100.0]
+    out = io.StringIO()
+    progress = Progress(100, 0, 32, stream=out, flops_per_step=3e9, peak_flops=50e9, clock=lambda: now[0])
+    now[0] += 4.0
+    timing = progress.update(20, {"loss": 1.0})
+    assert timing["mfu"] == pytest.approx(20 * 3e9 / (4.0 * 50e9))
+    assert timing["samples_per_sec"] == pytest.approx(20 * 32 / 4.0)
+    assert timing["step_seconds"] == pytest.approx(0.2)
+    assert "MFU 30.0%" in out.getvalue()
+    now[0] += 1.0
+    progress.update(30, {"loss": 1.0})  # 10 steps in 1 s: 60%
+    assert progress.steady_mfu() == pytest.approx(0.6)  # the first line (compilation) is left out
+
+
+def test_peak_from_chip_table_or_probe():
+    """TPU/GPU peaks add up per chip; host CPU devices of one process share one probe; processes add up."""
+    class Dev:
+        def __init__(self, kind, platform="tpu", process_index=0):
+            self.device_kind, self.platform, self.process_index = kind, platform, process_index
+
+    assert hardware.peak_flops([Dev("TPU v5 lite")] * 4) == pytest.approx(4 * 197e12)
+    cpus = [Dev("cpu", "cpu", p) for p in (0, 0, 1, 1)]
+    assert hardware.peak_flops(cpus, probe=lambda dtype: 1e11) == pytest.approx(2e11)
+    assert hardware.peak_flops([Dev("mystery", "gpu")]) == 0.0
+
+
+def test_matmul_probe_times_one_matmul():
+    """The probe's FLOP/s is 2n³ over the best timed call (fake clock: every call takes 0.5 s)."""
+    ticks = iter(range(100))
+    rate = hardware.measure_matmul_flops("float32", n=64, reps=3, clock=lambda: 0.5 * next(ticks))
+    assert rate == pytest.approx(2 * 64 ** 3 / 0.5)
+
+
+def test_train_logs_mfu(tmp_path, data_dir):
+    """Through train(): every progress record has mfu = flops_per_sec / peak with the run's FLOPs per step."""
+    config = finalize_config(load_config("experiments/emoji_two_tower.py:size=test,steps=4"))
+    config = apply_overrides(config, ONE_DEVICE + ["log_every=2", "peak_flops=1e9", "evals.sets=[]",
+                                                   "checkpoint.every_steps=0", "progress=False"])
+    out = train(config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_records] == [2, 4]
+    for r in train_records:
+        assert r["flops_per_sec"] == pytest.approx(out["flops_per_step"] / r["step_seconds"])
+        assert r["mfu"] == pytest.approx(r["flops_per_sec"] / 1e9)
+    assert out["flops_per_step"] == step_flops(out["setup"]) > 0
+    assert json.loads((tmp_path / "results.json").read_text())["train_flops"] == 4 * out["flops_per_step"]
