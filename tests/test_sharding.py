@@ -147,3 +147,47 @@ def test_multislice_mesh_keeps_slices_contiguous():
         shd.make_mesh([("data", -1)], dcn=[("replica", 2)])
     with pytest.raises(ValueError, match="split into 3 slices"):
         shd.make_mesh([("data", -1)], dcn=[("data", 3)])
+
+
+def test_two_dim_fsdp_placement():
+    """fsdp=8 split 2 × 4: an array one of whose dims 8 divides stays 1-D over both axes; one no dim of which 8
+    divides is split 4 ways on its largest dim divisible by 4 and 2 ways on another; every device holds 1/8."""
+    mesh = shd.make_mesh([("data", 1), ("fsdp", -1)], split_fsdp=True)
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 2, "fsdp2": 4}
+    assert shd.fsdp_factors(512) == (16, 32) and shd.fsdp_factors(7) == (1, 7)
+    assert shd.fsdp_on_largest(P(None, None), (16, 3), mesh) == P(("fsdp", "fsdp2"), None)
+    assert shd.fsdp_on_largest(P(None, None), (6, 12), mesh) == P("fsdp", "fsdp2")
+    assert shd.fsdp_on_largest(P(None, None, None), (12, 4, 3), mesh) == P("fsdp2", "fsdp", None)
+    assert shd.fsdp_on_largest(P(None), (6,), mesh) == P("fsdp")  # only 2 divides: half the split
+    abstract = {"w": jax.ShapeDtypeStruct((6, 12), np.float32), "v": jax.ShapeDtypeStruct((16, 3), np.float32)}
+    shardings = shd.tree_shardings(abstract, mesh, min_size=0, fsdp="2d")
+    for name, leaf in abstract.items():
+        shard = shardings[name].shard_shape(leaf.shape)
+        assert np.prod(shard) * 8 == np.prod(leaf.shape), (name, shard)
+    assert shd.batch_spec(mesh) == P(("fsdp", "fsdp2"))  # the batch spans both fsdp axes
+    one_axis = shd.make_mesh([("fsdp", 4), ("data", 2)], split_fsdp=True)
+    assert dict(one_axis.shape) == {"fsdp": 2, "fsdp2": 2, "data": 2}
+
+
+def test_two_dim_fsdp_run_equals_single_device(data_dir):
+    """Width 12 (no dim of most kernels divides 8): fsdp_dims=2d on 8 devices splits them over two dims and
+    trains exactly like one device."""
+    narrow = ["model.image.width=12", "model.text.width=12", "model.embed_dim=12", "model.image.mlp_dim=24",
+              "model.text.mlp_dim=24"]
+
+    def setup(mesh, more=()):
+        c = finalize_config(load_config("experiments/emoji_two_tower.py:size=test,loss=clip"))
+        return Setup(apply_overrides(c, TINY + narrow + [f"mesh={mesh!r}", *more]))
+
+    single = setup([("data", 1)])
+    batches = _batches(single)
+    want_losses, want_params, _ = _run(single, batches)
+    split = setup([("data", 1), ("fsdp", 8)], ["fsdp_dims=2d"])
+    losses, params, state = _run(split, batches)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, want_params)
+    two_dim = [x for x in jax.tree.leaves(state.params)
+               if sum(bool(e) for e in x.sharding.spec) == 2 and "fsdp2" in str(x.sharding.spec)]
+    assert two_dim, "no parameter is split over two dimensions"
+    for x in two_dim:
+        assert x.addressable_shards[0].data.size * 8 == x.size

@@ -13,6 +13,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 log = logging.getLogger(__name__)
 MESH_AXES = ("data", "fsdp", "tensor")
+FSDP_DIMS = ("largest", "rules", "2d")  # config.fsdp_dims, see tree_shardings
+FSDP2 = "fsdp2"  # the second FSDP axis of a split fsdp axis (make_mesh(split_fsdp=True)); rules name only "fsdp"
 
 # Logical name → mesh axes. The only place where model axis names meet mesh axis names.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
@@ -86,12 +88,33 @@ def hybrid_device_array(ici: Sequence[int], dcn: Sequence[int], devices: list[An
     return blocks.transpose(order).reshape([d * i for d, i in zip(dcn, ici)])
 
 
+def fsdp_factors(n: int) -> tuple[int, int]:
+    """n = a × b with a ≤ b as close as possible (a = 1 for a prime n): the two FSDP sub-axes."""
+    a = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+    return a, n // a
+
+
+def _split_fsdp(names: list[str], sizes: list[int], dcn_sizes: list[int]) -> None:
+    """Replaces the ICI "fsdp" axis of size n by "fsdp" (a) and FSDP2 (b), a × b = n, in place."""
+    if "fsdp" not in names or FSDP2 in names:
+        return
+    i = names.index("fsdp")
+    a, b = fsdp_factors(sizes[i])
+    if a == 1 or dcn_sizes[i] > 1:
+        return  # prime size, or fsdp across slices: one axis
+    names.insert(i + 1, FSDP2)
+    sizes[i:i + 1] = [a, b]
+    dcn_sizes.insert(i + 1, 1)
+
+
 def make_mesh(spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | None = None,
-              dcn: Sequence[Sequence[Any]] | None = None) -> Mesh:
+              dcn: Sequence[Sequence[Any]] | None = None, split_fsdp: bool = False) -> Mesh:
     """Builds a mesh from `[(name, size), ...]`; one size may be -1 (inferred). Axes are Auto-typed.
 
     `dcn` (e.g. `[("data", 2)]`) spreads axes over several slices (TPU multi-slice, or hosts joined by a
     slower network): the mesh axis then has size ICI size × slices, with slices varying slowest.
+    `split_fsdp`: the fsdp axis (n devices) becomes two axes "fsdp" × "fsdp2" (a × b = n), so that an array no
+    single dimension of which n divides can still be split over two of its dimensions (`fsdp_on_largest`).
     """
     devices = list(devices if devices is not None else jax.devices())
     names = [str(n) for n, _ in spec]
@@ -100,6 +123,8 @@ def make_mesh(spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | Non
     if len(devices) % num_slices:
         raise ValueError(f"{len(devices)} devices do not split into {num_slices} slices")
     names, sizes = _resolve_sizes(spec, len(devices) // num_slices)
+    if split_fsdp:
+        _split_fsdp(names, sizes, dcn_sizes)
     auto = (jax.sharding.AxisType.Auto,) * len(names)
     if num_slices > 1:
         array = hybrid_device_array(sizes, dcn_sizes, devices)
@@ -126,6 +151,7 @@ def rules_for_mesh(mesh: Mesh, rules: Sequence[Sequence[Any]] = DEFAULT_RULES) -
             out.append((logical, None))
             continue
         axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        axes = tuple(x for a in axes for x in ((a, FSDP2) if a == "fsdp" else (a,)))  # a split fsdp axis
         kept = tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1)
         out.append((logical, kept[0] if len(kept) == 1 else (kept or None)))
     return out
@@ -166,14 +192,30 @@ def _names(axes: Any) -> tuple[str, ...]:
 
 
 def fsdp_on_largest(spec: P, shape: tuple[int, ...], mesh: Mesh, axis: str = "fsdp") -> P:
-    """Moves `axis` to the largest dimension it divides that no other mesh axis shards (ties: last dim)."""
-    if axis not in mesh.shape or mesh.shape[axis] == 1:
+    """Moves the FSDP axes to the largest dimension they divide that no other mesh axis shards (ties: last dim).
+
+    With a split fsdp axis ("fsdp" × "fsdp2", a × b devices) both go on one dimension when one divides a × b;
+    otherwise "fsdp2" takes the largest free dimension b divides and "fsdp" another that a divides, so the
+    array is still split a × b ways (e.g. So400m's 1152 × 4304 MLP kernel over 512 = 16 × 32 chips).
+    """
+    group = tuple(a for a in (axis, FSDP2) if a in mesh.shape and mesh.shape[a] > 1)
+    if not group:
         return spec
-    entries = [tuple(a for a in _names(e) if a != axis) for e in tuple(spec) + (None,) * (len(shape) - len(spec))]
-    free = [i for i, (dim, e) in enumerate(zip(shape, entries)) if not e and dim % mesh.shape[axis] == 0]
-    if free:
-        best = max(free, key=lambda i: (shape[i], i))
-        entries[best] = (axis,)
+    entries = [tuple(a for a in _names(e) if a not in group)
+               for e in tuple(spec) + (None,) * (len(shape) - len(spec))]
+    free = lambda n, taken=(): [i for i, (dim, e) in enumerate(zip(shape, entries))  # noqa: E731
+                                if not e and dim % n == 0 and i not in taken]
+    pick = lambda dims: max(dims, key=lambda i: (shape[i], i))  # noqa: E731
+    if free(axes_size(mesh, group)):
+        entries[pick(free(axes_size(mesh, group)))] = group
+    elif len(group) == 2:
+        if free(mesh.shape[group[1]]):
+            second = pick(free(mesh.shape[group[1]]))
+            entries[second] = (group[1],)
+            if free(mesh.shape[group[0]], (second,)):
+                entries[pick(free(mesh.shape[group[0]], (second,)))] = (group[0],)
+        elif free(mesh.shape[group[0]]):
+            entries[pick(free(mesh.shape[group[0]]))] = (group[0],)
     return P(*[e[0] if len(e) == 1 else (e or None) for e in entries])
 
 
@@ -188,10 +230,11 @@ def tree_shardings(abstract_boxed: Any, mesh: Mesh, rules: Sequence[Sequence[Any
     """NamedShardings for a tree of (possibly logically boxed) abstract arrays.
 
     fsdp="largest" puts the fsdp mesh axis on each array's largest dimension it divides (after the logical
-    rules placed the other axes); fsdp="rules" keeps where the logical rules put it (e.g. "embed").
+    rules placed the other axes); fsdp="rules" keeps where the logical rules put it (e.g. "embed"); "2d" is
+    "largest" on a mesh whose fsdp axis is split in two (then an array may be split over two dimensions).
     """
-    if fsdp not in ("largest", "rules"):
-        raise ValueError(f"fsdp must be 'largest' or 'rules', got {fsdp!r}")
+    if fsdp not in FSDP_DIMS:
+        raise ValueError(f"fsdp_dims must be one of {FSDP_DIMS}, got {fsdp!r}")
     rules = rules_for_mesh(mesh, rules)
     specs = nn.get_partition_spec(abstract_boxed)
     mesh_specs = nn.logical_to_mesh(specs, rules)
@@ -199,7 +242,7 @@ def tree_shardings(abstract_boxed: Any, mesh: Mesh, rules: Sequence[Sequence[Any
 
     def one(spec: Any, leaf: Any) -> NamedSharding:
         spec = spec if isinstance(spec, P) else P()
-        if fsdp == "largest":
+        if fsdp != "rules":
             spec = fsdp_on_largest(spec, tuple(leaf.shape), mesh)
         return NamedSharding(mesh, _fit_spec(spec, tuple(leaf.shape), mesh, min_size))
 
@@ -221,8 +264,14 @@ def trace_context(mesh: Mesh, rules: Sequence[Sequence[Any]] = DEFAULT_RULES) ->
     """The mesh (as an abstract mesh, so it may be entered inside jit) and its logical axis rules.
 
     Activation constraints (`nn.with_logical_constraint`) and the shard_map loss kernels read both while tracing.
+    On a one-device CPU mesh, bf16 dense matmuls also go through the oneDNN kernel (`kernels.onednn`; a custom
+    call has no SPMD partitioning rule, so sharded meshes keep XLA's dot).
     """
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules_for_mesh(mesh, rules)):
+    from vlm_jax.kernels import onednn
+
+    native = mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu"
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules_for_mesh(mesh, rules)), \
+            onednn.scope(native):
         yield
 
 

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm_jax.kernels import onednn
+
 Array = jax.Array
 Aux = dict[str, Any]
 
@@ -22,13 +24,34 @@ BSE = ("batch", "seq", "embed")
 BSM = ("batch", "seq", "mlp")
 BSHK = ("batch", "seq", "heads", "kv")
 REMAT_POLICIES = ("none", "full", "minimal")
+# Attention kernels: "einsum" (explicit score matrix, fp32 softmax; every platform), "xla" / "cudnn"
+# (jax.nn.dot_product_attention; "cudnn" is the fused flash kernel on NVIDIA GPUs, bf16/fp16 only).
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+
+
+class Dense(nn.Module):
+    """y = x · kernel + bias: matmul inputs in `dtype_mm`, float32 accumulation, bias added in float32 (so its
+    gradient is a float32 reduction), result in `dtype_mm`. Parameters "kernel" / "bias" as in nn.Dense."""
+    features: int
+    names: tuple
+    dtype_mm: str = "float32"
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", _lp(self.kernel_init, self.names), (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", _lp(self.bias_init, self.names[-1:]), (self.features,), jnp.float32)
+        dt = jnp.dtype(self.dtype_mm)
+        y = onednn.dot_general(x.astype(dt), kernel.astype(dt), (((x.ndim - 1,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+        return (y + bias).astype(dt)
 
 
 def dense(features: int, names: tuple, dtype_mm: str, *, kernel_init: Callable = nn.initializers.xavier_uniform(),
-          bias_init: Callable = nn.initializers.zeros, name: str | None = None) -> nn.Dense:
-    """nn.Dense with logically partitioned kernel/bias and matmuls in dtype_mm."""
-    return nn.Dense(features, dtype=jnp.dtype(dtype_mm), param_dtype=jnp.float32, name=name,
-                    kernel_init=_lp(kernel_init, names), bias_init=_lp(bias_init, names[-1:]))
+          bias_init: Callable = nn.initializers.zeros, name: str | None = None) -> Dense:
+    """A `Dense` layer with logically partitioned kernel/bias and matmuls in dtype_mm."""
+    return Dense(features, tuple(names), dtype_mm, kernel_init, bias_init, name=name)
 
 
 def layer_norm(name: str | None = None) -> nn.LayerNorm:
@@ -77,6 +100,7 @@ class Attention(nn.Module):
     num_heads: int
     head_dim: int | None = None
     dtype_mm: str = "float32"
+    impl: str = "einsum"  # ATTENTION_IMPLS; the KV-cached decoding path always uses "einsum"
 
     @nn.compact
     def __call__(self, x: Array, x_kv: Array | None = None, mask: Array | None = None, *,
@@ -99,21 +123,29 @@ class Attention(nn.Module):
         def proj(name: str, inp: Array) -> Array:
             w = self.param(f"{name}_kernel", qkv_init, (inp.shape[-1], self.num_heads, hd), jnp.float32)
             b = self.param(f"{name}_bias", b_init, (self.num_heads, hd), jnp.float32)
-            y = jnp.einsum("bld,dhk->blhk", inp.astype(dt), w.astype(dt)) + b.astype(dt)
+            y = onednn.einsum("bld,dhk->blhk", inp.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
+            y = (y + b).astype(dt)
             return _constrain(y, BSHK)
 
         q, k, v = proj("query", x), proj("key", x_kv), proj("value", x_kv)
         if decode:
             k, v, mask = self._update_cache(k, v, mask)
-        logits = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-        o = _constrain(jnp.einsum("bhqs,bshk->bqhk", probs, v), BSHK)
+        if self.impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention impl must be one of {ATTENTION_IMPLS}, got {self.impl!r}")
+        if self.impl == "einsum" or decode:
+            logits = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
+            if mask is not None:
+                logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+            o = jnp.einsum("bhqs,bshk->bqhk", probs, v)
+        else:
+            o = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.impl)
+        o = _constrain(o, BSHK)
         wo = self.param("out_kernel", _lp(nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
                                           ("heads", "kv", "embed")), (self.num_heads, hd, d), jnp.float32)
         bo = self.param("out_bias", _lp(nn.initializers.zeros, ("embed",)), (d,), jnp.float32)
-        return jnp.einsum("bqhk,hkd->bqd", o, wo.astype(dt)) + bo.astype(dt)
+        out = onednn.einsum("bqhk,hkd->bqd", o.astype(dt), wo.astype(dt), preferred_element_type=jnp.float32)
+        return (out + bo).astype(dt)
 
     def _update_cache(self, k: Array, v: Array, valid: Array | None = None) -> tuple[Array, Array, Array]:
         """Writes this step's keys/values (and their validity [B, n], default all) at the cache index; returns the
@@ -145,12 +177,14 @@ class EncoderBlock(nn.Module):
     dropout: float = 0.0
     gelu_approximate: bool = True
     dtype_mm: str = "float32"
+    attention_impl: str = "einsum"
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> tuple[Array, None]:
         x = _constrain(x, BSE)
         residual = x.dtype  # kept through the block (the tower's residual_dtype)
-        y = Attention(self.num_heads, dtype_mm=self.dtype_mm, name="attn")(layer_norm("ln_attn")(x), mask=mask)
+        y = Attention(self.num_heads, dtype_mm=self.dtype_mm, impl=self.attention_impl, name="attn")(
+            layer_norm("ln_attn")(x), mask=mask)
         x = _constrain((x + nn.Dropout(self.dropout)(y, deterministic=deterministic)).astype(residual), BSE)
         y = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.dtype_mm, name="mlp")(
             layer_norm("ln_mlp")(x), deterministic=deterministic)
@@ -175,6 +209,7 @@ class Encoder(nn.Module):
     scan: bool = False
     remat_policy: str = "none"
     dtype_mm: str = "float32"
+    attention_impl: str = "einsum"
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> tuple[Array, Aux]:
@@ -183,7 +218,7 @@ class Encoder(nn.Module):
         if self.remat_policy != "none":
             block = nn.remat(block, prevent_cse=not self.scan, static_argnums=(3,), policy=policy)
         kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
-                  gelu_approximate=self.gelu_approximate, dtype_mm=self.dtype_mm)
+                  gelu_approximate=self.gelu_approximate, dtype_mm=self.dtype_mm, attention_impl=self.attention_impl)
         aux: Aux = {}
         if self.scan:
             scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},

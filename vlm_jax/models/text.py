@@ -28,6 +28,7 @@ class TextTransformer(nn.Module):
     remat_policy: str = "none"
     dtype_mm: str = "float32"
     residual_dtype: str = "float32"  # the residual stream (layers' mixed-precision policy); e.g. "bfloat16" at scale
+    attention_impl: str = "einsum"  # layers.ATTENTION_IMPLS ("cudnn": flash attention on NVIDIA GPUs)
 
     @nn.compact
     def __call__(self, tokens: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
@@ -50,7 +51,8 @@ class TextTransformer(nn.Module):
             mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
         x, enc_aux = layers.Encoder(depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                                     dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
-                                    dtype_mm=self.dtype_mm, name="Encoder_0")(x, mask, train=train)
+                                    dtype_mm=self.dtype_mm, attention_impl=self.attention_impl,
+                                    name="Encoder_0")(x, mask, train=train)
         aux.update({f"encoder/{k}": v for k, v in enc_aux.items()})
         aux["encoded"] = x
 

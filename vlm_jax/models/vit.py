@@ -55,6 +55,7 @@ class ViT(nn.Module):
     remat_policy: str = "none"
     dtype_mm: str = "float32"
     residual_dtype: str = "float32"  # the residual stream (layers' mixed-precision policy); e.g. "bfloat16" at scale
+    attention_impl: str = "einsum"  # layers.ATTENTION_IMPLS ("cudnn": flash attention on NVIDIA GPUs)
 
     def _cfg(self) -> dict[str, Any]:
         """Size fields, overridden by `variant` when set."""
@@ -95,7 +96,8 @@ class ViT(nn.Module):
         x = nn.with_logical_constraint(x, layers.BSE)
         x, enc_aux = layers.Encoder(depth=c["depth"], mlp_dim=c["mlp_dim"], num_heads=c["num_heads"],
                                     dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
-                                    dtype_mm=self.dtype_mm, name="Transformer")(x, train=train)
+                                    dtype_mm=self.dtype_mm, attention_impl=self.attention_impl,
+                                    name="Transformer")(x, train=train)
         aux.update({f"encoder/{k}": v for k, v in enc_aux.items()})
         aux["encoded"] = x
         if self.pool_type == "map":

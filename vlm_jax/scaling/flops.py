@@ -32,6 +32,18 @@ def _conv_flops(eqn: Any) -> float:
     return 2.0 * math.prod(out) * math.prod(rhs) / rhs[out_feature_dim]
 
 
+def _ffi_matmul_flops(eqn: Any) -> float:
+    """2 · M · N · K of the oneDNN bf16 matmul custom call (kernels.onednn); other custom calls count 0."""
+    from vlm_jax.kernels.onednn import TARGET
+
+    if eqn.params.get("target_name") != TARGET:
+        return 0.0
+    m, n = eqn.outvars[0].aval.shape
+    a = eqn.invars[0].aval.shape
+    k = a[0] if dict(eqn.params["attributes"]).get("trans_a") else a[1]
+    return 2.0 * m * n * k
+
+
 def _sub_jaxprs(value: Any) -> list[Any]:
     """Jaxprs held by one equation parameter (a jaxpr, a closed jaxpr, or a tuple of them)."""
     if isinstance(value, (jcore.Jaxpr, jcore.ClosedJaxpr)):
@@ -51,6 +63,8 @@ def jaxpr_flops(jaxpr: Any) -> float:
             total += _dot_flops(eqn)
         elif name == "conv_general_dilated":
             total += _conv_flops(eqn)
+        elif name == "ffi_call":
+            total += _ffi_matmul_flops(eqn)
         elif name == "scan":
             total += eqn.params["length"] * jaxpr_flops(eqn.params["jaxpr"])
         elif name == "cond":

@@ -110,12 +110,13 @@ def _step_flops(setup: Any, state: Any, batch: Any) -> float:
 
 def _replication_hint(report: Report) -> list[str]:
     """Flags parameters left replicated because the fsdp size divides none of their dimensions."""
-    fsdp = report.mesh.get("fsdp", 1)
+    fsdp = report.mesh.get("fsdp", 1) * report.mesh.get("fsdp2", 1)
     ideal = report.params_total_bytes / report.num_devices * report.mesh.get("data", 1)
     if fsdp > 1 and report.params_bytes > 2 * ideal:
         return [f"parameters take {report.params_bytes / 2**20:.0f} MiB per chip, {report.params_bytes / ideal:.0f}× "
                 f"the fully sharded size: fsdp={fsdp} divides none of the dimensions of most arrays, so they stay "
-                f"replicated; pick an fsdp size that divides the model widths (e.g. "
+                f"replicated; split arrays over two dimensions (--config.fsdp_dims=2d) or pick an fsdp size that "
+                f"divides the model widths (e.g. "
                 f"--config.mesh=\"[('data', -1), ('fsdp', {_divisor_hint(report, fsdp)}), ('tensor', 1)]\")"]
     return []
 
@@ -133,7 +134,7 @@ def _hints(report: Report, config: ml_collections.ConfigDict) -> list[str]:
     """What to change when it does not fit."""
     hints = _replication_hint(report)
     state = report.params_bytes + report.opt_state_bytes + report.extra_bytes
-    if report.mesh.get("fsdp", 1) < report.num_devices and state > 0.1 * report.hbm_bytes:
+    if report.mesh.get("fsdp", 1) * report.mesh.get("fsdp2", 1) < report.num_devices and state > 0.1 * report.hbm_bytes:
         hints.append(f"parameters + optimizer state take {state / 2**30:.2f} GiB per chip: shard them over more "
                      f"chips, e.g. --config.mesh=\"[('data', 1), ('fsdp', -1), ('tensor', 1)]\"")
     remat = [k for k, v in config.model.items() if isinstance(v, ml_collections.ConfigDict)

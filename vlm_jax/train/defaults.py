@@ -23,7 +23,9 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.sharding_rules = ml_collections.FieldReference(None, field_type=list)  # None → sharding.DEFAULT_RULES
     c.dcn_mesh = []  # slices per axis across the slow network, e.g. [("data", 2)] for 2 TPU slices
     c.fsdp_min_size = 2 ** 12  # arrays with fewer elements stay replicated
-    c.fsdp_dims = "largest"  # "largest": fsdp splits each array's largest divisible dim; "rules": the rules' dim
+    # "largest": fsdp splits each array's largest divisible dim; "rules": the rules' dim; "2d": the fsdp axis is split
+    # into two mesh axes (a × b devices) so an array no dim of which the fsdp size divides is split over two dims
+    c.fsdp_dims = "largest"
 
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0, weight_decay=1e-4,

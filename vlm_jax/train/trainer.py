@@ -56,7 +56,7 @@ class Setup:
     def __init__(self, config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None):
         self.config = config
         self.objective: Objective = get_objective(config)
-        self.mesh = shd.make_mesh(config.mesh, devices, config.dcn_mesh)
+        self.mesh = shd.make_mesh(config.mesh, devices, config.dcn_mesh, split_fsdp=config.fsdp_dims == "2d")
         self.rules = list(config.sharding_rules or shd.DEFAULT_RULES)
         self.mesh_rules = shd.rules_for_mesh(self.mesh, self.rules)
         self.objective.trace_context = self.trace_context
