@@ -23,6 +23,10 @@ ROWS = [  # (name, config, topology, slices, overrides)
      "experiments/two_tower_scale.py:variant=So400m/14,loss=siglip,batch=32768,fsdp=128", "v5e-256", 1, []),
     ("SigLIP So400m/14, fsdp=128, full remat",
      "experiments/two_tower_scale.py:variant=So400m/14,loss=siglip,batch=32768,fsdp=128,remat=full", "v5e-256", 1, []),
+    ("SigLIP So400m/14, fsdp=512 on one axis (divides few dims)",
+     "experiments/two_tower_scale.py:variant=So400m/14,loss=siglip,batch=32768", "v5p-1024", 1, []),
+    ("SigLIP So400m/14, fsdp=512 split 16 × 32 over two dims (fsdp_dims=2d)",
+     "experiments/two_tower_scale.py:variant=So400m/14,loss=siglip,batch=32768", "v5p-1024", 1, ["fsdp_dims=2d"]),
     ("SigLIP So400m/14, no remat", "experiments/two_tower_scale.py:variant=So400m/14,loss=siglip,batch=32768,"
      "remat=none", "v5p-128", 1, []),
     ("CLIPPO B/16", "experiments/clippo_scale.py:variant=B/16,batch=10240", "v5e-256", 1, []),

@@ -94,17 +94,20 @@ def fsdp_factors(n: int) -> tuple[int, int]:
     return a, n // a
 
 
-def _split_fsdp(names: list[str], sizes: list[int], dcn_sizes: list[int]) -> None:
-    """Replaces the ICI "fsdp" axis of size n by "fsdp" (a) and FSDP2 (b), a × b = n, in place."""
-    if "fsdp" not in names or FSDP2 in names:
-        return
+def _split_fsdp(mesh: Mesh, fsdp_slices: int) -> Mesh:
+    """`mesh` with its "fsdp" axis (n devices) reshaped into "fsdp" (a) × FSDP2 (b), a × b = n: each fsdp2 group
+    is b devices adjacent on the original axis (so on a TPU torus it stays on the physical axes that held them)."""
+    names = list(mesh.axis_names)
+    if "fsdp" not in names or FSDP2 in names or fsdp_slices > 1:
+        return mesh  # no fsdp axis, already split, or fsdp across slices: one axis
     i = names.index("fsdp")
-    a, b = fsdp_factors(sizes[i])
-    if a == 1 or dcn_sizes[i] > 1:
-        return  # prime size, or fsdp across slices: one axis
+    a, b = fsdp_factors(mesh.devices.shape[i])
+    if a == 1:
+        return mesh  # a prime size has no split
+    shape = list(mesh.devices.shape)
+    shape[i:i + 1] = [a, b]
     names.insert(i + 1, FSDP2)
-    sizes[i:i + 1] = [a, b]
-    dcn_sizes.insert(i + 1, 1)
+    return Mesh(mesh.devices.reshape(shape), tuple(names), axis_types=(jax.sharding.AxisType.Auto,) * len(names))
 
 
 def make_mesh(spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | None = None,
@@ -124,7 +127,8 @@ def make_mesh(spec: Sequence[Sequence[Any]], devices: Sequence[jax.Device] | Non
         raise ValueError(f"{len(devices)} devices do not split into {num_slices} slices")
     names, sizes = _resolve_sizes(spec, len(devices) // num_slices)
     if split_fsdp:
-        _split_fsdp(names, sizes, dcn_sizes)
+        fsdp_slices = dcn_sizes[names.index("fsdp")] if "fsdp" in names else 1
+        return _split_fsdp(make_mesh(spec, devices, dcn), fsdp_slices)
     auto = (jax.sharding.AxisType.Auto,) * len(names)
     if num_slices > 1:
         array = hybrid_device_array(sizes, dcn_sizes, devices)
