@@ -19,6 +19,7 @@ import optax
 
 from vlm_jax import sharding as shd
 from vlm_jax.data import robust
+from vlm_jax.kernels import onednn
 from vlm_jax.scaling import compute, hardware
 from vlm_jax.config import fill_missing, merge_defaults
 from vlm_jax.train.checkpoint import Checkpointer
@@ -195,6 +196,17 @@ def step_flops(setup: Setup) -> float:
         return 0.0
 
 
+def peak_flops(setup: Setup) -> float:
+    """MFU's denominator for this run's devices and matmul dtype: the chip table, or on CPU a probe of the matmul
+    the step uses (XLA's dot, or the oneDNN bf16 kernel on a one-device mesh)."""
+    devices = list(setup.mesh.devices.flat)
+    dtype = matmul_dtype(setup.config.model)
+    probe = None
+    if dtype == "bfloat16" and len(devices) == 1 and devices[0].platform == "cpu" and onednn.available():
+        probe = lambda _: onednn.measure_flops()  # noqa: E731
+    return hardware.peak_flops(devices, dtype, probe)
+
+
 def matmul_dtype(model_config: Any) -> str:
     """The matmul dtype of a model config: bfloat16 when any tower sets it, else float32."""
     text = json.dumps(model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config))
@@ -296,8 +308,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
     if is_main:
         print(f"{n_params:,} parameters | mesh {dict(setup.mesh.shape)} | global batch {config.batch_size} | "
               f"steps {start}→{config.total_steps}", flush=True)
-    flops_per_step, peak = step_flops(setup), config.peak_flops or hardware.peak_flops(
-        list(setup.mesh.devices.flat), matmul_dtype(config.model))
+    flops_per_step, peak = step_flops(setup), config.peak_flops or peak_flops(setup)
     if is_main and flops_per_step:
         print(f"model FLOPs per step {flops_per_step:.3e} | peak {peak:.3e} FLOP/s "
               f"({'set' if config.peak_flops else 'measured' if jax.devices()[0].platform == 'cpu' else 'chip table'})",
