@@ -1,8 +1,8 @@
 """Two-tower CLIP / SigLIP on emoji (Noto renders + CLDR names), evaluated cross-style on OpenMoji.
 
-  --config experiments/emoji_two_tower.py                    CLIP (InfoNCE), the default run
+  --config experiments/emoji_two_tower.py                    CLIP (InfoNCE), the default run (3k steps, ~10 min)
   --config experiments/emoji_two_tower.py:loss=siglip        SigLIP (sigmoid)
-  --config experiments/emoji_two_tower.py:steps=5000      the longer (~45 min) run
+  --config experiments/emoji_two_tower.py:steps=1200         the shorter run the README's other columns use
   --config experiments/emoji_two_tower.py:size=test          tiny model for tests
 """
 from vlm_jax.config import config_args, small_run
@@ -20,7 +20,7 @@ SIZES = {
 
 def get_config(arg=None):
     """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N."""
-    arg = config_args(arg, loss="clip", size="small", steps=1200, batch=256)
+    arg = config_args(arg, loss="clip", size="small", steps=3000, batch=256)
     image, text, embed_dim, image_size = SIZES[arg.size]
     c = small_run("contrastive", arg.steps, arg.batch)
 
