@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import jax
 import ml_collections
-import numpy as np
 
-from vlm_jax import sharding as shd
 from vlm_jax.scaling import hardware
+from vlm_jax.train.steptime import random_batch, time_steps
 from vlm_jax.train.trainer import Setup, finalize_config, step_flops
 
 OUT = Path(__file__).with_name("gpu_clip.jsonl")
@@ -49,23 +47,8 @@ def clip_config(batch: int, tiny: bool, attention: str) -> ml_collections.Config
 def measure(config: ml_collections.ConfigDict, steps: int, peak: float | None = None) -> dict:
     """Median step time of `steps` steps on a fixed random batch, after one compiling step."""
     setup = Setup(config)
-    state = setup.init_state(jax.random.key(0))
-    rng = np.random.default_rng(0)
-    shapes = setup.objective.init_batch(config.batch_size)
-    host = {k: (rng.uniform(-1, 1, v.shape).astype(np.float32) if v.dtype == np.float32
-                else rng.integers(3, config.data.vocab_size, v.shape).astype(np.int32)) for k, v in shapes.items()}
-    batch = shd.global_batch(host, setup.batch_sharding)
-    t0 = time.perf_counter()
-    state, metrics = setup.train_step(state, batch)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, metrics = setup.train_step(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
-    step = statistics.median(times)
+    timed = time_steps(setup, random_batch(setup, config.data.vocab_size), steps)
+    step, compile_s, metrics = timed["step_s"], timed["first_step_s"], timed["metrics"]
     devices = list(setup.mesh.devices.flat)
     peak = peak if peak is not None else hardware.peak_flops(devices, "bfloat16")
     flops = step_flops(setup)

@@ -43,7 +43,7 @@ def jax_side(cfg: dict, devices: int, dtype: str) -> dict:
     import ml_collections
     import numpy as np
 
-    from vlm_jax import sharding as shd
+    from vlm_jax.train.steptime import random_batch, time_steps
     from vlm_jax.train.trainer import Setup, finalize_config, step_flops
 
     c = ml_collections.ConfigDict()
@@ -57,23 +57,9 @@ def jax_side(cfg: dict, devices: int, dtype: str) -> dict:
                    embed_dim=cfg["embed"], temperature_init=1 / 0.07)
     c.optim = dict(name="adamw", lr=1e-4, weight_decay=0.1, b2=0.98, warmup_steps=0)
     setup = Setup(finalize_config(c))
-    state = setup.init_state(jax.random.key(0))
-    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    rng = np.random.default_rng(0)
-    host = {"image": rng.uniform(-1, 1, (cfg["batch"], cfg["px"], cfg["px"], 3)).astype(np.float32),
-            "text": rng.integers(3, cfg["vocab"], (cfg["batch"], cfg["ctx"])).astype(np.int32)}
-    batch = shd.global_batch(host, setup.batch_sharding)
-    t0 = time.perf_counter()
-    state, m = setup.train_step(state, batch)
-    jax.block_until_ready(m)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(cfg["steps"]):
-        t0 = time.perf_counter()
-        state, m = setup.train_step(state, batch)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    return dict(params=params, first_step_s=first, step_s=statistics.median(times), flops=step_flops(setup),
+    timed = time_steps(setup, random_batch(setup, cfg["vocab"]), cfg["steps"])
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(timed["state"].params))
+    return dict(params=params, first_step_s=timed["first_step_s"], step_s=timed["step_s"], flops=step_flops(setup),
                 rss_gib=_peak_rss_gib())
 
 

@@ -78,8 +78,6 @@ def peak_flops(devices: list[Any], dtype: str = "float32", probe: Callable[[str]
     Host CPU devices share the machine's cores, so each process's CPU devices count once (one probe) and
     processes add up.
     """
-    import jax
-
     kinds = {d.device_kind for d in devices}
     chips = [chip_for_device_kind(k) for k in kinds]
     if all(c is not None for c in chips) and chips:
