@@ -103,6 +103,8 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
     from vlm_jax.models.pali import PaLI
     from vlm_jax.models.prefix_lm import ImagePrefixLM
 
+    if not isinstance(model, (TwoTower, OneTower, Captioner, PaLI, ImagePrefixLM)):
+        raise NotImplementedError(f"no analytic FLOP count for {type(model).__name__}")
     bsz, h, w, ch = _shape(batch, "image")
     out: dict[str, float] = {}
 
@@ -158,8 +160,6 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
             width = dec.get("width", 512)
             out["image"] += bsz * dense(tokens, vit_width, width)
             out["decoder"] = bsz * text_decoder({**dec, "cross_attention": False}, prompt + length, prefix=tokens)
-    else:
-        raise NotImplementedError(f"no analytic FLOP count for {type(model).__name__}")
     return out
 
 
