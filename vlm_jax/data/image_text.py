@@ -76,7 +76,7 @@ class EmojiPairs(TokenizerText):
     """Noto-rendered emoji with their CLDR names; cross-style (OpenMoji) and unseen-concept evaluation."""
 
     DEFAULTS = dict(name="emoji", data_dir="", image_size=32, text_len=16, augment={}, templates=None,
-                    max_concepts=0, num_threads=2, train_styles=("noto",), languages=("en",),
+                    max_concepts=0, num_threads=-1, train_styles=("noto",), languages=("en",),
                     text_format="tokens", text_image_size=0, font_size=16, max_chars=0, sampling="examples")
     # text_format "tokens": SentencePiece ids [text_len]; "render": text drawn with GNU Unifont as an image
     # [text_image_size (0: image_size)]² × 3 in [-1, 1] (CLIPPO). languages: caption languages drawn per example.

@@ -180,7 +180,7 @@ class MultiTask(TokenizerText):
     """Prompted multi-task mixture over the Tux Paint stamps and the emoji (see the module docstring)."""
 
     DEFAULTS = dict(name="multitask", data_dir="", image_size=32, text_len=32, prompt_len=16, augment={},
-                    num_threads=2, tasks=DEFAULT_TASKS, tokenizer_vocab=4096, block=4096,
+                    num_threads=-1, tasks=DEFAULT_TASKS, tokenizer_vocab=4096, block=4096,
                     emoji_styles=("noto", "twitter", "facebook"))
     # tasks: name → weight (weights need not sum to 1); block: elements per task-schedule block; emoji_styles:
     # the emoji drawings of the image tasks (as the emoji dataset's train_styles; OpenMoji stays held out).
@@ -295,7 +295,7 @@ class MultiTask(TokenizerText):
         streams = [grain.MapDataset.source(self.examples[n]).shuffle(seed=seed + 10 * t).repeat(None)
                    .random_map(preprocess, seed=seed + 10 * t + 1) for t, n in enumerate(self.task_names)]
         ds = grain.MapDataset.source(_Mixture(streams, self.schedule(seed)))[process_index::process_count]
-        ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=8))
+        ds = ds.to_iter_dataset(pipeline.read_options(self.num_threads))
         return robust.SkipBad(ds).batch(batch_size, drop_remainder=True)
 
     # ------------------------------------------------------------------ held-out evaluation

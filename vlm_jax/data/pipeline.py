@@ -6,6 +6,7 @@ per-element rng of `random_map`) and exactly resumable with `get_state()` / `set
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -178,7 +179,7 @@ def make_train_dataset(
     templates: Sequence[str] = TRAIN_TEMPLATES,
     process_index: int = 0,
     process_count: int = 1,
-    num_threads: int = 2,
+    num_threads: int = -1,
     prefetch: int = 8,
     prepared_size: int = 64,
     max_concepts: int | None = None,
@@ -210,7 +211,7 @@ def make_train_dataset(
 
 
 def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size: int, seed: int,
-                 process_index: int = 0, process_count: int = 1, num_threads: int = 2,
+                 process_index: int = 0, process_count: int = 1, num_threads: int = -1,
                  prefetch: int = 8, pick: grain.transforms.RandomMap | None = None) -> grain.IterDataset:
     """Any random-access source → reshuffled each epoch, preprocessed, this process's share, bad examples dropped
     and counted, batched. Deterministic given the seed and exactly resumable."""
@@ -223,5 +224,14 @@ def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size
     if pick is not None:  # e.g. a concept → one of its examples
         ds = ds.random_map(pick, seed=seed + 2)
     ds = ds.random_map(preprocess, seed=seed + 1)[process_index::process_count]
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+    ds = ds.to_iter_dataset(read_options(num_threads, prefetch))
     return robust.SkipBad(ds).batch(batch_size, drop_remainder=True)
+
+
+def read_options(num_threads: int, prefetch: int = 8) -> grain.ReadOptions:
+    """grain read options; `num_threads` -1 = by core count: none on ≤ 2 cores (the main thread prepares the next
+    batch while XLA runs the step asynchronously: 1,370 vs 1,290 samples/s with 2 threads on the default run,
+    2026-11-30), else 2."""
+    if num_threads < 0:
+        num_threads = 0 if len(os.sched_getaffinity(0)) <= 2 else 2
+    return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)

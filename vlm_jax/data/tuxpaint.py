@@ -446,7 +446,7 @@ def _translations(data: Any) -> dict[str, str]:
 class TuxPaintPairs(TokenizerText):
     """Tux Paint stamps with their English descriptions; held-out stamps for image→caption retrieval."""
 
-    DEFAULTS = dict(name="tuxpaint", data_dir="", image_size=32, text_len=32, augment={}, num_threads=2,
+    DEFAULTS = dict(name="tuxpaint", data_dir="", image_size=32, text_len=32, augment={}, num_threads=-1,
                     languages=("en",))
     # languages: caption languages drawn per example ("en" or codes of the .txt files, e.g. "de", "pt_BR");
     # a stamp without that translation keeps its English caption. text_len 32 holds 98.6% of the train captions.
