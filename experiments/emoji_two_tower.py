@@ -3,6 +3,7 @@
   --config experiments/emoji_two_tower.py                    CLIP (InfoNCE), the default run (3k steps, ~10 min)
   --config experiments/emoji_two_tower.py:loss=siglip        SigLIP (sigmoid)
   --config experiments/emoji_two_tower.py:steps=1200         the shorter run the README's other columns use
+  --config experiments/emoji_two_tower.py:dtype=bfloat16     bf16 matmuls (on CPU: the oneDNN kernel, 1 device)
   --config experiments/emoji_two_tower.py:size=test          tiny model for tests
 """
 from vlm_jax.config import config_args, small_run
@@ -19,8 +20,8 @@ SIZES = {
 
 
 def get_config(arg=None):
-    """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N."""
-    arg = config_args(arg, loss="clip", size="small", steps=3000, batch=256)
+    """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N, dtype=float32|bfloat16 (matmul inputs)."""
+    arg = config_args(arg, loss="clip", size="small", steps=3000, batch=256, dtype="float32")
     image, text, embed_dim, image_size = SIZES[arg.size]
     c = small_run("contrastive", arg.steps, arg.batch)
 
@@ -28,8 +29,8 @@ def get_config(arg=None):
                   train_styles=("noto", "twitter", "facebook"), sampling="examples",
                   augment=STYLE_AUGMENT)
     c.model = dict(
-        image=dict(posemb="learn", pool_type="map", **image),
-        text=dict(vocab_size=0, causal=True, pool_type="last", max_len=16, **text),  # vocab from tokenizer
+        image=dict(posemb="learn", pool_type="map", dtype_mm=arg.dtype, **image),
+        text=dict(vocab_size=0, causal=True, pool_type="last", max_len=16, dtype_mm=arg.dtype, **text),
         embed_dim=embed_dim)
     loss = apply_loss_preset(c, arg.loss)
 

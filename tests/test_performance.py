@@ -12,7 +12,7 @@ from vlm_jax.config import apply_overrides, load_config
 from vlm_jax.main import host_device_count, use_whole_cpu
 from vlm_jax.kernels import onednn
 from vlm_jax.models import layers
-from vlm_jax.train.trainer import Setup, finalize_config
+from vlm_jax.train.trainer import Setup, finalize_config, train
 
 TINY = ["mesh=[('data', 1)]", "batch_size=16", "optim.warmup_steps=2", "optim.lr=0.003"]
 BF16 = dict(dtype_mm="bfloat16", residual_dtype="bfloat16")
@@ -138,6 +138,7 @@ def test_main_uses_one_host_device_per_core(monkeypatch):
     assert host_device_count(256, 2) == 2
     assert host_device_count(256, 64) == 8
     assert host_device_count(6, 4) == 3 and host_device_count(7, 2) == 1
+    assert host_device_count(256, 2, dtype="bfloat16") == 1  # the oneDNN kernel runs on one-device meshes
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
     assert use_whole_cpu(256) is None
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1")
@@ -145,6 +146,19 @@ def test_main_uses_one_host_device_per_core(monkeypatch):
     assert use_whole_cpu(256) == 4
     assert "--xla_cpu_foo=1" in __import__("os").environ["XLA_FLAGS"]
     assert "device_count=4" in __import__("os").environ["XLA_FLAGS"]
+
+
+def test_train_runs_the_onednn_kernel_from_the_shipped_config(tmp_path, data_dir, monkeypatch):
+    """`experiments/emoji_two_tower.py:dtype=bfloat16` through train() on one CPU device (what the main command
+    starts for a bf16 config): the program train() compiled calls the oneDNN kernel, and the peak its MFU uses
+    is the kernel's probe, not XLA's bf16 dot."""
+    config = finalize_config(load_config("experiments/emoji_two_tower.py:size=test,dtype=bfloat16,steps=2"))
+    config = apply_overrides(config, ["mesh=[('data', 1)]", "evals.sets=[]", "checkpoint.every_steps=0",
+                                      "progress=False", "batch_size=16"])
+    monkeypatch.setattr(onednn, "measure_flops", lambda: 123e9)  # the kernel's probe, recognisable
+    out = train(config, tmp_path)
+    assert onednn.TARGET in out["setup"].train_step.lowered().as_text()
+    assert out["peak_flops"] == 123e9
 
 
 def test_gpu_benchmark_runs_its_real_step_on_cpu(tmp_path):

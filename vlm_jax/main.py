@@ -24,20 +24,24 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_args(rest), overrides
 
 
-def host_device_count(batch_size: int, cores: int, cap: int = 8) -> int:
-    """XLA host devices for a CPU run: one per core (benchmarks/vs_open_clip.md: 2 devices on 2 cores step
-    1.1–1.2× faster than one), at most `cap`, and a divisor of the batch so the data axis splits it evenly."""
+def host_device_count(batch_size: int, cores: int, cap: int = 8, dtype: str = "float32") -> int:
+    """XLA host devices for a CPU run: one per core (the default run steps 1.07× faster on 2 devices than on 1 on
+    2 cores, benchmarks/pipeline_vs_step.md), at most `cap`, and a divisor of the batch so the data axis splits
+    it evenly. bf16 runs get one device: the oneDNN kernel needs a one-device mesh and beats 2 fp32 devices
+    (1,200 vs 1,040 samples/s on the default model, 2026-11-30)."""
+    if dtype == "bfloat16":
+        return 1
     return max(n for n in range(1, max(1, min(cores, cap)) + 1) if batch_size % n == 0)
 
 
-def use_whole_cpu(batch_size: int) -> int | None:
+def use_whole_cpu(batch_size: int, dtype: str = "float32") -> int | None:
     """Sets XLA_FLAGS to `host_device_count` CPU devices unless the user chose a count (or VLM_JAX_HOST_DEVICES
     does); takes effect when the CPU backend starts, i.e. before anything asks JAX for its devices."""
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" in flags:
         return None
     wanted = os.environ.get("VLM_JAX_HOST_DEVICES")
-    n = int(wanted) if wanted else host_device_count(batch_size, len(os.sched_getaffinity(0)))
+    n = int(wanted) if wanted else host_device_count(batch_size, len(os.sched_getaffinity(0)), dtype=dtype)
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
     return n
 
@@ -64,7 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(config)
         return {}
     if not (args.coordinator_address or os.environ.get("VLM_JAX_DISTRIBUTED")):  # processes already split cores
-        use_whole_cpu(config.batch_size // config.grad_accum_steps)
+        from vlm_jax.train.trainer import matmul_dtype
+
+        use_whole_cpu(config.batch_size // config.grad_accum_steps, matmul_dtype(config.model))
     from vlm_jax.train.resume import ConfigMismatchError
 
     try:
