@@ -49,6 +49,11 @@ ffi::Error MatmulImpl(ffi::Buffer<ffi::BF16> a, ffi::Buffer<ffi::BF16> b, ffi::R
   if (k != kb) return ffi::Error::InvalidArgument("onednn_matmul: contracting dimensions differ");
   using tag = dnnl::memory::format_tag;
   using dt = dnnl::memory::data_type;
+  // XLA:CPU may run independent thunks on several threads at once; concurrent executions through oneDNN's
+  // shared scratchpad corrupted results (a test saw run-to-run loss differences), so calls are serialised.
+  // Each call already uses every core through OpenMP.
+  static std::mutex execute_mutex;
+  std::lock_guard<std::mutex> lock(execute_mutex);
   try {
     const dnnl::matmul& prim = Primitive(m, n, k, trans_a, trans_b);
     dnnl::memory am({{m, k}, dt::bf16, trans_a ? tag::ba : tag::ab}, Engine(), a.untyped_data());
