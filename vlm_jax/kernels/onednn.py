@@ -141,17 +141,9 @@ def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precisio
 
 def measure_flops(n: int = 2048, reps: int = 5) -> float:
     """FLOP/s of this kernel on an n×n×n bf16 matmul (best of `reps`): the bf16 MFU ceiling on CPU."""
-    import time
+    from vlm_jax.scaling.hardware import measure_matmul_flops
 
-    a = jnp.ones((n, n), jnp.bfloat16)
-    fn = jax.jit(matmul)
-    fn(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n ** 3 / best
+    return measure_matmul_flops("bfloat16", n, reps, matmul=jax.jit(matmul))
 
 
 def einsum(spec: str, *operands: jax.Array, **kwargs: Any) -> jax.Array:

@@ -50,7 +50,8 @@ def chip_for_device_kind(kind: str) -> Chip | None:
 
 
 def measure_matmul_flops(dtype: str = "float32", n: int = 2048, reps: int = 5,
-                         device: Any = None, clock: Callable[[], float] = time.perf_counter) -> float:
+                         device: Any = None, clock: Callable[[], float] = time.perf_counter,
+                         matmul: Callable[[Any, Any], Any] | None = None) -> float:
     """FLOP/s of an n×n×n matmul in `dtype` on `device` (default: the first), the best of `reps` timed calls.
 
     The CPU's MFU ceiling: machines of the same kind differ by 2× (198 vs 460 GFLOP/s fp32 seen), so a run
@@ -62,7 +63,7 @@ def measure_matmul_flops(dtype: str = "float32", n: int = 2048, reps: int = 5,
     device = device or jax.devices()[0]
     keys = jax.random.split(jax.random.key(0))
     a, b = (jax.device_put(jax.random.normal(k, (n, n), jnp.float32).astype(dtype), device) for k in keys)
-    matmul = jax.jit(jnp.matmul)
+    matmul = matmul or jax.jit(jnp.matmul)  # or another kernel, e.g. kernels.onednn's
     matmul(a, b).block_until_ready()  # compile
     best = float("inf")
     for _ in range(reps):
