@@ -22,3 +22,12 @@ def np_cross_entropy(logits, targets, mask):
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
     nll = -np.take_along_axis(logp, np.asarray(targets)[..., None], -1)[..., 0]
     return (nll * mask).sum() / mask.sum()
+
+
+def random_pairs(setup, n, batch=16):
+    """`n` seeded batches of random images in [-1, 1] and token ids for a two-tower setup."""
+    rng = np.random.default_rng(0)
+    s, length = setup.objective.data.image_size, setup.objective.data.text_len
+    return [{"image": rng.uniform(-1, 1, (batch, s, s, 3)).astype(np.float32),
+             "text": rng.integers(3, setup.objective.data.vocab_size, (batch, length)).astype(np.int32)}
+            for _ in range(n)]

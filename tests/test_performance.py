@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from steps import run_steps
+from steps import random_pairs, run_steps
 from vlm_jax.config import apply_overrides, load_config
 from vlm_jax.main import host_device_count, use_whole_cpu
 from vlm_jax.kernels import onednn
@@ -28,11 +28,7 @@ def _setup(*more, towers=None):
 
 
 def _batches(setup, n):
-    rng = np.random.default_rng(0)
-    s, length = setup.objective.data.image_size, setup.objective.data.text_len
-    return [{"image": rng.uniform(-1, 1, (16, s, s, 3)).astype(np.float32),
-             "text": rng.integers(3, setup.objective.data.vocab_size, (16, length)).astype(np.int32)}
-            for _ in range(n)]
+    return random_pairs(setup, n)
 
 
 def _eqns(jaxpr):

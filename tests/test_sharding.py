@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from steps import run_steps as _run
+from steps import random_pairs, run_steps as _run
 from vlm_jax import sharding as shd
 from vlm_jax.config import apply_overrides, load_config
 from vlm_jax.train.checkpoint import Checkpointer
@@ -39,10 +39,7 @@ def _setup(mesh, loss="clip"):
 
 
 def _batches(setup, n=3):
-    rng = np.random.default_rng(0)
-    s, l = setup.objective.data.image_size, setup.objective.data.text_len
-    return [{"image": rng.uniform(-1, 1, (16, s, s, 3)).astype(np.float32),
-             "text": rng.integers(3, setup.objective.data.vocab_size, (16, l)).astype(np.int32)} for _ in range(n)]
+    return random_pairs(setup, n)
 
 
 @pytest.fixture(scope="module", params=["clip", "siglip"])
