@@ -11,7 +11,7 @@ import numpy as np
 from absl import flags
 
 from vlm_jax.config import load_config
-from vlm_jax.data import emoji, emoji_tfds, ops, pipeline
+from vlm_jax.data import augment, emoji, emoji_tfds, pipeline
 from vlm_jax.data.image_text import PREPARED_SIZE
 from vlm_jax.data.tokenizer import Tokenizer
 
@@ -39,7 +39,10 @@ def main() -> None:
             lambda: emoji.to_square_rgb(emoji.render_rgba(next(it), style), 64), 300)))
     img = emoji.render(concepts[0].emoji, "noto", 64)
     rng = np.random.default_rng(0)
-    rows.append(("augment 64→32 px (default ops)", _rate(lambda: ops.augment(img, rng, AUGMENT, 32), 2000)))
+    rows.append(("augment 64→32 px, one image at a time", _rate(lambda: augment.augment(img, rng, AUGMENT, 32), 1000)))
+    batch = np.stack([img] * 256)
+    params = np.stack([augment.draw(rng, AUGMENT, img.shape) for _ in batch])
+    rows.append(("augment 64→32 px, batches of 256", 256 * _rate(lambda: augment.apply(batch, params, AUGMENT, 32), 20)))
     tok = Tokenizer(emoji_tfds.tokenizer_path(data_dir))
     for threads in (0, 2):
         ds = pipeline.make_train_dataset(data_dir, "train", tok, image_size=32, text_len=16, batch_size=256, seed=0,

@@ -121,53 +121,12 @@ def test_tokenizer(tok):
 
 # ---- ops ------------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def img():
-    return emoji.render("\U0001F34E", "noto", 64)  # red apple
-
-
-def test_ops_known_answers(img):
-    rng = np.random.default_rng(0)
-    assert np.array_equal(ops.hflip(ops.hflip(img)), img)
+def test_normalize():
     n = ops.normalize(np.array([[[0, 255, 128]]], np.uint8))
     assert n.dtype == np.float32 and n[0, 0, 0] == -1 and n[0, 0, 1] == 1 and abs(n[0, 0, 2]) < 0.01
-    g = ops.grayscale(img)
-    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
-    assert np.array_equal(ops.color_jitter(img, rng), img)
-    assert np.array_equal(ops.random_resized_crop(img, rng, 64, (1, 1), (1, 1)), img)
-    assert ops.resize(img, 32).shape == (32, 32, 3) and ops.resize(img, 64) is img
-    assert len(np.unique(ops.flatten_colors(img, 4).reshape(-1, 3), axis=0)) <= 4
-    blurred = ops.gaussian_blur(img, 1.0)
-    assert blurred.shape == img.shape and np.abs(blurred.astype(int) - img).mean() > 0.5
-    f = ops.color_jitter(img.astype(np.float32), rng, 0.2, 0.2, 0.2, 0.1)
-    assert f.dtype == np.float32 and f.shape == img.shape
 
 
-def test_crop_scale_bounds():
-    x = np.repeat(np.repeat((np.arange(64) * 4)[None, :, None], 64, 0), 3, 2).astype(np.uint8)
-    rng = np.random.default_rng(1)
-    for _ in range(5):
-        out = ops.random_resized_crop(x, rng, 64, (0.25, 0.25), (1, 1)).astype(int)
-        assert 120 <= out[..., 0].max() - out[..., 0].min() <= 135  # half the width -> half the ramp
-    out = ops.random_resized_crop(x, rng, 64, (4.0, 4.0), (1, 1))  # zoom out x2: white border
-    assert (out[0] == 255).all() or (out[-1] == 255).all()
-
-
-def test_outline(img):
-    out = ops.outline(img, width=1, inner=False)
-    mask = ops.foreground_mask(img)
-    changed = (out != img).any(-1)
-    assert changed.any() and (out[changed] == 0).all()
-    near = ops._dilate(mask, 1) & ops._dilate(~mask, 1)
-    assert not (changed & ~near).any()  # only on the mask boundary
-    assert (out[0, 0] == 255).all()
-
-
-def test_augment_determinism(img):
-    a = ops.augment(img, np.random.default_rng(3), ops.STYLE_AUGMENT, 32)
-    b = ops.augment(img, np.random.default_rng(3), ops.STYLE_AUGMENT, 32)
-    assert a.shape == (32, 32, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
-    assert np.array_equal(ops.augment(img, np.random.default_rng(0), {}, 32), ops.resize(img, 32))
+# (the batched augmentation is tested against per-image references in test_augment.py)
 
 
 # ---- pipeline -------------------------------------------------------------------------------------------------

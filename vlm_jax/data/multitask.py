@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from vlm_jax.config import check_keys
-from vlm_jax.data import emoji_tfds, multilingual, ops, pipeline, robust, tuxpaint
+from vlm_jax.data import augment, emoji_tfds, multilingual, pipeline, robust, tuxpaint
 from vlm_jax.data.image_text import PIXEL_BASELINE_SIZE, TokenizerText, _prep_images, default_data_dir, register
 from vlm_jax.data.tokenizer import Tokenizer, write_tokenizer
 from vlm_jax.evals.metrics import pixel_features
@@ -131,7 +131,8 @@ class _Mixture:
 
 
 class _Preprocess(grain.transforms.RandomMap):
-    """Example → augmented normalised image (blank for text-only), prompt and target tokens."""
+    """Example → image (blank for text-only) with augmentation parameters, prompt and target tokens; `collate`
+    augments the batch's images together."""
 
     def __init__(self, tok: Tokenizer, image_size: int, text_len: int, prompt_len: int, augment: dict):
         self.tok, self.image_size, self.text_len, self.prompt_len = tok, image_size, text_len, prompt_len
@@ -142,13 +143,17 @@ class _Preprocess(grain.transforms.RandomMap):
             image, reason = robust.decode_image(ex.image, pipeline.MAX_PIXELS)
             if image is None:
                 return {robust.BAD: reason}
-            image = ops.normalize(ops.augment(image, rng, self.augment, self.image_size))
+            extra = {"augment": augment.draw(rng, self.augment, image.shape)}  # applied by `collate`
         else:
-            image = np.zeros((self.image_size, self.image_size, 3), np.float32)
+            image, extra = np.zeros((self.image_size, self.image_size, 3), np.float32), {}
         if not ex.target.strip():
             return {robust.BAD: "caption"}
-        return {"image": image, "prompt": self.tok.encode([ex.prompt], self.prompt_len)[0],
+        return {"image": image, **extra, "prompt": self.tok.encode([ex.prompt], self.prompt_len)[0],
                 "text": self.tok.encode([ex.target], self.text_len)[0]}
+
+    def collate(self, elements: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """The batch: images augmented together (see `augment.collate`)."""
+        return augment.collate(elements, self.augment, self.image_size)
 
 
 @functools.lru_cache(maxsize=1)
@@ -296,7 +301,7 @@ class MultiTask(TokenizerText):
                    .random_map(preprocess, seed=seed + 10 * t + 1) for t, n in enumerate(self.task_names)]
         ds = grain.MapDataset.source(_Mixture(streams, self.schedule(seed)))[process_index::process_count]
         ds = ds.to_iter_dataset(pipeline.read_options(self.num_threads))
-        return robust.SkipBad(ds).batch(batch_size, drop_remainder=True)
+        return robust.SkipBad(ds).batch(batch_size, drop_remainder=True, batch_fn=preprocess.collate)
 
     # ------------------------------------------------------------------ held-out evaluation
     def eval_sets(self, names: list[str]) -> dict[str, Any]:

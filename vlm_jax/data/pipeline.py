@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import grain
 import numpy as np
 
-from vlm_jax.data import emoji_tfds, multilingual, ops, robust
+from vlm_jax.data import augment, emoji_tfds, multilingual, robust
 from vlm_jax.data.tokenizer import TRAIN_TEMPLATES, Tokenizer
 
 
@@ -22,6 +22,7 @@ MAX_PIXELS = 4096 * 4096  # larger images are skipped (decompression bombs, brok
 
 
 DECODED_CACHE_BYTES = 1 << 30  # decoded training images kept in memory (the emoji sets need ~0.1 GiB)
+ROWS_CACHE_BYTES = 1 << 29  # parsed training records kept in memory (the emoji sets need ~10 MiB)
 
 
 class MemoCache:
@@ -43,7 +44,8 @@ class MemoCache:
 
 
 class _Preprocess(grain.transforms.RandomMap):
-    """Decode -> augment -> normalize; caption = random template filled with the name -> tokens.
+    """Decode and draw augmentation parameters; caption = random template filled with the name -> tokens.
+    `collate` (the batch function) augments and normalises the batch's images together.
 
     An undecodable, empty or oversized image, or an empty / non-UTF-8 name, yields {robust.BAD: reason}.
     """
@@ -95,29 +97,40 @@ class _Preprocess(grain.transforms.RandomMap):
             lang = self.languages[int(rng.integers(len(self.languages)))]
             if lang != "en":
                 name = multilingual.name_of(robust.decode_caption(ex["emoji"]) or "", lang) or name
-        img = ops.augment(image, rng, self.augment, self.image_size)
+        params = augment.draw(rng, self.augment, image.shape)
         caption = self.templates[int(rng.integers(len(self.templates)))].format(name)
-        return {
-            "image": ops.normalize(img),
-            "text": self._tokens(caption),
-            "concept": np.int32(ex["concept"]),
-        }
+        return {"image": image, "augment": params, "text": self._tokens(caption), "concept": np.int32(ex["concept"])}
+
+    def collate(self, elements: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """The batch: images augmented together (see `augment.collate`)."""
+        return augment.collate(elements, self.augment, self.image_size)
 
 
 class _Rows:
     """Random-access view of chosen rows of several sources, in order (a grain data source)."""
 
-    def __init__(self, parts: list[tuple[Any, np.ndarray]]):
+    def __init__(self, parts: list[tuple[Any, np.ndarray]], cache_bytes: int = ROWS_CACHE_BYTES):
         self.parts = [(src, np.asarray(rows, np.int64)) for src, rows in parts]
         self.offsets = np.cumsum([0] + [len(r) for _, r in self.parts])
+        self.cache = MemoCache(cache_bytes, _record_bytes)  # reading + parsing a record is ~40 µs; rows repeat
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def __getitem__(self, index: int) -> Any:
-        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
-        src, rows = self.parts[part]
-        return src[int(rows[index - self.offsets[part]])]
+        row = self.cache.get(index)
+        if row is None:
+            part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+            src, rows = self.parts[part]
+            row = src[int(rows[index - self.offsets[part]])]
+            self.cache.put(index, row)
+        return row
+
+
+def _record_bytes(row: Any) -> int:
+    """Approximate memory of a parsed record (its byte strings and arrays)."""
+    values = row.values() if isinstance(row, dict) else [row]
+    return 64 + sum(len(v) if isinstance(v, bytes) else getattr(v, "nbytes", 8) for v in values)
 
 
 class _ConceptGroups:
@@ -225,7 +238,8 @@ def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size
         ds = ds.random_map(pick, seed=seed + 2)
     ds = ds.random_map(preprocess, seed=seed + 1)[process_index::process_count]
     ds = ds.to_iter_dataset(read_options(num_threads, prefetch))
-    return robust.SkipBad(ds).batch(batch_size, drop_remainder=True)
+    collate = getattr(preprocess, "collate", None)  # a batch function, e.g. batched augmentation
+    return robust.SkipBad(ds).batch(batch_size, drop_remainder=True, batch_fn=collate)
 
 
 def read_options(num_threads: int, prefetch: int = 8) -> grain.ReadOptions:

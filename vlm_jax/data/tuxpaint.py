@@ -59,7 +59,7 @@ import shutil
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import grain
 import ml_collections
@@ -70,7 +70,7 @@ from PIL import Image
 from tensorflow_datasets.core import utils as tfds_utils
 
 from vlm_jax.config import check_keys
-from vlm_jax.data import emoji, ops, pipeline, robust, tokenizer
+from vlm_jax.data import augment, emoji, pipeline, robust, tokenizer
 from vlm_jax.data.image_text import PIXEL_BASELINE_SIZE, TokenizerText, _prep_images, default_data_dir, register
 from vlm_jax.data.tokenizer import Tokenizer
 from vlm_jax.evals.zeroshot import EvalSet, ZeroShotEvaluator
@@ -406,7 +406,8 @@ def load_split(data_dir: str | Path, split: str, image_size: int = PREPARED_SIZE
 # ------------------------------------------------------------------------------------ training and evals
 
 class _Preprocess(grain.transforms.RandomMap):
-    """PNG → augment → normalize; caption (in a language drawn per example, English where missing) → tokens.
+    """PNG → augmentation parameters (`collate` augments a batch); caption (in a language drawn per example,
+    English where missing) → tokens.
 
     An undecodable / oversized image or an empty / non-UTF-8 caption yields {robust.BAD: reason}.
     """
@@ -427,9 +428,12 @@ class _Preprocess(grain.transforms.RandomMap):
             lang = self.languages[int(rng.integers(len(self.languages)))]
             if lang != "en":
                 caption = _translations(ex.get("translations")).get(lang) or caption
-        img = ops.augment(image, rng, self.augment, self.image_size)
-        return {"image": ops.normalize(img), "text": self.tok.encode([caption], self.text_len)[0],
-                "concept": np.int32(ex["id"])}
+        return {"image": image, "augment": augment.draw(rng, self.augment, image.shape),
+                "text": self.tok.encode([caption], self.text_len)[0], "concept": np.int32(ex["id"])}
+
+    def collate(self, elements: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """The batch: images augmented together (see `augment.collate`)."""
+        return augment.collate(elements, self.augment, self.image_size)
 
 
 def _translations(data: Any) -> dict[str, str]:
