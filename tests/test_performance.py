@@ -59,7 +59,7 @@ def test_bf16_policy_keeps_state_loss_and_softmax_in_float32(bf16_setup):
     exps = [e for e in eqns if e.primitive.name == "exp"]
     assert exps and all(e.outvars[0].aval.dtype == jnp.float32 for e in exps)
     dots = [e for e in eqns if e.primitive.name in ("dot_general", "ffi_call")]
-    bf16_dots = [e for e in dots if all(v.aval.dtype == jnp.bfloat16 for v in e.invars)]
+    bf16_dots = [e for e in dots if all(v.aval.dtype == jnp.bfloat16 for v in e.invars[:2])]  # (+ f32 bias)
     assert len(bf16_dots) > len(dots) / 2, (len(bf16_dots), len(dots))
     assert any(e.primitive.name == "ffi_call" for e in dots)  # one CPU device: the dense layers use oneDNN
 
@@ -97,6 +97,28 @@ def test_onednn_matmul_and_gradients_match_float64():
         assert "ffi_call" in str(jax.make_jaxpr(lambda x, w: onednn.einsum("bqhk,hkd->bqd", x, w))(x, w))
     want = np.einsum("bqhk,hkd->bqd", np.asarray(x, np.float64), np.asarray(w, np.float64))
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    bf16_out = jax.jit(lambda a, b: onednn.matmul(a, b, jnp.bfloat16))(a, b)  # written in bf16 by the kernel
+    assert bf16_out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(bf16_out, np.float64), a64 @ b64, rtol=1e-2, atol=1e-2)
+
+
+def test_onednn_linear_with_fused_bias_matches_float64():
+    """`linear` (bias added inside the kernel, bf16 output) and its gradients against NumPy float64: dx in bf16,
+    the kernel and bias gradients in float32 like the parameters."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(41, 24)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(24, 17)), jnp.bfloat16)
+    bias = jnp.asarray(rng.normal(size=(17,)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(41, 17)), jnp.bfloat16)
+    x64, w64, b64, g64 = (np.asarray(v, np.float64) for v in (x, w, bias, g))
+    out, vjp = jax.vjp(jax.jit(onednn.linear), x, w, bias)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float64), x64 @ w64 + b64, rtol=1e-2, atol=2e-2)
+    dx, dw, db = vjp(g)
+    assert (dx.dtype, dw.dtype, db.dtype) == (jnp.bfloat16, jnp.bfloat16, jnp.float32)  # dw: w's own dtype
+    np.testing.assert_allclose(np.asarray(dx, np.float64), g64 @ w64.T, rtol=1e-2, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(dw, np.float64), x64.T @ g64, rtol=1e-2, atol=2e-2)
+    np.testing.assert_allclose(np.asarray(db, np.float64), g64.sum(0), rtol=1e-5, atol=1e-5)
 
 
 def test_onednn_only_on_one_cpu_device(bf16_setup):

@@ -91,36 +91,69 @@ def enabled() -> bool:
     return _ENABLED.get()
 
 
-def _call(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False) -> jax.Array:
-    """float32 op(a) · op(b) of 2-D bf16 operands."""
+def _call(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False, bias: jax.Array | None = None,
+          out: Any = jnp.float32) -> jax.Array:
+    """op(a) · op(b) (+ bias) of 2-D bf16 operands: float32 accumulation, result in `out` (float32 or bfloat16)."""
     if not available():
         raise RuntimeError("the oneDNN kernel is unavailable (see the warning logged above)")
     m = a.shape[1] if trans_a else a.shape[0]
     n = b.shape[0] if trans_b else b.shape[1]
-    out = jax.ShapeDtypeStruct((m, n), jnp.float32)
-    return jax.ffi.ffi_call(TARGET, out)(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
-                                         trans_a=trans_a, trans_b=trans_b)
+    bias = jnp.zeros((0,), jnp.float32) if bias is None else bias.astype(jnp.float32)
+    return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((m, n), out))(
+        a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), bias, trans_a=trans_a, trans_b=trans_b)
 
 
-@jax.custom_vjp
-def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """a [M, K] · b [K, N] → float32 [M, N], bf16 inputs, oneDNN."""
-    return _call(a, b)
+def _grad_dtype(x: jax.Array) -> Any:
+    """The kernel's output dtype for a gradient of `x`: bf16 activations get bf16 gradients (written once)."""
+    return jnp.bfloat16 if x.dtype == jnp.bfloat16 else jnp.float32
 
 
-def _fwd(a: jax.Array, b: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _call(a, b), (a, b)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def matmul(a: jax.Array, b: jax.Array, out: Any = jnp.float32) -> jax.Array:
+    """a [M, K] · b [K, N] → [M, N] in `out` (float32 or bfloat16), bf16 inputs, float32 accumulation, oneDNN."""
+    return _call(a, b, out=out)
 
 
-def _bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _fwd(a: jax.Array, b: jax.Array, out: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _call(a, b, out=out), (a, b)
+
+
+def _bwd(out: Any, res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
     a, b = res
     g = g.astype(jnp.bfloat16)
-    da = _call(g, b, trans_b=True)  # g [M, N] · bᵀ
-    db = _call(a, g, trans_a=True)  # aᵀ · g [M, N]
+    da = _call(g, b, trans_b=True, out=_grad_dtype(a))  # g [M, N] · bᵀ
+    db = _call(a, g, trans_a=True, out=_grad_dtype(b))  # aᵀ · g [M, N]
     return da.astype(a.dtype), db.astype(b.dtype)
 
 
 matmul.defvjp(_fwd, _bwd)
+
+
+@jax.custom_vjp
+def linear(x: jax.Array, w: jax.Array, bias: jax.Array) -> jax.Array:
+    """bf16 x [M, K] · w [K, N] + float32 bias [N] → bf16 [M, N]: the bias is added in the kernel (float32), so
+    the output is written once, in bf16. Gradients: dx bf16, dw and dbias float32 (like the parameters)."""
+    return _call(x, w, bias=bias, out=jnp.bfloat16)
+
+
+def _linear_fwd(x: jax.Array, w: jax.Array, bias: jax.Array) -> tuple[jax.Array, tuple]:
+    return _call(x, w, bias=bias, out=jnp.bfloat16), (x, w, bias)
+
+
+def _linear_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    x, w, bias = res
+    g = g.astype(jnp.bfloat16)
+    dx = _call(g, w, trans_b=True, out=_grad_dtype(x))
+    dw = _call(x, g, trans_a=True, out=jnp.float32)
+    return dx.astype(x.dtype), dw.astype(w.dtype), jnp.sum(g, axis=0, dtype=jnp.float32).astype(bias.dtype)
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
+
+
+def can_route(x: jax.Array, w: jax.Array) -> bool:
+    """Whether a bf16 matmul of these operands goes through oneDNN in the current trace."""
+    return x.dtype == jnp.bfloat16 and w.dtype == jnp.bfloat16 and enabled() and available()
 
 
 def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precision: Any = None,
@@ -134,16 +167,16 @@ def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precisio
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type, **kwargs)
     k = int(np.prod(lhs.shape[lhs.ndim - n:]))  # the last n dims of lhs against the first n of rhs
-    out = matmul(lhs.reshape(-1, k), rhs.reshape(k, -1))
-    out = out.reshape(*lhs.shape[:lhs.ndim - n], *rhs.shape[n:])
-    return out.astype(preferred_element_type or jnp.bfloat16)
+    result = jnp.dtype(preferred_element_type or jnp.bfloat16)
+    out = matmul(lhs.reshape(-1, k), rhs.reshape(k, -1), jnp.bfloat16 if result == jnp.bfloat16 else jnp.float32)
+    return out.reshape(*lhs.shape[:lhs.ndim - n], *rhs.shape[n:]).astype(result)
 
 
 def measure_flops(n: int = 2048, reps: int = 5) -> float:
     """FLOP/s of this kernel on an n×n×n bf16 matmul (best of `reps`): the bf16 MFU ceiling on CPU."""
     from vlm_jax.scaling.hardware import measure_matmul_flops
 
-    return measure_matmul_flops("bfloat16", n, reps, matmul=jax.jit(matmul))
+    return measure_matmul_flops("bfloat16", n, reps, matmul=jax.jit(lambda a, b: matmul(a, b)))
 
 
 def einsum(spec: str, *operands: jax.Array, **kwargs: Any) -> jax.Array:

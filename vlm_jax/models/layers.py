@@ -43,8 +43,11 @@ class Dense(nn.Module):
         kernel = self.param("kernel", _lp(self.kernel_init, self.names), (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", _lp(self.bias_init, self.names[-1:]), (self.features,), jnp.float32)
         dt = jnp.dtype(self.dtype_mm)
-        y = onednn.dot_general(x.astype(dt), kernel.astype(dt), (((x.ndim - 1,), (0,)), ((), ())),
-                               preferred_element_type=jnp.float32)
+        x, kernel_mm = x.astype(dt), kernel.astype(dt)
+        if onednn.can_route(x, kernel_mm):  # bias fused into the kernel, bf16 written once
+            y = onednn.linear(x.reshape(-1, x.shape[-1]), kernel_mm, bias)
+            return y.reshape(*x.shape[:-1], self.features)
+        y = onednn.dot_general(x, kernel_mm, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
         return (y + bias).astype(dt)
 
 
