@@ -1,6 +1,6 @@
 """Two-tower CLIP / SigLIP on emoji (Noto renders + CLDR names), evaluated cross-style on OpenMoji.
 
-  --config experiments/emoji_two_tower.py                    CLIP (InfoNCE), the default run (3k steps, ~10 min)
+  --config experiments/emoji_two_tower.py                    CLIP (InfoNCE), the default run (4k steps, ~12 min)
   --config experiments/emoji_two_tower.py:loss=siglip        SigLIP (sigmoid)
   --config experiments/emoji_two_tower.py:steps=1200         the shorter run the README's other columns use
   --config experiments/emoji_two_tower.py:dtype=bfloat16     bf16 matmuls (on CPU: the oneDNN kernel, 1 device)
@@ -21,7 +21,7 @@ SIZES = {
 
 def get_config(arg=None):
     """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N, dtype=float32|bfloat16 (matmul inputs)."""
-    arg = config_args(arg, loss="clip", size="small", steps=3000, batch=256, dtype="float32")
+    arg = config_args(arg, loss="clip", size="small", steps=4000, batch=256, dtype="float32")
     image, text, embed_dim, image_size = SIZES[arg.size]
     c = small_run("contrastive", arg.steps, arg.batch)
 
