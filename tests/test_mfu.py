@@ -53,6 +53,7 @@ def test_forward_parts_match_hand_formula():
     parts = compute.model_forward(model, batch)
     gmacs = sum(parts.values()) / 2e9
     assert gmacs == pytest.approx(20.6, rel=0.02)
+    assert compute.forward_gmacs_per_sample(model, batch) == gmacs  # what results.json reports
     length, d = 197, 768
     per_layer = 24 * length * d * d + 4 * length * length * d
     assert parts["image"] == pytest.approx(12 * per_layer + 2 * 768 * 512, rel=1e-12)
@@ -106,4 +107,10 @@ def test_train_logs_mfu(tmp_path, data_dir):
         assert r["flops_per_sec"] == pytest.approx(out["flops_per_step"] / r["step_seconds"])
         assert r["mfu"] == pytest.approx(r["flops_per_sec"] / 1e9)
     assert out["flops_per_step"] == step_flops(out["setup"]) > 0
-    assert json.loads((tmp_path / "results.json").read_text())["train_flops"] == 4 * out["flops_per_step"]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["train_flops"] == 4 * out["flops_per_step"]
+    assert results["samples_seen"] == 4 * config.batch_size  # the run on a compute axis (Cherti et al.'s C)
+    assert results["train_gmacs"] == pytest.approx(results["forward_gmacs_per_sample"] * results["samples_seen"])
+    patch = compute.model_forward(out["setup"].model, out["setup"].objective.init_batch(config.batch_size))
+    assert 3 * results["forward_gmacs_per_sample"] * 2e9 * config.batch_size - patch.get("patch_embed", 0) == \
+        pytest.approx(out["flops_per_step"])

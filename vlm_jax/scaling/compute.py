@@ -171,3 +171,10 @@ def train_step_flops(model: Any, batch: Mapping[str, Any], micro_batches: int = 
                  for k, v in batch.items()}
     parts = model_forward(model, batch)
     return micro_batches * (3 * sum(parts.values()) - parts.get("patch_embed", 0.0))
+
+
+def forward_gmacs_per_sample(model: Any, batch: Mapping[str, Any]) -> float:
+    """Forward GMACs per example (image + text, the contrastive similarity included), the unit of Cherti et al.'s
+    compute axis: total compute C = this × samples seen."""
+    size = next(iter(batch.values())).shape[0]
+    return sum(model_forward(model, batch).values()) / 2 / size / 1e9

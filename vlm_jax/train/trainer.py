@@ -201,6 +201,14 @@ def step_flops(setup: Setup) -> float:
         return 0.0
 
 
+def forward_gmacs(setup: Setup) -> float:
+    """Forward GMACs per example (Cherti et al.'s unit: compute C = this × samples seen); 0 when not analytic."""
+    try:
+        return compute.forward_gmacs_per_sample(setup.model, setup.objective.init_batch(setup.config.batch_size))
+    except NotImplementedError:
+        return 0.0
+
+
 def peak_flops(setup: Setup) -> float:
     """MFU's denominator for this run's devices and matmul dtype: the chip table, or on CPU a probe of the matmul
     the step uses (XLA's dot, or the oneDNN bf16 kernel on a one-device mesh)."""
@@ -364,8 +372,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
     if preempted or (stop_after is not None and step < config.total_steps):
         return {"step": step, "state": state, "setup": setup, "preempted": preempted}
     eval_results = run_evaluators(setup, state, step, writer)
+    samples = step * config.batch_size
+    gmacs = forward_gmacs(setup)
     summary = {"step": step, "train_seconds": train_seconds, "segment_seconds": train_seconds - prior_seconds,
                "params": n_params, "flops_per_step": flops_per_step, "train_flops": flops_per_step * step,
+               "samples_seen": samples, "forward_gmacs_per_sample": gmacs, "train_gmacs": gmacs * samples,
                "peak_flops": peak, "mfu": progress.steady_mfu(), "evals": eval_results}
     if is_main:
         (workdir / "results.json").write_text(json.dumps(summary, indent=2))
