@@ -49,7 +49,8 @@ def main() -> None:
                                          augment=AUGMENT, num_threads=threads,
                                          styles=("noto", "twitter", "facebook"))
         batches = iter(ds)
-        rows.append((f"grain pipeline, 3 styles, batch 256, {threads} threads, first 10 batches (caches cold)", 256 * _rate(lambda: next(batches), 10)))
+        rows.append((f"grain pipeline, 3 styles, batch 256, {threads} threads, first 10 batches (caches cold)",
+                     256 * _rate(lambda: next(batches), 10)))
     table = ["| path | items/s |", "|---|---:|"] + [f"| {name} | {rate:,.0f} |" for name, rate in rows]
     text = "# Data throughput (2-core CPU)\n\n" + "\n".join(table) + "\n"
     print(text)
