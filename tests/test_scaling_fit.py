@@ -10,8 +10,11 @@ import pytest
 from vlm_jax.scaling import fit
 from vlm_jax.tools import scaling_fit
 
-CHERTI = Path(os.environ.get("VLM_JAX_SHARED", Path(__file__).resolve().parents[2] / "shared")) \
-    / "data" / "scaling_laws_openclip" / "imagenet_zeroshot.csv"
+ROOT = Path(__file__).resolve().parents[1]
+_TABLE = Path("data") / "scaling_laws_openclip" / "imagenet_zeroshot.csv"
+_SHARED = [Path(os.environ["VLM_JAX_SHARED"])] if os.environ.get("VLM_JAX_SHARED") else []
+CHERTI = next((d / _TABLE for d in [*_SHARED, ROOT / "shared", ROOT.parent / "shared"] if (d / _TABLE).exists()),
+              ROOT.parent / "shared" / _TABLE)  # the project's shared folder (in or beside the checkout)
 
 
 @pytest.mark.skipif(not CHERTI.exists(), reason=f"{CHERTI} absent (the study's table is not redistributed)")
