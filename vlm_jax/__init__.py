@@ -15,3 +15,10 @@ def _set_xla_defaults() -> None:
 
 
 _set_xla_defaults()
+
+
+def load(workdir, step=None, mesh=None, overrides=()):
+    """A trained run (model, parameters, preprocessing, embed/classify/retrieve/caption): see `vlm_jax.api`."""
+    from vlm_jax.api import load as _load
+
+    return _load(workdir, step=step, mesh=mesh, overrides=overrides)

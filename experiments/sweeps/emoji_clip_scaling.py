@@ -7,6 +7,7 @@ on the held-out OpenMoji drawings (error = 1 − cross-style non-flag top-1).
 
 `:quick` shrinks the budgets 10× (a smoke test of the whole grid).
 """
+from vlm_jax.scaling.sweep import two_tower_size
 
 # (image width, image depth, text width, text depth, embedding dim); heads = width / 32, MLP = 4 × width
 # m is the default run's model; l costs ~2× m per step, xs ~0.1×
@@ -14,18 +15,12 @@ SIZES = {"xs": (64, 2, 64, 1, 64), "s": (96, 3, 96, 2, 96), "m": (128, 4, 128, 2
 STEPS = (300, 1000, 2500)  # × batch 256: 77k, 256k and 640k samples seen
 
 
-def _size(image_w: int, image_d: int, text_w: int, text_d: int, embed: int) -> list[str]:
-    return [f"model.image.width={image_w}", f"model.image.depth={image_d}", f"model.image.mlp_dim={4 * image_w}",
-            f"model.image.num_heads={image_w // 32}", f"model.text.width={text_w}", f"model.text.depth={text_d}",
-            f"model.text.mlp_dim={4 * text_w}", f"model.text.num_heads={text_w // 32}", f"model.embed_dim={embed}"]
-
-
 def get_sweep(arg=None):
     """`arg`: "quick" for 10× shorter budgets."""
     scale = 10 if arg == "quick" else 1
     return dict(
         base="experiments/emoji_two_tower.py",
-        axes=dict(size={name: _size(*dims) for name, dims in SIZES.items()},
+        axes=dict(size={name: two_tower_size(*dims) for name, dims in SIZES.items()},
                   steps={f"{s // scale}": [f"total_steps={s // scale}"] for s in STEPS}),
         overrides=["evals.sets=['emoji']"],
     )

@@ -39,6 +39,16 @@ class Run:
         return ["--config", self.config, "--workdir", str(workdir), *(f"--config.{o}" for o in self.overrides)]
 
 
+def two_tower_size(image_width: int, image_depth: int, text_width: int, text_depth: int, embed_dim: int,
+                   head_dim: int = 32, mlp_ratio: int = 4) -> list[str]:
+    """Config overrides that set a two-tower model's widths and depths (heads = width / head_dim, MLP = ratio × width)."""
+    out = []
+    for tower, width, depth in (("image", image_width, image_depth), ("text", text_width, text_depth)):
+        out += [f"model.{tower}.width={width}", f"model.{tower}.depth={depth}",
+                f"model.{tower}.mlp_dim={mlp_ratio * width}", f"model.{tower}.num_heads={width // head_dim}"]
+    return out + [f"model.embed_dim={embed_dim}"]
+
+
 def load_sweep(spec: str) -> dict[str, Any]:
     """`path.py[:arg]` → the dict its `get_sweep(arg)` returns."""
     path, _, arg = spec.partition(":")

@@ -10,7 +10,6 @@ white square and resized to the run's resolution: the preparation of the trainin
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,27 +36,14 @@ def load_image(path: str | Path, size: int, prepared_size: int = 64) -> np.ndarr
 
 
 def load_run(workdir: str | Path, overrides: list[str] | None = None) -> tuple[Any, Any, int]:
-    """(Setup, params, step) of a trained run: its config.json (with `overrides`, KEY=VALUE) and its newest
-    readable checkpoint."""
-    import ml_collections
+    """(Setup, params, step) of a trained run (`vlm_jax.load`), exiting with its message when it cannot load."""
+    from vlm_jax.api import RunLoadError, load
 
-    from vlm_jax.config import apply_overrides
-    from vlm_jax.train.checkpoint import Checkpointer
-    from vlm_jax.train.trainer import Setup, finalize_config
-
-    workdir = Path(workdir)
-    if not (workdir / "config.json").exists():
-        raise SystemExit(f"{workdir}/config.json not found: is this a training workdir?")
-    config = finalize_config(ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())))
-    if overrides:
-        config = apply_overrides(config, list(overrides))
-    setup = Setup(config)
-    ckpt = Checkpointer(workdir / "checkpoints", every_steps=0, async_save=False)
     try:
-        state, step = ckpt.restore_state(setup.abstract_state(config.seed))
-    finally:
-        ckpt.close()
-    return setup, state.params, step
+        run = load(workdir, overrides=overrides or ())
+    except RunLoadError as exc:
+        raise SystemExit(str(exc)) from exc
+    return run.setup, run.params, run.step
 
 
 def caption_files(workdir: str | Path, images: list[str], beam: int = 1, sample: bool = False,
@@ -65,23 +51,15 @@ def caption_files(workdir: str | Path, images: list[str], beam: int = 1, sample:
                   prompt: str | None = None) -> list[str]:
     """Captions of image files (answers to `prompt` for a prompted run; no images: one text-only answer) by the
     run in `workdir`."""
-    setup, params, _ = load_run(workdir)
-    objective = setup.objective
-    if not hasattr(objective, "caption_fns"):
-        raise SystemExit(f"objective {setup.config.objective!r} does not generate text")
-    fns = objective.caption_fns
-    if prompt is not None and fns.tokenize_prompt is None:
-        raise SystemExit(f"objective {setup.config.objective!r} takes no prompt (train a prompted one: 'pali')")
-    if prompt is None and fns.tokenize_prompt is not None:
-        raise SystemExit("this run answers prompts: give --prompt (e.g. \"caption en\")")
+    from vlm_jax.api import RunLoadError, load
+
     if not images and prompt is None:
         raise SystemExit("give --image files (or a --prompt for a text-only answer)")
-    fns.beam_size = beam
-    if sample:
-        fns.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    size = objective.data.image_size
-    batch = np.stack([load_image(p, size) for p in images]) if images else np.zeros((1, size, size, 3), np.float32)
-    return fns.generate(params, batch, prompt)
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed) if sample else None
+    try:
+        return load(workdir).caption(list(images), prompt, beam, options)
+    except (RunLoadError, TypeError, ValueError) as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -84,10 +84,15 @@ class Checkpointer:
                                   "\n".join(errors))
         return None
 
-    def restore_state(self, abstract_state: Any) -> tuple[Any, int]:
-        """The train state alone (no data iterator) of the newest readable checkpoint, and its step."""
+    def restore_state(self, abstract_state: Any, step: int | None = None) -> tuple[Any, int]:
+        """The train state alone (no data iterator) of the newest readable checkpoint (or of `step`), and its step."""
         errors = []
-        for step in reversed(self.steps()):
+        steps = self.steps()
+        if step is not None:
+            if step not in steps:
+                raise CheckpointError(f"No checkpoint at step {step} in {self.directory}; saved steps: {steps}")
+            steps = [step]
+        for step in reversed(steps):
             try:
                 args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
                 return self.manager.restore(step, args=args).state, step

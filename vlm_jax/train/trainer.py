@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from vlm_jax import sharding as shd
+from vlm_jax.api import write_version
 from vlm_jax.data import robust
 from vlm_jax.kernels import onednn
 from vlm_jax.scaling import compute, hardware
@@ -295,6 +296,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps(json.loads(config_json), indent=2))
+        write_version(workdir)
     writer = JsonlWriter(workdir / "metrics.jsonl", enabled=is_main)
     prior_seconds = 0.0
     if restored is None:

@@ -1,0 +1,87 @@
+"""`vlm_jax.load`: a run trained by `train()` loads back with the evaluator's embeddings and the results table's
+zero-shot accuracy; on another mesh; clear errors for workdirs it cannot load."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import vlm_jax
+from vlm_jax.api import RUN_FORMAT, RunLoadError
+from vlm_jax.config import apply_overrides, load_config
+from vlm_jax.evals.metrics import topk_hits
+from vlm_jax.train.trainer import finalize_config, train
+
+OVERRIDES = ["total_steps=12", "batch_size=32", "evals.sets=['emoji']", "evals.batch_size=128",
+             "checkpoint.every_steps=6", "progress=False"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("api") / "run"
+    config = apply_overrides(finalize_config(load_config("experiments/emoji_two_tower.py:size=test,loss=siglip")),
+                             OVERRIDES)
+    out = train(config, workdir)
+    return workdir, out
+
+
+def test_load_gives_the_evaluators_embeddings_and_accuracy(trained):
+    workdir, out = trained
+    evaluator = out["setup"].objective.evaluators()["zeroshot"]
+    cross = evaluator.sets["emoji/cross"]
+    params = out["state"].params
+    run = vlm_jax.load(workdir)
+    assert run.step == 12 and run.config.objective == "contrastive"
+    np.testing.assert_array_equal(run.embed_images(cross.images), evaluator.embedder.images(params, cross.images))
+    np.testing.assert_array_equal(run.class_embeddings(cross.class_names),
+                                  evaluator.class_embeddings(params, cross.class_names))
+    preds = run.classify(cross.images, cross.class_names, k=5)
+    index = {n: i for i, n in enumerate(cross.class_names)}
+    top = np.array([[index[n] for n in row] for row in preds.names])
+    for k in (1, 5):
+        hits = np.mean([cross.labels[i] in top[i, :k] for i in range(len(top))])
+        assert hits == pytest.approx(out["evals"][f"zeroshot/emoji/cross/all/top@{k}/model"], abs=1e-12)
+    # SigLIP probabilities are independent sigmoids of t·cos + b (float64 reference)
+    t, b = np.exp(float(params["t"])), float(params["b"])
+    cos = run.embed_images(cross.images[:3]).astype(np.float64) @ run.class_embeddings(cross.class_names).T
+    np.testing.assert_allclose(preds.matrix[:3], 1 / (1 + np.exp(-(t * cos + b))), rtol=1e-9)
+
+
+def test_retrieval_and_another_mesh(trained):
+    workdir, out = trained
+    cross = out["setup"].objective.evaluators()["zeroshot"].sets["emoji/cross"]
+    run = vlm_jax.load(workdir)
+    names = [cross.class_names[i] for i in cross.labels[:8]]
+    idx, scores = run.retrieve(names, cross.images[:64], k=3)
+    sims = run.embed_texts(names) @ run.embed_images(cross.images[:64]).T
+    hits = topk_hits(sims, np.arange(8), (3,))[3]  # brute force: is image i among text i's top 3
+    assert [i in row for i, row in enumerate(idx)] == list(hits.astype(bool))
+    np.testing.assert_allclose(scores[:, 0], sims.max(1), rtol=1e-6)
+    one = vlm_jax.load(workdir, mesh=[("data", 1)], step=6)
+    assert one.step == 6 and dict(one.setup.mesh.shape) == {"data": 1}
+    last = vlm_jax.load(workdir, mesh=[("data", 1)])
+    np.testing.assert_allclose(last.embed_images(cross.images[:64]), run.embed_images(cross.images[:64]), atol=1e-5)
+
+
+def test_clear_errors(trained, tmp_path):
+    workdir, _ = trained
+    with pytest.raises(RunLoadError, match="no config.json"):
+        vlm_jax.load(tmp_path)
+    with pytest.raises(RunLoadError, match=r"saved steps: \[6, 12\]"):
+        vlm_jax.load(workdir, step=7)
+    with pytest.raises(RunLoadError, match=r"16 devices.*mesh=\[\('data', -1\)\]"):
+        vlm_jax.load(workdir, mesh=[("data", 16)])
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    with pytest.raises(RunLoadError, match="no checkpoint"):
+        vlm_jax.load(copy)
+    newer = json.loads((copy / "vlm_jax.json").read_text())
+    (copy / "vlm_jax.json").write_text(json.dumps({**newer, "format": RUN_FORMAT + 1}))
+    with pytest.raises(RunLoadError, match="upgrade vlm_jax"):
+        vlm_jax.load(copy)
+    (copy / "vlm_jax.json").write_text(json.dumps({"vlm_jax": "0.0.1", "format": RUN_FORMAT}))
+    config = json.loads((copy / "config.json").read_text())
+    config["model"]["image"]["retired_option"] = 1
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunLoadError, match=r"(?s)written by vlm_jax 0\.0\.1.*retired_option"):
+        vlm_jax.load(copy)

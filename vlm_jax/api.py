@@ -1,0 +1,216 @@
+"""Trained runs as Python objects: `vlm_jax.load(workdir)` → the model with its parameters, its image preparation
+and text encoder, and methods to embed, classify zero-shot, retrieve and caption.
+
+  run = vlm_jax.load("runs/default")
+  run.classify(["cat.png"], ["cat", "dog", "pizza"], k=3)   # [[("cat", 0.81), ("dog", 0.12), ...]]
+  run.retrieve(["a red apple"], images, k=5)                # indices and scores per query
+  vlm_jax.load("runs/emoji_cappa").caption(["cat.png"])      # generative runs
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+# Bumped when a workdir written by this version can no longer be read by older code (or the reverse).
+RUN_FORMAT = 1
+VERSION_FILE = "vlm_jax.json"
+
+
+class RunLoadError(RuntimeError):
+    """A workdir that cannot be loaded: no config, no readable checkpoint, or written by an incompatible version."""
+
+
+def version() -> str:
+    """The installed vlm_jax version."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("vlm_jax")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def write_version(workdir: str | Path) -> None:
+    """Records which vlm_jax (and workdir format) wrote a run."""
+    (Path(workdir) / VERSION_FILE).write_text(json.dumps({"vlm_jax": version(), "format": RUN_FORMAT}) + "\n")
+
+
+def _written_by(workdir: Path) -> dict[str, Any]:
+    path = workdir / VERSION_FILE
+    return json.loads(path.read_text()) if path.exists() else {"vlm_jax": "unknown (before 0.1.0)", "format": 1}
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Zero-shot top-k per image: names and probabilities, plus the full [N, C] probability matrix."""
+    names: list[list[str]]
+    probs: list[list[float]]
+    matrix: np.ndarray
+
+    def __iter__(self):
+        return iter([list(zip(n, p)) for n, p in zip(self.names, self.probs)])
+
+
+class TrainedRun:
+    """A loaded run: `config`, `params`, `step`, `objective`, and inference methods."""
+
+    def __init__(self, workdir: Path, setup: Any, params: Any, step: int):
+        self.workdir, self.setup, self.params, self.step = workdir, setup, params, step
+        self.config, self.objective = setup.config, setup.objective
+
+    def __repr__(self) -> str:
+        return f"TrainedRun({str(self.workdir)!r}, objective={self.config.objective!r}, step={self.step})"
+
+    @property
+    def image_size(self) -> int:
+        """The model's input resolution."""
+        return int(self.objective.data.image_size)
+
+    def preprocess(self, images: Any) -> np.ndarray:
+        """float32 [N, S, S, 3] in [-1, 1] from file paths, PIL images, uint8 arrays ([H, W, 3|4] or [N, H, W, 3])
+        or float arrays already in [-1, 1] at the model's size. Files and PIL images are prepared like the
+        training drawings (cropped to the drawn pixels, centred on white)."""
+        from vlm_jax.data import ops
+
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            if images.dtype == np.uint8:
+                return np.stack([ops.normalize(ops.resize(im, self.image_size)) for im in images])
+            if images.shape[1:3] != (self.image_size, self.image_size):
+                raise ValueError(f"float images must be [N, {self.image_size}, {self.image_size}, 3] in [-1, 1]; "
+                                 f"got {images.shape} (pass uint8 arrays or files to have them resized)")
+            return images.astype(np.float32)
+        return np.stack([self._one(im) for im in images]) if len(images) else \
+            np.zeros((0, self.image_size, self.image_size, 3), np.float32)
+
+    def _one(self, image: Any) -> np.ndarray:
+        from PIL import Image
+
+        from vlm_jax.data import ops
+        from vlm_jax.tools.caption import load_image
+
+        if isinstance(image, (str, Path)) or isinstance(image, Image.Image):
+            return load_image(image, self.image_size)
+        arr = np.asarray(image)
+        if arr.dtype == np.uint8:
+            return ops.normalize(ops.resize(arr[..., :3], self.image_size))
+        return arr.astype(np.float32)
+
+    @property
+    def _embedder(self) -> Any:
+        embedder = getattr(self.objective, "embedder", None)
+        if embedder is None:
+            raise TypeError(f"objective {self.config.objective!r} has no image/text embedding (it is generative: "
+                            "use caption())")
+        return embedder
+
+    def embed_images(self, images: Any) -> np.ndarray:
+        """Unit-norm image embeddings [N, D]."""
+        return self._embedder.images(self.params, self.preprocess(images))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm text embeddings [N, D] (tokenized, or rendered for CLIPPO, as in training)."""
+        return self._embedder.texts(self.params, list(texts))
+
+    @property
+    def templates(self) -> list[str]:
+        """The prompt templates the run's zero-shot evaluator uses ("{}" when it has none)."""
+        zeroshot = self.objective.evaluators().get("zeroshot")
+        return list(getattr(zeroshot, "templates", None) or ["{}"])
+
+    def class_embeddings(self, names: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
+        """Prompt-ensembled unit-norm embeddings of class names (the zero-shot evaluator's recipe)."""
+        from vlm_jax.evals.metrics import l2_normalize
+
+        templates = list(templates or self.templates)
+        return l2_normalize(np.mean([self.embed_texts([t.format(n) for n in names]) for t in templates], axis=0))
+
+    def logits(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+        """The model's pair logits t·cos (+ b for SigLIP), float64 [N, M]."""
+        t = float(np.exp(np.float64(self.params["t"]))) if "t" in self.params else 1.0
+        b = float(np.asarray(self.params["b"])) if "b" in self.params else 0.0
+        return t * (np.asarray(image_emb, np.float64) @ np.asarray(text_emb, np.float64).T) + b
+
+    def classify(self, images: Any, names: Sequence[str], k: int = 5,
+                 templates: Sequence[str] | None = None) -> Predictions:
+        """Zero-shot top-k over `names`: softmax of the logits (independent sigmoids for a sigmoid-loss run)."""
+        logits = self.logits(self.embed_images(images), self.class_embeddings(names, templates))
+        if self.config.get("loss", {}).get("name") == "sigmoid":
+            probs = 1 / (1 + np.exp(-logits))
+        else:
+            z = logits - logits.max(1, keepdims=True)
+            probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        return Predictions([[names[j] for j in row] for row in top],
+                           [[float(probs[i, j]) for j in row] for i, row in enumerate(top)], probs)
+
+    def retrieve(self, texts: Sequence[str], images: Any, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Text → image retrieval: (indices [T, k] into `images`, cosine similarities [T, k]), best first."""
+        sims = self.embed_texts(texts) @ self.embed_images(images).T
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return top, np.take_along_axis(sims, top, 1)
+
+    def caption(self, images: Any = (), prompt: str | Sequence[str] | None = None, beam: int = 1,
+                sample: dict[str, Any] | None = None) -> list[str]:
+        """Captions of images (answers to `prompt` for a prompted run; no images: a text-only answer); greedy,
+        beam search (`beam` > 1) or sampling (`sample`: temperature, top_k, top_p, seed)."""
+        fns = getattr(self.objective, "caption_fns", None)
+        if fns is None:
+            raise TypeError(f"objective {self.config.objective!r} does not generate text")
+        if prompt is not None and fns.tokenize_prompt is None:
+            raise ValueError(f"objective {self.config.objective!r} takes no prompt (train a prompted one: 'pali')")
+        if prompt is None and fns.tokenize_prompt is not None:
+            raise ValueError("this run answers prompts: give one (prompt= here, --prompt in the tool; "
+                             'e.g. "caption en")')
+        fns.beam_size, fns.sampling = beam, dict(sample) if sample else None
+        batch = self.preprocess(images) if len(images) else \
+            np.zeros((1, self.image_size, self.image_size, 3), np.float32)
+        return fns.generate(self.params, batch, prompt)
+
+
+def load(workdir: str | Path, step: int | None = None, mesh: Sequence[Sequence[Any]] | None = None,
+         overrides: Sequence[str] = ()) -> TrainedRun:
+    """The run in `workdir` at its newest readable checkpoint (or `step`), on the run's mesh or `mesh`
+    (e.g. [("data", -1)]), with `overrides` ("evals.batch_size=64", …) applied to its config."""
+    import ml_collections
+
+    from vlm_jax.config import ConfigError, apply_overrides
+    from vlm_jax.train.checkpoint import Checkpointer
+    from vlm_jax.train.trainer import Setup, finalize_config
+
+    workdir = Path(workdir)
+    if not (workdir / "config.json").exists():
+        raise RunLoadError(f"{workdir} has no config.json: not a training workdir")
+    written = _written_by(workdir)
+    who = f"written by vlm_jax {written.get('vlm_jax')} (format {written.get('format')}); this is {version()} " \
+          f"(format {RUN_FORMAT})"
+    if int(written.get("format", 1)) > RUN_FORMAT:
+        raise RunLoadError(f"{workdir} was {who}: upgrade vlm_jax to load it")
+    try:
+        config = finalize_config(ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())))
+        if mesh is not None:
+            overrides = [f"mesh={[tuple(axis) for axis in mesh]!r}", *overrides]
+        config = apply_overrides(config, list(overrides))
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise RunLoadError(f"{workdir}: its config does not fit this version ({who}): {exc}") from exc
+    try:
+        setup = Setup(config)
+    except ConfigError as exc:
+        raise RunLoadError(f"{workdir}: its config does not fit this version ({who}): {exc}") from exc
+    except ValueError as exc:
+        hint = "; pass mesh=[('data', -1)] to use this machine's devices" if "devices" in str(exc) else f" ({who})"
+        raise RunLoadError(f"{workdir}: cannot build the run's model and mesh here: {exc}{hint}") from exc
+    checkpoints = workdir / "checkpoints"
+    if not checkpoints.exists() or not any(checkpoints.iterdir()):
+        raise RunLoadError(f"{workdir} has no checkpoint (the run has not saved one yet)")
+    ckpt = Checkpointer(checkpoints, every_steps=0, async_save=False)
+    try:
+        state, found = ckpt.restore_state(setup.abstract_state(config.seed), step)
+    except Exception as exc:  # noqa: BLE001 - explain with the version that wrote it
+        raise RunLoadError(f"{workdir}: no checkpoint could be read ({who}):\n{exc}") from exc
+    finally:
+        ckpt.close()
+    return TrainedRun(workdir, setup, state.params, found)
