@@ -37,6 +37,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.nonfinite = "stop"  # "stop": raise naming the step; "skip": drop the update and count it
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, keep=3, keep_period=0, async_save=True))
     c.progress = True
+    c.tensorboard = True  # event files (scalars of every metrics.jsonl record, input grids) in the workdir
     # MFU's denominator, FLOP/s of all devices together; 0: the chip table (TPU/GPU) or a matmul probe (CPU)
     c.peak_flops = 0.0
 

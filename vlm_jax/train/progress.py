@@ -69,8 +69,9 @@ class Progress:
 class JsonlWriter:
     """Appends one JSON object per call to `path` (only where `enabled`, i.e. process 0)."""
 
-    def __init__(self, path: str | Path, enabled: bool = True):
-        self.path, self.enabled = Path(path), enabled
+    def __init__(self, path: str | Path, enabled: bool = True, mirror: Any = None):
+        # mirror: also receives every record (`record(dict)`, e.g. the TensorBoard EventWriter)
+        self.path, self.enabled, self.mirror = Path(path), enabled, mirror
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -81,6 +82,8 @@ class JsonlWriter:
         clean = {k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
+        if self.mirror is not None:
+            self.mirror.record(clean)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from vlm_jax.train.optim import make_optimizer
 from vlm_jax.train.progress import JsonlWriter, Progress
 from vlm_jax.train.resume import check_resume, trim_jsonl
 from vlm_jax.train.state import TrainState
+from vlm_jax.train.tensorboard import EventWriter, grid
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,14 @@ def matmul_dtype(model_config: Any) -> str:
     return "bfloat16" if '"dtype_mm": "bfloat16"' in text else "float32"
 
 
+def _log_inputs(events: EventWriter, host_batch: dict[str, Any], n: int = 16) -> None:
+    """The first batch's image-shaped inputs (images; rendered text for CLIPPO) as TensorBoard image grids."""
+    for key, value in host_batch.items():
+        value = np.asarray(value)
+        if value.ndim == 4 and value.shape[-1] in (1, 3):
+            events.image(0, f"inputs/{key}", grid(value[:n]))
+
+
 def run_evaluators(setup: Setup, state: TrainState, step: int, writer: JsonlWriter) -> dict[str, float]:
     """Runs every evaluator of the objective and logs the flat results."""
     results: dict[str, float] = {}
@@ -319,6 +328,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
                 writer.write({"step": start, "split": "config_change",
                               "changes": {k: [o, n] for k, (o, n) in changes.items()}})
 
+    writer.mirror = EventWriter(workdir, enabled=is_main and config.tensorboard, resume_step=start)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     if is_main:
         print(f"{n_params:,} parameters | mesh {dict(setup.mesh.shape)} | global batch {config.batch_size} | "
@@ -341,6 +351,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
     while step < end:
         host_batch = dict(next(data_iter))
         data_stats = robust.pop_counts(host_batch) or data_stats  # bad examples skipped so far (this process)
+        if step == 0:
+            _log_inputs(writer.mirror, host_batch)
         batch = shd.global_batch(host_batch, setup.batch_sharding)
         state, metrics = setup.train_step(state, batch)
         step += 1
@@ -372,6 +384,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
     train_seconds = elapsed()
     ckpt.close()
     if preempted or (stop_after is not None and step < config.total_steps):
+        writer.mirror.close()
         return {"step": step, "state": state, "setup": setup, "preempted": preempted}
     eval_results = run_evaluators(setup, state, step, writer)
     samples = step * config.batch_size
@@ -380,6 +393,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
                "params": n_params, "flops_per_step": flops_per_step, "train_flops": flops_per_step * step,
                "samples_seen": samples, "forward_gmacs_per_sample": gmacs, "train_gmacs": gmacs * samples,
                "peak_flops": peak, "mfu": progress.steady_mfu(), "evals": eval_results}
+    writer.mirror.close()
     if is_main:
         (workdir / "results.json").write_text(json.dumps(summary, indent=2))
     return {**summary, "state": state, "setup": setup}

@@ -1,5 +1,7 @@
-"""`vlm_jax.load`: a run trained by `train()` loads back with the evaluator's embeddings and the results table's
-zero-shot accuracy; on another mesh; clear errors for workdirs it cannot load."""
+"""A trained run (interrupted once, then resumed) through what users look at: `vlm_jax.load` gives back the
+evaluator's embeddings and the results table's zero-shot accuracy, on another mesh too, with clear errors for
+workdirs it cannot load; its TensorBoard event files, read by TensorBoard's own reader, hold metrics.jsonl's
+scalars and the first batch as an image grid."""
 import json
 import shutil
 
@@ -10,10 +12,12 @@ import vlm_jax
 from vlm_jax.api import RUN_FORMAT, RunLoadError
 from vlm_jax.config import apply_overrides, load_config
 from vlm_jax.evals.metrics import topk_hits
+from vlm_jax.train.progress import read_jsonl
+from vlm_jax.train.tensorboard import crc32c, grid
 from vlm_jax.train.trainer import finalize_config, train
 
 OVERRIDES = ["total_steps=12", "batch_size=32", "evals.sets=['emoji']", "evals.batch_size=128",
-             "checkpoint.every_steps=6", "progress=False"]
+             "checkpoint.every_steps=6", "progress=False", "log_every=1"]
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +25,8 @@ def trained(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("api") / "run"
     config = apply_overrides(finalize_config(load_config("experiments/emoji_two_tower.py:size=test,loss=siglip")),
                              OVERRIDES)
-    out = train(config, workdir)
+    train(config, workdir, stop_after=9)  # logs steps 7-9 after the step-6 checkpoint, then stops
+    out = train(config, workdir)  # resumes from step 6
     return workdir, out
 
 
@@ -85,3 +90,34 @@ def test_clear_errors(trained, tmp_path):
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(RunLoadError, match=r"(?s)written by vlm_jax 0\.0\.1.*retired_option"):
         vlm_jax.load(copy)
+
+
+def test_crc32c_check_value():
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check value
+
+
+def test_tensorboard_reads_back_the_jsonl_scalars_and_input_grid(trained):
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    workdir, out = trained
+    events = EventAccumulator(str(workdir), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    records = read_jsonl(workdir / "metrics.jsonl")
+    train_records = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_records] == list(range(1, 13))  # the attempt's steps 7-9 were dropped
+    tags = set(events.Tags()["scalars"])
+    for split in ("train", "eval"):
+        rows = [r for r in records if r["split"] == split]
+        keys = {k for r in rows for k, v in r.items() if k not in ("step", "split") and isinstance(v, (int, float))}
+        assert {f"{split}/{k}" for k in keys} <= tags
+        for key in keys:
+            got = [(e.step, e.value) for e in events.Scalars(f"{split}/{key}")]
+            want = [(r["step"], float(np.float32(r[key]))) for r in rows if key in r]
+            np.testing.assert_array_equal(np.array(got), np.array(want), err_msg=key)  # float32, exact
+    (image,) = events.Images("inputs/image")
+    batch = next(iter(out["setup"].objective.train_data(32, 0, 0, 1)))
+    decoded = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)))
+    np.testing.assert_array_equal(decoded, grid(np.asarray(batch["image"])[:16]))
