@@ -121,3 +121,23 @@ def test_tensorboard_reads_back_the_jsonl_scalars_and_input_grid(trained):
     batch = next(iter(out["setup"].objective.train_data(32, 0, 0, 1)))
     decoded = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)))
     np.testing.assert_array_equal(decoded, grid(np.asarray(batch["image"])[:16]))
+
+
+def test_plot_tool_overlays_runs_on_the_compute_axis(trained, tmp_path):
+    from vlm_jax.tools import plot
+
+    workdir, out = trained
+    twin = tmp_path / "twin"
+    shutil.copytree(workdir, twin, ignore=shutil.ignore_patterns("checkpoints"))
+    plotted = plot.main([str(workdir), str(twin), "--x", "compute", "--out", str(tmp_path / "o.png")])
+    records = read_jsonl(workdir / "metrics.jsonl")
+    per_step = 32 * out["forward_gmacs_per_sample"]
+    want = [(r["step"] * per_step, r["loss"]) for r in records if r["split"] == "train"]
+    assert [p["run"] for p in plotted["train/loss"]] == ["run", "twin"]
+    np.testing.assert_allclose(plotted["train/loss"][0]["points"], want, rtol=1e-12)
+    assert plotted["train/loss"][1]["points"] == plotted["train/loss"][0]["points"]
+    (top1,) = [v for k, v in plotted.items() if k.endswith("cross/all/top@1/model")]
+    np.testing.assert_allclose(top1[0]["points"], [(12 * per_step, out["evals"]["zeroshot/emoji/cross/all/top@1/model"])],
+                               rtol=1e-12)
+    with pytest.raises(FileNotFoundError, match="training workdir"):
+        plot.main([str(tmp_path / "nothing")])

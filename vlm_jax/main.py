@@ -84,10 +84,23 @@ def main(argv: list[str] | None = None) -> dict:
                                                  f"{out['train_seconds'] / 60:.1f} min training"))
         from vlm_jax.train.plot import plot_curves
 
-        png = plot_curves(args.workdir)
-        print(f"\nResults: {os.path.join(args.workdir, 'results.json')}; metrics: "
-              f"{os.path.join(args.workdir, 'metrics.jsonl')}; curves: {png}")
+        print(run_summary(out, args.workdir, plot_curves(args.workdir)))
     return out
+
+
+def run_summary(out: dict, workdir: str, curves: object) -> str:
+    """The lines printed under the results table: speed, and where everything the run wrote is."""
+    w = workdir.rstrip("/")
+    seconds = out["train_seconds"]
+    mfu = f", MFU {100 * out['mfu']:.0f}%" if out.get("mfu") else ""
+    return "\n".join([
+        f"\nTrained {out['step']} steps, {out['samples_seen']:,} samples in {seconds / 60:.1f} min "
+        f"({out['samples_seen'] / max(seconds, 1e-9):,.0f} samples/s{mfu}); {out['params']:,} parameters, "
+        f"{out['train_gmacs']:.4g} training GMACs",
+        f"Results:     {w}/results.json (every metric), {w}/metrics.jsonl (curves), {curves}",
+        f"Checkpoint:  {w}/checkpoints (step {out['step']}); in Python: vlm_jax.load({w!r})",
+        f"TensorBoard: tensorboard --logdir {w}",
+    ])
 
 
 if __name__ == "__main__":
