@@ -9,6 +9,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
+from vlm_jax.scaling.fit import save_figure
+
 
 @dataclasses.dataclass(frozen=True)
 class Point:
@@ -105,9 +107,4 @@ def plot(panels: Sequence[tuple[str, dict[str, list[Point]]]], path: str | Path,
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

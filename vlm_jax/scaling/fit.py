@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -138,9 +138,16 @@ def plot(groups: dict[str, tuple[np.ndarray, np.ndarray, PowerLaw, tuple[np.ndar
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7)
+    return save_figure(fig, out)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Lays out, writes (creating folders) and closes a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
-    return out
+    return path
