@@ -3,7 +3,7 @@ samples seen (196,608 pairs), 3 seeds per point, on emoji with the mini study's 
 OpenMoji drawings.
 
   scripts/vlm python -m vlm_jax.tools.sweep experiments/sweeps/emoji_clip_vs_siglip_batch.py --dir runs/batch run
-  bash benchmarks/studies/emoji_clip_vs_siglip_batch.sh          (run, collect, table and plot; ~55 min here)
+  bash benchmarks/studies/emoji_clip_vs_siglip_batch.sh          (run, collect, table and plot; about 45 min here)
 
 The learning rate follows the square-root rule for Adam from 1e-3 at batch 256 (Malladi et al. 2022); warmup is
 min(200, steps / 10) as in every small run. Seeds vary slowest, so an interrupted study has whole seeds first.
