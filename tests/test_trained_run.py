@@ -1,7 +1,7 @@
 """A trained run (interrupted once, then resumed) through what users look at: `vlm_jax.load` gives back the
 evaluator's embeddings and the results table's zero-shot accuracy, on another mesh too, with clear errors for
 workdirs it cannot load; its TensorBoard event files, read by TensorBoard's own reader, hold metrics.jsonl's
-scalars and the first batch as an image grid."""
+scalars the first batch and the final evaluation's retrieval grid as images."""
 import json
 import shutil
 
@@ -12,6 +12,7 @@ import vlm_jax
 from vlm_jax.api import RUN_FORMAT, RunLoadError
 from vlm_jax.config import apply_overrides, load_config
 from vlm_jax.evals.metrics import topk_hits
+from vlm_jax.evals.zeroshot import retrieval_grid
 from vlm_jax.train.progress import read_jsonl
 from vlm_jax.train.tensorboard import crc32c, grid
 from vlm_jax.train.trainer import finalize_config, train
@@ -121,6 +122,16 @@ def test_tensorboard_reads_back_the_jsonl_scalars_and_input_grid(trained):
     batch = next(iter(out["setup"].objective.train_data(32, 0, 0, 1)))
     decoded = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)))
     np.testing.assert_array_equal(decoded, grid(np.asarray(batch["image"])[:16]))
+    # the zero-shot evaluator's retrieval grid at the final eval: recomputed through vlm_jax.load
+    (picture,) = events.Images("eval/zeroshot/emoji/cross/retrieval")
+    assert picture.step == 12
+    cross = out["setup"].objective.evaluators()["zeroshot"].sets["emoji/cross"]
+    queries = cross.labels[np.linspace(0, len(cross.labels) - 1, 6).astype(int)]
+    run = vlm_jax.load(workdir)
+    sims = run.class_embeddings([cross.class_names[c] for c in queries]) @ run.embed_images(cross.images).T
+    shown = cross.images if cross.pixel_images is None else cross.pixel_images
+    want = retrieval_grid(shown, cross.labels, queries, sims, 6)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(picture.encoded_image_string))), want)
 
 
 def test_plot_tool_overlays_runs_on_the_compute_axis(trained, tmp_path):
@@ -141,3 +152,19 @@ def test_plot_tool_overlays_runs_on_the_compute_axis(trained, tmp_path):
                                rtol=1e-12)
     with pytest.raises(FileNotFoundError, match="training workdir"):
         plot.main([str(tmp_path / "nothing")])
+
+
+def test_retrieval_grid_frames_hits_green_and_misses_red():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (10, 4, 4, 3)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 3, 5, 6, 7, 8, 9])
+    sims = rng.normal(size=(2, 10))
+    picture = retrieval_grid(images, labels, np.array([3, 7]), sims, k=3)
+    assert picture.shape == (2 * 6 + 2, 3 * 6 + 2, 3)  # 4-px tiles, 2-px white gaps
+    for row, query in enumerate((3, 7)):
+        for col, index in enumerate(np.argsort(-sims[row])[:3]):
+            y, x = 2 + 6 * row, 2 + 6 * col
+            corner = picture[y, x]
+            assert tuple(corner) == ((0, 170, 0) if labels[index] == query else (200, 0, 0))
+            inner = np.clip(np.rint((images[index, 1:-1, 1:-1] + 1) * 127.5), 0, 255)
+            np.testing.assert_array_equal(picture[y + 1:y + 3, x + 1:x + 3], inner)

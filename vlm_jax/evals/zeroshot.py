@@ -100,9 +100,37 @@ class ZeroShotEvaluator:
 
     def __call__(self, params: Any, extra: Any = None) -> dict[str, float]:
         out: dict[str, float] = {}
+        self._last: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, ev in self.sets.items():
             img = self.embedder.images(params, ev.images)
             cls = self.class_embeddings(params, ev.class_names)
+            self._last[name] = (img, cls)
             px_q, px_c = self._pixels[name]
             out.update({f"{name}/{k}": v for k, v in evaluate_set(ev, img, cls, px_q, px_c).items()})
         return out
+
+    def summary_images(self, rows: int = 6, k: int = 6) -> dict[str, np.ndarray]:
+        """After a call: per set, a text→image retrieval grid (uint8) of `rows` queries spread over the set."""
+        out = {}
+        for name, (img, cls) in getattr(self, "_last", {}).items():
+            ev = self.sets[name]
+            queries = np.linspace(0, len(ev.labels) - 1, min(rows, len(ev.labels))).astype(int)
+            shown = ev.images if ev.pixel_images is None else ev.pixel_images
+            out[f"{name}/retrieval"] = retrieval_grid(shown, ev.labels, ev.labels[queries],
+                                                      cls[ev.labels[queries]] @ img.T, k)
+        return out
+
+
+def retrieval_grid(images: np.ndarray, labels: np.ndarray, query_labels: np.ndarray, sims: np.ndarray,
+                   k: int = 6) -> np.ndarray:
+    """uint8 grid, one row per query: its k most similar images (float [-1, 1]), those of the query's class
+    framed in green, the others in red."""
+    from vlm_jax.train.tensorboard import grid
+
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    tiles = np.clip(np.rint((np.asarray(images)[top.ravel()] + 1) * 127.5), 0, 255).astype(np.uint8)
+    hit = (labels[top] == np.asarray(query_labels)[:, None]).ravel()
+    frame = np.where(hit[:, None], np.array([[0, 170, 0]]), np.array([[200, 0, 0]])).astype(np.uint8)
+    for edge in (np.s_[:, :1], np.s_[:, -1:], np.s_[:, :, :1], np.s_[:, :, -1:]):
+        tiles[edge] = frame[:, None, None, :]
+    return grid(tiles, columns=k)

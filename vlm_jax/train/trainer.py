@@ -243,6 +243,10 @@ def run_evaluators(setup: Setup, state: TrainState, step: int, writer: JsonlWrit
         t0 = time.perf_counter()
         for key, value in evaluator(state.params, state.extra).items():
             results[f"{name}/{key}"] = value
+        pictures = getattr(evaluator, "summary_images", None)  # optional: what the evaluator can show
+        if pictures is not None and writer.mirror is not None and writer.mirror.enabled:
+            for tag, image in pictures().items():
+                writer.mirror.image(step, f"eval/{name}/{tag}", image)
         log.info("eval %s took %.1fs", name, time.perf_counter() - t0)
     writer.write({"step": step, "split": "eval", **results})
     return results
