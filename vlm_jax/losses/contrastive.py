@@ -38,5 +38,22 @@ def sigmoid_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array) -
     return loss, {"logit/pos": pos, "logit/neg": neg, **_retrieval_accuracy(logits)}
 
 
+@jax.jit
+def unicl_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, labels: jax.Array) -> tuple[jax.Array, Metrics]:
+    """UniCL (Yang et al. 2022): symmetric InfoNCE where every pair sharing a label is a positive; each row's
+    (column's) loss is −mean log-softmax over its positives. Equals `infonce_loss` when all labels differ."""
+    logits = t * jnp.einsum("id,jd->ij", zimg.astype(jnp.float32), ztxt.astype(jnp.float32))
+    pos = (labels[:, None] == labels[None, :]).astype(jnp.float32)
+    loss_i2t = -jnp.mean(jnp.sum(pos * jax.nn.log_softmax(logits, axis=1), 1) / jnp.sum(pos, 1))
+    loss_t2i = -jnp.mean(jnp.sum(pos * jax.nn.log_softmax(logits, axis=0), 0) / jnp.sum(pos, 0))
+    i2t = jnp.mean(labels[jnp.argmax(logits, axis=1)] == labels)  # a hit is any text of the image's label
+    t2i = jnp.mean(labels[jnp.argmax(logits, axis=0)] == labels)
+    return 0.5 * (loss_i2t + loss_t2i), {"loss/i2t": loss_i2t, "loss/t2i": loss_t2i, "acc/i2t": i2t,
+                                         "acc/t2i": t2i, "positives": jnp.mean(jnp.sum(pos, 1))}
+
+
+# Losses that also take the batch's labels (config.loss.name; only the full B×B implementation).
+LABEL_LOSSES = {"unicl": unicl_loss}
+
 # The contrastive losses by name (config.loss.name): one table for `get_contrastive_loss` and the kernels.
 LOSSES = {"infonce": infonce_loss, "sigmoid": sigmoid_loss}

@@ -12,9 +12,8 @@ import ml_collections
 from vlm_jax.config import check_keys
 from vlm_jax.data import image_text as datasets
 from vlm_jax.evals.embedder import Embedder
-from vlm_jax.losses import get_contrastive_loss
 from vlm_jax.objectives.captioning import CaptionParts, evals_config
-from vlm_jax.objectives.contrastive import ContrastiveObjective
+from vlm_jax.objectives.contrastive import ContrastiveObjective, contrastive_loss_fn
 from vlm_jax.train.objective import Evaluator, Objective, register
 
 LOSS_DEFAULTS = dict(name="infonce", impl="full", chunk_size=0, grad_cache=0, temperature_max=100.0,
@@ -38,7 +37,7 @@ class CoCaObjective(CaptionParts, ContrastiveObjective):
     def __init__(self, config: ml_collections.ConfigDict):
         Objective.__init__(self, config)  # ContrastiveObjective's own __init__ checks two-tower keys
         self.check_config(config)
-        self.loss_fn = get_contrastive_loss(config.loss.get("name", "infonce"))
+        self.loss_fn = contrastive_loss_fn(config.loss)
         self.data = datasets.get(config.data)
         evals_config(config)
 

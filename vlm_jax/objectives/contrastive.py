@@ -13,6 +13,7 @@ import ml_collections
 from vlm_jax.config import check_keys
 from vlm_jax.evals.embedder import Embedder
 from vlm_jax.losses import get_contrastive_loss
+from vlm_jax.losses.contrastive import LABEL_LOSSES
 from vlm_jax.losses.distributed import contrastive_loss
 from vlm_jax.models import TextTransformer, TwoTower, ViT
 from vlm_jax.data import image_text as datasets
@@ -22,10 +23,11 @@ from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
 MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init")
 LOSS_KEYS = ("name", "impl", "chunk_size", "grad_cache", "temperature_max")
 # Paper settings by short name: loss, initial temperature (and bias), Adam b2 (CLIP: Radford et al. 2021;
-# SigLIP: Zhai et al. 2023).
+# SigLIP: Zhai et al. 2023; UniCL, CLIP's settings with label-sharing positives: Yang et al. 2022).
 LOSS_PRESETS = {
     "clip": dict(name="infonce", temperature_init=1 / 0.07, bias_init=None, b2=0.98),
     "siglip": dict(name="sigmoid", temperature_init=10.0, bias_init=-10.0, b2=0.95),
+    "unicl": dict(name="unicl", temperature_init=1 / 0.07, bias_init=None, b2=0.98),  # Yang et al. 2022
 }
 
 
@@ -46,6 +48,18 @@ def apply_loss_preset(config: ml_collections.ConfigDict, name: str) -> dict:
     return preset
 
 
+def contrastive_loss_fn(loss: ml_collections.ConfigDict) -> Any:
+    """The loss function `loss.name` selects; a label loss (UniCL) only with the full implementation."""
+    name = loss.get("name", "infonce")
+    if name not in LABEL_LOSSES:
+        return get_contrastive_loss(name)
+    if loss.get("impl", "full") != "full" or loss.get("chunk_size", 0) or loss.get("grad_cache", 0):
+        raise ValueError(f"loss {name!r} runs with impl='full', no chunk_size and no grad_cache; got "
+                         f"impl={loss.get('impl')!r}, chunk_size={loss.get('chunk_size')}, "
+                         f"grad_cache={loss.get('grad_cache')}")
+    return LABEL_LOSSES[name]
+
+
 def check_module_fields(section: Any, module: type, prefix: str, exclude: tuple[str, ...] = ()) -> None:
     """Raises on keys that are not settable fields of the Flax module (less `exclude`), naming the valid ones."""
     fields = tuple(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name", *exclude))
@@ -64,7 +78,7 @@ class ContrastiveObjective(Objective):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         self.check_config(config)
-        self.loss_fn = get_contrastive_loss(config.loss.get("name", "infonce"))
+        self.loss_fn = contrastive_loss_fn(config.loss)
         self.data = datasets.get(config.data)
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
@@ -94,11 +108,17 @@ class ContrastiveObjective(Objective):
                                                rngs={"dropout": rng})
         return zimg, ztxt, aux["t"], aux.get("b")
 
-    def _contrastive(self, zimg: jax.Array, ztxt: jax.Array, t: jax.Array,
-                     b: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """The configured contrastive loss on (global) embeddings, with t and b among the metrics."""
+    def _contrastive(self, zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array | None,
+                     labels: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The configured contrastive loss on (global) embeddings, with t and b among the metrics; `labels`
+        [B] for a loss that takes them (UniCL)."""
         impl, chunk = self.config.loss.get("impl", "full"), int(self.config.loss.get("chunk_size", 0) or 0)
-        if impl == "full" and not chunk:
+        if self.config.loss.get("name") in LABEL_LOSSES:
+            if labels is None:
+                raise ValueError(f"loss {self.config.loss.name!r} needs the batch's labels (batch['concept']); "
+                                 f"this dataset's batches have none")
+            loss, metrics = self.loss_fn(zimg, ztxt, t, labels)
+        elif impl == "full" and not chunk:
             loss, metrics = self.loss_fn(zimg, ztxt, t, *(() if b is None else (b,)))
         else:
             loss, metrics = contrastive_loss(self.config.loss.get("name", "infonce"), zimg, ztxt, t, b,
@@ -116,7 +136,7 @@ class ContrastiveObjective(Objective):
     def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
              train: bool = True) -> LossOut:
         zimg, ztxt, t, b, local, local_metrics = self._towers(params, batch, rng, train)
-        loss, metrics = self._contrastive(zimg, ztxt, t, b)
+        loss, metrics = self._contrastive(zimg, ztxt, t, b, batch.get("concept"))
         if local is None:
             return loss, (metrics, extra)
         total = float(self.config.loss.get("contrastive_weight", 1.0)) * loss + local
