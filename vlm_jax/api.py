@@ -90,10 +90,10 @@ class TrainedRun:
         from PIL import Image
 
         from vlm_jax.data import ops
-        from vlm_jax.tools.caption import load_image
+        from vlm_jax.data.emoji import prepare_drawing
 
-        if isinstance(image, (str, Path)) or isinstance(image, Image.Image):
-            return load_image(image, self.image_size)
+        if isinstance(image, (str, Path, Image.Image)):
+            return prepare_drawing(image, self.image_size)
         arr = np.asarray(image)
         if arr.dtype == np.uint8:
             return ops.normalize(ops.resize(arr[..., :3], self.image_size))

@@ -195,3 +195,22 @@ def split_concepts(concepts: list[Concept], unseen_fraction: float = 0.1, seed: 
         if n:
             unseen.update(int(i) for i in rng.choice(ids, size=n, replace=False))
     return unseen
+
+
+def prepare_drawing(image: str | Path | Image.Image, size: int, prepared_size: int = 64) -> np.ndarray:
+    """float32 [size, size, 3] in [-1, 1] from an image file or PIL image, prepared like the training drawings:
+    cropped to its drawn pixels (alpha > 0; an opaque image: its non-white pixels), centred on a white square
+    with a margin at the stored size, then resized to the model's."""
+    from vlm_jax.data import ops
+
+    if isinstance(image, Image.Image):
+        rgba = image.convert("RGBA")
+    else:
+        with Image.open(image) as im:
+            rgba = im.convert("RGBA")
+    arr = np.asarray(rgba)
+    if arr[..., 3].min() == 255:  # opaque: what is not (near) white is the drawing
+        alpha = np.where((arr[..., :3] < 250).any(-1), 255, 0).astype(np.uint8)
+        if alpha.any():
+            rgba = Image.fromarray(np.dstack([arr[..., :3], alpha]), "RGBA")
+    return ops.normalize(ops.resize(to_square_rgb(rgba, prepared_size), size))

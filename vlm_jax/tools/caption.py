@@ -18,21 +18,10 @@ import numpy as np
 
 
 def load_image(path: str | Path, size: int, prepared_size: int = 64) -> np.ndarray:
-    """float32 [size, size, 3] in [-1, 1], prepared like the training drawings: cropped to its drawn pixels
-    (alpha > 0; an opaque image: its non-white pixels), centred on a white square with a margin, stored size,
-    then resized to the model's."""
-    from PIL import Image
+    """An image file prepared like the training drawings (`emoji.prepare_drawing`)."""
+    from vlm_jax.data.emoji import prepare_drawing
 
-    from vlm_jax.data import emoji, ops
-
-    with Image.open(path) as im:
-        rgba = im.convert("RGBA")
-    arr = np.asarray(rgba)
-    if arr[..., 3].min() == 255:  # opaque: what is not (near) white is the drawing
-        alpha = np.where((arr[..., :3] < 250).any(-1), 255, 0).astype(np.uint8)
-        if alpha.any():
-            rgba = Image.fromarray(np.dstack([arr[..., :3], alpha]), "RGBA")
-    return ops.normalize(ops.resize(emoji.to_square_rgb(rgba, prepared_size), size))
+    return prepare_drawing(path, size, prepared_size)
 
 
 def load_run(workdir: str | Path, overrides: list[str] | None = None) -> tuple[Any, Any, int]:
