@@ -12,6 +12,7 @@ from vlm_jax.config import check_keys
 from vlm_jax.data import emoji as emoji_lib
 from vlm_jax.data import emoji_tfds, fashion_mnist, multilingual, ops, pipeline
 from vlm_jax.data.tokenizer import EVAL_TEMPLATE, TRAIN_TEMPLATES, Tokenizer
+from vlm_jax.evals.probe import ProbeSet
 from vlm_jax.evals.zeroshot import EvalSet, ZeroShotEvaluator
 
 _REGISTRY: dict[str, type] = {}
@@ -196,6 +197,44 @@ class EmojiPairs(TokenizerText):
                 class_images=_prep_images(refs, self.image_size), retrieval=False,
                 pixel_images=_prep_images(fashion_mnist.to_rgb(images, PIXEL_BASELINE_SIZE), PIXEL_BASELINE_SIZE),
                 pixel_class_images=_prep_images(refs, PIXEL_BASELINE_SIZE))
+        return sets
+
+    def probe_sets(self, names: list[str], fashion_train: int = 10_000, fashion_test: int = 10_000
+                   ) -> dict[str, ProbeSet]:
+        """Image-only probe sets. "emoji": every training-style drawing of the seen concepts → their OpenMoji
+        drawings (one class per concept); "fashion_mnist": the first `fashion_train` training and `fashion_test`
+        test images."""
+        sets: dict[str, ProbeSet] = {}
+        if "emoji" in names:
+            omoji = self._split("openmoji")
+            seen = np.asarray(omoji["seen"], bool)
+            classes = np.unique(np.asarray(omoji["concept"])[seen])
+            index = {int(c): i for i, c in enumerate(classes)}
+            raw, labels = [], []
+            for style in self.train_styles:
+                split = self._split(style)
+                keep = np.array([int(c) in index for c in split["concept"]], bool)
+                raw.append(np.asarray(split["image"])[keep])
+                labels.append([index[int(c)] for c in np.asarray(split["concept"])[keep]])
+            train, test = np.concatenate(raw), np.asarray(omoji["image"])[seen]
+            sets["emoji"] = ProbeSet(
+                train_images=_prep_images(train, self.image_size),
+                train_labels=np.concatenate(labels).astype(np.int64),
+                test_images=_prep_images(test, self.image_size),
+                test_labels=np.array([index[int(c)] for c in np.asarray(omoji["concept"])[seen]], np.int64),
+                num_classes=len(classes), pixel_train=_prep_images(train, PIXEL_BASELINE_SIZE),
+                pixel_test=_prep_images(test, PIXEL_BASELINE_SIZE))
+        if "fashion_mnist" in names:
+            (tr_x, tr_y), (te_x, te_y) = (fashion_mnist.load_fashion_mnist(s) for s in ("train", "test"))
+            prep = lambda x, size: _prep_images(fashion_mnist.to_rgb(x, size), size)  # noqa: E731
+            tr_x, tr_y, te_x, te_y = tr_x[:fashion_train], tr_y[:fashion_train], te_x[:fashion_test], te_y[:fashion_test]
+            sets["fashion_mnist"] = ProbeSet(
+                train_images=prep(tr_x, self.image_size), train_labels=tr_y, test_images=prep(te_x, self.image_size),
+                test_labels=te_y, num_classes=len(fashion_mnist.CLASS_NAMES),
+                pixel_train=prep(tr_x, PIXEL_BASELINE_SIZE), pixel_test=prep(te_x, PIXEL_BASELINE_SIZE))
+        unknown = sorted(set(names) - {"emoji", "fashion_mnist"})
+        if unknown:
+            raise ValueError(f"unknown probe sets {unknown}; valid: ['emoji', 'fashion_mnist']")
         return sets
 
     def _language_sets(self, cross: EvalSet, languages: list[str]) -> dict[str, EvalSet]:

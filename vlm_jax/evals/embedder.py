@@ -29,7 +29,7 @@ def mesh_of(params: Any) -> Any:
 class Embedder:
     """Wraps tower functions with their input preparation (tokenizer, image normalisation)."""
 
-    def __init__(self, image_fn: EmbedFn, text_fn: EmbedFn, tokenize: Callable[[list[str]], np.ndarray],
+    def __init__(self, image_fn: EmbedFn, text_fn: EmbedFn | None, tokenize: Callable[[list[str]], np.ndarray] | None,
                  batch_size: int = 256, context: Callable[[], ContextManager] = contextlib.nullcontext):
         # `context`: entered while tracing the towers (the trainer's mesh + logical axis rules)
         self._fns = {"image": image_fn, "text": text_fn}
@@ -67,6 +67,10 @@ class Embedder:
                 chunk = jax.make_array_from_callback(chunk.shape, in_sharding, lambda idx, c=chunk: c[idx])
             outs.append(np.asarray(jax.device_get(fn(params, chunk)))[:n])
         return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+    def features(self, params: Any, images: np.ndarray) -> np.ndarray:
+        """The image function's raw outputs on float images in [-1, 1], [N, H, W, 3] (not normalised)."""
+        return self._batched("image", params, np.asarray(images, np.float32))
 
     def images(self, params: Any, images: np.ndarray) -> np.ndarray:
         """Unit-norm embeddings of float images in [-1, 1], [N, H, W, 3]."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Mapping
 
 WHO = ("model", "pixel", "chance")
-EXTRA = ("copy",)  # further baseline columns, shown when some result has them
+# further baseline columns, shown when some result has them: "copy" (a translation task's input unchanged), "mean"
+# (MAE: each hidden patch predicted by its own mean)
+EXTRA = ("copy", "mean")
+RAW = ("mse",)  # metrics printed as numbers, not percent
 
 
 def rows(results: Mapping[str, float]) -> list[tuple[str, str, str, dict[str, float]]]:
@@ -20,20 +23,23 @@ def rows(results: Mapping[str, float]) -> list[tuple[str, str, str, dict[str, fl
     return [(s, sub, m, v) for (s, sub, m), v in table.items() if "model" in v]
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
+def _pct(value: float | None, metric: str = "") -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if metric in RAW else f"{100 * value:.1f}"
 
 
 def format_results(results: Mapping[str, float], title: str = "") -> str:
-    """Markdown table of all evaluated metrics (percent)."""
+    """Markdown table of all evaluated metrics (percent, except the RAW metrics)."""
     lines = [f"### {title}", ""] if title else []
     table = rows(results)
     extra = [w for w in EXTRA if any(w in v for *_, v in table)]
     lines += ["| eval set | subset | metric | model % | pixel NN % | chance % |" + "".join(f" {w} % |" for w in extra),
               "|---|---|---|---:|---:|---:|" + "---:|" * len(extra)]
     for set_name, subset, metric, v in table:
-        lines.append(f"| {set_name} | {subset} | {metric} | {_pct(v.get('model'))} | {_pct(v.get('pixel'))} | "
-                     f"{_pct(v.get('chance'))} |" + "".join(f" {_pct(v.get(w))} |" for w in extra))
+        pct = lambda who: _pct(v.get(who), metric)  # noqa: E731
+        lines.append(f"| {set_name} | {subset} | {metric} | {pct('model')} | {pct('pixel')} | {pct('chance')} |"
+                     + "".join(f" {pct(w)} |" for w in extra))
     return "\n".join(lines)
 
 
@@ -45,9 +51,9 @@ def compare(runs: dict[str, Mapping[str, float]], subsets: tuple[str, ...] = ("f
     lines = [head, "|---|---|---|" + "---:|" * (len(runs) + 2)]
     for s, sub, m in keys:
         base = f"{s}/{sub}/{m}"
-        vals = [_pct(r.get(f"{base}/model")) for r in runs.values()]
+        vals = [_pct(r.get(f"{base}/model"), m) for r in runs.values()]
         lines.append(f"| {s.removeprefix('zeroshot/')} | {sub} | {m} | " + " | ".join(vals) +
-                     f" | {_pct(first.get(f'{base}/pixel'))} | {_pct(first.get(f'{base}/chance'))} |")
+                     f" | {_pct(first.get(f'{base}/pixel'), m)} | {_pct(first.get(f'{base}/chance'), m)} |")
     return "\n".join(lines)
 
 

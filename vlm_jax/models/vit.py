@@ -66,7 +66,9 @@ class ViT(nn.Module):
         return cfg
 
     @nn.compact
-    def __call__(self, image: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
+    def __call__(self, image: Array, *, train: bool = False,
+                 keep: Array | None = None) -> tuple[Array, dict[str, Array]]:
+        """`keep` int [B, K]: encode only these patch positions (MAE's visible patches; None: all)."""
         c = self._cfg()
         d, patch = c["width"], c["patch_size"]
         if self.pool_type not in POOL_TYPES:
@@ -88,6 +90,8 @@ class ViT(nn.Module):
             raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {self.posemb!r}")
         x = x + pe.astype(x.dtype)
         aux["with_posemb"] = x
+        if keep is not None:  # positions are already added, so the encoder knows where each kept patch was
+            x = jnp.take_along_axis(x, keep[:, :, None], axis=1)
         if self.pool_type == "tok":
             cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
                              (1, 1, d), jnp.float32)

@@ -100,10 +100,11 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
     """
     from vlm_jax.models import OneTower, TwoTower
     from vlm_jax.models.captioner import Captioner
+    from vlm_jax.models.mae import MAE
     from vlm_jax.models.pali import PaLI
     from vlm_jax.models.prefix_lm import ImagePrefixLM
 
-    if not isinstance(model, (TwoTower, OneTower, Captioner, PaLI, ImagePrefixLM)):
+    if not isinstance(model, (TwoTower, OneTower, Captioner, PaLI, ImagePrefixLM, MAE)):
         raise NotImplementedError(f"no analytic FLOP count for {type(model).__name__}")
     bsz, h, w, ch = _shape(batch, "image")
     out: dict[str, float] = {}
@@ -114,6 +115,9 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
         out[key] = out.get(key, 0.0) + bsz * (part["encoder"] + part["head"])
         return part
 
+    if isinstance(model, MAE):
+        out.update(mae_forward(model, (h, w), ch))
+        return {k: bsz * v for k, v in out.items()}
     if isinstance(model, TwoTower):
         image_tower({"num_classes": model.embed_dim, **model.image}, "image", (h, w), ch)
         text = {"num_classes": model.embed_dim, **model.text}
@@ -161,6 +165,25 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
             out["image"] += bsz * dense(tokens, vit_width, width)
             out["decoder"] = bsz * text_decoder({**dec, "cross_attention": False}, prompt + length, prefix=tokens)
     return out
+
+
+def mae_forward(model: Any, image_size: tuple[int, int], channels: int) -> dict[str, float]:
+    """One image through an MAE as trained: the patch stem over every patch, the encoder over the visible ones,
+    the decoder over all of them and the pixel head."""
+    from vlm_jax.losses.masked import num_masked
+    from vlm_jax.models.mae import decoder_fields
+
+    fields = {**model.image, "pool_type": "none", "num_classes": None}
+    c = vit_config(fields)
+    (ph, pw), d = c["patch_size"], c["width"]
+    n = (image_size[0] // ph) * (image_size[1] // pw)
+    visible = n - num_masked(n, model.mask_ratio)
+    dec = decoder_fields(model.decoder)
+    dw = int(dec["width"])
+    return {"patch_embed": dense(n, ph * pw * channels, d),
+            "image": encoder_stack(visible, d, c["depth"], c["mlp_dim"], c["num_heads"]),
+            "decoder": (dense(visible, d, dw) + encoder_stack(n, dw, int(dec["depth"]), int(dec["mlp_dim"]),
+                                                              int(dec["num_heads"])) + dense(n, dw, ph * pw * channels))}
 
 
 def train_step_flops(model: Any, batch: Mapping[str, Any], micro_batches: int = 1) -> float:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from vlm_jax.train import init_from
+
 # No weight decay on biases, norm scales, position embeddings, pooling probes / cls tokens, and the top-level
 # logit temperature `t` and bias `b` (paths are "img/.../bias", "t", "b").
 WD_EXCLUDE = r"(bias|scale|pos_embedding|probe|(^|/)cls$|(^|/)[tb]$)"
@@ -31,6 +33,8 @@ def trainer_defaults() -> ml_collections.ConfigDict:
         name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0, weight_decay=1e-4,
         wd_exclude=WD_EXCLUDE, clip_norm=1.0, schedule="cosine",
         warmup_steps=100, end_lr_factor=0.0, lr_mults={}, freeze=""))
+
+    c.init_from = ml_collections.ConfigDict(init_from.DEFAULTS)  # another run's weights to start from (init_from.py)
 
     c.log_every = 10
     c.eval_every = 0  # 0 → evaluate only at the end

@@ -23,6 +23,7 @@ from vlm_jax.data import robust
 from vlm_jax.kernels import onednn
 from vlm_jax.scaling import compute, hardware
 from vlm_jax.config import fill_missing, merge_defaults
+from vlm_jax.train import init_from
 from vlm_jax.train.checkpoint import Checkpointer
 from vlm_jax.train.defaults import OPEN_SECTIONS, trainer_defaults
 from vlm_jax.train.microbatch import split_microbatches
@@ -99,9 +100,11 @@ class Setup:
         self.tx, self.schedule = make_optimizer(config.optim, config.total_steps, abstract_params)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
         replicated = shd.replicated(self.mesh)
+        # frozen groups (optim.freeze) hold MaskedNode placeholders where a parameter has no optimizer state
+        masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
         opt_shardings = optax.tree_utils.tree_map_params(
-            self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
-            transform_non_params=lambda _: replicated)
+            self.tx, lambda v, s: v if masked(v) else s, abstract_opt, self.param_shardings,
+            transform_non_params=lambda _: replicated, is_leaf=masked)
         with self.trace_context():
             boxed_extra = jax.eval_shape(self.objective.init_extra, abstract_params)
         extra_shardings = shd.tree_shardings(boxed_extra, self.mesh, self.rules, **fsdp)
@@ -174,6 +177,23 @@ class Setup:
                        param_norm=optax.tree.norm(params), nonfinite=(~ok).astype(jnp.int32),
                        nonfinite_skipped=new.step - updates_applied(new))  # over the whole run, resumes included
         return new, metrics
+
+
+def start_from(setup: Setup, state: TrainState, writer: JsonlWriter) -> TrainState:
+    """The fresh state with `config.init_from`'s source arrays in its parameters (and `extra` rebuilt from them)."""
+    init = setup.config.init_from
+    source, step = init_from.load_source(init)
+    params, report = init_from.merge(state.params, source, init.include, list(init.rename))
+    extra = setup.jit(lambda p: nn.unbox(setup.objective.init_extra(p)),
+                      out_shardings=setup.state_shardings.extra)(params)
+    fresh = report["fresh"]
+    if jax.process_index() == 0:
+        print(f"init_from {init.workdir} (step {step}): {report['copied']} arrays, {report['copied_params']:,} "
+              f"parameters copied; {len(fresh)} keep their initialisation"
+              + (f": {init_from.summarize(fresh)}" if fresh else ""), flush=True)
+    writer.write({"step": 0, "split": "init_from", "workdir": str(init.workdir), "source_step": step,
+                  "copied": report["copied"], "copied_params": report["copied_params"], "fresh": fresh})
+    return state.replace(params=params, extra=extra)
 
 
 def updates_applied(state: TrainState) -> jax.Array:
@@ -316,7 +336,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
         state = setup.init_state(jax.random.key(config.seed))
         start = 0
         if is_main:
-            trim_jsonl(writer.path, 0)  # records of an attempt that died before its first checkpoint
+            trim_jsonl(writer.path, -1)  # records of an attempt that died before its first checkpoint
+        if config.init_from.workdir:
+            state = start_from(setup, state, writer)
     else:
         state, meta = restored
         start = int(meta["step"])

@@ -1,0 +1,87 @@
+"""Start a run from another run's weights (`config.init_from`): e.g. an MAE or CLIP image tower for a contrastive
+or locked-image run. Selected source arrays replace the fresh ones at the same (or renamed) path; the rest keep
+their initialisation."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import flax.traverse_util as traverse
+import jax
+import ml_collections
+import numpy as np
+
+DEFAULTS = dict(workdir="", step=0, include=".*", rename=[])
+# workdir: the source run; step: its checkpoint (0: newest readable); include: regex on source parameter paths
+# ("img/…", "txt/…", "t") selecting what to copy; rename: [source prefix, destination prefix] pairs applied to the
+# selected paths (e.g. [("img/", "img/")] is the identity).
+
+
+class InitFromError(ValueError):
+    """The source run's parameters do not fit this run's model."""
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return traverse.flatten_dict(tree, sep="/")
+
+
+def _renamed(path: str, rename: list[tuple[str, str]]) -> str:
+    for src, dst in rename:
+        if path.startswith(src):
+            return dst + path[len(src):]
+    return path
+
+
+def select(source: dict[str, Any], target: dict[str, Any], include: str,
+           rename: list[tuple[str, str]]) -> dict[str, str]:
+    """{destination path: source path} of the source arrays `include` selects; raises when nothing is selected, a
+    selected array has no destination, or shapes differ."""
+    pattern = re.compile(include)
+    chosen = {_renamed(p, rename): p for p in source if pattern.search(p)}
+    if not chosen:
+        raise InitFromError(f"init_from.include={include!r} selects no parameter of the source run; its top-level "
+                            f"names: {sorted({p.split('/')[0] for p in source})}")
+    missing = sorted(d for d in chosen if d not in target)
+    if missing:
+        raise InitFromError(f"{len(missing)} selected source arrays have no place in this model, e.g. {missing[:4]}; "
+                            f"narrow init_from.include or set init_from.rename. This model's top-level names: "
+                            f"{sorted({p.split('/')[0] for p in target})}")
+    for dst, src in chosen.items():
+        if tuple(np.shape(source[src])) != tuple(np.shape(target[dst])):
+            raise InitFromError(f"shape of {src} in the source {np.shape(source[src])} differs from {dst} here "
+                                f"{np.shape(target[dst])}")
+    return chosen
+
+
+def merge(params: Any, source: Any, include: str = ".*",
+          rename: list[tuple[str, str]] | tuple = ()) -> tuple[Any, dict[str, Any]]:
+    """`params` with the selected `source` arrays in place (with the dtype and sharding of the arrays they replace),
+    and a report of what moved."""
+    flat, src = _flat(params), _flat(source)
+    chosen = select(src, flat, include, [tuple(r) for r in rename])
+    out = dict(flat)
+    for dst, path in chosen.items():
+        like = flat[dst]
+        value = np.asarray(src[path], dtype=like.dtype)
+        out[dst] = jax.device_put(value, like.sharding) if isinstance(like, jax.Array) else value
+    fresh = sorted(p for p in flat if p not in chosen)
+    report = {"copied": len(chosen), "copied_params": int(sum(np.size(src[p]) for p in chosen.values())),
+              "fresh": fresh}
+    return traverse.unflatten_dict(out, sep="/"), report
+
+
+def summarize(paths: list[str], depth: int = 2) -> str:
+    """Paths grouped by their first `depth` components, with counts: "img/MAPHead_0 (12), t"."""
+    groups: dict[str, int] = {}
+    for p in paths:
+        key = "/".join(p.split("/")[:depth])
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(k if n == 1 and k in paths else f"{k} ({n})" for k, n in groups.items())
+
+
+def load_source(init: ml_collections.ConfigDict) -> tuple[Any, int]:
+    """(host parameters, step) of the source run's checkpoint, read on this machine's devices."""
+    from vlm_jax.api import load
+
+    run = load(init.workdir, int(init.get("step", 0)) or None, mesh=[("data", -1)])
+    return jax.device_get(run.params), run.step
