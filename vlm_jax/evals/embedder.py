@@ -50,23 +50,33 @@ class Embedder:
             self._jitted[key] = jax.jit(traced, out_shardings=out)
         return self._jitted[key]
 
-    def _batched(self, kind: str, params: Any, inputs: np.ndarray) -> np.ndarray:
-        """Applies a tower over fixed-size batches, padding the last one by repeating its final row."""
+    def _batched(self, kind: str, params: Any, inputs: Any) -> np.ndarray:
+        """Applies a tower over fixed-size batches, padding the last one by repeating its final row; `inputs` is
+        an array or a tuple of equally long arrays (the function then takes the tuple)."""
         mesh = mesh_of(params)
         fn = self._compiled(kind, mesh)
         in_sharding = shd.batch_sharding(mesh) if mesh is not None else None
         if in_sharding is not None and self.batch_size % shd.axes_size(mesh, in_sharding.spec[0]):
             in_sharding = shd.replicated(mesh)  # batch not divisible by the batch axes: feed it whole
+        total = len(jax.tree.leaves(inputs)[0])
         outs = []
-        for start in range(0, len(inputs), self.batch_size):
-            chunk = inputs[start:start + self.batch_size]
-            n = len(chunk)
-            if n < self.batch_size:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
-            if in_sharding is not None:
-                chunk = jax.make_array_from_callback(chunk.shape, in_sharding, lambda idx, c=chunk: c[idx])
-            outs.append(np.asarray(jax.device_get(fn(params, chunk)))[:n])
+        for start in range(0, total, self.batch_size):
+            n = min(self.batch_size, total - start)
+
+            def prepare(x: np.ndarray) -> Any:
+                chunk = x[start:start + self.batch_size]
+                if n < self.batch_size:
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, axis=0)])
+                if in_sharding is None:
+                    return chunk
+                return jax.make_array_from_callback(chunk.shape, in_sharding, lambda idx, c=chunk: c[idx])
+
+            outs.append(np.asarray(jax.device_get(fn(params, jax.tree.map(prepare, inputs))))[:n])
         return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+    def apply(self, params: Any, *inputs: np.ndarray) -> np.ndarray:
+        """The image function's raw outputs on equally long input arrays (one: the array; several: their tuple)."""
+        return self._batched("image", params, inputs[0] if len(inputs) == 1 else tuple(inputs))
 
     def features(self, params: Any, images: np.ndarray) -> np.ndarray:
         """The image function's raw outputs on float images in [-1, 1], [N, H, W, 3] (not normalised)."""

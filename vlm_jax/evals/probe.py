@@ -9,6 +9,8 @@ import numpy as np
 from vlm_jax.evals.metrics import l2_normalize, pixel_features
 
 L2_GRID = tuple(10.0 ** k for k in range(-3, 5))  # ridge strengths tried, chosen by leave-one-out accuracy
+# evals keys of every objective with probes: probe_sets (the dataset's `probe_sets` names; [] none), the kNN vote
+PROBE_DEFAULTS = dict(probe_sets=[], knn_k=10, knn_temperature=0.07)
 
 
 @dataclass
@@ -126,3 +128,13 @@ class ProbeEvaluator:
                     out[f"{name}/all/{probe}@1/pixel"] = pixel[probe]
             out[f"{name}/linear_l2"], out[f"{name}/linear_loo"] = res["linear_l2"], res["linear_loo"]
         return out
+
+
+def probe_evaluator(data: Any, features: Callable[[Any, np.ndarray], np.ndarray],
+                    evals: Any) -> dict[str, ProbeEvaluator]:
+    """{"probe": ProbeEvaluator} over `evals["probe_sets"]` of `data` (empty when there are none)."""
+    sets = list(evals.get("probe_sets", []) or [])
+    if not sets:
+        return {}
+    return {"probe": ProbeEvaluator(features, data.probe_sets(sets), k=int(evals.get("knn_k", 10)),
+                                    temperature=float(evals.get("knn_temperature", 0.07)))}

@@ -41,6 +41,12 @@ def normalize_patches(patches: Array, eps: float = 1e-6) -> Array:
     return (patches - mean) / jnp.sqrt(var + eps)
 
 
+def pixel_targets(images: Array, patch: tuple[int, int], norm_pix: bool = True) -> Array:
+    """MAE's regression targets [B, N, ph·pw·C]: the patches' pixels, each patch standardised when `norm_pix`."""
+    patches = patchify(images.astype(jnp.float32), patch)
+    return normalize_patches(patches) if norm_pix else patches
+
+
 def masked_patch_loss(pred: Array, target: Array, mask: Array) -> tuple[Array, dict[str, Array]]:
     """Mean squared error per patch, averaged over the hidden patches only (`mask` True); float32."""
     err = jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)), axis=-1)
@@ -48,3 +54,21 @@ def masked_patch_loss(pred: Array, target: Array, mask: Array) -> tuple[Array, d
     loss = jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1.0)
     visible = jnp.sum(err * (1 - weight)) / jnp.maximum(jnp.sum(1 - weight), 1.0)
     return loss, {"mse_masked": loss, "mse_visible": visible, "mask_ratio": jnp.mean(weight)}
+
+
+def mlm_masking(rng: Array, tokens: Array, maskable: Array, mask_id: int, random_range: tuple[int, int],
+                ratio: float = 0.15) -> tuple[Array, Array]:
+    """BERT's masking (Devlin et al. 2019): in each row exactly max(1, round(ratio · n)) of its n `maskable`
+    positions are chosen uniformly; a chosen token becomes `mask_id` with probability 0.8, a uniform random id in
+    [lo, hi) with 0.1, and stays itself with 0.1. Returns (inputs, chosen bool [B, L]); rows with no maskable
+    position choose none. The loss is taken on the chosen positions only."""
+    k_pick, k_rule, k_rand = jax.random.split(rng, 3)
+    n = jnp.sum(maskable, axis=1)
+    count = jnp.where(n > 0, jnp.maximum(1, jnp.round(ratio * n)), 0).astype(jnp.int32)
+    noise = jnp.where(maskable, jax.random.uniform(k_pick, tokens.shape), 2.0)  # unmaskable sort last
+    rank = jnp.argsort(jnp.argsort(noise, axis=1), axis=1)
+    chosen = rank < count[:, None]
+    rule = jax.random.uniform(k_rule, tokens.shape)
+    random_ids = jax.random.randint(k_rand, tokens.shape, random_range[0], random_range[1], tokens.dtype)
+    replaced = jnp.where(rule < 0.8, jnp.asarray(mask_id, tokens.dtype), jnp.where(rule < 0.9, random_ids, tokens))
+    return jnp.where(chosen, replaced, tokens), chosen

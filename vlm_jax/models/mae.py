@@ -58,3 +58,28 @@ class MAE(nn.Module):
                                  num_heads=int(dec["num_heads"]), dtype_mm=dt, name="decoder")(full, train=train)
         pred = layers.dense(ph * pw * image.shape[-1], ("embed", None), dt, name="decoder_pred")(full)
         return pred.astype(jnp.float32), aux
+
+
+class MAEDecoder(nn.Module):
+    """MAE's decoder as a submodule (for models that add masked image modelling to other heads): encoded visible
+    tokens [B, K, D] at positions `keep` [B, K] → pixels of every patch [B, gh·gw, ph·pw·channels]."""
+    decoder: dict[str, Any]
+    grid: tuple[int, int]
+    patch: tuple[int, int]
+    channels: int = 3
+
+    @nn.compact
+    def __call__(self, tokens: Array, keep: Array, *, train: bool = False) -> Array:
+        dec = decoder_fields(self.decoder)
+        width, dt = int(dec["width"]), dec["dtype_mm"]
+        (gh, gw), (ph, pw) = self.grid, self.patch
+        b, n = tokens.shape[0], gh * gw
+        x = layers.dense(width, ("embed", None), dt, name="embed")(tokens).astype(jnp.float32)
+        mask_token = self.param("mask_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                           (None, None, "embed")),
+                                (1, 1, width), jnp.float32)
+        full = jnp.broadcast_to(mask_token, (b, n, width)).at[jnp.arange(b)[:, None], keep].set(x)
+        full = nn.with_logical_constraint(full + layers.posemb_sincos_2d(gh, gw, width), layers.BSE)
+        full, _ = layers.Encoder(depth=int(dec["depth"]), mlp_dim=int(dec["mlp_dim"]),
+                                 num_heads=int(dec["num_heads"]), dtype_mm=dt, name="blocks")(full, train=train)
+        return layers.dense(ph * pw * self.channels, ("embed", None), dt, name="pred")(full).astype(jnp.float32)

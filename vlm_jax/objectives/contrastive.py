@@ -12,6 +12,7 @@ import ml_collections
 
 from vlm_jax.config import check_keys
 from vlm_jax.evals.embedder import Embedder
+from vlm_jax.evals.probe import PROBE_DEFAULTS, probe_evaluator
 from vlm_jax.losses import get_contrastive_loss
 from vlm_jax.losses.contrastive import LABEL_LOSSES
 from vlm_jax.losses.distributed import contrastive_loss
@@ -73,7 +74,9 @@ class ContrastiveObjective(Objective):
     # impl: "full" (B×B logits) | "gather" (b×B per device) | "ring" (b×b per device, ppermute ring);
     # chunk_size: rows per in-device tile (0: none); grad_cache: GradCache sub-batches (0: off);
     # temperature_max: the logit scale t is clamped to at most this after every update (CLIP: 100; 0: unbounded).
-    CONFIG_DEFAULTS = {"loss": dict(name="infonce", impl="full", chunk_size=0, grad_cache=0, temperature_max=100.0)}
+    # evals: the zero-shot sets (data.evaluators) and the image-only probes (PROBE_DEFAULTS; off unless probe_sets)
+    CONFIG_DEFAULTS = {"loss": dict(name="infonce", impl="full", chunk_size=0, grad_cache=0, temperature_max=100.0),
+                       "evals": PROBE_DEFAULTS}
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
@@ -214,9 +217,20 @@ class ContrastiveObjective(Objective):
         return Embedder(image_fn, text_fn, self.data.tokenize, batch_size=self.config.evals.get("batch_size", 256),
                         context=lambda: self.trace_context())
 
+    def image_features(self, params: Any, image: jax.Array) -> jax.Array:
+        """The image tower's pooled output before its projection head: the probes' input (as CLIP's linear probe)."""
+        return self.model().apply({"params": params}, image, None)[1]["img/pre_logits"]
+
     @functools.cached_property
     def _evaluators(self) -> dict[str, Evaluator]:
-        return self.data.evaluators(self.embedder, self.config.evals)
+        return self.build_evaluators()
+
+    def build_evaluators(self) -> dict[str, Evaluator]:
+        """Zero-shot classification and retrieval, and the image-only probes when `evals.probe_sets` names any."""
+        features = Embedder(self.image_features, None, None, batch_size=self.config.evals.get("batch_size", 256),
+                            context=lambda: self.trace_context())
+        return {**self.data.evaluators(self.embedder, self.config.evals),
+                **probe_evaluator(self.data, features.features, self.config.evals)}
 
     def evaluators(self) -> dict[str, Evaluator]:
         return self._evaluators

@@ -13,27 +13,17 @@ import numpy as np
 from vlm_jax.config import check_keys
 from vlm_jax.data import image_text as datasets
 from vlm_jax.evals.embedder import Embedder
-from vlm_jax.evals.probe import ProbeEvaluator
-from vlm_jax.losses.masked import masked_patch_loss, normalize_patches, patchify, random_masking
+from vlm_jax.evals.probe import PROBE_DEFAULTS, probe_evaluator
+from vlm_jax.losses.masked import masked_patch_loss, pixel_targets, random_masking
 from vlm_jax.models.mae import MAE, vit_grid
 from vlm_jax.models.vit import ViT
 from vlm_jax.objectives.contrastive import check_module_fields
 from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
 
 DECODER_KEYS = ("width", "depth", "mlp_dim", "num_heads", "dtype_mm")
-# probe_sets: image-only probe sets (linear + kNN); knn_k / knn_temperature: the kNN vote; recon_sets: eval sets
-# whose held-out images report reconstruction error under a fixed mask.
-EVAL_DEFAULTS = dict(batch_size=256, probe_sets=["emoji", "fashion_mnist"], knn_k=10, knn_temperature=0.07,
-                     recon_sets=["emoji"])
-
-
-def probe_evaluator(data: Any, features: Any, evals: dict[str, Any]) -> dict[str, Evaluator]:
-    """{"probe": ProbeEvaluator} over `evals["probe_sets"]` of `data` (none when the list is empty)."""
-    sets = list(evals.get("probe_sets", []) or [])
-    if not sets:
-        return {}
-    return {"probe": ProbeEvaluator(features, data.probe_sets(sets), k=int(evals.get("knn_k", 10)),
-                                    temperature=float(evals.get("knn_temperature", 0.07)))}
+# the probes (evals.probe.PROBE_DEFAULTS) and recon_sets: eval sets whose held-out images report reconstruction
+# error under a fixed mask.
+EVAL_DEFAULTS = dict(PROBE_DEFAULTS, batch_size=256, probe_sets=["emoji", "fashion_mnist"], recon_sets=["emoji"])
 
 
 class ReconstructionEvaluator:
@@ -82,8 +72,7 @@ class MAEObjective(Objective):
 
     def targets(self, image: jax.Array) -> jax.Array:
         """Per-patch pixel targets [B, N, ph·pw·3]."""
-        patches = patchify(image.astype(jnp.float32), self.patch)
-        return normalize_patches(patches) if self.config.loss.get("norm_pix", True) else patches
+        return pixel_targets(image, self.patch, bool(self.config.loss.get("norm_pix", True)))
 
     def reconstruct(self, params: Any, image: jax.Array, rng: jax.Array,
                     train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -8,7 +8,7 @@ need; remat and GradCache recompute is hardware work, not model FLOPs, and is no
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 
@@ -186,18 +186,22 @@ def mae_forward(model: Any, image_size: tuple[int, int], channels: int) -> dict[
                                                               int(dec["num_heads"])) + dense(n, dw, ph * pw * channels))}
 
 
-def train_step_flops(model: Any, batch: Mapping[str, Any], micro_batches: int = 1) -> float:
-    """Model FLOPs of one training step on `batch` (3 × forward, less the pixel stem's input gradient), summed
-    over `micro_batches` equal micro-batches (a contrastive similarity spans one micro-batch)."""
+def train_step_flops(model: Any, batch: Mapping[str, Any], micro_batches: int = 1,
+                     forward: Callable[[Mapping[str, Any]], dict[str, float]] | None = None) -> float:
+    """Model FLOPs of one training step on `batch` (3 × forward, less the pixel stem's input gradient and the
+    backward of a "forward_only" part, e.g. similarities under stop_gradient), summed over `micro_batches` equal
+    micro-batches (a contrastive similarity spans one micro-batch). `forward`: the objective's count of its loss's
+    forward passes by part (default: `model_forward` of one pass through `model`)."""
     if micro_batches > 1:
         batch = {k: jax.ShapeDtypeStruct((v.shape[0] // micro_batches, *v.shape[1:]), v.dtype)
                  for k, v in batch.items()}
-    parts = model_forward(model, batch)
-    return micro_batches * (3 * sum(parts.values()) - parts.get("patch_embed", 0.0))
+    parts = (forward or (lambda b: model_forward(model, b)))(batch)
+    return micro_batches * (3 * sum(parts.values()) - parts.get("patch_embed", 0.0) - 2 * parts.get("forward_only", 0.0))
 
 
-def forward_gmacs_per_sample(model: Any, batch: Mapping[str, Any]) -> float:
+def forward_gmacs_per_sample(model: Any, batch: Mapping[str, Any],
+                             forward: Callable[[Mapping[str, Any]], dict[str, float]] | None = None) -> float:
     """Forward GMACs per example (image + text, the contrastive similarity included), the unit of Cherti et al.'s
     compute axis: total compute C = this × samples seen."""
     size = next(iter(batch.values())).shape[0]
-    return sum(model_forward(model, batch).values()) / 2 / size / 1e9
+    return sum((forward or (lambda b: model_forward(model, b)))(batch).values()) / 2 / size / 1e9

@@ -84,3 +84,10 @@ class Objective(abc.ABC):
     def evaluators(self) -> dict[str, Evaluator]:
         """Named evaluators run periodically and at the end."""
         return {}
+
+    def forward_flops(self, batch: dict[str, Any]) -> dict[str, float]:
+        """Matmul FLOPs of the loss's forward passes on `batch` shapes, by part (MFU and compute accounting); by
+        default one pass through the model. Raises NotImplementedError when there is no analytic count."""
+        from vlm_jax.scaling.compute import model_forward
+
+        return model_forward(self.model(), batch)

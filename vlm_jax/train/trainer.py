@@ -218,7 +218,8 @@ def step_flops(setup: Setup) -> float:
     """Model FLOPs of one train step (analytic, `scaling.compute`); 0 for a model without an analytic count."""
     accum = setup.config.grad_accum_steps
     try:
-        return compute.train_step_flops(setup.model, setup.objective.init_batch(setup.config.batch_size), accum)
+        return compute.train_step_flops(setup.model, setup.objective.init_batch(setup.config.batch_size), accum,
+                                        setup.objective.forward_flops)
     except NotImplementedError:
         return 0.0
 
@@ -226,7 +227,8 @@ def step_flops(setup: Setup) -> float:
 def forward_gmacs(setup: Setup) -> float:
     """Forward GMACs per example (Cherti et al.'s unit: compute C = this × samples seen); 0 when not analytic."""
     try:
-        return compute.forward_gmacs_per_sample(setup.model, setup.objective.init_batch(setup.config.batch_size))
+        return compute.forward_gmacs_per_sample(setup.model, setup.objective.init_batch(setup.config.batch_size),
+                                                setup.objective.forward_flops)
     except NotImplementedError:
         return 0.0
 
