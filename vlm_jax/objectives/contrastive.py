@@ -16,12 +16,13 @@ from vlm_jax.evals.probe import PROBE_DEFAULTS, probe_evaluator
 from vlm_jax.losses import get_contrastive_loss
 from vlm_jax.losses.contrastive import LABEL_LOSSES
 from vlm_jax.losses.distributed import contrastive_loss
-from vlm_jax.models import TextTransformer, TwoTower, ViT
+from vlm_jax.models import TwoTower, ViT
+from vlm_jax.models.two_tower import TEXT_TOWERS
 from vlm_jax.data import image_text as datasets
 from vlm_jax.train.microbatch import merge_microbatches, split_microbatches
 from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
 
-MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init")
+MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init", "text_tower")
 LOSS_KEYS = ("name", "impl", "chunk_size", "grad_cache", "temperature_max")
 # Paper settings by short name: loss, initial temperature (and bias), Adam b2 (CLIP: Radford et al. 2021;
 # SigLIP: Zhai et al. 2023; UniCL, CLIP's settings with label-sharing positives: Yang et al. 2022).
@@ -89,7 +90,10 @@ class ContrastiveObjective(Objective):
         check_keys(config.model, MODEL_KEYS, "model")
         check_keys(config.loss, LOSS_KEYS, "loss")
         check_module_fields(config.model.get("image", {}), ViT, "model.image")
-        check_module_fields(config.model.get("text", {}), TextTransformer, "model.text")
+        tower = config.model.get("text_tower", "transformer")
+        if tower not in TEXT_TOWERS:
+            raise ValueError(f"model.text_tower must be one of {sorted(TEXT_TOWERS)}, got {tower!r}")
+        check_module_fields(config.model.get("text", {}), TEXT_TOWERS[tower], "model.text")
 
     def model(self) -> nn.Module:
         m = self.config.model
@@ -97,7 +101,8 @@ class ContrastiveObjective(Objective):
         if not text.get("vocab_size"):
             text["vocab_size"] = self.data.vocab_size  # 0 → the dataset tokenizer's vocabulary
         return TwoTower(image=dict(m.image), text=text, embed_dim=m.embed_dim,
-                        temperature_init=m.get("temperature_init", 10.0), bias_init=m.get("bias_init", None))
+                        temperature_init=m.get("temperature_init", 10.0), bias_init=m.get("bias_init", None),
+                        text_tower=m.get("text_tower", "transformer"))
 
     def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         s = self.data.image_size

@@ -121,7 +121,11 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
     if isinstance(model, TwoTower):
         image_tower({"num_classes": model.embed_dim, **model.image}, "image", (h, w), ch)
         text = {"num_classes": model.embed_dim, **model.text}
-        out["text"] = bsz * text_encoder(text, _shape(batch, "text")[1])
+        if model.text.get("locked"):  # a locked tower runs forward only; its head trains
+            out["forward_only"] = bsz * text_encoder({**text, "num_classes": None}, _shape(batch, "text")[1])
+            out["text"] = bsz * dense(1, text.get("width", 512), model.embed_dim)
+        else:
+            out["text"] = bsz * text_encoder(text, _shape(batch, "text")[1])
         out["similarity"] = dense(bsz, model.embed_dim, bsz)
     elif isinstance(model, OneTower):
         heads = {"num_classes": None if model.separate_heads else model.embed_dim}

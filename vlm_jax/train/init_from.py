@@ -11,10 +11,11 @@ import jax
 import ml_collections
 import numpy as np
 
-DEFAULTS = dict(workdir="", step=0, include=".*", rename=[])
-# workdir: the source run; step: its checkpoint (0: newest readable); include: regex on source parameter paths
-# ("img/…", "txt/…", "t") selecting what to copy; rename: [source prefix, destination prefix] pairs applied to the
-# selected paths (e.g. [("img/", "img/")] is the identity).
+DEFAULTS = dict(workdir="", pretrained="", step=0, include=".*", rename=[])
+# workdir: the source run; or pretrained: packaged weights by name (models.pretrained.PRETRAINED, e.g. "minilm",
+# whose paths are the bare tower's: "layer_0/query/kernel", …); step: the run's checkpoint (0: newest readable);
+# include: regex on source parameter paths ("img/…", "txt/…", "t") selecting what to copy; rename: [source prefix,
+# destination prefix] pairs applied to the selected paths (e.g. [("", "txt/")] puts MiniLM into the text tower).
 
 
 class InitFromError(ValueError):
@@ -23,6 +24,17 @@ class InitFromError(ValueError):
 
 def _flat(tree: Any) -> dict[str, Any]:
     return traverse.flatten_dict(tree, sep="/")
+
+
+def active(init: ml_collections.ConfigDict) -> bool:
+    """Whether `init` names a source (a run or pretrained weights; not both)."""
+    if init.get("workdir") and init.get("pretrained"):
+        raise InitFromError("set init_from.workdir or init_from.pretrained, not both")
+    return bool(init.get("workdir") or init.get("pretrained"))
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
 
 
 def _renamed(path: str, rename: list[tuple[str, str]]) -> str:
@@ -47,9 +59,9 @@ def select(source: dict[str, Any], target: dict[str, Any], include: str,
                             f"narrow init_from.include or set init_from.rename. This model's top-level names: "
                             f"{sorted({p.split('/')[0] for p in target})}")
     for dst, src in chosen.items():
-        if tuple(np.shape(source[src])) != tuple(np.shape(target[dst])):
-            raise InitFromError(f"shape of {src} in the source {np.shape(source[src])} differs from {dst} here "
-                                f"{np.shape(target[dst])}")
+        if _shape(source[src]) != _shape(target[dst]):
+            raise InitFromError(f"shape of {src} in the source {_shape(source[src])} differs from {dst} here "
+                                f"{_shape(target[dst])}")
     return chosen
 
 
@@ -79,9 +91,17 @@ def summarize(paths: list[str], depth: int = 2) -> str:
     return ", ".join(k if n == 1 and k in paths else f"{k} ({n})" for k, n in groups.items())
 
 
-def load_source(init: ml_collections.ConfigDict) -> tuple[Any, int]:
-    """(host parameters, step) of the source run's checkpoint, read on this machine's devices."""
+def load_source(init: ml_collections.ConfigDict) -> tuple[Any, str]:
+    """(host parameters, description) of the source: a run's checkpoint read on this machine's devices, or
+    packaged pretrained weights."""
+    if init.get("pretrained"):
+        from vlm_jax.models.pretrained import PRETRAINED
+
+        if init.pretrained not in PRETRAINED:
+            raise InitFromError(f"init_from.pretrained must be one of {sorted(PRETRAINED)}, got {init.pretrained!r}")
+        _, flat = PRETRAINED[init.pretrained]()
+        return traverse.unflatten_dict(flat, sep="/"), f"pretrained {init.pretrained}"
     from vlm_jax.api import load
 
     run = load(init.workdir, int(init.get("step", 0)) or None, mesh=[("data", -1)])
-    return jax.device_get(run.params), run.step
+    return jax.device_get(run.params), f"{init.workdir} (step {run.step})"

