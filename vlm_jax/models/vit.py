@@ -56,6 +56,7 @@ class ViT(nn.Module):
     dtype_mm: str = "float32"
     residual_dtype: str = "float32"  # the residual stream (layers' mixed-precision policy); e.g. "bfloat16" at scale
     attention_impl: str = "einsum"  # layers.ATTENTION_IMPLS ("cudnn": flash attention on NVIDIA GPUs)
+    mask_token: bool = False  # a learned token that replaces masked patches (`patch_mask`; iBOT / TIPS)
 
     def _cfg(self) -> dict[str, Any]:
         """Size fields, overridden by `variant` when set."""
@@ -66,9 +67,10 @@ class ViT(nn.Module):
         return cfg
 
     @nn.compact
-    def __call__(self, image: Array, *, train: bool = False,
-                 keep: Array | None = None) -> tuple[Array, dict[str, Array]]:
-        """`keep` int [B, K]: encode only these patch positions (MAE's visible patches; None: all)."""
+    def __call__(self, image: Array, *, train: bool = False, keep: Array | None = None,
+                 patch_mask: Array | None = None) -> tuple[Array, dict[str, Array]]:
+        """`keep` int [B, K]: encode only these patch positions (MAE's visible patches; None: all). `patch_mask`
+        bool [B, N]: patches replaced by the learned mask token before positions are added (needs mask_token)."""
         c = self._cfg()
         d, patch = c["width"], c["patch_size"]
         if self.pool_type not in POOL_TYPES:
@@ -82,6 +84,13 @@ class ViT(nn.Module):
         aux["stem"] = x
         b, h, w, _ = x.shape
         x = x.reshape(b, h * w, d)
+        if self.mask_token:
+            token = self.param("mask_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                            (None, None, "embed")), (1, 1, d), jnp.float32)
+            if patch_mask is not None:
+                x = jnp.where(patch_mask[:, :, None], token.astype(x.dtype), x)
+        elif patch_mask is not None:
+            raise ValueError("patch_mask needs a ViT with mask_token=True")
         if self.posemb == "learn":
             pe = layers.posemb_learned(self, "pos_embedding", h * w, d)
         elif self.posemb == "sincos2d":
