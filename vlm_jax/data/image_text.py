@@ -10,8 +10,9 @@ import numpy as np
 
 from vlm_jax.config import check_keys
 from vlm_jax.data import emoji as emoji_lib
-from vlm_jax.data import emoji_tfds, fashion_mnist, multilingual, ops, pipeline
+from vlm_jax.data import emoji_tfds, fashion_mnist, multilingual, ops, pipeline, scenes
 from vlm_jax.data.tokenizer import EVAL_TEMPLATE, TRAIN_TEMPLATES, Tokenizer
+from vlm_jax.evals.dense import DenseSet
 from vlm_jax.evals.probe import ProbeSet
 from vlm_jax.evals.zeroshot import EvalSet, ZeroShotEvaluator
 
@@ -253,6 +254,35 @@ class EmojiPairs(TokenizerText):
         if unknown:
             raise ValueError(f"unknown probe sets {unknown}; valid: ['emoji', 'fashion_mnist']")
         return sets
+
+    def dense_sets(self, names: list[str], train_scenes: int = 2000, test_scenes: int = 1000) -> dict[str, DenseSet]:
+        """"emoji": two-object scenes labelled per patch (8 × 8 px cells of the model input) with the emoji group of
+        the object on top; fitted on training-style drawings of the seen concepts, scored on their OpenMoji
+        drawings."""
+        unknown = sorted(set(names) - {"emoji"})
+        if unknown:
+            raise ValueError(f"unknown dense sets {unknown}; valid: ['emoji']")
+        if not names:
+            return {}
+        noto = self._split("noto")
+        chars = {int(c): (e.decode() if isinstance(e, bytes) else str(e)) for c, e in zip(noto["concept"], noto["emoji"])}
+        groups = sorted({emoji_lib.emoji_category(ch) for ch in chars.values()})
+        group = {c: groups.index(emoji_lib.emoji_category(ch)) for c, ch in chars.items()}
+        seen = {int(c) for c, s in zip(noto["concept"], noto["seen"]) if s}
+
+        def drawings(split_names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+            images, classes = [], []
+            for split in split_names:
+                data = self._split(split)
+                keep = np.array([int(c) in seen for c in data["concept"]], bool)
+                images.append(np.asarray(data["image"])[keep])
+                classes += [group[int(c)] for c in np.asarray(data["concept"])[keep]]
+            return np.concatenate(images), np.asarray(classes)
+
+        grid = (self.image_size // 8, self.image_size // 8)
+        train = scenes.scenes_with_labels(*drawings(self.train_styles), train_scenes, self.image_size, grid, seed=0)
+        test = scenes.scenes_with_labels(*drawings(("openmoji",)), test_scenes, self.image_size, grid, seed=1)
+        return {"emoji": DenseSet(*train, *test, class_names=["background", *groups])}
 
     def _language_sets(self, cross: EvalSet, languages: list[str]) -> dict[str, EvalSet]:
         """The cross-style set again with class names in each language (English where a name is missing)."""

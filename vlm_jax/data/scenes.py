@@ -1,9 +1,11 @@
-"""Composed scenes on device: each image shrunk and pasted at a random place over a white canvas, on top of a
-shrunk partner image from the same batch, with exact boxes (LocCa's referring and grounded-captioning tasks)."""
+"""Composed scenes: on device, each batch image shrunk and pasted at a random place over a white canvas, on top of
+a shrunk partner image from the same batch, with exact boxes (LocCa's referring and grounded-captioning tasks);
+on the host, labelled two-object scenes for dense probes."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 WHITE = 1.0  # images are in [-1, 1]
@@ -28,3 +30,29 @@ def compose_scenes(rng: Array, images: Array, scale: float = 0.5) -> tuple[Array
     own = pos[:, 0].astype(jnp.float32)
     boxes = jnp.concatenate([own, own + size], axis=1) / s
     return canvas, boxes, partner
+
+
+def scenes_with_labels(objects: np.ndarray, classes: np.ndarray, count: int, size: int, grid: tuple[int, int],
+                       seed: int, scale: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Host scenes for dense probes: (images float32 [count, size, size, 3] in [-1, 1], labels int [count, gh, gw]).
+    Each scene pastes two distinct drawings of `objects` (uint8 [M, h, w, 3]), resized to round(scale · size), at
+    random places on white, the second on top; a patch's label is the class (1 + `classes[i]`) of the topmost
+    drawing whose box holds the patch centre, else 0 (background)."""
+    from vlm_jax.data import ops
+
+    rng = np.random.default_rng(seed)
+    side = max(1, int(round(scale * size)))
+    small = np.stack([ops.normalize(ops.resize(im, side)) for im in objects])
+    gh, gw = grid
+    centres_y = (np.arange(gh) + 0.5) * size / gh
+    centres_x = (np.arange(gw) + 0.5) * size / gw
+    images = np.full((count, size, size, 3), WHITE, np.float32)
+    labels = np.zeros((count, gh, gw), np.int64)
+    for n in range(count):
+        for i in rng.choice(len(objects), 2, replace=False):
+            top, left = rng.integers(0, size - side + 1, 2)
+            images[n, top:top + side, left:left + side] = small[i]
+            inside = ((centres_y >= top) & (centres_y < top + side))[:, None] & \
+                     ((centres_x >= left) & (centres_x < left + side))[None, :]
+            labels[n][inside] = 1 + int(classes[i])
+    return images, labels

@@ -10,7 +10,8 @@ from vlm_jax.evals.metrics import l2_normalize, pixel_features
 
 L2_GRID = tuple(10.0 ** k for k in range(-3, 5))  # ridge strengths tried, chosen by leave-one-out accuracy
 # evals keys of every objective with probes: probe_sets (the dataset's `probe_sets` names; [] none), the kNN vote
-PROBE_DEFAULTS = dict(probe_sets=[], knn_k=10, knn_temperature=0.07)
+# dense_sets: the dataset's `dense_sets` (per-patch linear probes on composed scenes; [] none)
+PROBE_DEFAULTS = dict(probe_sets=[], knn_k=10, knn_temperature=0.07, dense_sets=[])
 
 
 @dataclass
@@ -59,15 +60,22 @@ def ridge_loo_accuracy(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float
     return float(np.mean(np.argmax(loo, axis=1) == y))
 
 
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                 num_classes: int, l2_grid: Sequence[float] = L2_GRID) -> dict[str, float]:
-    """Test accuracy of the ridge probe whose strength maximises leave-one-out accuracy on the training set."""
+def ridge_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int,
+                  l2_grid: Sequence[float] = L2_GRID) -> tuple[np.ndarray, float, float]:
+    """(test predictions, chosen strength, its leave-one-out accuracy) of the ridge probe whose strength maximises
+    leave-one-out accuracy on the training set."""
     tr, te = standardize(train_x, test_x)
     scores = [ridge_loo_accuracy(tr, train_y, num_classes, l2) for l2 in l2_grid]
     best = float(l2_grid[int(np.argmax(scores))])
     w = ridge_fit(tr, train_y, num_classes, best)
-    acc = float(np.mean(np.argmax(_design(te) @ w, axis=1) == test_y))
-    return {"linear": acc, "linear_l2": best, "linear_loo": float(max(scores))}
+    return np.argmax(_design(te) @ w, axis=1), best, float(max(scores))
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                 num_classes: int, l2_grid: Sequence[float] = L2_GRID) -> dict[str, float]:
+    """Test accuracy of `ridge_predict`, with its chosen strength and leave-one-out accuracy."""
+    pred, best, loo = ridge_predict(train_x, train_y, test_x, num_classes, l2_grid)
+    return {"linear": float(np.mean(pred == test_y)), "linear_l2": best, "linear_loo": loo}
 
 
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int, k: int = 10,
@@ -130,11 +138,20 @@ class ProbeEvaluator:
         return out
 
 
-def probe_evaluator(data: Any, features: Callable[[Any, np.ndarray], np.ndarray],
-                    evals: Any) -> dict[str, ProbeEvaluator]:
-    """{"probe": ProbeEvaluator} over `evals["probe_sets"]` of `data` (empty when there are none)."""
+def probe_evaluator(data: Any, features: Callable[[Any, np.ndarray], np.ndarray], evals: Any,
+                    tokens: Callable[[Any, np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+    """{"probe": ProbeEvaluator} over `evals["probe_sets"]` of `data`, and {"dense": DenseProbeEvaluator} over
+    `evals["dense_sets"]` when `tokens` (patch features) is given; empty when none are named."""
+    from vlm_jax.evals.dense import DenseProbeEvaluator
+
+    out: dict[str, Any] = {}
     sets = list(evals.get("probe_sets", []) or [])
-    if not sets:
-        return {}
-    return {"probe": ProbeEvaluator(features, data.probe_sets(sets), k=int(evals.get("knn_k", 10)),
-                                    temperature=float(evals.get("knn_temperature", 0.07)))}
+    if sets:
+        out["probe"] = ProbeEvaluator(features, data.probe_sets(sets), k=int(evals.get("knn_k", 10)),
+                                      temperature=float(evals.get("knn_temperature", 0.07)))
+    dense = list(evals.get("dense_sets", []) or [])
+    if dense:
+        if tokens is None:
+            raise ValueError("evals.dense_sets needs an objective whose image tower gives patch tokens")
+        out["dense"] = DenseProbeEvaluator(tokens, data.dense_sets(dense))
+    return out

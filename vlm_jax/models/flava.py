@@ -116,7 +116,7 @@ class FLAVA(nn.Module):
         zimg = ztxt = None
         if image is not None:
             im = self.encode_image(image, train=train)
-            zimg, aux["img/pre_logits"] = im["z"], im["pooled"]
+            zimg, aux["img/pre_logits"], aux["img/encoded"] = im["z"], im["pooled"], im["tokens"]
         if text is not None:
             tx = self.encode_text(text, train=train)
             ztxt = tx["z"]

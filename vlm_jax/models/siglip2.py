@@ -82,7 +82,7 @@ class SigLIP2(nn.Module):
         zimg = ztxt = None
         if image is not None:
             im = self.encode_image(image, train=train)
-            zimg, aux["img/pre_logits"] = im["z"], im["pooled"]
+            zimg, aux["img/pre_logits"], aux["img/encoded"] = im["z"], im["pooled"], im["tokens"]
         if text is not None:
             out, _ = self.txt(text, train=train)
             ztxt = l2_normalize(out)

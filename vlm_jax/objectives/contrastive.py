@@ -226,6 +226,10 @@ class ContrastiveObjective(Objective):
         """The image tower's pooled output before its projection head: the probes' input (as CLIP's linear probe)."""
         return self.model().apply({"params": params}, image, None)[1]["img/pre_logits"]
 
+    def image_tokens(self, params: Any, image: jax.Array) -> jax.Array:
+        """The image tower's output tokens [B, N, D] (before pooling): the dense probe's input."""
+        return self.model().apply({"params": params}, image, None)[1]["img/encoded"]
+
     @functools.cached_property
     def _evaluators(self) -> dict[str, Evaluator]:
         return self.build_evaluators()
@@ -234,8 +238,10 @@ class ContrastiveObjective(Objective):
         """Zero-shot classification and retrieval, and the image-only probes when `evals.probe_sets` names any."""
         features = Embedder(self.image_features, None, None, batch_size=self.config.evals.get("batch_size", 256),
                             context=lambda: self.trace_context())
+        tokens = Embedder(self.image_tokens, None, None, batch_size=self.config.evals.get("batch_size", 256),
+                          context=lambda: self.trace_context())
         return {**self.data.evaluators(self.embedder, self.config.evals),
-                **probe_evaluator(self.data, features.features, self.config.evals)}
+                **probe_evaluator(self.data, features.features, self.config.evals, tokens.features)}
 
     def evaluators(self) -> dict[str, Evaluator]:
         return self._evaluators

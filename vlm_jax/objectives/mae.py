@@ -94,6 +94,10 @@ class MAEObjective(Objective):
         """Mean of the encoder's output tokens with every patch visible (the probes' representation)."""
         return self.model().apply({"params": params}, image)[1]["features"]
 
+    def _tokens(self, params: Any, image: jax.Array) -> jax.Array:
+        """The encoder's output tokens with every patch visible (the dense probe's input)."""
+        return self.model().apply({"params": params}, image)[1]["img/encoded"]
+
     def _errors(self, params: Any, image: jax.Array) -> jax.Array:
         """[B, 2] per image: masked-patch MSE of the model and of predicting each hidden patch's mean, under the
         mask of a fixed key."""
@@ -106,7 +110,8 @@ class MAEObjective(Objective):
     def _evaluators(self) -> dict[str, Evaluator]:
         bs, ctx = int(self.evals["batch_size"]), lambda: self.trace_context()
         features = Embedder(self._features, None, None, batch_size=bs, context=ctx)
-        out = probe_evaluator(self.data, features.features, self.evals)
+        tokens = Embedder(self._tokens, None, None, batch_size=bs, context=ctx)
+        out = probe_evaluator(self.data, features.features, self.evals, tokens.features)
         recon = list(self.evals["recon_sets"] or [])
         if recon:
             errors = Embedder(self._errors, None, None, batch_size=bs, context=ctx)

@@ -83,6 +83,39 @@ class SigLIP2Objective(ContrastiveObjective):
                        decoder_len=self.data.text_len + 1 + BOX_TOKENS, pad_id=ids["pad"],
                        temperature_init=m.get("temperature_init", 10.0), bias_init=m.get("bias_init", -10.0))
 
+    def forward_flops(self, batch: dict[str, Any]) -> dict[str, float]:
+        """SigLIP's towers; LocCa's scene forward and decoder; and self-distillation and masked prediction (teacher
+        forward only; student crops and masked view) weighted by the share of training they run in."""
+        from vlm_jax.scaling import compute as fl
+
+        model, cfg = self.model(), self.loss_cfg
+        b, h, w, ch = batch["image"].shape
+        image = {"num_classes": model.embed_dim, **model.image}
+        vit, d = fl.vit(image, (h, w), ch), fl.vit_config(image)["width"]
+        one_image = vit["encoder"] + vit["head"]
+        text = {"num_classes": model.embed_dim, **model.text}
+        out = {"patch_embed": b * vit["patch_embed"], "image": b * one_image,
+               "text": b * fl.text_encoder(text, batch["text"].shape[1]),
+               "similarity": fl.dense(b, model.embed_dim, b), "decoder": 0.0, "self_supervised": 0.0,
+               "forward_only": 0.0}
+        if float(cfg["locca_weight"]):
+            out["patch_embed"] += b * vit["patch_embed"]
+            out["image"] += b * one_image
+            dec = {**model.decoder, "vocab_size": model.decoder_vocab, "cross_attention": True}
+            out["decoder"] = b * fl.text_decoder(dec, model.decoder_len, vit["tokens"], d)
+        if float(cfg["distill_weight"]) or float(cfg["masked_weight"]):
+            hd = {"hidden": 256, "bottleneck": 64, "prototypes": 256, **model.head}
+            head = fl.dense(1, d, hd["hidden"]) + fl.dense(1, hd["hidden"], hd["hidden"]) + \
+                fl.dense(1, hd["hidden"], hd["bottleneck"]) + fl.dense(1, hd["bottleneck"], hd["prototypes"])
+            share = 1.0 - min(1.0, float(cfg["distill_start"]))
+            views = int(cfg["local_crops"]) + 1  # student crops and masked view
+            out["patch_embed"] += share * b * views * vit["patch_embed"]
+            out["self_supervised"] = share * b * (views * one_image + int(cfg["local_crops"]) * head
+                                                  + vit["tokens"] * head)
+            # the teacher: the full image and the projection of its pooled feature and every token, no backward
+            out["forward_only"] = share * b * (vit["patch_embed"] + one_image + (1 + vit["tokens"]) * head)
+        return out
+
     def init_extra(self, params: Any) -> Any:
         """The EMA teacher (a copy of the student's image tower and projection head), DINO's two centres, and the
         count of applied updates (which switches self-distillation on)."""
