@@ -44,8 +44,11 @@ def format_results(results: Mapping[str, float], title: str = "") -> str:
 
 
 def compare(runs: dict[str, Mapping[str, float]], subsets: tuple[str, ...] = ("flag", "nonflag")) -> str:
-    """Markdown table of several runs side by side (percent), with the pixel baseline and chance."""
-    first = next(iter(runs.values()))
+    """Markdown table of several runs side by side (percent), with the pixel baseline and chance; a metric only
+    some runs report is blank for the others."""
+    first: dict[str, float] = {}
+    for r in runs.values():  # every metric any run reports, in order of first appearance; baselines from the first
+        first.update({k: v for k, v in r.items() if k not in first})
     keys = [(s, sub, m) for s, sub, m, _ in rows(first) if sub in subsets or not s.endswith(("cross", "unseen"))]
     head = "| eval set | subset | metric | " + " | ".join(runs) + " | pixel NN | chance |"
     lines = [head, "|---|---|---|" + "---:|" * (len(runs) + 2)]
