@@ -79,3 +79,35 @@ def test_probe_evaluator_reports_model_pixel_and_majority_chance():
     assert out["toy/all/linear@1/model"] == 1.0 and out["toy/all/knn@1/model"] == 1.0
     assert out["toy/all/linear@1/chance"] == 0.5
     assert out["toy/all/knn@1/pixel"] < 0.8  # noise pixels carry no label
+
+
+def test_mean_iou_and_patch_pixels():
+    from vlm_jax.evals.dense import mean_iou, patch_pixels
+    from vlm_jax.losses.masked import patchify
+
+    rng = np.random.default_rng(5)
+    pred, truth = rng.integers(0, 4, 200), rng.integers(0, 3, 200)
+    ious = [np.sum((pred == c) & (truth == c)) / np.sum((pred == c) | (truth == c)) for c in range(4)]
+    assert mean_iou(pred, truth, 5) == pytest.approx(np.mean(ious))  # class 4 appears in neither: not averaged
+    images = rng.normal(size=(3, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(patch_pixels(images, (2, 2)), np.asarray(patchify(images, (8, 8))).reshape(12, -1))
+
+
+def test_labelled_scenes_mark_the_top_drawing_at_each_patch_centre():
+    from vlm_jax.data.scenes import scenes_with_labels
+    from vlm_jax.evals.dense import DenseProbeEvaluator, DenseSet
+
+    rng = np.random.default_rng(6)
+    objects = rng.integers(0, 200, (5, 20, 20, 3)).astype(np.uint8)  # no pure white: drawings are visible
+    images, labels = scenes_with_labels(objects, np.arange(5), 40, 32, (4, 4), seed=0)
+    for image, label in zip(images, labels):
+        for gy in range(4):
+            for gx in range(4):
+                centre = image[gy * 8 + 4, gx * 8 + 4]
+                assert (label[gy, gx] == 0) == bool(np.all(centre == 1.0))
+    assert set(np.unique(labels)) <= set(range(6)) and (labels > 0).mean() > 0.2
+    s = DenseSet(images, labels, images, labels, ["bg", *"abcde"])
+    onehot = lambda p, im: np.eye(6)[labels] if len(im) == 40 else None  # noqa: E731  tokens that are the labels
+    out = DenseProbeEvaluator(onehot, {"toy": s})(None, None)
+    assert out["toy/all/patch_acc@1/model"] == 1.0 and out["toy/all/miou/model"] == 1.0
+    assert out["toy/all/patch_acc@1/chance"] == pytest.approx(np.bincount(labels.ravel()).max() / labels.size)
