@@ -44,20 +44,9 @@ class MAE(nn.Module):
         tokens, aux = ViT(**fields, name="img")(image, train=train, keep=keep)
         aux = {f"img/{k}": v for k, v in aux.items()}
         aux["features"] = jnp.mean(tokens.astype(jnp.float32), axis=1)  # the probes' image representation
-        dec = decoder_fields(self.decoder)
-        width, dt = int(dec["width"]), dec["dtype_mm"]
-        x = layers.dense(width, ("embed", None), dt, name="decoder_embed")(tokens).astype(jnp.float32)
-        mask_token = self.param("mask_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                                           (None, None, "embed")),
-                                (1, 1, width), jnp.float32)
-        full = jnp.broadcast_to(mask_token, (b, n, width))
-        full = full.at[jnp.arange(b)[:, None], keep].set(x)  # visible tokens back at their positions
-        full = full + layers.posemb_sincos_2d(gh, gw, width)
-        full = nn.with_logical_constraint(full, layers.BSE)
-        full, _ = layers.Encoder(depth=int(dec["depth"]), mlp_dim=int(dec["mlp_dim"]),
-                                 num_heads=int(dec["num_heads"]), dtype_mm=dt, name="decoder")(full, train=train)
-        pred = layers.dense(ph * pw * image.shape[-1], ("embed", None), dt, name="decoder_pred")(full)
-        return pred.astype(jnp.float32), aux
+        decoder = MAEDecoder(self.decoder, (gh, gw), (ph, pw), image.shape[-1], name="decoder_module")
+        nn.share_scope(self, decoder)  # its parameters sit at the top level: decoder_embed, mask_token, …
+        return decoder(tokens, keep, train=train), aux
 
 
 class MAEDecoder(nn.Module):
@@ -74,12 +63,12 @@ class MAEDecoder(nn.Module):
         width, dt = int(dec["width"]), dec["dtype_mm"]
         (gh, gw), (ph, pw) = self.grid, self.patch
         b, n = tokens.shape[0], gh * gw
-        x = layers.dense(width, ("embed", None), dt, name="embed")(tokens).astype(jnp.float32)
+        x = layers.dense(width, ("embed", None), dt, name="decoder_embed")(tokens).astype(jnp.float32)
         mask_token = self.param("mask_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                            (None, None, "embed")),
                                 (1, 1, width), jnp.float32)
         full = jnp.broadcast_to(mask_token, (b, n, width)).at[jnp.arange(b)[:, None], keep].set(x)
         full = nn.with_logical_constraint(full + layers.posemb_sincos_2d(gh, gw, width), layers.BSE)
         full, _ = layers.Encoder(depth=int(dec["depth"]), mlp_dim=int(dec["mlp_dim"]),
-                                 num_heads=int(dec["num_heads"]), dtype_mm=dt, name="blocks")(full, train=train)
-        return layers.dense(ph * pw * self.channels, ("embed", None), dt, name="pred")(full).astype(jnp.float32)
+                                 num_heads=int(dec["num_heads"]), dtype_mm=dt, name="decoder")(full, train=train)
+        return layers.dense(ph * pw * self.channels, ("embed", None), dt, name="decoder_pred")(full).astype(jnp.float32)
