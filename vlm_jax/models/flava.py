@@ -2,7 +2,6 @@
 the contrastive, masked image (MAE pixels), masked language, masked multimodal and image–text matching losses."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -13,7 +12,7 @@ from vlm_jax.models import layers
 from vlm_jax.models.decoder import DecoderBlock
 from vlm_jax.models.mae import MAEDecoder, vit_grid
 from vlm_jax.models.text import TextTransformer
-from vlm_jax.models.two_tower import l2_normalize
+from vlm_jax.models.two_tower import embed_pair, l2_normalize, temperature_and_bias
 from vlm_jax.models.vit import ViT
 
 Array = jax.Array
@@ -70,10 +69,7 @@ class FLAVA(nn.Module):
         patch, grid = vit_grid({**self.image, "pool_type": "none", "num_classes": None}, (self.image_size,) * 2)
         self.num_patches = grid[0] * grid[1]
         self.mim_decoder = MAEDecoder(self.decoder, grid, patch)
-        lp = nn.with_logical_partitioning
-        self.t = self.param("t", lp(nn.initializers.constant(math.log(self.temperature_init)), ()), (), jnp.float32)
-        if self.bias_init is not None:
-            self.b = self.param("b", lp(nn.initializers.constant(self.bias_init), ()), (), jnp.float32)
+        self.t_and_b = temperature_and_bias(self, self.temperature_init, self.bias_init)
 
     def encode_image(self, image: Array, keep: Array | None = None, train: bool = False) -> dict[str, Array]:
         """{"z": unit embedding, "tokens": encoder output tokens, "pooled": pre-projection features}."""
@@ -107,20 +103,14 @@ class FLAVA(nn.Module):
 
     def temperature(self) -> dict[str, Array]:
         """{"t": exp(log t)} and, with a bias, {"b"}."""
-        return {"t": jnp.exp(self.t), **({"b": self.b} if self.bias_init is not None else {})}
+        return {k: v for k, v in self.t_and_b.items() if k in ("t", "b")}
 
     def __call__(self, image: Array | None, text: Array | None, *,
                  train: bool = False) -> tuple[tuple[Array | None, Array | None], dict[str, Any]]:
         """Contrastive embeddings; at init every head runs once so that all parameters exist."""
-        aux: dict[str, Any] = dict(self.temperature())
-        zimg = ztxt = None
-        if image is not None:
-            im = self.encode_image(image, train=train)
-            zimg, aux["img/pre_logits"], aux["img/encoded"] = im["z"], im["pooled"], im["tokens"]
-        if text is not None:
-            tx = self.encode_text(text, train=train)
-            ztxt = tx["z"]
+        zimg, ztxt, aux = embed_pair(self, image, text, train)
         if self.is_initializing() and image is not None and text is not None:
+            im, tx = self.encode_image(image, train=train), self.encode_text(text, train=train)
             states, pooled = self.fuse(tx["states"], tx["valid"], im["tokens"], train)
             self.itm_logits(pooled), self.mlm_logits(tx["states"]), self.mmm_logits(states)
             keep = jnp.broadcast_to(jnp.arange(self.num_patches, dtype=jnp.int32), (image.shape[0], self.num_patches))

@@ -3,7 +3,6 @@ the image tokens, and a DINO-style projection head onto prototypes for self-dist
 prediction (TIPS); the EMA teacher is a copy of "img" and "distill_head" kept outside the parameters."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 from vlm_jax.models import layers
 from vlm_jax.models.decoder import TextDecoder
 from vlm_jax.models.text import TextTransformer
-from vlm_jax.models.two_tower import l2_normalize
+from vlm_jax.models.two_tower import embed_pair, l2_normalize, temperature_and_bias
 from vlm_jax.models.vit import ViT
 
 Array = jax.Array
@@ -54,10 +53,7 @@ class SigLIP2(nn.Module):
         self.locca = TextDecoder(**{**self.decoder, "vocab_size": self.decoder_vocab, "pad_id": self.pad_id,
                                     "max_len": self.decoder_len, "cross_attention": True}, name="decoder")
         self.distill_head = DistillHead(**self.head)
-        lp = nn.with_logical_partitioning
-        self.t = self.param("t", lp(nn.initializers.constant(math.log(self.temperature_init)), ()), (), jnp.float32)
-        if self.bias_init is not None:
-            self.b = self.param("b", lp(nn.initializers.constant(self.bias_init), ()), (), jnp.float32)
+        self.t_and_b = temperature_and_bias(self, self.temperature_init, self.bias_init)
 
     def encode_image(self, image: Array, patch_mask: Array | None = None, train: bool = False) -> dict[str, Array]:
         """{"z": unit embedding, "tokens": encoder tokens, "pooled": pre-projection features}."""
@@ -72,21 +68,20 @@ class SigLIP2(nn.Module):
         """Prototype logits of features (pooled [B, D] or tokens [B, N, D])."""
         return self.distill_head(x)
 
+    def encode_text(self, tokens: Array, train: bool = False) -> dict[str, Array]:
+        """{"z": unit text embedding}."""
+        return {"z": l2_normalize(self.txt(tokens, train=train)[0])}
+
     def temperature(self) -> dict[str, Array]:
-        return {"t": jnp.exp(self.t), **({"b": self.b} if self.bias_init is not None else {})}
+        """{"t": exp(log t)} and, with a bias, {"b"}."""
+        return {k: v for k, v in self.t_and_b.items() if k in ("t", "b")}
 
     def __call__(self, image: Array | None, text: Array | None, *,
                  train: bool = False) -> tuple[tuple[Array | None, Array | None], dict[str, Any]]:
         """Contrastive embeddings (the evaluators' entry); at init every part runs once."""
-        aux: dict[str, Any] = dict(self.temperature())
-        zimg = ztxt = None
-        if image is not None:
-            im = self.encode_image(image, train=train)
-            zimg, aux["img/pre_logits"], aux["img/encoded"] = im["z"], im["pooled"], im["tokens"]
-        if text is not None:
-            out, _ = self.txt(text, train=train)
-            ztxt = l2_normalize(out)
+        zimg, ztxt, aux = embed_pair(self, image, text, train)
         if self.is_initializing() and image is not None:
+            im = self.encode_image(image, train=train)
             self.project(im["pooled"])
             self.decode(jnp.zeros((image.shape[0], self.decoder_len), jnp.int32), im["tokens"], train)
             self.encode_image(image, jnp.zeros(image.shape[:1] + im["tokens"].shape[1:2], bool), train)

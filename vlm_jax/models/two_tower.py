@@ -63,3 +63,18 @@ def temperature_and_bias(module: nn.Module, temperature_init: float, bias_init: 
         b_init = nn.with_logical_partitioning(nn.initializers.constant(bias_init), ())
         out["b"] = module.param("b", b_init, (), jnp.float32)
     return out
+
+
+def embed_pair(model: Any, image: Array | None, text: Array | None,
+               train: bool) -> tuple[Array | None, Array | None, dict[str, Any]]:
+    """(zimg, ztxt, aux) of a setup-style model with `encode_image` ({"z", "pooled", "tokens"}), `encode_text`
+    ({"z"}) and `temperature()`: the evaluators' entry shared by FLAVA and SigLIP 2; aux holds t (and b) and the
+    image tower's pooled features and tokens."""
+    aux: dict[str, Any] = dict(model.temperature())
+    zimg = ztxt = None
+    if image is not None:
+        im = model.encode_image(image, train=train)
+        zimg, aux["img/pre_logits"], aux["img/encoded"] = im["z"], im["pooled"], im["tokens"]
+    if text is not None:
+        ztxt = model.encode_text(text, train=train)["z"]
+    return zimg, ztxt, aux

@@ -181,27 +181,29 @@ class FlavaObjective(ContrastiveObjective):
                 n, dw, int(dec["depth"]), int(dec["mlp_dim"]), int(dec["num_heads"])))
         return out
 
-    def _match_prob(self, params: Any, inputs: tuple[jax.Array, jax.Array]) -> jax.Array:
-        """P(match) of (image, tokens) pairs from the fusion encoder's match head."""
+    def _fused(self, params: Any, image: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Fusion encoder states and pooled vector of (image, tokens) pairs."""
         model = self.model()
-        image, tokens = inputs
         im = model.apply({"params": params}, image, method=FLAVA.encode_image)
         tx = model.apply({"params": params}, tokens, method=FLAVA.encode_text)
-        _, pooled = model.apply({"params": params}, tx["states"], tx["valid"], im["tokens"], method=FLAVA.fuse)
-        return jax.nn.softmax(model.apply({"params": params}, pooled, method=FLAVA.itm_logits), axis=-1)[:, 1]
+        return model.apply({"params": params}, tx["states"], tx["valid"], im["tokens"], method=FLAVA.fuse)
+
+    def _match_prob(self, params: Any, inputs: tuple[jax.Array, jax.Array]) -> jax.Array:
+        """P(match) of (image, tokens) pairs from the fusion encoder's match head."""
+        _, pooled = self._fused(params, *inputs)
+        logits = self.model().apply({"params": params}, pooled, method=FLAVA.itm_logits)
+        return jax.nn.softmax(logits, axis=-1)[:, 1]
 
     def _mlm_predict(self, params: Any, tokens: jax.Array) -> jax.Array:
+        """Text-tower predictions of every position (masked language modelling)."""
         model = self.model()
         tx = model.apply({"params": params}, tokens, method=FLAVA.encode_text)
         return jnp.argmax(model.apply({"params": params}, tx["states"], method=FLAVA.mlm_logits), axis=-1)
 
     def _mmm_predict(self, params: Any, inputs: tuple[jax.Array, jax.Array]) -> jax.Array:
-        model = self.model()
-        image, tokens = inputs
-        im = model.apply({"params": params}, image, method=FLAVA.encode_image)
-        tx = model.apply({"params": params}, tokens, method=FLAVA.encode_text)
-        states, _ = model.apply({"params": params}, tx["states"], tx["valid"], im["tokens"], method=FLAVA.fuse)
-        return jnp.argmax(model.apply({"params": params}, states, method=FLAVA.mmm_logits), axis=-1)
+        """Fusion-encoder predictions of every text position given the image (masked multimodal modelling)."""
+        states, _ = self._fused(params, *inputs)
+        return jnp.argmax(self.model().apply({"params": params}, states, method=FLAVA.mmm_logits), axis=-1)
 
     def _fixed_mask(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The evaluation's masking: the training rule under a fixed key."""
