@@ -6,13 +6,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-# Keys that never change what is trained (logging, checkpointing, layout, evaluation): resumed silently.
-NEUTRAL = ("log_every", "eval_every", "progress", "nonfinite", "checkpoint.", "evals.", "mesh", "dcn_mesh",
-           "sharding_rules", "fsdp_min_size", "fsdp_dims", "data.num_threads", "data.data_dir", "loss.impl",
-           "loss.chunk_size", "loss.grad_cache")
+# Keys that never change what is trained (logging, checkpointing, layout, evaluation; init_from acts only on a
+# fresh start, which the checkpoint already holds): resumed silently.
+NEUTRAL = ("log_every", "eval_every", "progress", "tensorboard", "nonfinite", "checkpoint.", "evals.", "mesh",
+           "dcn_mesh", "sharding_rules", "fsdp_min_size", "fsdp_dims", "data.num_threads", "data.data_dir",
+           "loss.impl", "loss.chunk_size", "loss.grad_cache", "init_from.")
 # Keys that change the shapes or structure of the saved state: the checkpoint cannot be restored under them.
 STRUCTURAL = ("objective", "model.", "data.name", "data.image_size", "data.text_len", "data.text_format",
-              "data.text_image_size", "data.max_concepts", "optim.name", "optim.freeze", "optim.lr_mults")
+              "data.text_image_size", "data.max_concepts", "data.tokenizer", "optim.name", "optim.freeze",
+              "optim.lr_mults")
 # Optimizer stages present only when non-zero: switching one on or off changes the optimizer state's structure.
 _TOGGLES = ("optim.weight_decay", "optim.clip_norm", "optim.momentum")
 
