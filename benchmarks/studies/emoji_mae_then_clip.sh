@@ -10,10 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir="${1:-runs/mae_then_clip}"
 probe="--config.evals.probe_sets=['emoji','fashion_mnist']"
-run() {  # workdir, config, overrides…
-  local workdir="$1"; shift
-  [ -f "$workdir/results.json" ] || scripts/vlm python -m vlm_jax.main --workdir "$workdir" --config "$@"
-}
+source benchmarks/studies/run_lib.sh
 run "$dir/mae" experiments/emoji_mae.py:steps=4600
 run "$dir/mae_clip" experiments/emoji_two_tower.py:steps=1200 "$probe" \
   "--config.init_from.workdir=$dir/mae" "--config.init_from.include=^img/"

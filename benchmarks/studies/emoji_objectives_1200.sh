@@ -8,10 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir=runs/objectives_1200
 probe="--config.evals.probe_sets=['emoji','fashion_mnist']"
-run() {  # workdir, config, overrides…
-  local workdir="$1"; shift
-  [ -f "$workdir/results.json" ] || scripts/vlm python -m vlm_jax.main --workdir "$workdir" --config "$@"
-}
+source benchmarks/studies/run_lib.sh
 run "$dir/unicl" experiments/emoji_two_tower.py:loss=unicl,steps=1200 "$probe"
 run "$dir/mlm" experiments/emoji_flava.py:parts=mlm
 run "$dir/itm" experiments/emoji_flava.py:parts=itm

@@ -8,10 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir="${1:-runs/siglip2_vs_siglip}"
 dense="--config.evals.dense_sets=['emoji']"
-run() {  # workdir, config, overrides…
-  local workdir="$1"; shift
-  [ -f "$workdir/results.json" ] || scripts/vlm python -m vlm_jax.main --workdir "$workdir" --config "$@"
-}
+source benchmarks/studies/run_lib.sh
 run "$dir/siglip" experiments/emoji_siglip2.py:recipe=siglip "$dense"
 run "$dir/siglip2" experiments/emoji_siglip2.py "$dense"
 scripts/vlm python -m vlm_jax.evals.report "SigLIP=$dir/siglip" "SigLIP 2 recipe=$dir/siglip2" \
