@@ -5,16 +5,26 @@
 #   B  MAE 4.6k steps, then CLIP 1.2k steps starting from its image tower (init_from)
 #   C  CLIP from scratch, 1.2k steps (B's contrastive budget alone)
 # all with the linear probe and kNN beside zero-shot; a finished run is skipped, an interrupted one resumes.
-# About 20 min on 2 cores.   bash benchmarks/studies/emoji_mae_then_clip.sh [RUN_DIR]
+# About 20 min on 2 cores (A and B alone: 16 min).
+#   bash benchmarks/studies/emoji_mae_then_clip.sh [RUN_DIR] [SEED] [ARMS]    (ARMS default "A B C")
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir="${1:-runs/mae_then_clip}"
+seed="${2:-0}"
+arms="${3:-A B C}"
 probe="--config.evals.probe_sets=['emoji','fashion_mnist']"
 source benchmarks/studies/run_lib.sh
-run "$dir/mae" experiments/emoji_mae.py:steps=4600
-run "$dir/mae_clip" experiments/emoji_two_tower.py:steps=1200 "$probe" \
-  "--config.init_from.workdir=$dir/mae" "--config.init_from.include=^img/"
-run "$dir/clip_2400" experiments/emoji_two_tower.py:steps=2400 "$probe"
-run "$dir/clip_1200" experiments/emoji_two_tower.py:steps=1200 "$probe"
-scripts/vlm python -m vlm_jax.evals.report "CLIP 2.4k (A)=$dir/clip_2400" "MAE 4.6k → CLIP 1.2k (B)=$dir/mae_clip" \
-  "CLIP 1.2k (C)=$dir/clip_1200" "MAE 4.6k=$dir/mae" | tee benchmarks/studies/emoji_mae_then_clip.md
+s="--config.seed=$seed"
+if [[ $arms == *B* ]]; then
+  run "$dir/mae" experiments/emoji_mae.py:steps=4600 "$s"
+  run "$dir/mae_clip" experiments/emoji_two_tower.py:steps=1200 "$probe" "$s" \
+    "--config.init_from.workdir=$dir/mae" "--config.init_from.include=^img/"
+fi
+[[ $arms == *A* ]] && run "$dir/clip_2400" experiments/emoji_two_tower.py:steps=2400 "$probe" "$s"
+[[ $arms == *C* ]] && run "$dir/clip_1200" experiments/emoji_two_tower.py:steps=1200 "$probe" "$s"
+named=()
+[[ $arms == *A* ]] && named+=("CLIP 2.4k (A)=$dir/clip_2400")
+[[ $arms == *B* ]] && named+=("MAE 4.6k → CLIP 1.2k (B)=$dir/mae_clip")
+[[ $arms == *C* ]] && named+=("CLIP 1.2k (C)=$dir/clip_1200")
+[[ $arms == *B* ]] && named+=("MAE 4.6k=$dir/mae")
+scripts/vlm python -m vlm_jax.evals.report "${named[@]}" | tee "benchmarks/studies/emoji_mae_then_clip_seed$seed.md"
