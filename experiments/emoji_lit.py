@@ -31,6 +31,7 @@ def get_config(arg=None):
     elif arg.tower == "image":
         if not arg.init:
             raise ValueError("tower=image needs init=<workdir of an MAE or CLIP run with this image tower>")
+        c.model.image.locked = True  # no backward pass through the locked encoder
         c.init_from = dict(workdir=arg.init, include="^img/(embedding|pos_embedding|Transformer)(/|$)")
         c.optim.freeze = "^img/(embedding|pos_embedding|Transformer)(/|$)"
     else:

@@ -28,6 +28,7 @@ ONE_DEVICE = ["mesh=[('data', 1)]", "batch_size=8"]
     ("emoji_flava.py:size=test", []),
     ("emoji_flava.py:size=test,parts=mlm", []),
     ("emoji_lit.py:size=test", []),  # the locked MiniLM runs forward only
+    ("emoji_lit.py:size=test,tower=image,init=unused", []),  # the locked ViT encoder runs forward only
     ("emoji_siglip2.py:size=test", ["loss.distill_start=0.0"]),  # self-distillation from the first step
 ])
 def test_analytic_step_flops_equal_the_jaxpr_of_the_train_step(data_dir, experiment, overrides):

@@ -57,6 +57,8 @@ class ViT(nn.Module):
     residual_dtype: str = "float32"  # the residual stream (layers' mixed-precision policy); e.g. "bfloat16" at scale
     attention_impl: str = "einsum"  # layers.ATTENTION_IMPLS ("cudnn": flash attention on NVIDIA GPUs)
     mask_token: bool = False  # a learned token that replaces masked patches (`patch_mask`; iBOT / TIPS)
+    locked: bool = False  # LiT: the encoder's output is a constant to autodiff (no backward pass through the
+    # stem, positions and transformer; freeze them with optim.freeze so weight decay leaves them alone too)
 
     def _cfg(self) -> dict[str, Any]:
         """Size fields, overridden by `variant` when set."""
@@ -112,6 +114,8 @@ class ViT(nn.Module):
                                     dtype_mm=self.dtype_mm, attention_impl=self.attention_impl,
                                     name="Transformer")(x, train=train)
         aux.update({f"encoder/{k}": v for k, v in enc_aux.items()})
+        if self.locked:
+            x = jax.lax.stop_gradient(x)
         aux["encoded"] = x
         if self.pool_type == "map":
             x = layers.MAPHead(num_heads=c["num_heads"], mlp_dim=c["mlp_dim"], dtype_mm=self.dtype_mm,

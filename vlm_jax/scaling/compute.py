@@ -111,6 +111,15 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
 
     def image_tower(fields: Mapping[str, Any], key: str, size: tuple[int, int], channels: int) -> dict[str, float]:
         part = vit(fields, size, channels)
+        if fields.get("locked"):  # LiT: stem and encoder run forward only; the pooling head and projection train,
+            # but the head's key/value projections need no input gradient (their input is the locked tokens)
+            c = vit_config(fields)
+            kv = 2 * dense(part["tokens"], c["width"], c["num_heads"] * (c["width"] // c["num_heads"])) \
+                if fields.get("pool_type", "gap") == "map" else 0.0
+            out["forward_only"] = out.get("forward_only", 0.0) + bsz * (part["patch_embed"] + part["encoder"])
+            out["no_input_grad"] = out.get("no_input_grad", 0.0) + bsz * kv
+            out[key] = out.get(key, 0.0) + bsz * (part["head"] - kv)
+            return part
         out["patch_embed"] = out.get("patch_embed", 0.0) + bsz * part["patch_embed"]
         out[key] = out.get(key, 0.0) + bsz * (part["encoder"] + part["head"])
         return part
@@ -192,15 +201,17 @@ def mae_forward(model: Any, image_size: tuple[int, int], channels: int) -> dict[
 
 def train_step_flops(model: Any, batch: Mapping[str, Any], micro_batches: int = 1,
                      forward: Callable[[Mapping[str, Any]], dict[str, float]] | None = None) -> float:
-    """Model FLOPs of one training step on `batch` (3 × forward, less the pixel stem's input gradient and the
-    backward of a "forward_only" part, e.g. similarities under stop_gradient), summed over `micro_batches` equal
+    """Model FLOPs of one training step on `batch` (3 × forward, less the input gradient of the pixel stem and of a
+    "no_input_grad" part, and the backward of a "forward_only" part, e.g. similarities under stop_gradient or a
+    locked tower), summed over `micro_batches` equal
     micro-batches (a contrastive similarity spans one micro-batch). `forward`: the objective's count of its loss's
     forward passes by part (default: `model_forward` of one pass through `model`)."""
     if micro_batches > 1:
         batch = {k: jax.ShapeDtypeStruct((v.shape[0] // micro_batches, *v.shape[1:]), v.dtype)
                  for k, v in batch.items()}
     parts = (forward or (lambda b: model_forward(model, b)))(batch)
-    return micro_batches * (3 * sum(parts.values()) - parts.get("patch_embed", 0.0) - 2 * parts.get("forward_only", 0.0))
+    no_input_grad = parts.get("patch_embed", 0.0) + parts.get("no_input_grad", 0.0)
+    return micro_batches * (3 * sum(parts.values()) - no_input_grad - 2 * parts.get("forward_only", 0.0))
 
 
 def forward_gmacs_per_sample(model: Any, batch: Mapping[str, Any],
