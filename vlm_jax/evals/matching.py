@@ -19,24 +19,29 @@ def hardest_other_class(img_emb: np.ndarray, class_emb: np.ndarray, labels: np.n
 
 
 class MatchingEvaluator:
-    """Each query image with its class caption and with the caption of the hardest other class (by the model's
-    own contrastive similarity). "match_acc": both pairs judged right by the match head (p > ½ vs < ½), averaged
-    over the 2N pairs; "pair_acc": the true caption scored above the hard negative. Chance: 50%."""
+    """Each query image with its class caption and with another class's caption, drawn two ways: at random (fixed
+    seed) and the hardest one by the model's own contrastive similarity. "match_acc": both pairs judged right by
+    the match head (p > ½ for the true caption, < ½ for the other), over the 2N pairs; "pair_acc": the true
+    caption scored above the other; "hard_*": the same against the hardest other class. Chance: 50% for the
+    random negatives; the hard negatives are chosen against the model, so they have no chance level."""
 
-    def __init__(self, embedder: Embedder, match: MatchFn, sets: dict[str, EvalSet], template: str):
-        self.embedder, self.match, self.sets, self.template = embedder, match, sets, template
+    def __init__(self, embedder: Embedder, match: MatchFn, sets: dict[str, EvalSet], template: str, seed: int = 0):
+        self.embedder, self.match, self.sets, self.template, self.seed = embedder, match, sets, template, seed
 
     def __call__(self, params: Any, extra: Any) -> dict[str, float]:
         out: dict[str, float] = {}
         for name, s in self.sets.items():
             captions = [self.template.format(c) for c in s.class_names]
-            img_emb = self.embedder.images(params, s.images)
-            negative = hardest_other_class(img_emb, self.embedder.texts(params, captions), s.labels)
             tokens = self.embedder.tokenize(captions)
+            img_emb = self.embedder.images(params, s.images)
+            n_cls = len(captions)
+            random = (s.labels + np.random.default_rng(self.seed).integers(1, n_cls, len(s.labels))) % n_cls
+            hard = hardest_other_class(img_emb, self.embedder.texts(params, captions), s.labels)
             p_pos = self.match(params, s.images, tokens[s.labels])
-            p_neg = self.match(params, s.images, tokens[negative])
-            out[f"{name}/all/match_acc/model"] = float(np.mean(np.concatenate([p_pos > 0.5, p_neg < 0.5])))
-            out[f"{name}/all/pair_acc/model"] = float(np.mean(p_pos > p_neg))
+            for prefix, negative in (("", random), ("hard_", hard)):
+                p_neg = self.match(params, s.images, tokens[negative])
+                out[f"{name}/all/{prefix}match_acc/model"] = float(np.mean(np.concatenate([p_pos > 0.5, p_neg < 0.5])))
+                out[f"{name}/all/{prefix}pair_acc/model"] = float(np.mean(p_pos > p_neg))
             for metric in ("match_acc", "pair_acc"):
                 out[f"{name}/all/{metric}/chance"] = 0.5
         return out

@@ -65,6 +65,12 @@ if __name__ == "__main__":
     import sys
     from pathlib import Path
 
-    # python -m vlm_jax.evals.report NAME=runs/dir [NAME=runs/dir ...]
+    # python -m vlm_jax.evals.report NAME=runs/dir [NAME=runs/dir/evals_stepN.json ...]: a workdir's results.json,
+    # or a tools.evaluate re-evaluation
     named = dict(arg.split("=", 1) for arg in sys.argv[1:])
-    print(compare({n: json.loads((Path(d) / "results.json").read_text())["evals"] for n, d in named.items()}))
+
+    def metrics(path: str) -> dict[str, float]:
+        p = Path(path)
+        return json.loads(p.read_text()) if p.is_file() else json.loads((p / "results.json").read_text())["evals"]
+
+    print(compare({n: metrics(d) for n, d in named.items()}))
