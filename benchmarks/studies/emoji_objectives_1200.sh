@@ -15,7 +15,11 @@ run "$dir/itm" experiments/emoji_flava.py:parts=itm
 run "$dir/flava" experiments/emoji_flava.py
 run "$dir/lit_mae_image" experiments/emoji_lit.py:tower=image,init=runs/mae_then_clip/mae
 run "$dir/lit_minilm" experiments/emoji_lit.py
+# ITM against random as well as the hardest negatives (the evaluator gained the random ones after these runs)
+for r in itm flava; do
+  [ -f "$dir/$r/evals_step1200.json" ] || scripts/vlm python -m vlm_jax.tools.evaluate --workdir "$dir/$r" >/dev/null
+done
 scripts/vlm python -m vlm_jax.evals.report "CLIP=runs/mae_then_clip/clip_1200" "UniCL=$dir/unicl" \
   "SigLIP=runs/siglip2_vs_siglip/siglip" "SigLIP 2=runs/siglip2_vs_siglip/siglip2" "MAE (4.6k)=runs/mae_then_clip/mae" \
   "MAE→CLIP=runs/mae_then_clip/mae_clip" "LiT (MAE image)=$dir/lit_mae_image" "LiT (MiniLM text)=$dir/lit_minilm" \
-  "ITM+CLIP=$dir/itm" "MLM=$dir/mlm" "FLAVA=$dir/flava" | tee benchmarks/studies/emoji_objectives_1200.md
+  "ITM+CLIP=$dir/itm/evals_step1200.json" "MLM=$dir/mlm" "FLAVA=$dir/flava/evals_step1200.json" | tee benchmarks/studies/emoji_objectives_1200.md
