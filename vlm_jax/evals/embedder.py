@@ -80,7 +80,7 @@ class Embedder:
 
     def features(self, params: Any, images: np.ndarray) -> np.ndarray:
         """The image function's raw outputs on float images in [-1, 1], [N, H, W, 3] (not normalised)."""
-        return self._batched("image", params, np.asarray(images, np.float32))
+        return self.apply(params, np.asarray(images, np.float32))
 
     def images(self, params: Any, images: np.ndarray) -> np.ndarray:
         """Unit-norm embeddings of float images in [-1, 1], [N, H, W, 3]."""

@@ -30,7 +30,6 @@ class MAE(nn.Module):
     positions, `decoder.depth` blocks, and a linear map to each patch's ph·pw·3 pixels."""
     image: dict[str, Any]
     decoder: dict[str, Any]
-    mask_ratio: float = 0.75  # hidden share of patches in training (the objective masks; FLOP counts read it)
 
     @nn.compact
     def __call__(self, image: Array, *, train: bool = False,

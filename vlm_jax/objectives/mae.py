@@ -63,12 +63,18 @@ class MAEObjective(Objective):
         random_masking(jax.random.key(0), 1, self.num_patches, self.ratio)  # validates the ratio now
 
     def model(self) -> nn.Module:
-        return MAE(image=dict(self.config.model.image), decoder=dict(self.config.model.get("decoder", {})),
-                   mask_ratio=self.ratio)
+        return MAE(image=dict(self.config.model.image), decoder=dict(self.config.model.get("decoder", {})))
 
     def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         s = self.data.image_size
         return {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32)}
+
+    def forward_flops(self, batch: dict[str, Any]) -> dict[str, float]:
+        """The patch stem over every patch, the encoder over the visible ones, the decoder over all."""
+        from vlm_jax.scaling.compute import mae_forward
+
+        b, h, w, ch = batch["image"].shape
+        return {k: b * v for k, v in mae_forward(self.model(), (h, w), ch, self.ratio).items()}
 
     def targets(self, image: jax.Array) -> jax.Array:
         """Per-patch pixel targets [B, N, ph·pw·3]."""

@@ -100,11 +100,10 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
     """
     from vlm_jax.models import OneTower, TwoTower
     from vlm_jax.models.captioner import Captioner
-    from vlm_jax.models.mae import MAE
     from vlm_jax.models.pali import PaLI
     from vlm_jax.models.prefix_lm import ImagePrefixLM
 
-    if not isinstance(model, (TwoTower, OneTower, Captioner, PaLI, ImagePrefixLM, MAE)):
+    if not isinstance(model, (TwoTower, OneTower, Captioner, PaLI, ImagePrefixLM)):
         raise NotImplementedError(f"no analytic FLOP count for {type(model).__name__}")
     bsz, h, w, ch = _shape(batch, "image")
     out: dict[str, float] = {}
@@ -124,9 +123,6 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
         out[key] = out.get(key, 0.0) + bsz * (part["encoder"] + part["head"])
         return part
 
-    if isinstance(model, MAE):
-        out.update(mae_forward(model, (h, w), ch))
-        return {k: bsz * v for k, v in out.items()}
     if isinstance(model, TwoTower):
         image_tower({"num_classes": model.embed_dim, **model.image}, "image", (h, w), ch)
         text = {"num_classes": model.embed_dim, **model.text}
@@ -180,9 +176,9 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def mae_forward(model: Any, image_size: tuple[int, int], channels: int) -> dict[str, float]:
-    """One image through an MAE as trained: the patch stem over every patch, the encoder over the visible ones,
-    the decoder over all of them and the pixel head."""
+def mae_forward(model: Any, image_size: tuple[int, int], channels: int, mask_ratio: float) -> dict[str, float]:
+    """One image through an MAE trained with `mask_ratio` (the objective masks): the patch stem over every patch,
+    the encoder over the visible ones, the decoder over all of them and the pixel head."""
     from vlm_jax.losses.masked import num_masked
     from vlm_jax.models.mae import decoder_fields
 
@@ -190,7 +186,7 @@ def mae_forward(model: Any, image_size: tuple[int, int], channels: int) -> dict[
     c = vit_config(fields)
     (ph, pw), d = c["patch_size"], c["width"]
     n = (image_size[0] // ph) * (image_size[1] // pw)
-    visible = n - num_masked(n, model.mask_ratio)
+    visible = n - num_masked(n, mask_ratio)
     dec = decoder_fields(model.decoder)
     dw = int(dec["width"])
     return {"patch_embed": dense(n, ph * pw * channels, d),
