@@ -14,8 +14,8 @@ The data stream is `synthetic` (shapes only) until a web-scale image–text sour
 import ml_collections
 
 from vlm_jax.config import config_args
-from vlm_jax.models.vit import parse_variant
 from vlm_jax.sharding import fsdp_mesh
+from vlm_jax.variants import parse_variant
 
 PRESETS = {
     # objective, ViT, res, decoder (width, depth, unimodal depth, mlp, heads), cap queries, embed, vocab, len, batch

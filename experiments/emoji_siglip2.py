@@ -2,7 +2,7 @@
 SigLIP + LocCa decoder loss on composed scenes, and in the last 20% SILC self-distillation + TIPS masked prediction.
 
   --config experiments/emoji_siglip2.py                      SigLIP 2 (1.2k steps)
-  --config experiments/emoji_siglip2.py:recipe=siglip        the same model and budget, auxiliary losses off
+  --config experiments/emoji_siglip2.py:recipe=siglip        the same towers and budget, auxiliary losses off
   --config experiments/emoji_siglip2.py:size=test            tiny model for tests
 """
 from pathlib import Path
@@ -23,10 +23,11 @@ def get_config(arg=None):
     two_tower = Path(__file__).with_name("emoji_two_tower.py")
     c = load_config(f"{two_tower}:loss=siglip,size={arg.size},steps={arg.steps},batch={arg.batch}")
     c.objective = "siglip2"
-    decoder, head = HEADS[arg.size]
-    c.model = dict(c.model, decoder=decoder, head=head)
     c.loss = dict(name="sigmoid")
-    if arg.recipe == "siglip":
+    if arg.recipe == "siglip":  # no decoder, projection head or teacher is built
         c.loss.update(locca_weight=0.0, distill_weight=0.0, masked_weight=0.0)
+    else:
+        decoder, head = HEADS[arg.size]
+        c.model = dict(c.model, decoder=decoder, head=head)
     c.evals = dict(c.evals, probe_sets=["emoji", "fashion_mnist"] if arg.size != "test" else ["emoji"])
     return c

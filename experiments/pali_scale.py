@@ -12,8 +12,8 @@ The data stream is `synthetic` with random prompts (shapes only) until a web-sca
 import ml_collections
 
 from vlm_jax.config import config_args
-from vlm_jax.models.vit import parse_variant
 from vlm_jax.sharding import fsdp_mesh
+from vlm_jax.variants import parse_variant
 
 PRESETS = {
     # layout, ViT, res, encoder (width, depth, mlp, heads) or None, decoder (width, depth, mlp, heads), vocab,

@@ -11,7 +11,7 @@ import ml_collections
 from vlm_jax.config import config_args
 from vlm_jax.objectives.contrastive import apply_loss_preset, loss_preset
 from vlm_jax.sharding import fsdp_mesh
-from vlm_jax.models.vit import parse_variant
+from vlm_jax.variants import parse_variant
 
 # Image-tower size → (text width, depth, mlp, heads, embed dim), following CLIP / SigLIP pairings.
 TEXT_FOR = {

@@ -1,5 +1,6 @@
 """Corrupt, empty and oversized images and empty / non-UTF-8 captions are skipped and counted, resumably."""
 import io
+import threading
 
 import numpy as np
 from PIL import Image
@@ -62,3 +63,38 @@ def test_bad_examples_are_skipped_counted_and_resumed(data_dir):
     for a, b in zip(after, again):
         np.testing.assert_array_equal(a["concept"], b["concept"])
         np.testing.assert_array_equal(a[robust.COUNTS], b[robust.COUNTS])  # the counters resume too
+
+
+def _first_batch_within(stream, seconds: float) -> tuple[bool, BaseException | None]:
+    """(finished, exception) of next(iter(stream)) run in a thread for at most `seconds`."""
+    out: list[BaseException | None] = []
+
+    def run():
+        try:
+            next(iter(stream))
+            out.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return bool(out), (out[0] if out else None)
+
+
+def test_a_source_of_only_bad_examples_stops_with_an_error_naming_it(data_dir):
+    """Every example corrupt: the real pipeline raises after robust.MAX_CONSECUTIVE_BAD of them in a row instead
+    of skipping forever, naming the source and what was wrong."""
+    tok = Tokenizer(emoji_tfds.tokenizer_path(data_dir, PREPARED_SIZE, None))
+    pre = pipeline._Preprocess(tok, image_size=16, text_len=8, augment={}, templates=["{}"])
+    # 4096 examples: grain's index shuffle walks cycles, ~25 ms an index over 7 examples, 0.1 ms over 4096
+    corrupt = [{"image": _png(16, 0)[:40], "name": b"cut off", "concept": i} for i in range(4096)]
+    stream = pipeline.train_stream(corrupt, pre, batch_size=4, seed=0, num_threads=0, name="cut-off PNGs")
+    finished, exc = _first_batch_within(stream, 60)
+    assert finished, "still skipping after 60 s"
+    assert isinstance(exc, robust.TooManyBadExamples), exc
+    assert "cut-off PNGs" in str(exc) and f"{robust.MAX_CONSECUTIVE_BAD} " in str(exc) and "image" in str(exc)
+    assert exc.counts == {"image": robust.MAX_CONSECUTIVE_BAD, "image_size": 0, "caption": 0}
+    mixed = [dict(e, image=_png(16, 0)) if i % 7 == 3 else e for i, e in enumerate(corrupt)]  # one good in 7: runs
+    few = pipeline.train_stream(mixed, pre, batch_size=4, seed=0, num_threads=0, name="mixed")
+    assert _first_batch_within(few, 60) == (True, None)

@@ -105,6 +105,31 @@ def test_prepare_is_idempotent(small_dir):
 
 # ---- tokenizer ------------------------------------------------------------------------------------------------
 
+def test_encode_checked_says_what_was_cut_and_keeps_the_chosen_end(tok):
+    texts = ["an emoji of a cat.", "a b c d e f g h i j k l m n o p q r s t"]
+    pieces = [tok.sp.encode(t) for t in texts]  # SentencePiece itself, uncut
+    start, cut = tok.encode_checked(texts, 12)
+    np.testing.assert_array_equal(cut, [len(p) > 11 for p in pieces])
+    assert cut.tolist() == [False, True]
+    np.testing.assert_array_equal(start, tok.encode(texts, 12))
+    end, cut_end = tok.encode_checked(texts, 12, keep="end")
+    np.testing.assert_array_equal(cut_end, cut)
+    assert end[0].tolist() == start[0].tolist()  # fits: nothing dropped either way
+    assert end[1].tolist() == pieces[1][-11:] + [EOS_ID] and start[1].tolist() == pieces[1][:11] + [EOS_ID]
+    with pytest.raises(ValueError, match="start"):
+        tok.encode_checked(texts, 12, keep="middle")
+
+
+def test_dataset_names_resolve_lazily_to_their_modules():
+    """Each name in the table is registered by the module it names (imported only when asked for)."""
+    from vlm_jax.data import base
+
+    for name, module in base.DATASETS.items():
+        assert base.dataset_class(name).__module__ == module
+    with pytest.raises(ValueError, match=r"valid: \['emoji', 'multitask', 'synthetic', 'tuxpaint'\]"):
+        image_text.get(ml_collections.ConfigDict(dict(name="laion")))
+
+
 def test_tokenizer(tok):
     assert tok.pad_id == PAD_ID == 0 and tok.eos_id == EOS_ID and 259 < tok.vocab_size <= 1024
     ids = tok.encode(["an emoji of kangaroo.", "", "a " * 50], 12)

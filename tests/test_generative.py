@@ -109,33 +109,124 @@ def test_coca_decoder_is_causal_and_cross_attends_every_image_token(coca):
         assert not np.allclose(moved, base, atol=1e-6), j
 
 
-def _teacher_forced_greedy(model, params, images, ids, max_len):
-    """Greedy decoding by re-running the full (uncached) decoder on the growing prefix."""
-    context, _ = model.apply({"params": params}, images, method="encode")
-    tokens = np.full((len(images), 1), ids["bos"], np.int32)
+def _uncached_greedy(model, params, context, max_len, bos):
+    """Greedy decoding by re-running the full (uncached) decoder on the growing prefix: the argmax tokens
+    [N, max_len] (fed on whatever EOS is) and their float64 log-probs [N, max_len, V]."""
+    tokens, lps = np.full((jax.tree.leaves(context)[0].shape[0], 1), bos, np.int32), []
     for _ in range(max_len):
-        logits = model.apply({"params": params}, jnp.asarray(tokens), context, method="logits")
-        tokens = np.concatenate([tokens, np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]], axis=1)
-    out = tokens[:, 1:]
-    for row in out:  # after EOS: pad
-        hit = np.flatnonzero(row == ids["eos"])
+        logits = model.apply({"params": params}, jnp.asarray(tokens), context, method="logits")[:, -1]
+        lps.append(np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64)), np.float64))
+        tokens = np.concatenate([tokens, lps[-1].argmax(-1)[:, None].astype(np.int32)], axis=1)
+    return tokens[:, 1:], np.stack(lps, axis=1)
+
+
+def _ended(tokens, eos, pad):
+    """Tokens with every position after a row's first EOS set to pad."""
+    out = np.array(tokens)
+    for row in out:
+        hit = np.flatnonzero(row == eos)
         if len(hit):
-            row[hit[0] + 1:] = ids["pad"]
+            row[hit[0] + 1:] = pad
     return out
+
+
+def _teacher_forced_greedy(model, params, images, ids, max_len):
+    """Greedy decoding by re-running the full (uncached) decoder on the growing prefix (EOS, then pad)."""
+    context, _ = model.apply({"params": params}, images, method="encode")
+    return _ended(_uncached_greedy(model, params, context, max_len, ids["bos"])[0], ids["eos"], ids["pad"])
+
+
+def _with_eos_bias(params, eos, bias):
+    """Parameters whose EOS logit is raised by `bias` (the decoder head's bias): nothing else changes."""
+    dec = dict(params["decoder"])
+    dec["head"] = dict(dec["head"], bias=jnp.asarray(dec["head"]["bias"]).at[eos].add(bias))
+    return dict(params, decoder=dec)
+
+
+def _planted_eos(params, argmax, lps, ids):
+    """(parameters with the EOS logit raised by a bias that ends some rows early while others run to the end,
+    the greedy tokens they give), from the uncached greedy run: raising EOS alone keeps every other token's
+    order, so row r ends at its first step where the best token beats EOS by less than the bias."""
+    eos, n = ids["eos"], argmax.shape[1]
+    margin = lps.max(-1) - lps[..., eos]  # 0 where EOS is the argmax
+    lows = np.sort(np.unique(margin.min(1)))
+    for bias in (lows[:-1] + lows[1:]) / 2:
+        end = [int(np.argmax(m < bias)) if (m < bias).any() else n for m in margin]
+        if bias > 0 and min(end) < n - 1 and max(end) == n and np.abs(margin - bias).min() > 1e-3:
+            break
+    else:
+        raise AssertionError(f"no EOS bias ends some rows early and leaves others: {margin.min(1)}")
+    want = np.array(argmax)
+    for r, e in enumerate(end):
+        if e < n:
+            want[r, e], want[r, e + 1:] = eos, ids["pad"]
+    return _with_eos_bias(params, eos, float(bias)), want
 
 
 @pytest.mark.parametrize("name", ["coca", "cappa"])
 def test_cached_generation_equals_uncached_greedy(name, coca, cappa):
+    """Cached greedy captions equal the uncached argmax loop, also with EOS planted so that some rows end early
+    (EOS, then pad) while the loop goes on for the others."""
     setup, params = {"coca": coca, "cappa": cappa}[name]
     obj = setup.objective
-    fns = obj.caption_fns
+    fns, ids, model = obj.caption_fns, obj.ids, obj.model()
     images = _batches(setup, 1)[0]["image"][:5]
-    got = fns.generate_tokens(params, images)
-    want = _teacher_forced_greedy(obj.model(), params, images, obj.ids, fns.max_len)
-    np.testing.assert_array_equal(got, want)
+    context, _ = model.apply({"params": params}, images, method="encode")
+    argmax, lps = _uncached_greedy(model, params, context, fns.max_len, ids["bos"])
+    np.testing.assert_array_equal(fns.generate_tokens(params, images), _ended(argmax, ids["eos"], ids["pad"]))
+    planted, want = _planted_eos(params, argmax, lps, ids)
+    np.testing.assert_array_equal(fns.generate_tokens(planted, images), want)
 
 
-def test_sharded_and_sampled_generation(coca):
+def check_beam_search_with_eos(setup, params, images, prompts=None, k=2):
+    """Cached beam search (context keys/values once per image, read by its beams) with EOS planted within reach:
+    every hypothesis' score is its uncached teacher-forced log-probability over the length norm, some end early
+    (EOS, then pad) and some run to max_len; the evaluators' beam search returns the best ones."""
+    from vlm_jax.models.decoder import start_decoding, step_fn
+    from vlm_jax.models.decoding import beam_search
+
+    obj = setup.objective
+    ids, model = obj.ids, obj.model()
+    fns = obj.caption_fns.with_options(beam_size=k)
+    n, alpha, b = fns.max_len, fns.length_penalty, len(images)
+    ptok = None if prompts is None else jnp.asarray(fns.prompt_tokens(prompts, b))
+    context, _ = model.apply({"params": params}, images, ptok, method="encode")
+    planted, _ = _planted_eos(params, *_uncached_greedy(model, params, context, 3, ids["bos"]), ids)
+
+    @jax.jit
+    def run(p, context):
+        cache, context_cache = start_decoding(model, p, context, b)
+        return beam_search(step_fn(model, p, context_cache), cache, jnp.full((b,), ids["bos"]), max_len=n,
+                           eos_id=ids["eos"], pad_id=ids["pad"], beam_size=k, length_penalty=alpha)
+
+    seqs, scores = map(np.asarray, run(planted, context))
+    flat = seqs.reshape(-1, n)
+    unmasked = model.clone(decoder=dict(model.decoder, pad_id=-1))  # a generated pad id is an ordinary input here
+    rows = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), context)
+    logits = unmasked.apply({"params": planted}, shift_right(jnp.asarray(flat), ids["bos"]), rows, method="logits")
+    lp = np.take_along_axis(np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64)), np.float64),
+                            flat[..., None], -1)[..., 0]
+    length = np.array([int(np.argmax(r == ids["eos"])) + 1 if ids["eos"] in r else n for r in flat])
+    for i, r in enumerate(flat):
+        assert (r[length[i]:] == ids["pad"]).all()
+    want = np.array([lp[i, :length[i]].sum() for i in range(len(flat))]) / ((5 + length) / 6) ** alpha
+    np.testing.assert_allclose(scores.reshape(-1), want, rtol=1e-4, atol=1e-4)
+    assert (length < n).any() and (length == n).any()  # EOS ended some hypotheses, others ran to max_len
+    np.testing.assert_array_equal(fns.generate_tokens(planted, images, prompts), seqs[:, 0])
+
+
+def test_cached_beam_search_equals_uncached_log_probs_with_eos(coca):
+    setup, params = coca
+    check_beam_search_with_eos(setup, params, _batches(setup, 1)[0]["image"][:5])
+
+
+@pytest.fixture(scope="module")
+def coca_dp8(data_dir):
+    setup = _setup("coca", [("data", 8)])
+    return setup, setup.init_state(jax.random.key(0)).params  # the coca fixture's parameters, on 8 devices
+
+
+def test_sharded_and_sampled_generation(coca, coca_dp8):
     """On 8 devices the cached greedy captions are the same; sampling with a fixed key equals an uncached loop
     drawing with the same per-step keys."""
     from vlm_jax.models.decoding import sample_logits
@@ -143,16 +234,11 @@ def test_sharded_and_sampled_generation(coca):
     setup, params = coca
     obj = setup.objective
     images = _batches(setup, 1)[0]["image"][:5]
-    dp8 = _setup("coca", [("data", 8)])
-    sharded = dp8.init_state(jax.random.key(0)).params  # the same seed: the same parameters, now on 8 devices
+    dp8, sharded = coca_dp8
     np.testing.assert_array_equal(dp8.objective.caption_fns.generate_tokens(sharded, images),
                                   obj.caption_fns.generate_tokens(params, images))
-    fns = obj.caption_fns
-    fns.sampling = dict(temperature=1.5, top_k=20, top_p=0.95, seed=3)
-    try:
-        got = fns.generate_tokens(params, images)
-    finally:
-        fns.sampling = None
+    fns = obj.caption_fns.with_options(sampling=dict(temperature=1.5, top_k=20, top_p=0.95, seed=3))
+    got = fns.generate_tokens(params, images)
     model, ids = obj.model(), obj.ids
     context, _ = model.apply({"params": params}, _pad(images, fns.batch_size), method="encode")
     tokens = np.full((fns.batch_size, 1), ids["bos"], np.int32)
@@ -160,13 +246,42 @@ def test_sharded_and_sampled_generation(coca):
         logits = model.apply({"params": params}, jnp.asarray(tokens), context, method="logits")[:, -1]
         tok = sample_logits(logits, jax.random.fold_in(jax.random.key(3), i), temperature=1.5, top_k=20, top_p=0.95)
         tokens = np.concatenate([tokens, np.asarray(tok)[:, None]], axis=1)
-    want = tokens[:5, 1:]
-    for row in want:
-        hit = np.flatnonzero(row == ids["eos"])
-        if len(hit):
-            row[hit[0] + 1:] = ids["pad"]
+    want = _ended(tokens[:5, 1:], ids["eos"], ids["pad"])
     np.testing.assert_array_equal(got, want)
     assert not np.array_equal(got, obj.caption_fns.generate_tokens(params, images))  # it did sample
+
+
+def _hlo_shape(dtype, shape):
+    """An array type as XLA's HLO text writes it (e.g. f32[16,16,4,8])."""
+    name = {"float32": "f32", "bfloat16": "bf16", "bool": "pred", "int32": "s32"}[str(dtype)]
+    return f"{name}[{','.join(map(str, shape))}]"
+
+
+def test_compiled_beam_search_keeps_the_caches_sharded(coca_dp8):
+    """The compiled beam-search loop under an 8-device data mesh: the self-attention cache (B·k rows) and the
+    context cache (B rows: once per image) stay split over the devices (per-device shapes in the while loop's
+    state), and the full (unsharded) cache never appears, e.g. gathered to reorder beams."""
+    from vlm_jax.models.decoder import start_decoding
+
+    setup, params = coca_dp8
+    k = 2
+    fns = setup.objective.caption_fns.with_options(beam_size=k)
+    mesh, model, b = setup.mesh, fns.model, fns.batch_size
+    images = fns._put(np.zeros((b, 32, 32, 3), np.float32), mesh)
+    hlo = fns._fn("generate", mesh).lower(params, images, None).compile().as_text()
+    loop = next(line for line in hlo.splitlines() if " while(" in line)
+    state = loop[:loop.index(" while(")]
+    cache, context_cache = jax.eval_shape(
+        lambda p, x: start_decoding(model, p, model.apply({"params": p}, x, None, method="encode")[0], b),
+        params, images)
+    n = mesh.devices.size
+    checked = 0
+    for leaves, rows in ((jax.tree.leaves(cache), b * k), (jax.tree.leaves(context_cache), b)):
+        for x in (x for x in leaves if x.ndim >= 2):  # the key / value / validity buffers
+            assert _hlo_shape(x.dtype, (rows // n, *x.shape[1:])) in state, (x.shape, rows)
+            assert _hlo_shape(x.dtype, (rows, *x.shape[1:])) not in hlo, (x.shape, rows)
+            checked += 1
+    assert checked == 9  # key, value, validity: 2 blocks' self-attention, 1 block's cross-attention
 
 
 def _pad(x, n):
@@ -189,6 +304,91 @@ def test_scoring_classifier_equals_brute_force(cappa):
     assert out["s/all/top@1/model"] == pytest.approx(want_top1)
     assert out["s/all/top@1/chance"] == pytest.approx(1 / 7)
     assert list(scoring_queries(100, 10, 200)) == list(np.linspace(0, 99, 20).round().astype(int))
+
+
+def test_scoring_classifier_encodes_each_image_once(cappa):
+    """Class texts come in chunks; each image batch is encoded once for all of them (counted executions of the
+    image encoder), with the scores of the shared evaluator functions."""
+    import dataclasses
+
+    from vlm_jax.evals.generation import CaptionFns
+    from vlm_jax.models.captioner import Captioner
+
+    calls = []
+
+    class Counting(Captioner):
+        def encode(self, image, prompt=None, train=False):
+            jax.debug.callback(lambda: calls.append(1))
+            return super().encode(image, prompt, train)
+
+    setup, params = cappa
+    obj = setup.objective
+    model = obj.model()
+    counting = Counting(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+                           if f.name not in ("parent", "name")})
+    fns = CaptionFns(counting, obj.ids, obj.data.tokenize, obj.data.decode, max_len=4, batch_size=16, class_chunk=3)
+    images = np.random.default_rng(3).uniform(-1, 1, (5, 32, 32, 3)).astype(np.float32)
+    names = ["cat", "dog face", "flag: japan", "red apple", "kangaroo", "x", "grinning face"]
+    scores = fns.class_scores(params, images, names)  # 3 batches of 2 images × 3 chunks of ≤ 3 texts
+    jax.effects_barrier()
+    assert len(calls) == 3
+    np.testing.assert_allclose(scores, obj.caption_fns.class_scores(params, images, names), rtol=1e-5, atol=1e-4)
+
+
+def test_decode_max_len_beyond_the_decoder_is_a_config_error(data_dir):
+    """Generation feeds max_len positions: more than the decoder's would overwrite its last cache slot."""
+    setup = _setup("cappa", more=["evals.decode.max_len=17"])
+    with pytest.raises(ValueError, match=r"evals\.decode\.max_len=17.* 16 "):
+        setup.objective.caption_fns
+    assert _setup("cappa", more=["evals.decode.max_len=16"]).objective.caption_fns.max_len == 16
+
+
+def test_changed_decode_settings_compile_anew_and_captioning_leaves_the_evaluators_settings(cappa, tmp_path):
+    """A changed max_len / length_penalty gives the new setting's output, not the stale compiled one's; a run's
+    caption(beam=…, sample=…) uses a copy of the evaluators' functions, whose settings stay."""
+    from vlm_jax.api import TrainedRun
+    from vlm_jax.models.decoder import start_decoding, step_fn
+    from vlm_jax.models.decoding import beam_search
+
+    setup, params = cappa
+    obj = setup.objective
+    fns, ids, model = obj.caption_fns, obj.ids, obj.model()
+    images = _batches(setup, 1)[0]["image"][:5]
+    greedy = fns.generate_tokens(params, images)
+    fns.max_len = 5
+    try:
+        short = fns.generate_tokens(params, images)
+    finally:
+        fns.max_len = 16
+    np.testing.assert_array_equal(short, greedy[:, :5])  # decoding is causal: the first five tokens
+
+    context, _ = model.apply({"params": params}, images, method="encode")
+    argmax, lps = _uncached_greedy(model, params, context, 3, ids["bos"])
+    planted, _ = _planted_eos(params, argmax, lps, ids)  # EOS within reach: the length penalty matters
+
+    def beam(alpha):
+        """Best hypotheses of a direct beam search with length penalty alpha."""
+        cache, context_cache = start_decoding(model, planted, context, len(images))
+        seqs, _ = beam_search(step_fn(model, planted, context_cache), cache, jnp.full((len(images),), ids["bos"]),
+                              max_len=16, eos_id=ids["eos"], pad_id=ids["pad"], beam_size=2, length_penalty=alpha)
+        return np.asarray(seqs[:, 0])
+
+    want = {alpha: beam(alpha) for alpha in (0.0, 4.0)}
+    assert not np.array_equal(want[0.0], want[4.0])
+    fns.beam_size = 2
+    try:
+        for alpha in (0.0, 4.0):
+            fns.length_penalty = alpha
+            np.testing.assert_array_equal(fns.generate_tokens(planted, images), want[alpha])
+    finally:
+        fns.beam_size, fns.length_penalty = 1, 0.6
+
+    run = TrainedRun(tmp_path, setup, params, 0)
+    sampled = run.caption(images, sample=dict(temperature=2.0, seed=1))
+    assert run.caption(images, beam=2) == fns.with_options(beam_size=2).generate(params, images)
+    assert (fns.beam_size, fns.sampling) == (1, None)
+    np.testing.assert_array_equal(fns.generate_tokens(params, images), greedy)
+    assert sampled != obj.data.decode(greedy)  # the copy did sample
 
 
 def test_caption_evaluator_scores_the_generated_captions(cappa):
@@ -245,7 +445,7 @@ def coca_reference(data_dir):
 
 @pytest.mark.parametrize("mesh,more", [
     ([("data", 8)], ()), ([("fsdp", 8)], ()), ([("data", 4), ("tensor", 2)], ()),
-    ([("data", 8)], ("loss.impl=ring",)), ([("data", 2)], ("loss.grad_cache=2",))])
+    ([("data", 8)], ("loss.impl=ring",)), ([("data", 2)], ("grad_accum_steps=2",))])
 def test_sharded_coca_equals_one_device(coca_reference, mesh, more):
     batches, (want_losses, want_params, _) = coca_reference
     setup = _setup("coca", mesh, more)
@@ -316,3 +516,13 @@ def test_coca_on_tux_paint_through_train(tmp_path, data_dir):
     assert ev["caption/tuxpaint/test/all/CIDEr-D/pixel"] == pytest.approx(want, rel=1e-6)
     assert ev["zeroshot/tuxpaint/test/all/top@1/chance"] == pytest.approx(1 / len(test["caption"]))
     assert ev["scoring/tuxpaint/test/num_queries"] == len(test["caption"])
+
+
+@pytest.mark.parametrize("depth", [0, 1, -1])
+def test_coca_refuses_a_unimodal_depth_outside_the_decoder(data_dir, depth):
+    """unimodal_depth 0 reads the text embedding before any block (a constant); ≥ depth leaves no multimodal block."""
+    c = finalize_config(load_config("experiments/emoji_coca.py:size=test"))
+    total = int(c.model.decoder.get("depth", 6))
+    bad = {0: 0, 1: total, -1: total + 1}[depth]
+    with pytest.raises(ValueError, match=r"model\.decoder\.unimodal_depth"):
+        Setup(apply_overrides(c, [f"model.decoder.unimodal_depth={bad}"]))

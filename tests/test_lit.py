@@ -13,7 +13,7 @@ from vlm_jax.config import apply_overrides, load_config
 import emoji as emoji_lib
 from vlm_jax.data.wordpiece import WordPieceTokenizer
 from vlm_jax.models.bert import BertEncoder
-from vlm_jax.models.pretrained import bert_fields, minilm, minilm_dir, read_safetensors
+from vlm_jax.pretrained import bert_fields, minilm, minilm_dir, read_safetensors
 from vlm_jax.train.init_from import InitFromError, active, load_source, merge
 from vlm_jax.train.trainer import Setup, finalize_config, train
 

@@ -120,3 +120,23 @@ def test_train_logs_mfu(tmp_path, data_dir):
     patch = compute.model_forward(out["setup"].model, out["setup"].objective.init_batch(config.batch_size))
     assert 3 * results["forward_gmacs_per_sample"] * 2e9 * config.batch_size - patch.get("patch_embed", 0) == \
         pytest.approx(out["flops_per_step"])
+
+
+def test_siglip2_charges_the_late_losses_only_in_their_phase(tmp_path, data_dir):
+    """SigLIP 2 switches SILC and TIPS on at update round(0.5 · 4) = 2: steps 1–2 cost the SigLIP + LocCa step,
+    steps 3–4 the step with every loss (each the analytic count of a config that runs that step throughout)."""
+    config = finalize_config(load_config("experiments/emoji_siglip2.py:size=test,steps=4"))
+    config = apply_overrides(config, ONE_DEVICE + [
+        "log_every=1", "peak_flops=1e9", "evals.sets=[]", "evals.probe_sets=[]", "evals.locca_sets=[]",
+        "checkpoint.every_steps=0", "progress=False", "loss.distill_start=0.5"])
+    out = train(config, tmp_path)
+    early = step_flops(Setup(apply_overrides(config, ["loss.distill_weight=0.0", "loss.masked_weight=0.0"])))
+    late = step_flops(Setup(apply_overrides(config, ["loss.distill_start=0.0"])))
+    assert late > 1.2 * early
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [tuple(p) for p in results["flop_phases"]] == [(0, pytest.approx(early)), (2, pytest.approx(late))]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    per_step = [r["flops_per_sec"] * r["step_seconds"] for r in records if r["split"] == "train"]
+    assert per_step == pytest.approx([early, early, late, late])
+    assert results["train_flops"] == pytest.approx(2 * early + 2 * late)
+    assert out["flops_per_step"] == pytest.approx(early)

@@ -9,6 +9,7 @@ import pytest
 
 from steps import np_cross_entropy as _np_cross_entropy
 from steps import run_steps as _run
+from test_generative import _ended, _planted_eos, _uncached_greedy, check_beam_search_with_eos
 from vlm_jax.config import apply_overrides, load_config
 from vlm_jax.data.multitask import TaskSchedule, parse_task
 from vlm_jax.evals.prompted import exact_match
@@ -119,36 +120,39 @@ def test_loss_covers_exactly_the_answer_tokens(models, layout):
     assert float(metrics["tokens"]) == mask.sum()
 
 
-def _teacher_forced_greedy(model, params, images, prompts, ids, max_len):
-    """Greedy decoding by re-running the full (uncached) model on the growing answer."""
-    context, _ = model.apply({"params": params}, images, prompts, method="encode")
-    tokens = np.full((len(images), 1), ids["bos"], np.int32)
-    for _ in range(max_len):
-        logits = model.apply({"params": params}, jnp.asarray(tokens), context, method="logits")
-        tokens = np.concatenate([tokens, np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]], axis=1)
-    out = tokens[:, 1:]
-    for row in out:
-        hit = np.flatnonzero(row == ids["eos"])
-        if len(hit):
-            row[hit[0] + 1:] = ids["pad"]
-    return out
-
-
 @pytest.mark.parametrize("layout", ["encdec", "decoder"])
 def test_cached_decoding_with_prompts_equals_full_forward(models, layout):
-    """KV-cached greedy answers (prompts of different lengths in one batch) equal the uncached forward pass."""
+    """KV-cached greedy answers (prompts of different lengths in one batch) equal the uncached forward pass, also
+    with EOS planted so that some rows end early (EOS, then pad) while the others go on."""
     setup, params, batch = models[layout]
     obj = setup.objective
-    fns = obj.caption_fns
-    data = obj.data
+    fns, ids, model = obj.caption_fns, obj.ids, obj.model()
     prompts = ["caption en", "translate to de: red apple", "which group?", "what emoji is this?", "caption de"]
     images = np.asarray(batch["image"][:5])
+    context, _ = model.apply({"params": params}, jnp.asarray(images), jnp.asarray(obj.data.tokenize_prompt(prompts)),
+                             method="encode")
+    argmax, lps = _uncached_greedy(model, params, context, fns.max_len, ids["bos"])
     got = fns.generate_tokens(params, images, prompts)
-    want = _teacher_forced_greedy(obj.model(), params, jnp.asarray(images), jnp.asarray(data.tokenize_prompt(prompts)),
-                                  obj.ids, fns.max_len)
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, _ended(argmax, ids["eos"], ids["pad"]))
     one = fns.generate_tokens(params, images[1:2], prompts[1])  # alone, without the other rows' padding
     np.testing.assert_array_equal(one, got[1:2])
+    planted, want = _planted_eos(params, argmax, lps, ids)
+    np.testing.assert_array_equal(fns.generate_tokens(planted, images, prompts), want)
+
+
+def test_cached_beam_search_with_prompts_equals_uncached_log_probs(models):
+    """PaLI's beams read one cached copy of the encoder's output per image, prompt pads hidden."""
+    setup, params, batch = models["encdec"]
+    check_beam_search_with_eos(setup, params, np.asarray(batch["image"][:4]),
+                               ["caption en", "translate to de: red apple", "which group?", "caption de"])
+
+
+@pytest.mark.parametrize("layout,limit", [("encdec", 32), ("decoder", 32)])
+def test_decode_max_len_beyond_the_decoder_is_a_config_error(data_dir, layout, limit):
+    """The decoder-only layout's prompt takes prompt_len of its max_len positions (16 + 32): 32 are left."""
+    with pytest.raises(ValueError, match=rf"evals\.decode\.max_len={limit + 1}.* {limit} "):
+        _setup(layout, more=[f"evals.decode.max_len={limit + 1}"]).objective.caption_fns
+    assert _setup(layout, more=[f"evals.decode.max_len={limit}"]).objective.caption_fns.max_len == limit
 
 
 def test_task_schedule_frequencies_and_ranks():

@@ -2,6 +2,7 @@
 
 Uses the prepared dataset in the real data cache ($VLM_JAX_DATA_DIR), built once and reused by later runs.
 """
+import collections
 import json
 import os
 import re
@@ -239,6 +240,38 @@ def test_train_resume(data):
     assert not np.array_equal(want[0]["concept"], want[1]["concept"])
 
 
+def test_stamps_sharing_a_caption_share_a_concept(tux_dir, root, splits):
+    """One epoch of the train stream: the caption the model reads → concept id is a function and one-to-one, so
+    stamps with the same caption are never each other's negatives; the merges counted from the raw .txt files."""
+    cfg = ml_collections.ConfigDict(dict(name="tuxpaint", data_dir=tux_dir, image_size=8, text_len=64, num_threads=0))
+    data = image_text.get(cfg)
+    n = len(splits["train"]["path"])
+    epoch = next(iter(data.train(batch_size=n, seed=0, process_index=0, process_count=1)))  # each stamp once
+    assert epoch["concept"].dtype == np.int32
+    concept_of: dict[str, set[int]] = {}
+    for text, concept in zip(data.decode(epoch["text"]), epoch["concept"].tolist()):
+        concept_of.setdefault(text, set()).add(concept)
+    assert [t for t, c in concept_of.items() if len(c) > 1] == []  # a function of the caption …
+    assert len(set.union(*concept_of.values())) == len(concept_of)  # … and different captions differ
+    raw = collections.Counter(_raw(root, p)[0].strip().casefold() for p in splits["train"]["path"])
+    assert len(concept_of) == len(raw)
+    merged = sum(k for k in raw.values() if k > 1)  # stamps whose caption another stamp has
+    sizes = collections.Counter(epoch["concept"].tolist())
+    assert sum(1 for c in epoch["concept"].tolist() if sizes[c] > 1) == merged
+    if dict(tuxpaint.builder(tux_dir).info.metadata)["deb"] == MEASURED_DEB:
+        assert (merged, len(raw), n) == (278, 680, 856)  # the module docstring's numbers
+
+
+def test_cut_captions_are_counted(tux_dir, splits):
+    """One epoch at text_len 8: the stream's truncation counter equals the captions with more than 7 pieces."""
+    cfg = ml_collections.ConfigDict(dict(name="tuxpaint", data_dir=tux_dir, image_size=8, text_len=8, num_threads=0))
+    data = image_text.get(cfg)
+    captions = splits["train"]["caption"]
+    epoch = dict(next(iter(data.train(batch_size=len(captions), seed=0, process_index=0, process_count=1))))
+    want = sum(len(ids) > 7 for ids in data.tokenizer.sp.encode(captions))
+    assert want > 50 and robust.pop_counts(epoch)["data/truncated/text"] == want
+
+
 def test_caption_languages(tux_dir, splits):
     cfg = ml_collections.ConfigDict(dict(name="tuxpaint", data_dir=tux_dir, image_size=16, text_len=64,
                                          num_threads=1, languages=("de",)))
@@ -256,9 +289,9 @@ def test_caption_languages(tux_dir, splits):
 
 
 def test_bad_examples_are_marked(data):
-    pre = tuxpaint._Preprocess(data.tokenizer, 16, 8, {})
+    pre = tuxpaint.dataset._Preprocess(data.tokenizer, 16, 8, {})
     rng = np.random.default_rng(0)
-    good = {"image": tuxpaint._png(np.full((64, 64, 3), 255, np.uint8)), "caption": b"A ball.",
+    good = {"image": tuxpaint.build.png(np.full((64, 64, 3), 255, np.uint8)), "caption": b"A ball.",
             "translations": b"{}", "id": 5}
     assert pre.random_map(good, rng)["concept"] == 5
     assert pre.random_map({**good, "image": b"not a png"}, rng) == {robust.BAD: "image"}

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlm_jax.train.objective import LossOut, Objective, register
+from vlm_jax.train.objective import Normalizers, LossOut, Objective, register
 
 DIM = 8
 NUM_EXAMPLES = 4096
@@ -56,8 +56,8 @@ class ToyRegression(Objective):
         return {"calls": jnp.zeros((), jnp.int32), "rows": jnp.zeros((), jnp.int32),
                 "index_sum": jnp.zeros((), jnp.int32)}
 
-    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
-             train: bool = True) -> LossOut:
+    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
+             norm: Normalizers | None = None) -> LossOut:
         pred, _ = self.model().apply({"params": params}, batch["x"])
         loss = jnp.mean((pred - batch["y"]) ** 2)
         extra = {"calls": extra["calls"] + 1, "rows": extra["rows"] + batch["x"].shape[0],

@@ -15,33 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# Bumped when a workdir written by this version can no longer be read by older code (or the reverse).
-RUN_FORMAT = 1
-VERSION_FILE = "vlm_jax.json"
-
-
-class RunLoadError(RuntimeError):
-    """A workdir that cannot be loaded: no config, no readable checkpoint, or written by an incompatible version."""
-
-
-def version() -> str:
-    """The installed vlm_jax version."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("vlm_jax")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def write_version(workdir: str | Path) -> None:
-    """Records which vlm_jax (and workdir format) wrote a run."""
-    (Path(workdir) / VERSION_FILE).write_text(json.dumps({"vlm_jax": version(), "format": RUN_FORMAT}) + "\n")
-
-
-def _written_by(workdir: Path) -> dict[str, Any]:
-    path = workdir / VERSION_FILE
-    return json.loads(path.read_text()) if path.exists() else {"vlm_jax": "unknown (before 0.1.0)", "format": 1}
+from vlm_jax.train.workdir import RUN_FORMAT, VERSION_FILE, RunLoadError, version, write_version  # noqa: F401
 
 
 @dataclasses.dataclass
@@ -165,7 +139,7 @@ class TrainedRun:
         if prompt is None and fns.tokenize_prompt is not None:
             raise ValueError("this run answers prompts: give one (prompt= here, --prompt in the tool; "
                              'e.g. "caption en")')
-        fns.beam_size, fns.sampling = beam, dict(sample) if sample else None
+        fns = fns.with_options(beam_size=beam, sampling=dict(sample) if sample else None)  # the evaluators' stay
         batch = self.preprocess(images) if len(images) else \
             np.zeros((1, self.image_size, self.image_size, 3), np.float32)
         return fns.generate(self.params, batch, prompt)
@@ -175,42 +149,7 @@ def load(workdir: str | Path, step: int | None = None, mesh: Sequence[Sequence[A
          overrides: Sequence[str] = ()) -> TrainedRun:
     """The run in `workdir` at its newest readable checkpoint (or `step`), on the run's mesh or `mesh`
     (e.g. [("data", -1)]), with `overrides` ("evals.batch_size=64", …) applied to its config."""
-    import ml_collections
+    from vlm_jax.train.workdir import restore_run
 
-    from vlm_jax.config import ConfigError, apply_overrides
-    from vlm_jax.train.checkpoint import Checkpointer
-    from vlm_jax.train.trainer import Setup, finalize_config
-
-    workdir = Path(workdir)
-    if not (workdir / "config.json").exists():
-        raise RunLoadError(f"{workdir} has no config.json: not a training workdir")
-    written = _written_by(workdir)
-    who = f"written by vlm_jax {written.get('vlm_jax')} (format {written.get('format')}); this is {version()} " \
-          f"(format {RUN_FORMAT})"
-    if int(written.get("format", 1)) > RUN_FORMAT:
-        raise RunLoadError(f"{workdir} was {who}: upgrade vlm_jax to load it")
-    try:
-        config = finalize_config(ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())))
-        if mesh is not None:
-            overrides = [f"mesh={[tuple(axis) for axis in mesh]!r}", *overrides]
-        config = apply_overrides(config, list(overrides))
-    except (KeyError, ValueError, AttributeError) as exc:
-        raise RunLoadError(f"{workdir}: its config does not fit this version ({who}): {exc}") from exc
-    try:
-        setup = Setup(config)
-    except ConfigError as exc:
-        raise RunLoadError(f"{workdir}: its config does not fit this version ({who}): {exc}") from exc
-    except ValueError as exc:
-        hint = "; pass mesh=[('data', -1)] to use this machine's devices" if "devices" in str(exc) else f" ({who})"
-        raise RunLoadError(f"{workdir}: cannot build the run's model and mesh here: {exc}{hint}") from exc
-    checkpoints = workdir / "checkpoints"
-    if not checkpoints.exists() or not any(checkpoints.iterdir()):
-        raise RunLoadError(f"{workdir} has no checkpoint (the run has not saved one yet)")
-    ckpt = Checkpointer(checkpoints, every_steps=0, async_save=False)
-    try:
-        state, found = ckpt.restore_state(setup.abstract_state(config.seed), step)
-    except Exception as exc:  # noqa: BLE001 - explain with the version that wrote it
-        raise RunLoadError(f"{workdir}: no checkpoint could be read ({who}):\n{exc}") from exc
-    finally:
-        ckpt.close()
-    return TrainedRun(workdir, setup, state.params, found)
+    setup, params, found = restore_run(workdir, step, mesh, overrides)
+    return TrainedRun(Path(workdir), setup, params, found)

@@ -22,7 +22,7 @@ from etils import epath
 from PIL import Image
 from tensorflow_datasets.core import utils as tfds_utils
 
-from vlm_jax.data import emoji, emoji_sets, tokenizer
+from vlm_jax.data import base, emoji, emoji_sets, tokenizer
 
 UNSEEN_FRACTION = 0.1
 SPLIT_SEED = 0
@@ -150,7 +150,29 @@ def tokenizer_path(data_dir: str | Path, image_size: int = 64, max_concepts: int
 
 
 def prepare(data_dir: str | Path, image_size: int = 64, max_concepts: int | None = None) -> VlmEmoji:
-    """Build the dataset and tokenizer if missing (idempotent, file-locked) and print a one-line summary."""
+    """Build the dataset and tokenizer if missing (idempotent, file-locked) and print a one-line summary. Inside
+    `base.read_only()` nothing is built or written: missing data raises FileNotFoundError."""
+    if base.is_read_only():
+        b, fresh = builder(data_dir, image_size, max_concepts), False
+        how = f"`vlm_jax.data.emoji_tfds.prepare({str(data_dir)!r}, {image_size}, {max_concepts})`"
+        if not b.is_prepared():
+            raise base.not_prepared(f"vlm_emoji/{b.builder_config.name}", data_dir, how)
+        if not (Path(b.data_dir) / TOKENIZER_FILE).exists():
+            raise base.not_prepared(f"the vlm_emoji/{b.builder_config.name} tokenizer", data_dir, how)
+    else:
+        b, fresh = _build(data_dir, image_size, max_concepts)
+    n = {s: b.info.splits[s].num_examples for s in SPLITS}
+    meta = read_split(b, "noto", images=False)
+    print(
+        f"vlm_emoji/{b.builder_config.name} {'built' if fresh else 'reused'} at {b.data_dir}: "
+        f"{n['noto']} concepts, {n['train']} seen, {n['noto'] - n['train']} unseen, "
+        f"{int(meta['is_flag'].sum())} flags ({int((meta['is_flag'] & ~meta['seen']).sum())} unseen)"
+    )
+    return b
+
+
+def _build(data_dir: str | Path, image_size: int, max_concepts: int | None) -> tuple[VlmEmoji, bool]:
+    """The builder once the dataset and tokenizer exist (built here when missing), and whether it was built."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(data_dir) / ".vlm_emoji.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent processes on one host build once
@@ -162,16 +184,9 @@ def prepare(data_dir: str | Path, image_size: int = 64, max_concepts: int | None
             b = builder(data_dir, image_size, max_concepts)
         tok = Path(b.data_dir) / TOKENIZER_FILE
         if not tok.exists():
-            names = [n.decode() for n in read_split(b, "train")["name"]]
+            names = [n.decode() for n in read_split(b, "train", images=False)["name"]]
             tokenizer.write_tokenizer(tokenizer.captions(names), tok, TOKENIZER_VOCAB)
-    n = {s: b.info.splits[s].num_examples for s in SPLITS}
-    meta = read_split(b, "noto")
-    print(
-        f"vlm_emoji/{b.builder_config.name} {'built' if fresh else 'reused'} at {b.data_dir}: "
-        f"{n['noto']} concepts, {n['train']} seen, {n['noto'] - n['train']} unseen, "
-        f"{int(meta['is_flag'].sum())} flags ({int((meta['is_flag'] & ~meta['seen']).sum())} unseen)"
-    )
-    return b
+    return b, fresh
 
 
 def data_source(data_dir: str | Path, split: str, image_size: int = 64, max_concepts: int | None = None,
@@ -184,11 +199,12 @@ def data_source(data_dir: str | Path, split: str, image_size: int = 64, max_conc
     return b.as_data_source(split=split, decoders=decoders)
 
 
-def read_split(b: VlmEmoji, split: str) -> dict[str, np.ndarray]:
-    """All examples of a split as stacked numpy arrays, sorted by concept id (texts as bytes)."""
-    src = b.as_data_source(split=split)
+def read_split(b: VlmEmoji, split: str, images: bool = True) -> dict[str, np.ndarray]:
+    """All examples of a split as stacked numpy arrays, sorted by concept id (texts as bytes); without `images`,
+    the other fields only (no PNG decoding)."""
+    src = b.as_data_source(split=split, decoders=None if images else {"image": tfds.decode.SkipDecoding()})
     rows = sorted(src.__getitems__(list(range(len(src)))), key=lambda r: int(r["concept"]))
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0] if images or k != "image"}
 
 
 def load_split(

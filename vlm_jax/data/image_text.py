@@ -1,9 +1,12 @@
-"""Image–text datasets by name (`config.data.name`): training stream, tokenizer and evaluation sets."""
+"""Dataset "emoji": Noto-rendered emoji with their CLDR names (`EmojiPairs`).
+
+Also the place the objectives find every dataset by name: `get`, `register` and the shared helpers are
+re-exported from `vlm_jax.data.base`, which imports the dataset modules lazily.
+"""
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Any, Callable
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -11,39 +14,19 @@ import numpy as np
 from vlm_jax.config import check_keys
 from vlm_jax.data import emoji as emoji_lib
 from vlm_jax.data import emoji_tfds, fashion_mnist, multilingual, ops, pipeline, scenes
+from vlm_jax.data.base import (PIXEL_BASELINE_SIZE, TokenizerText, dataset_class, default_data_dir,  # noqa: F401
+                               get, prep_images, register)
 from vlm_jax.data.tokenizer import EVAL_TEMPLATE, TRAIN_TEMPLATES, Tokenizer
 from vlm_jax.evals.dense import DenseSet
 from vlm_jax.evals.probe import ProbeSet
 from vlm_jax.evals.zeroshot import EvalSet, ZeroShotEvaluator
 
-_REGISTRY: dict[str, type] = {}
 PREPARED_SIZE = 64  # emoji are stored at 64 px and resized to the model resolution at load time
-PIXEL_BASELINE_SIZE = 16  # the raw-pixel nearest neighbour is strongest at 16 px (measured 8–64 px)
+_prep_images = prep_images  # the former name (tests/test_generative.py)
 
 # An emoji per Fashion-MNIST class: the training-style reference image of the pixel baseline.
 FASHION_EMOJI = {"t-shirt/top": "👕", "trouser": "👖", "pullover": "🧥", "dress": "👗", "coat": "🥼",
                  "sandal": "👡", "shirt": "👔", "sneaker": "👟", "bag": "👜", "ankle boot": "👢"}
-
-
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator adding a dataset to the registry."""
-    def wrap(cls: type) -> type:
-        _REGISTRY[name] = cls
-        return cls
-    return wrap
-
-
-def get(config: ml_collections.ConfigDict) -> Any:
-    """Instantiates `config.name` from the registry."""
-    name = config.get("name", "emoji")
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown dataset '{name}'; valid: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](config)
-
-
-def default_data_dir() -> str:
-    """$VLM_JAX_DATA_DIR, else ./data_cache."""
-    return os.environ.get("VLM_JAX_DATA_DIR", "data_cache")
 
 
 TOKENIZERS = ("sentencepiece", "minilm")
@@ -55,37 +38,10 @@ def text_tokenizer(name: str, data_dir: str, max_concepts: int | None) -> Any:
         return Tokenizer(emoji_tfds.tokenizer_path(data_dir, PREPARED_SIZE, max_concepts))
     if name == "minilm":
         from vlm_jax.data.wordpiece import WordPieceTokenizer
-        from vlm_jax.models.pretrained import minilm_dir
+        from vlm_jax.pretrained import minilm_dir
 
         return WordPieceTokenizer(minilm_dir() / "vocab.txt")
     raise ValueError(f"data.tokenizer must be one of {TOKENIZERS}, got {name!r}")
-
-
-def _prep_images(images: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [N,h,w,3] → float32 [N,size,size,3] in [-1, 1]."""
-    return np.stack([ops.normalize(ops.resize(im, size)) for im in images]) if len(images) else \
-        np.zeros((0, size, size, 3), np.float32)
-
-
-class TokenizerText:
-    """Mixin for datasets whose text goes through a SentencePiece `self.tokenizer`: vocabulary and special ids."""
-
-    tokenizer: Tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        """Tokenizer vocabulary size (the text tower's embedding rows)."""
-        return self.tokenizer.vocab_size
-
-    @property
-    def special_ids(self) -> dict[str, int]:
-        """Decoder token ids: pad, eos, bos, mask, and the decoder vocabulary size (`vocab`)."""
-        t = self.tokenizer
-        return dict(pad=t.pad_id, eos=t.eos_id, bos=t.bos_id, mask=t.mask_id, vocab=t.decoder_vocab_size)
-
-    def decode(self, ids: np.ndarray) -> list[str]:
-        """Token ids → strings (stops at EOS)."""
-        return self.tokenizer.decode(ids)
 
 
 @register("emoji")
@@ -161,12 +117,12 @@ class EmojiPairs(TokenizerText):
         refs = []
         for style in self.train_styles:
             if style == "noto":
-                refs.append(_prep_images(noto["image"], size))
+                refs.append(prep_images(noto["image"], size))
                 continue
             other = self._split(style)
             by_concept = dict(zip(other["concept"].tolist(), other["image"]))
             images = [by_concept.get(int(c), img) for c, img in zip(noto["concept"], noto["image"])]
-            refs.append(_prep_images(np.stack(images), size))
+            refs.append(prep_images(np.stack(images), size))
         return np.stack(refs)
 
     def eval_sets(self, names: list[str]) -> dict[str, EvalSet]:
@@ -179,10 +135,10 @@ class EmojiPairs(TokenizerText):
             index = {int(c): i for i, c in enumerate(noto["concept"])}
             labels = np.array([index[int(c)] for c in omoji["concept"]])
             names_all = [str(n) for n in noto["name"]]
-            noto_img = _prep_images(noto["image"], self.image_size)
-            om_img = _prep_images(omoji["image"], self.image_size)
+            noto_img = prep_images(noto["image"], self.image_size)
+            om_img = prep_images(omoji["image"], self.image_size)
             noto_px = self._style_references(noto, PIXEL_BASELINE_SIZE)
-            om_px = _prep_images(omoji["image"], PIXEL_BASELINE_SIZE)
+            om_px = prep_images(omoji["image"], PIXEL_BASELINE_SIZE)
             seen = np.asarray(omoji["seen"], bool)
             flag = np.asarray(omoji["is_flag"], bool)
             # captioning: every training caption of an image's concept is a reference; the pixel NN captions a
@@ -210,11 +166,11 @@ class EmojiPairs(TokenizerText):
             classes = list(fashion_mnist.CLASS_NAMES)
             refs = np.stack([emoji_lib.render(FASHION_EMOJI[c], "noto", PREPARED_SIZE) for c in classes])
             sets["fashion_mnist"] = EvalSet(
-                images=_prep_images(fashion_mnist.to_rgb(images, self.image_size), self.image_size),
+                images=prep_images(fashion_mnist.to_rgb(images, self.image_size), self.image_size),
                 labels=np.asarray(labels, int), class_names=classes,
-                class_images=_prep_images(refs, self.image_size), retrieval=False,
-                pixel_images=_prep_images(fashion_mnist.to_rgb(images, PIXEL_BASELINE_SIZE), PIXEL_BASELINE_SIZE),
-                pixel_class_images=_prep_images(refs, PIXEL_BASELINE_SIZE))
+                class_images=prep_images(refs, self.image_size), retrieval=False,
+                pixel_images=prep_images(fashion_mnist.to_rgb(images, PIXEL_BASELINE_SIZE), PIXEL_BASELINE_SIZE),
+                pixel_class_images=prep_images(refs, PIXEL_BASELINE_SIZE))
         return sets
 
     def probe_sets(self, names: list[str], fashion_train: int = 10_000, fashion_test: int = 10_000
@@ -236,15 +192,15 @@ class EmojiPairs(TokenizerText):
                 labels.append([index[int(c)] for c in np.asarray(split["concept"])[keep]])
             train, test = np.concatenate(raw), np.asarray(omoji["image"])[seen]
             sets["emoji"] = ProbeSet(
-                train_images=_prep_images(train, self.image_size),
+                train_images=prep_images(train, self.image_size),
                 train_labels=np.concatenate(labels).astype(np.int64),
-                test_images=_prep_images(test, self.image_size),
+                test_images=prep_images(test, self.image_size),
                 test_labels=np.array([index[int(c)] for c in np.asarray(omoji["concept"])[seen]], np.int64),
-                num_classes=len(classes), pixel_train=_prep_images(train, PIXEL_BASELINE_SIZE),
-                pixel_test=_prep_images(test, PIXEL_BASELINE_SIZE))
+                num_classes=len(classes), pixel_train=prep_images(train, PIXEL_BASELINE_SIZE),
+                pixel_test=prep_images(test, PIXEL_BASELINE_SIZE))
         if "fashion_mnist" in names:
             (tr_x, tr_y), (te_x, te_y) = (fashion_mnist.load_fashion_mnist(s) for s in ("train", "test"))
-            prep = lambda x, size: _prep_images(fashion_mnist.to_rgb(x, size), size)  # noqa: E731
+            prep = lambda x, size: prep_images(fashion_mnist.to_rgb(x, size), size)  # noqa: E731
             tr_x, tr_y, te_x, te_y = tr_x[:fashion_train], tr_y[:fashion_train], te_x[:fashion_test], te_y[:fashion_test]
             sets["fashion_mnist"] = ProbeSet(
                 train_images=prep(tr_x, self.image_size), train_labels=tr_y, test_images=prep(te_x, self.image_size),
@@ -305,7 +261,3 @@ class EmojiPairs(TokenizerText):
             sets.update(self._language_sets(sets["emoji/cross"], languages))
         return {"zeroshot": ZeroShotEvaluator(embedder, sets, templates)}
 
-
-from vlm_jax.data import synthetic as _synthetic  # noqa: E402,F401  (registers "synthetic")
-from vlm_jax.data import tuxpaint as _tuxpaint  # noqa: E402,F401  (registers "tuxpaint")
-from vlm_jax.data import multitask as _multitask  # noqa: E402,F401  (registers "multitask")

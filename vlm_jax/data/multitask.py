@@ -32,12 +32,14 @@ import ml_collections
 import numpy as np
 
 from vlm_jax.config import check_keys
-from vlm_jax.data import augment, emoji_tfds, multilingual, pipeline, robust, tuxpaint
-from vlm_jax.data.image_text import PIXEL_BASELINE_SIZE, TokenizerText, _prep_images, default_data_dir, register
+from vlm_jax.data import augment, base, emoji_tfds, multilingual, pipeline, robust, tuxpaint
+from vlm_jax.data.base import PIXEL_BASELINE_SIZE, TokenizerText, default_data_dir, prep_images, register
 from vlm_jax.data.tokenizer import Tokenizer, write_tokenizer
 from vlm_jax.evals.metrics import pixel_features
 
 PREPARED_SIZE = 64
+# The text to work on comes last, and a prompt longer than prompt_len keeps its end (`tokenize_prompt`), so a
+# long prompt loses instruction words, never the text; cut prompts and targets are counted (data/truncated/*).
 PROMPTS = {"caption": "caption {lang}", "emoji_name": "what emoji is this?", "emoji_group": "which group?",
            "translate": "translate to {lang}: {text}"}
 DEFAULT_TASKS = {"caption_en": 0.3, "caption_de": 0.15, "emoji_name": 0.3, "emoji_group": 0.15,
@@ -130,9 +132,9 @@ class _Mixture:
         return {**self.streams[t][rank], "task": np.int32(t)}
 
 
-class _Preprocess(grain.transforms.RandomMap):
-    """Example → image (blank for text-only) with augmentation parameters, prompt and target tokens; `collate`
-    augments the batch's images together."""
+class _Preprocess(pipeline.AugmentingMap):
+    """Example → image (blank for text-only) with augmentation parameters, prompt and target tokens (the prompt
+    keeps its end; cut fields are listed under `robust.TRUNCATED`); `collate` augments the batch's images together."""
 
     def __init__(self, tok: Tokenizer, image_size: int, text_len: int, prompt_len: int, augment: dict):
         self.tok, self.image_size, self.text_len, self.prompt_len = tok, image_size, text_len, prompt_len
@@ -148,12 +150,10 @@ class _Preprocess(grain.transforms.RandomMap):
             image, extra = np.zeros((self.image_size, self.image_size, 3), np.float32), {}
         if not ex.target.strip():
             return {robust.BAD: "caption"}
-        return {"image": image, **extra, "prompt": self.tok.encode([ex.prompt], self.prompt_len)[0],
-                "text": self.tok.encode([ex.target], self.text_len)[0]}
-
-    def collate(self, elements: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-        """The batch: images augmented together (see `augment.collate`)."""
-        return augment.collate(elements, self.augment, self.image_size)
+        prompt, prompt_cut = self.tok.encode_checked([ex.prompt], self.prompt_len, keep="end")
+        text, text_cut = self.tok.encode_checked([ex.target], self.text_len)
+        cut = ("prompt",) * bool(prompt_cut[0]) + ("text",) * bool(text_cut[0])
+        return {"image": image, **extra, "prompt": prompt[0], "text": text[0], robust.TRUNCATED: cut}
 
 
 @functools.lru_cache(maxsize=1)
@@ -215,15 +215,17 @@ class MultiTask(TokenizerText):
 
     # ------------------------------------------------------------------ sources
     @functools.cached_property
-    def _emoji(self) -> dict[str, dict[str, Any]]:
-        """Emoji splits: "train" (seen concepts in every training style; PNG bytes), "noto" and "openmoji"
-        (decoded, all concepts)."""
+    def _emoji_train(self) -> dict[str, list[Any]]:
+        """The seen concepts in every training style: PNG bytes, English names, emoji."""
         src = pipeline.train_source(self.data_dir, self.emoji_styles, PREPARED_SIZE)
         rows = [src[i] for i in range(len(src))]
-        train = {"image": [r["image"] for r in rows], "name": [robust.decode_caption(r["name"]) for r in rows],
-                 "emoji": [robust.decode_caption(r["emoji"]) for r in rows]}
-        return {"train": train, "noto": emoji_tfds.load_split(self.data_dir, "noto", PREPARED_SIZE),
-                "openmoji": emoji_tfds.load_split(self.data_dir, "openmoji", PREPARED_SIZE)}
+        return {"image": [r["image"] for r in rows], "name": [robust.decode_caption(r["name"]) for r in rows],
+                "emoji": [robust.decode_caption(r["emoji"]) for r in rows]}
+
+    @functools.cached_property
+    def _emoji_eval(self) -> dict[str, dict[str, Any]]:
+        """The decoded "noto" and "openmoji" splits (all concepts), for held-out evaluation."""
+        return {s: emoji_tfds.load_split(self.data_dir, s, PREPARED_SIZE) for s in ("noto", "openmoji")}
 
     @functools.cached_property
     def _tux_train(self) -> dict[str, Any]:
@@ -231,7 +233,7 @@ class MultiTask(TokenizerText):
         src = tuxpaint.data_source(self.data_dir, "train", PREPARED_SIZE, encoded_images=True)
         rows = src.__getitems__(list(range(len(src))))
         return {"image": [r["image"] for r in rows], "caption": [robust.decode_caption(r["caption"]) for r in rows],
-                "translations": [tuxpaint._translations(r.get("translations")) for r in rows]}
+                "translations": [tuxpaint.translations(r.get("translations")) for r in rows]}
 
     @staticmethod
     def _caption_in(lang: str, caption: str | None, translations: dict[str, str]) -> str | None:
@@ -248,7 +250,7 @@ class MultiTask(TokenizerText):
                 if target:
                     out.append(Example(img, PROMPTS["caption"].format(lang=lang), target))
             return out
-        em = self._emoji["train"]
+        em = self._emoji_train
         for img, en, char in zip(em["image"], em["name"], em["emoji"]):
             if kind == "emoji_name":
                 target, prompt, image = en, PROMPTS["emoji_name"], img
@@ -270,6 +272,9 @@ class MultiTask(TokenizerText):
         sentences = sorted({s for n in self.task_names for ex in self.examples[n] for s in (ex.prompt, ex.target)})
         digest = hashlib.sha1(json.dumps([vocab, sentences]).encode()).hexdigest()[:12]
         path = Path(self.data_dir) / "multitask" / f"tokenizer-{digest}.model"
+        if not path.exists() and base.is_read_only():  # a run is loaded with the tokenizer it was trained with
+            raise base.not_prepared(f"the multitask tokenizer {path.name} (vocab {vocab}, tasks {self.task_names})",
+                                    self.data_dir, "a MultiTask dataset of the same config outside read_only()")
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             write_tokenizer(sentences, path, vocab)
@@ -281,8 +286,12 @@ class MultiTask(TokenizerText):
         return self.tokenizer.encode(texts, self.text_len)
 
     def tokenize_prompt(self, prompts: list[str]) -> np.ndarray:
-        """int32 [N, prompt_len] prompt token ids."""
-        return self.tokenizer.encode(prompts, self.prompt_len)
+        """int32 [N, prompt_len] prompt token ids; a longer prompt keeps its end (the text to work on)."""
+        return self.tokenize_prompt_checked(prompts)[0]
+
+    def tokenize_prompt_checked(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`tokenize_prompt` and bool [N]: whether each prompt was cut to fit prompt_len (its start dropped)."""
+        return self.tokenizer.encode_checked(list(prompts), self.prompt_len, keep="end")
 
     def text_spec(self, batch_size: int) -> tuple[tuple[int, ...], np.dtype]:
         return (batch_size, self.text_len), np.dtype(np.int32)
@@ -301,7 +310,8 @@ class MultiTask(TokenizerText):
                    .random_map(preprocess, seed=seed + 10 * t + 1) for t, n in enumerate(self.task_names)]
         ds = grain.MapDataset.source(_Mixture(streams, self.schedule(seed)))[process_index::process_count]
         ds = ds.to_iter_dataset(pipeline.read_options(self.num_threads))
-        return robust.SkipBad(ds).batch(batch_size, drop_remainder=True, batch_fn=preprocess.collate)
+        name = f"multitask ({', '.join(self.task_names)}) in {self.data_dir}"
+        return robust.SkipBad(ds, name).batch(batch_size, drop_remainder=True, batch_fn=preprocess.collate)
 
     # ------------------------------------------------------------------ held-out evaluation
     def eval_sets(self, names: list[str]) -> dict[str, Any]:
@@ -322,14 +332,14 @@ class MultiTask(TokenizerText):
             refs = [[self._caption_in(lang, test["caption"][i], test["translations"][i])] for i in keep]
             pool = [i for i, (c, t) in enumerate(zip(train["caption"], train["translations"]))
                     if self._caption_in(lang, c, t)]
-            pool_px = _prep_images(np.stack([tuxpaint_image(train["image"][i]) for i in pool]), PIXEL_BASELINE_SIZE)
-            query_px = _prep_images(test["image"][keep], PIXEL_BASELINE_SIZE)
+            pool_px = prep_images(np.stack([tuxpaint_image(train["image"][i]) for i in pool]), PIXEL_BASELINE_SIZE)
+            query_px = prep_images(test["image"][keep], PIXEL_BASELINE_SIZE)
             nearest = pixel_nn(query_px, pool_px)
             pixel = [self._caption_in(lang, train["caption"][pool[j]], train["translations"][pool[j]]) for j in nearest]
-            return PromptTask(images=_prep_images(test["image"][keep], size),
+            return PromptTask(images=prep_images(test["image"][keep], size),
                               prompts=[PROMPTS["caption"].format(lang=lang)] * len(keep), references=refs,
                               metric="caption", baselines={"pixel": pixel})
-        noto, om = self._emoji["noto"], self._emoji["openmoji"]
+        noto, om = self._emoji_eval["noto"], self._emoji_eval["openmoji"]
         if kind == "translate":
             rows = [i for i, s in enumerate(noto["seen"]) if not s and multilingual.name_of(noto["emoji"][i], lang)]
             en = [noto["name"][i] for i in rows]
@@ -346,11 +356,11 @@ class MultiTask(TokenizerText):
         truth = [answer(by_concept[int(om["concept"][j])]) for j in rows]
         classes = sorted(set(answer(i) for i in seen_cls))
         index = {c: k for k, c in enumerate(classes)}
-        class_px = _prep_images(noto["image"][seen_cls], PIXEL_BASELINE_SIZE)
-        query_px = _prep_images(om["image"][rows], PIXEL_BASELINE_SIZE)
+        class_px = prep_images(noto["image"][seen_cls], PIXEL_BASELINE_SIZE)
+        query_px = prep_images(om["image"][rows], PIXEL_BASELINE_SIZE)
         pixel = [answer(seen_cls[j]) for j in pixel_nn(query_px, class_px)]
         baselines = {"pixel": pixel}  # the evaluator adds "chance": each subset's most common answer
-        return PromptTask(images=_prep_images(om["image"][rows], size), prompts=[PROMPTS[kind]] * len(rows),
+        return PromptTask(images=prep_images(om["image"][rows], size), prompts=[PROMPTS[kind]] * len(rows),
                           references=[[t] for t in truth], metric="exact", baselines=baselines,
                           classes=classes, labels=np.asarray([index[t] for t in truth]),
                           prefix_sep=" / " if kind == "emoji_group" else None,

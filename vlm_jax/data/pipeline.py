@@ -43,7 +43,19 @@ class MemoCache:
             self.used += size
 
 
-class _Preprocess(grain.transforms.RandomMap):
+class AugmentingMap(grain.transforms.RandomMap):
+    """A per-example map that draws augmentation parameters (`augment.draw`) and whose batch function, `collate`,
+    applies them to the batch's images together; subclasses set `augment` (the config dict) and `image_size`."""
+
+    augment: dict
+    image_size: int
+
+    def collate(self, elements: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """The batch: images augmented together (see `augment.collate`)."""
+        return augment.collate(elements, self.augment, self.image_size)
+
+
+class _Preprocess(AugmentingMap):
     """Decode and draw augmentation parameters; caption = random template filled with the name -> tokens.
     `collate` (the batch function) augments and normalises the batch's images together.
 
@@ -100,10 +112,6 @@ class _Preprocess(grain.transforms.RandomMap):
         params = augment.draw(rng, self.augment, image.shape)
         caption = self.templates[int(rng.integers(len(self.templates)))].format(name)
         return {"image": image, "augment": params, "text": self._tokens(caption), "concept": np.int32(ex["concept"])}
-
-    def collate(self, elements: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-        """The batch: images augmented together (see `augment.collate`)."""
-        return augment.collate(elements, self.augment, self.image_size)
 
 
 class _Rows:
@@ -219,15 +227,18 @@ def make_train_dataset(
     if sampling == "concepts":
         src, pick = _ConceptGroups(src), _PickExample(src)
     preprocess = _Preprocess(tokenizer, image_size, text_len, augment or {}, templates, max_pixels, languages)
+    name = f"vlm_emoji {'styles ' + '+'.join(styles) if styles else 'split ' + split} in {data_dir}"
     return train_stream(src, preprocess, batch_size=batch_size, seed=seed, process_index=process_index,
-                        process_count=process_count, num_threads=num_threads, prefetch=prefetch, pick=pick)
+                        process_count=process_count, num_threads=num_threads, prefetch=prefetch, pick=pick, name=name)
 
 
 def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1, num_threads: int = -1,
-                 prefetch: int = 8, pick: grain.transforms.RandomMap | None = None) -> grain.IterDataset:
+                 prefetch: int = 8, pick: grain.transforms.RandomMap | None = None, name: str = "",
+                 max_bad: int = robust.MAX_CONSECUTIVE_BAD) -> grain.IterDataset:
     """Any random-access source → reshuffled each epoch, preprocessed, this process's share, bad examples dropped
-    and counted, batched. Deterministic given the seed and exactly resumable."""
+    and counted (`name`: the source, for the error after `max_bad` bad examples in a row), batched.
+    Deterministic given the seed and exactly resumable."""
     ds = grain.MapDataset.source(src)
     if len(ds) < batch_size * process_count:
         raise ValueError(f"{len(ds)} examples < the global batch {batch_size * process_count}")
@@ -239,7 +250,7 @@ def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size
     ds = ds.random_map(preprocess, seed=seed + 1)[process_index::process_count]
     ds = ds.to_iter_dataset(read_options(num_threads, prefetch))
     collate = getattr(preprocess, "collate", None)  # a batch function, e.g. batched augmentation
-    return robust.SkipBad(ds).batch(batch_size, drop_remainder=True, batch_fn=collate)
+    return robust.SkipBad(ds, name, max_bad).batch(batch_size, drop_remainder=True, batch_fn=collate)
 
 
 def read_options(num_threads: int, prefetch: int = 8) -> grain.ReadOptions:

@@ -15,18 +15,32 @@ def _paste(canvas: Array, patch: Array, top: Array, left: Array) -> Array:
     return jax.lax.dynamic_update_slice(canvas, patch, (top, left, jnp.int32(0)))
 
 
-def compose_scenes(rng: Array, images: Array, scale: float = 0.5) -> tuple[Array, Array, Array]:
-    """(scenes [B, S, S, C], boxes [B, 4] of each row's own image as (top, left, bottom, right) / S, partner [B]).
-    Row i shows image i (on top, never occluded) and image partner[i] ≠ i, each resized to round(scale · S)."""
+def shrink(images: Array, size: int) -> Array:
+    """Images [B, S, S, C] at size × size: the mean of each k × k block when k = S / size is whole (an exact area
+    filter, without matmuls), else an antialiased linear resize."""
     b, s, _, c = images.shape
+    if s % size == 0:
+        k = s // size
+        return images.reshape(b, size, k, size, k, c).mean(axis=(2, 4))
+    return jax.image.resize(images, (b, size, size, c), "linear", antialias=True)
+
+
+def compose_scenes(rng: Array, images: Array, scale: float = 0.5,
+                   rows: Array | None = None) -> tuple[Array, Array, Array]:
+    """(scenes [R, S, S, C], boxes [R, 4] of each scene's own image as (top, left, bottom, right) / S, partner [R])
+    for the batch rows `rows` (int [R]; None: every row). Scene i shows image rows[i] (on top, never occluded) and
+    image partner[i] ≠ rows[i] of the whole batch, each resized to round(scale · S)."""
+    b, s, _, c = images.shape
+    rows = jnp.arange(b) if rows is None else jnp.asarray(rows, jnp.int32)
+    r = rows.shape[0]
     size = max(1, int(round(scale * s)))
     k_partner, k_pos = jax.random.split(rng)
-    partner = (jnp.arange(b) + jax.random.randint(k_partner, (b,), 1, max(b, 2))) % b
-    small = jax.image.resize(images, (b, size, size, c), "linear", antialias=True)
-    pos = jax.random.randint(k_pos, (b, 2, 2), 0, s - size + 1)  # [row, object (own, partner), (top, left)]
-    canvas = jnp.full((b, s, s, c), WHITE, images.dtype)
+    partner = (rows + jax.random.randint(k_partner, (r,), 1, max(b, 2))) % b
+    small = shrink(images, size)
+    pos = jax.random.randint(k_pos, (r, 2, 2), 0, s - size + 1)  # [scene, object (own, partner), (top, left)]
+    canvas = jnp.full((r, s, s, c), WHITE, images.dtype)
     canvas = jax.vmap(_paste)(canvas, small[partner], pos[:, 1, 0], pos[:, 1, 1])
-    canvas = jax.vmap(_paste)(canvas, small, pos[:, 0, 0], pos[:, 0, 1])
+    canvas = jax.vmap(_paste)(canvas, small[rows], pos[:, 0, 0], pos[:, 0, 1])
     own = pos[:, 0].astype(jnp.float32)
     boxes = jnp.concatenate([own, own + size], axis=1) / s
     return canvas, boxes, partner

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from vlm_jax.config import check_keys
-from vlm_jax.data.image_text import register
+from vlm_jax.data.base import register
 
 NUM_EXAMPLES = 2 ** 31 - 1  # an epoch no run reaches
 
@@ -75,8 +75,12 @@ class SyntheticPairs:
         return (batch_size, self.prompt_len), np.dtype(np.int32)
 
     def tokenize_prompt(self, prompts: list[str]) -> np.ndarray:
-        """Prompts folded into the vocabulary like `tokenize`, int32 [N, prompt_len]."""
-        return self._fold(prompts, self.prompt_len)
+        """Prompts folded into the vocabulary like `tokenize`, int32 [N, prompt_len] (a long prompt keeps its end)."""
+        return self.tokenize_prompt_checked(prompts)[0]
+
+    def tokenize_prompt_checked(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`tokenize_prompt` and bool [N]: whether each prompt was cut to fit prompt_len."""
+        return self._fold(prompts, self.prompt_len, keep_end=True)
 
     def prompt_tasks(self) -> dict[str, Any]:
         """Random data has no evaluation tasks."""
@@ -100,14 +104,17 @@ class SyntheticPairs:
         if self.text_image_size:
             from vlm_jax.data.render_text import render_to_float
             return render_to_float(texts, self.text_image_size)
-        return self._fold(texts, self.text_len)
+        return self._fold(texts, self.text_len)[0]
 
-    def _fold(self, texts: list[str], size: int) -> np.ndarray:
-        out = np.zeros((len(texts), size), np.int32)
+    def _fold(self, texts: list[str], size: int, keep_end: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """int32 [N, size] byte ids + EOS, cut to size - 1 ids (keeping the end with `keep_end`); bool [N] cut."""
+        out, cut = np.zeros((len(texts), size), np.int32), np.zeros(len(texts), bool)
         for i, t in enumerate(texts):
-            ids = [3 + b % (self.vocab_size - 3) for b in t.encode()][:size - 1] + [2]
+            ids = [3 + b % (self.vocab_size - 3) for b in t.encode()]
+            cut[i] = len(ids) > size - 1
+            ids = (ids[len(ids) - (size - 1):] if keep_end and cut[i] else ids[:size - 1]) + [2]
             out[i, :len(ids)] = ids
-        return out
+        return out, cut
 
     def train(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         """This process's shard of an endless, resumable stream of random pairs."""

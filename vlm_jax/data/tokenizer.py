@@ -21,6 +21,7 @@ import sentencepiece as spm
 TRAIN_TEMPLATES: tuple[str, ...] = ("an emoji of {}.", "a picture of {}.", "{}", "an icon of a {}.")
 EVAL_TEMPLATE = "an emoji of {}."
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
+KEEP = ("start", "end")  # which end of a too-long text `encode_checked` keeps
 
 
 def captions(names: Iterable[str], templates: Iterable[str] = TRAIN_TEMPLATES) -> list[str]:
@@ -98,11 +99,19 @@ class Tokenizer:
 
     def encode(self, texts: list[str], max_len: int) -> np.ndarray:
         """int32 [N, max_len]: ids truncated to max_len-1, then EOS, then 0 padding."""
-        out = np.zeros((len(texts), max_len), np.int32)
+        return self.encode_checked(texts, max_len)[0]
+
+    def encode_checked(self, texts: list[str], max_len: int, keep: str = "start") -> tuple[np.ndarray, np.ndarray]:
+        """`encode`, and bool [N]: whether a text had more than max_len-1 ids. `keep` "start" drops the last ids;
+        "end" drops the first ones (prompts, whose instruction comes first and the text to work on last)."""
+        if keep not in KEEP:
+            raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
+        out, cut = np.zeros((len(texts), max_len), np.int32), np.zeros(len(texts), bool)
         for i, ids in enumerate(self.sp.encode(list(texts))):
-            ids = ids[: max_len - 1] + [EOS_ID]
+            cut[i] = len(ids) > max_len - 1
+            ids = (ids[len(ids) - (max_len - 1):] if keep == "end" and cut[i] else ids[: max_len - 1]) + [EOS_ID]
             out[i, : len(ids)] = ids
-        return out
+        return out, cut
 
     def decode(self, ids: np.ndarray) -> list[str]:
         """Inverse of encode (stops at EOS, ignores padding)."""

@@ -4,12 +4,13 @@ classifier (zero-shot classification by the highest caption log-likelihood over 
 `CaptionFns` holds the jitted model functions (generate, score image–text pairs, score every class prompt for a
 batch of images), each optionally conditioned on a task prompt per image; inputs are fixed-shape batches (the
 last one padded by repeating its final row) placed as replicated global arrays, so the same code runs on one
-device, a mesh, or several hosts. The model's `encode(image, prompt)` returns a context pytree that the other
-methods (logits, decode_step, prefill, init_cache) take as it is.
+device, a mesh, or several hosts. The model's `encode(image, prompt)` returns a context pytree that `logits` and
+the decoding seam (`models.decoder.TextGenerator`: init_cache / prefill / decode_step) take as it is.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, Callable, ContextManager, Sequence
 
 import jax
@@ -23,6 +24,7 @@ from vlm_jax.evals.metrics import chance_topk, pixel_features, topk_hits
 from vlm_jax.evals.zeroshot import KS, EvalSet, class_pixel_features, mean_hits, similarity_scores
 from vlm_jax.losses.generative import sequence_log_likelihood, shift_right
 from vlm_jax.models import decoding
+from vlm_jax.models.decoder import start_decoding, step_fn
 
 CAPTION_METRICS = ("CIDEr-D", "BLEU-1", "BLEU-4", "ROUGE-L")
 
@@ -32,39 +34,68 @@ def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
     return x if len(x) == n else np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])
 
 
-class CaptionFns:
-    """Jitted generation and scoring for a `Captioner`-like model (methods encode / logits / decode_step).
+DECODE_OPTIONS = ("max_len", "beam_size", "length_penalty", "sampling")
 
-    tokenize_prompt: prompt strings → int32 [N, P] for a prompted model (None: the model takes no prompt)."""
+
+class CaptionFns:
+    """Jitted generation and scoring for a `TextGenerator` (methods encode / logits and the decoding seam).
+
+    tokenize_prompt: prompt strings → int32 [N, P] for a prompted model (None: the model takes no prompt).
+    Decoding settings (DECODE_OPTIONS; `sampling`: {temperature, top_k, top_p, seed} samples instead of searching)
+    are part of each compiled function's key; `with_options` gives a copy with others, sharing compiled functions.
+    """
 
     def __init__(self, model: Any, ids: dict[str, int], tokenize: Callable[[list[str]], np.ndarray],
                  detokenize: Callable[[np.ndarray], list[str]], *, max_len: int, batch_size: int = 64,
                  class_chunk: int = 64, beam_size: int = 1, length_penalty: float = 0.6,
                  context: Callable[[], ContextManager] = contextlib.nullcontext,
-                 tokenize_prompt: Callable[[list[str]], np.ndarray] | None = None):
+                 tokenize_prompt: Callable[[list[str]], np.ndarray] | None = None,
+                 sampling: dict[str, Any] | None = None):
         self.model, self.ids, self.tokenize, self.detokenize = model, dict(ids), tokenize, detokenize
         self.tokenize_prompt = tokenize_prompt
         self.max_len, self.batch_size, self.class_chunk = max_len, batch_size, class_chunk
         self.beam_size, self.length_penalty, self._context = beam_size, length_penalty, context
-        self.sampling: dict[str, Any] | None = None  # {temperature, top_k, top_p, seed}: sample instead of search
+        self.sampling = sampling
+        prompt_len = 0 if tokenize_prompt is None else int(np.shape(tokenize_prompt([""]))[1])
+        self.decode_limit = int(model.decode_capacity(prompt_len))  # tokens the decoder's positions hold
+        self._check()
         self._jitted: dict[tuple, Callable] = {}
+
+    def _check(self) -> None:
+        """Decoding settings the decoder can run (its cache would otherwise overwrite its last slot)."""
+        if not 1 <= self.max_len <= self.decode_limit:
+            raise ValueError(f"evals.decode.max_len={self.max_len}: generation feeds up to max_len tokens (BOS "
+                             f"included) and this decoder holds {self.decode_limit} (its max_len, the data's text "
+                             f"length, less any prompt); use 1 … {self.decode_limit} (0: the data's text length)")
+        if self.beam_size < 1:
+            raise ValueError(f"evals.decode.beam_size must be >= 1, got {self.beam_size}")
+
+    def options(self) -> dict[str, Any]:
+        """The decoding settings (DECODE_OPTIONS)."""
+        return {k: getattr(self, k) for k in DECODE_OPTIONS}
+
+    def with_options(self, **changes: Any) -> "CaptionFns":
+        """A copy with other decoding settings that shares the compiled functions (`self` is unchanged)."""
+        unknown = sorted(set(changes) - set(DECODE_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown decoding options {unknown}; valid: {list(DECODE_OPTIONS)}")
+        new = copy.copy(self)
+        for k, v in changes.items():
+            setattr(new, k, dict(v) if k == "sampling" and v is not None else v)
+        new._check()
+        return new
 
     # ------------------------------------------------------------------ traced functions
     def _generate(self, params: Any, images: jax.Array, prompts: jax.Array | None = None) -> jax.Array:
-        """Greedy (beam_size 1), beam-search or (with `sampling`) sampled tokens [B, max_len] (EOS, then pad)."""
+        """Greedy (beam_size 1), beam-search or (with `sampling`) sampled tokens [B, max_len] (EOS, then pad).
+
+        The context's cross-attention keys/values are computed once per image at prefill; beam rows b·k + j read
+        image b's without copies."""
         m, ids = self.model, self.ids
         context, _ = m.apply({"params": params}, images, prompts, method="encode")
         b, k = images.shape[0], self.beam_size
-        cache = m.init_cache(b, context)
-        if hasattr(m, "prefill"):  # a prefix-LM writes the image tokens into the cache first
-            cache = m.apply({"params": params, "cache": cache}, context, method="prefill", mutable=["cache"])[1]["cache"]
-        rows = context if k == 1 else _repeat(context, k)  # beam rows b*k + j read image b
-
-        def step(tokens: jax.Array, cache: Any, position: jax.Array) -> tuple[jax.Array, Any]:
-            logits, state = m.apply({"params": params, "cache": cache}, tokens[:, None], rows,
-                                    method="decode_step", mutable=["cache"])
-            return logits[:, 0], state["cache"]
-
+        cache, context_cache = start_decoding(m, params, context, b)
+        step = step_fn(m, params, context_cache)
         bos = jnp.full((b,), ids["bos"], jnp.int32)
         kw = dict(max_len=self.max_len, eos_id=ids["eos"], pad_id=ids["pad"])
         if self.sampling is not None:
@@ -76,31 +107,33 @@ class CaptionFns:
         seqs, _ = decoding.beam_search(step, cache, bos, beam_size=k, length_penalty=self.length_penalty, **kw)
         return seqs[:, 0]
 
+    def _encode(self, params: Any, images: jax.Array, prompts: jax.Array | None = None) -> Any:
+        """The model's context for images (and prompts): what scoring reads, computed once per image."""
+        return self.model.apply({"params": params}, images, prompts, method="encode")[0]
+
     def _pair_scores(self, params: Any, images: jax.Array, tokens: jax.Array,
                      prompts: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Σ log p(caption | image, prompt) [B] and target token counts [B] of aligned pairs."""
-        m = self.model
-        context, _ = m.apply({"params": params}, images, prompts, method="encode")
-        logits = m.apply({"params": params}, shift_right(tokens, self.ids["bos"]), context, method="logits")
+        context = self._encode(params, images, prompts)
+        logits = self.model.apply({"params": params}, shift_right(tokens, self.ids["bos"]), context, method="logits")
         mask = tokens != self.ids["pad"]
         return sequence_log_likelihood(logits, tokens, mask), jnp.sum(mask, axis=-1)
 
-    def _class_scores(self, params: Any, images: jax.Array, tokens: jax.Array,
-                      prompts: jax.Array | None = None) -> jax.Array:
-        """Σ log p(text c | image i, prompt i) [B, C] for every image × every class text (image encoded once)."""
-        m = self.model
-        b, c = images.shape[0], tokens.shape[0]
-        context, _ = m.apply({"params": params}, images, prompts, method="encode")
+    def _class_scores(self, params: Any, context: Any, tokens: jax.Array) -> jax.Array:
+        """Σ log p(text c | image i, prompt i) [B, C] for every encoded image × every class text."""
+        b, c = jax.tree.leaves(context)[0].shape[0], tokens.shape[0]
         rows = _repeat(context, c)  # row i*c + j: image i, text j
         tok = jnp.tile(tokens, (b, 1))
-        logits = m.apply({"params": params}, shift_right(tok, self.ids["bos"]), rows, method="logits")
+        logits = self.model.apply({"params": params}, shift_right(tok, self.ids["bos"]), rows, method="logits")
         return sequence_log_likelihood(logits, tok, tok != self.ids["pad"]).reshape(b, c)
 
     # ------------------------------------------------------------------ host side
     def _fn(self, name: str, mesh: Any) -> Callable:
-        key = (name, mesh, self.beam_size, tuple(sorted((self.sampling or {}).items())))
+        """The jitted `_name`, compiled once per mesh and decoding settings (a frozen copy of them is traced)."""
+        opts = self.options()
+        key = (name, mesh, *[tuple(sorted(v.items())) if isinstance(v, dict) else v for v in opts.values()])
         if key not in self._jitted:
-            fn = getattr(self, f"_{name}")
+            fn = getattr(self.with_options(**opts), f"_{name}")
 
             def traced(*args: Any, fn: Callable = fn) -> Any:
                 with self._context():
@@ -170,7 +203,7 @@ class CaptionFns:
                      prompts: str | Sequence[str] | None = None) -> np.ndarray:
         """float64 [N, C]: Σ log p(text_c | image_n, prompt_n) over every class text."""
         mesh = mesh_of(params)
-        fn = self._fn("class_scores", mesh)
+        encode, fn = self._fn("encode", mesh), self._fn("class_scores", mesh)
         tokens = self.tokenize(list(texts))
         ptok = self.prompt_tokens(prompts, len(images))
         bi = max(1, self.batch_size // 8)  # images per call: each is paired with a chunk of class texts
@@ -178,11 +211,11 @@ class CaptionFns:
         for i in range(0, len(images), bi):
             n = min(bi, len(images) - i)
             img = self._put(_pad_rows(np.asarray(images[i:i + n], np.float32), bi), mesh)
-            pr = self._rows(ptok, i, n, bi, mesh)
+            context = encode(params, img, self._rows(ptok, i, n, bi, mesh))  # once for every chunk of texts
             for c in range(0, len(texts), self.class_chunk):
                 m = min(self.class_chunk, len(texts) - c)
                 tok = self._put(_pad_rows(tokens[c:c + m], self.class_chunk), mesh)
-                out[i:i + n, c:c + m] = np.asarray(jax.device_get(fn(params, img, tok, pr)), np.float64)[:n, :m]
+                out[i:i + n, c:c + m] = np.asarray(jax.device_get(fn(params, context, tok)), np.float64)[:n, :m]
         return out
 
 

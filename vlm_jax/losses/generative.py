@@ -25,13 +25,16 @@ def sequence_log_likelihood(logits: jax.Array, targets: jax.Array, mask: jax.Arr
 
 
 @jax.jit
-def token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array,
-                        label_smoothing: float = 0.0) -> tuple[jax.Array, Metrics]:
+def token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array, label_smoothing: float = 0.0,
+                        count: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
     """Mean cross-entropy over the tokens where `mask` is true (loss on targets only), with label smoothing ε:
-    the target distribution is (1−ε)·onehot + ε/V. Metrics: nll (unsmoothed, per token), token accuracy, count."""
+    the target distribution is (1−ε)·onehot + ε/V. Metrics: nll (unsmoothed, per token), token accuracy, count.
+
+    `count`: what the sums divide by (default: the masked tokens here); inside an accumulated step, the whole
+    batch's count per micro-batch, so that the micro-batches' mean is the big batch's."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     m = mask.astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(m), 1.0)
+    count = jnp.maximum(jnp.sum(m), 1.0) if count is None else count
     nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     per_token = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
     loss = jnp.sum(per_token * m) / count

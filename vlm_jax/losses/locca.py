@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 TASKS = ("cap", "ref", "gcap")
@@ -39,3 +40,15 @@ def task_sequences(captions: Array, box_ids: Array, task: Array, eos: int, pad: 
     seq = jnp.where(t == 0, seq_cap, jnp.where(t == 1, seq_ref, seq_gcap)).astype(jnp.int32)
     pred = jnp.where(t == 0, pred_cap, jnp.where(t == 1, pred_ref, pred_gcap))
     return seq, pred
+
+
+def bins_to_boxes(bins: Array, n_bins: int) -> Array:
+    """Box-coordinate bins in [0, n_bins) → coordinates in [0, 1] (the inverse of `box_bins` up to its rounding)."""
+    return bins.astype(jnp.float32) / (n_bins - 1)
+
+
+def grounding_rows(batch: int) -> np.ndarray:
+    """The rows of a batch that get a grounded task (REF or GCAP, on a composed scene): every row but each third
+    (rows 0, 3, 6 … caption their own image), so about a third of the rows captions, as a uniform draw over the
+    three tasks would; the data's order is random, so a fixed row → task map is a random assignment."""
+    return np.flatnonzero(np.arange(batch) % 3 != 0).astype(np.int32)

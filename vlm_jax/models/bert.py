@@ -1,5 +1,5 @@
 """BERT encoder (Devlin et al. 2019; post-LN, exact GELU) as a text tower, for pretrained weights such as MiniLM
-(`models/pretrained.py`): sentence embedding by mean pooling over the non-pad tokens, then an optional head."""
+(`vlm_jax/pretrained.py`): sentence embedding by mean pooling over the non-pad tokens, then an optional head."""
 from __future__ import annotations
 
 import flax.linen as nn

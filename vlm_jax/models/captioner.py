@@ -3,7 +3,8 @@
 The ViT's output tokens (no pooling), optionally pooled to `cap_queries` tokens by an attention pooler, are the
 decoder's cross-attention context. With `embed_dim` > 0 (CoCa) a one-query attention pooler gives the image
 embedding and the decoder's CLS output (its unimodal half, see `TextDecoder`) the text embedding, both projected
-to `embed_dim` and L2-normalised, with a learned temperature (and bias) like the two-tower model.
+to `embed_dim` and L2-normalised, with a learned temperature (and bias) like the two-tower model. Decoding goes
+through the `TextGenerator` seam (init_cache / prefill / decode_step).
 """
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ import jax
 import jax.numpy as jnp
 
 from vlm_jax.models import layers
-from vlm_jax.models.decoder import TextDecoder
+from vlm_jax.models.decoder import TextDecoder, TextGenerator
 from vlm_jax.models.two_tower import l2_normalize
 from vlm_jax.models.vit import ViT
 
 Array = jax.Array
 
 
-class Captioner(nn.Module):
+class Captioner(TextGenerator):
     """ViT encoder → (pooled) image tokens → TextDecoder; CoCa's contrastive heads when `embed_dim` > 0."""
     image: dict[str, Any]
     decoder: dict[str, Any]
@@ -63,9 +64,9 @@ class Captioner(nn.Module):
         _, aux = self.text_decoder(tokens, None, unimodal_only=True)
         return l2_normalize(self.txt_proj(aux["cls"]))
 
-    def decode_step(self, tokens: Array, context: Array) -> Array:
-        """One KV-cached decoding step: tokens [B, 1] → logits [B, 1, V] (the "cache" collection is mutated)."""
-        return self.text_decoder(tokens, context, decode=True)[0]
+    def decoder_inputs(self, context: Array) -> dict[str, Any]:
+        """Decoding cross-attends to the (pooled) image tokens."""
+        return {"context": context}
 
     def logits(self, tokens: Array, context: Array) -> Array:
         """Teacher-forced logits [B, L, V] of decoder inputs given the image context."""
@@ -84,9 +85,3 @@ class Captioner(nn.Module):
             if self.bias_init is not None:
                 aux["b"] = self.b
         return (zimg, ztxt, logits), aux
-
-    def init_cache(self, batch_size: int, context: Array) -> Any:
-        """An empty decoding cache for `batch_size` rows (shapes from `decode_step`)."""
-        tokens = jnp.zeros((batch_size, self.decoder.get("max_len", 64)), jnp.int32)
-        shapes = jax.eval_shape(lambda: self.init(jax.random.key(0), tokens, context, method=Captioner.decode_step))
-        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])

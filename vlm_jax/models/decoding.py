@@ -2,8 +2,9 @@
 
 Model-agnostic: a model plugs in through `step_fn(tokens [N] int32, cache, position int32 scalar) ->
 (logits [N, V] float32, new cache)`, where every cache leaf has leading dimension N (N = B for greedy and
-sampling, B * beam_size for beam search). Outputs hold the generated tokens (not `bos`) in a fixed `max_len`
-buffer: a row's EOS is emitted and every later position holds `pad_id`. The loops are `jax.lax.while_loop`s
+sampling, B * beam_size for beam search; what is per sequence and not per beam, such as a model's cross-attention
+context cache, stays in `step_fn`'s closure, never expanded or reordered). Outputs hold the generated tokens (not
+`bos`) in a fixed `max_len` buffer: a row's EOS is emitted and every later position holds `pad_id`. The loops are `jax.lax.while_loop`s
 that stop as soon as every row is done, so all functions jit with `step_fn`, `max_len`, `eos_id`, `pad_id` and
 `beam_size` static (bind them with functools.partial).
 """
@@ -91,10 +92,19 @@ def expand_cache(cache: Any, beam_size: int) -> Any:
 
 
 def gather_cache(cache: Any, beam_idx: Array) -> Any:
-    """Reorders a [B * K]-row cache so that new beam (b, j) takes the rows of old beam (b, beam_idx[b, j])."""
+    """Reorders a [B * K]-row cache so that new beam (b, j) takes the rows of old beam (b, beam_idx[b, j]).
+
+    Each leaf is viewed as [B, K, ...] and gathered along K within its own b, so a cache sharded over its rows
+    (whole images per device) is reordered where it lies, without gathering it across devices."""
     b, k = beam_idx.shape
-    rows = (jnp.arange(b)[:, None] * k + beam_idx).reshape(-1)
-    return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), cache)
+
+    def one(x: Array) -> Array:
+        """One leaf, reordered within each image's K rows."""
+        grouped = x.reshape(b, k, *x.shape[1:])
+        idx = beam_idx.reshape(b, k, *(1,) * (x.ndim - 1))
+        return jnp.take_along_axis(grouped, idx, axis=1).reshape(x.shape)
+
+    return jax.tree.map(one, cache)
 
 
 def _gather_beams(x: Array, idx: Array) -> Array:

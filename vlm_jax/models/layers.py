@@ -31,30 +31,36 @@ ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
 
 class Dense(nn.Module):
     """y = x · kernel + bias: matmul inputs in `dtype_mm`, float32 accumulation, bias added in float32 (so its
-    gradient is a float32 reduction), result in `dtype_mm`. Parameters "kernel" / "bias" as in nn.Dense."""
+    gradient is a float32 reduction), result in `out_dtype` (None: `dtype_mm`; heads whose outputs are logits or
+    embeddings use float32, so they are never rounded to bf16). Parameters "kernel" / "bias" as in nn.Dense."""
     features: int
     names: tuple
     dtype_mm: str = "float32"
     kernel_init: Callable = nn.initializers.xavier_uniform()
     bias_init: Callable = nn.initializers.zeros
+    out_dtype: str | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kernel = self.param("kernel", _lp(self.kernel_init, self.names), (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", _lp(self.bias_init, self.names[-1:]), (self.features,), jnp.float32)
         dt = jnp.dtype(self.dtype_mm)
+        out = dt if self.out_dtype is None else jnp.dtype(self.out_dtype)
         x, kernel_mm = x.astype(dt), kernel.astype(dt)
-        if onednn.can_route(x, kernel_mm):  # bias fused into the kernel, bf16 written once
+        if out == jnp.bfloat16 and onednn.can_route(x, kernel_mm):  # bias fused into the kernel, bf16 written once
             y = onednn.linear(x.reshape(-1, x.shape[-1]), kernel_mm, bias)
             return y.reshape(*x.shape[:-1], self.features)
+        # float32 accumulation (through oneDNN, float32 output, when it routes), bias added in float32
         y = onednn.dot_general(x, kernel_mm, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-        return (y + bias).astype(dt)
+        return (y + bias).astype(out)
 
 
 def dense(features: int, names: tuple, dtype_mm: str, *, kernel_init: Callable = nn.initializers.xavier_uniform(),
-          bias_init: Callable = nn.initializers.zeros, name: str | None = None) -> Dense:
-    """A `Dense` layer with logically partitioned kernel/bias and matmuls in dtype_mm."""
-    return Dense(features, tuple(names), dtype_mm, kernel_init, bias_init, name=name)
+          bias_init: Callable = nn.initializers.zeros, out_dtype: str | None = None,
+          name: str | None = None) -> Dense:
+    """A `Dense` layer with logically partitioned kernel/bias, matmuls in dtype_mm, result in out_dtype (None:
+    dtype_mm; "float32" for logits and embeddings)."""
+    return Dense(features, tuple(names), dtype_mm, kernel_init, bias_init, out_dtype, name=name)
 
 
 def layer_norm(name: str | None = None) -> nn.LayerNorm:

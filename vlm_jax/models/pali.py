@@ -3,7 +3,9 @@
 The ViT's patch tokens (no pooling), linearly projected to the encoder width, are concatenated with the embedded
 prompt (learned positions); a bidirectional transformer encoder reads both (prompt pads hidden) and an
 autoregressive `TextDecoder` generates the answer by cross-attention to the encoder's output. Methods encode /
-logits / decode_step / init_cache make it drivable by the evaluators' `CaptionFns` like the other captioners.
+logits and the `TextGenerator` seam (init_cache / prefill / decode_step) make it drivable by the evaluators'
+`CaptionFns` like the other captioners; prefill projects the encoder's output to each cross-attention's
+keys/values once per sequence.
 """
 from __future__ import annotations
 
@@ -14,14 +16,14 @@ import jax
 import jax.numpy as jnp
 
 from vlm_jax.models import layers
-from vlm_jax.models.decoder import TextDecoder
+from vlm_jax.models.decoder import TextDecoder, TextGenerator
 from vlm_jax.models.vit import ViT
 
 Array = jax.Array
 _lp = nn.with_logical_partitioning
 
 
-class PaLI(nn.Module):
+class PaLI(TextGenerator):
     """ViT tokens + prompt → bidirectional encoder → cross-attending decoder."""
     image: dict[str, Any]
     encoder: dict[str, Any]  # width, residual_dtype, and layers.Encoder's fields (depth, mlp_dim, num_heads, scan, …)
@@ -65,18 +67,12 @@ class PaLI(nn.Module):
         """Teacher-forced logits [B, L, V] of decoder inputs given the encoded image and prompt."""
         return self.text_decoder(tokens, context["tokens"], train=train, context_mask=context["mask"])[0]
 
-    def decode_step(self, tokens: Array, context: dict[str, Array]) -> Array:
-        """One KV-cached decoding step: tokens [B, 1] → logits [B, 1, V] (the "cache" collection is mutated)."""
-        return self.text_decoder(tokens, context["tokens"], decode=True, context_mask=context["mask"])[0]
+    def decoder_inputs(self, context: dict[str, Array]) -> dict[str, Any]:
+        """Decoding cross-attends to the encoder's output, its prompt pads hidden."""
+        return {"context": context["tokens"], "context_mask": context["mask"]}
 
     def __call__(self, image: Array, text: Array, *, prompt: Array | None = None,
                  train: bool = False) -> tuple[tuple[None, None, Array], dict[str, Any]]:
         """image [B, H, W, 3], decoder inputs `text` [B, L], prompt [B, P] → ((None, None, logits), aux)."""
         context, _ = self.encode(image, prompt, train)
         return (None, None, self.logits(text, context, train)), {"context": context}
-
-    def init_cache(self, batch_size: int, context: dict[str, Array]) -> Any:
-        """An empty decoding cache for `batch_size` rows (shapes from `decode_step`)."""
-        tokens = jnp.zeros((batch_size, self.decoder.get("max_len", 64)), jnp.int32)
-        shapes = jax.eval_shape(lambda: self.init(jax.random.key(0), tokens, context, method=PaLI.decode_step))
-        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])

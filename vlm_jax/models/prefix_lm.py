@@ -4,7 +4,7 @@ attend bidirectionally, the rest of the text causally, in one transformer stack 
 With a task prompt (PaliGemma's layout: image tokens + prompt bidirectional, answer causal) the prompt joins the
 prefix. Decoding prefills the cache with the image tokens and the prompt (all see each other, pads hidden) and
 then generates token by token, so the evaluators' `CaptionFns` drive it like the encoder–decoder models (methods
-encode / logits / prefill / decode_step / init_cache).
+encode / logits and the `TextGenerator` seam: init_cache / prefill / decode_step).
 """
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 
 from vlm_jax.models import layers
-from vlm_jax.models.decoder import TextDecoder
+from vlm_jax.models.decoder import TextDecoder, TextGenerator
 from vlm_jax.models.vit import ViT
 
 Array = jax.Array
 
 
-class ImagePrefixLM(nn.Module):
+class ImagePrefixLM(TextGenerator):
     """ViT tokens → linear projection to the decoder width → prefix of a causal text stack."""
     image: dict[str, Any]
     decoder: dict[str, Any]
@@ -58,18 +58,13 @@ class ImagePrefixLM(nn.Module):
         text, plen, p = self._with_prompt(tokens, context, prefix_len)
         return self.text_decoder(text, train=train, prefix=context["image"], prefix_len=plen)[0][:, p:]
 
-    def prefill(self, context: dict[str, Any]) -> None:
-        """Writes the image prefix (and the prompt, its pads hidden) into the decoding cache."""
-        self.text_decoder(context.get("prompt"), prefix=context["image"], decode=True)
+    def decoder_inputs(self, context: dict[str, Any]) -> dict[str, Any]:
+        """Decoding prefills the image prefix and the prompt (its pads hidden)."""
+        return {"prefix": context["image"], "prompt": context.get("prompt")}
 
-    def create_cache(self, tokens: Array, context: dict[str, Any]) -> None:
-        """Creates the decoding cache at its full length (image prefix + text); used through `init_cache`."""
-        self.text_decoder(tokens, prefix=context["image"], decode=True)
-
-    def decode_step(self, tokens: Array, context: dict[str, Any]) -> Array:
-        """One cached step: tokens [B, 1] → logits [B, 1, V] (the prefix is already in the cache)."""
-        del context
-        return self.text_decoder(tokens, decode=True)[0]
+    def decode_capacity(self, prompt_len: int = 0) -> int:
+        """The prompt shares the decoder's `max_len` text positions with the answer."""
+        return int(self.decoder.get("max_len", 64)) - prompt_len
 
     def __call__(self, image: Array, text: Array, *, train: bool = False, prefix_len: Array | None = None,
                  prompt: Array | None = None) -> tuple[tuple[None, None, Array], dict[str, Any]]:
@@ -77,9 +72,3 @@ class ImagePrefixLM(nn.Module):
         aux)."""
         context, _ = self.encode(image, prompt, train)
         return (None, None, self.logits(text, context, prefix_len, train)), {"context": context}
-
-    def init_cache(self, batch_size: int, context: dict[str, Any]) -> Any:
-        """An empty cache for the image prefix plus `max_len` text positions (prompt included)."""
-        tokens = jnp.zeros((batch_size, self.decoder.get("max_len", 64)), jnp.int32)
-        shapes = jax.eval_shape(lambda: self.init(jax.random.key(0), tokens, context, method=ImagePrefixLM.create_cache))
-        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])

@@ -70,7 +70,7 @@ class TextTransformer(nn.Module):
         aux["pre_logits"] = x
         if self.num_classes is None:
             return x, aux
-        x = layers.dense(self.num_classes, ("embed", None), self.dtype_mm, name="head")(x)
+        x = layers.dense(self.num_classes, ("embed", None), self.dtype_mm, out_dtype="float32", name="head")(x)
         x = x.astype(jnp.float32)
         aux["logits"] = x
         return x, aux

@@ -8,34 +8,11 @@ import jax
 import jax.numpy as jnp
 
 from vlm_jax.models import layers
+from vlm_jax.variants import VARIANTS, parse_variant  # noqa: F401  (re-exported by vlm_jax.models)
 
 Array = jax.Array
 
-# name: (width, depth, mlp_dim, num_heads)
-VARIANTS: dict[str, tuple[int, int, int, int]] = {
-    "Ti": (192, 12, 768, 3),
-    "S": (384, 12, 1536, 6),
-    "M": (512, 12, 2048, 8),
-    "B": (768, 12, 3072, 12),
-    "L": (1024, 24, 4096, 16),
-    "So400m": (1152, 27, 4304, 16),
-    "H": (1280, 32, 5120, 16),
-    "g": (1408, 40, 6144, 16),
-    "G": (1664, 48, 8192, 16),
-}
 POOL_TYPES = ("gap", "map", "tok", "none")
-
-
-def parse_variant(variant: str) -> dict[str, Any]:
-    """Parses "B/16" (or "B") into ViT size kwargs; patch_size only when given."""
-    name, _, patch = variant.partition("/")
-    if name not in VARIANTS:
-        raise ValueError(f"Unknown ViT variant {name!r}; valid: {', '.join(VARIANTS)}")
-    width, depth, mlp_dim, num_heads = VARIANTS[name]
-    out: dict[str, Any] = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
-    if patch:
-        out["patch_size"] = (int(patch), int(patch))
-    return out
 
 
 class ViT(nn.Module):
@@ -128,7 +105,8 @@ class ViT(nn.Module):
         if self.num_classes is None:
             return x, aux
         init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.xavier_uniform()
-        x = layers.dense(self.num_classes, ("embed", None), self.dtype_mm, kernel_init=init, name="head")(x)
+        x = layers.dense(self.num_classes, ("embed", None), self.dtype_mm, kernel_init=init,
+                         out_dtype="float32", name="head")(x)
         x = x.astype(jnp.float32)
         aux["logits"] = x
         return x, aux

@@ -18,7 +18,7 @@ from vlm_jax.losses.generative import shift_right, token_cross_entropy
 from vlm_jax.models import TextDecoder, ViT
 from vlm_jax.models.captioner import Captioner
 from vlm_jax.objectives.contrastive import check_module_fields
-from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
+from vlm_jax.train.objective import Normalizers, Evaluator, LossOut, Objective, register
 
 # Decoder fields the data decides (vocabulary, padding id, length) or the objective (CoCa's CLS token).
 DATA_DECIDED = ("vocab_size", "pad_id", "max_len", "cls_token")
@@ -26,13 +26,14 @@ DATA_DECIDED = ("vocab_size", "pad_id", "max_len", "cls_token")
 # scoring_pairs (the scoring classifier scores at most this many image × class-prompt pairs per set, on evenly
 # spaced query images; 0: all), decode options
 # for generated captions (max_len 0: the data's text_len), examples (best / worst captions printed).
-EVAL_DEFAULTS = dict(batch_size=64, sets=["emoji", "fashion_mnist"], templates=None, languages=[], captions=True,
+EVAL_DEFAULTS = dict(batch_size=64, sets=["emoji", "fashion_mnist"], templates=None, captions=True,
                      scoring=True, scoring_pairs=500_000, class_chunk=64, examples=3,
                      decode=dict(max_len=0, beam_size=1, length_penalty=0.6))
 
 
 def evals_config(config: ml_collections.ConfigDict, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`config.evals` over `defaults` (EVAL_DEFAULTS; unknown keys raise, naming the valid ones)."""
+    """`config.evals` over `defaults` (the objective's `CONFIG_DEFAULTS["evals"]`, by default EVAL_DEFAULTS; unknown
+    keys raise, naming the valid ones)."""
     defaults = EVAL_DEFAULTS if defaults is None else defaults
     check_keys(config.evals, {**defaults, "batch_size": 0}, "evals")
     out = {**defaults, **config.evals.to_dict()}
@@ -48,7 +49,11 @@ class CaptionParts:
     data: Any
     trace_context: Any
     contrastive_heads = False  # CoCa: an embedding dimension, a CLS token in the decoder, t (and b)
-    eval_defaults: dict[str, Any] = EVAL_DEFAULTS
+
+    @property
+    def eval_defaults(self) -> dict[str, Any]:
+        """The evals keys this objective reads, with their defaults."""
+        return type(self).CONFIG_DEFAULTS.get("evals", EVAL_DEFAULTS)
 
     def check_caption_model(self, config: ml_collections.ConfigDict, model_keys: tuple[str, ...]) -> None:
         """Unknown model / decoder keys raise, naming the valid ones."""
@@ -86,10 +91,20 @@ class CaptionParts:
         """Teacher forcing: [BOS, t0, …, t_{L-2}] for targets `text` [B, L]."""
         return shift_right(text, self.ids["bos"])
 
-    def caption_loss(self, logits: jax.Array, text: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Mean cross-entropy over the non-pad target tokens (EOS included), with `loss.label_smoothing`."""
-        mask = text != self.ids["pad"]
-        return token_cross_entropy(logits, text, mask, float(self.config.loss.get("label_smoothing", 0.0)))
+    def target_mask(self, batch: dict[str, jax.Array], rng: jax.Array, train: bool) -> jax.Array:
+        """bool [B, L]: the target tokens the loss covers: every non-pad token (EOS included)."""
+        return batch["text"] != self.ids["pad"]
+
+    def normalizers(self, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True) -> Normalizers:
+        """The target tokens the caption loss averages over."""
+        return {"tokens": jnp.sum(self.target_mask(batch, rng, train))}
+
+    def caption_loss(self, logits: jax.Array, text: jax.Array, mask: jax.Array,
+                     norm: Normalizers | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Mean cross-entropy over the `mask`ed target tokens, with `loss.label_smoothing` (over `norm`'s token
+        count inside an accumulated step)."""
+        count = None if norm is None else norm["tokens"]
+        return token_cross_entropy(logits, text, mask, float(self.config.loss.get("label_smoothing", 0.0)), count)
 
     def train_data(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         return self.data.train(batch_size, seed, process_index, process_count)
@@ -107,7 +122,7 @@ class CaptionParts:
 
     def caption_evaluators(self) -> dict[str, Evaluator]:
         """Generated-caption metrics + perplexity, and the scoring classifier, on the data's eval sets."""
-        ev = evals_config(self.config)
+        ev = evals_config(self.config, self.eval_defaults)
         sets = self.data.eval_sets(list(ev["sets"]))
         out: dict[str, Evaluator] = {}
         if ev["captions"]:
@@ -124,7 +139,7 @@ class CapPaObjective(CaptionParts, Objective):
     MASK and it attends bidirectionally (parallel prediction); otherwise autoregressive captioning. 0 is plain
     captioning (Cap)."""
 
-    CONFIG_DEFAULTS = {"loss": dict(parallel_fraction=0.75, label_smoothing=0.0)}
+    CONFIG_DEFAULTS = {"loss": dict(parallel_fraction=0.75, label_smoothing=0.0), "evals": EVAL_DEFAULTS}
     MODEL_KEYS = ("image", "decoder", "cap_queries")
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -135,7 +150,7 @@ class CapPaObjective(CaptionParts, Objective):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"loss.parallel_fraction must be in [0, 1], got {p}")
         self.data = datasets.get(config.data)
-        evals_config(config)
+        evals_config(config, self.eval_defaults)
 
     def model(self) -> nn.Module:
         return self.caption_model()
@@ -151,13 +166,13 @@ class CapPaObjective(CaptionParts, Objective):
         """Decoder inputs: teacher forcing, with every input of a parallel row replaced by MASK."""
         return jnp.where(parallel[:, None], jnp.int32(self.ids["mask"]), self.decoder_inputs(text))
 
-    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
-             train: bool = True) -> LossOut:
+    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
+             norm: Normalizers | None = None) -> LossOut:
         text = batch["text"]
         parallel = self.parallel_rows(rng, text.shape[0], train)
         (_, _, logits), _ = self.model().apply({"params": params}, batch["image"], self.masked_inputs(text, parallel),
                                                train=train, parallel=parallel, rngs={"dropout": rng})
-        loss, metrics = self.caption_loss(logits, text)
+        loss, metrics = self.caption_loss(logits, text, self.target_mask(batch, rng, train), norm)
         return loss, (dict(metrics, parallel_fraction=jnp.mean(parallel.astype(jnp.float32))), extra)
 
     def evaluators(self) -> dict[str, Evaluator]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -20,10 +20,25 @@ from vlm_jax.models import TwoTower, ViT
 from vlm_jax.models.two_tower import TEXT_TOWERS
 from vlm_jax.data import image_text as datasets
 from vlm_jax.train.microbatch import merge_microbatches, split_microbatches
-from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
+from vlm_jax.train.objective import (Evaluator, LossOut, Normalizers, Objective, mean_normalizers, register,
+                                     sum_counts)
+
+
+
+class Towers(NamedTuple):
+    """One (micro-)batch through a contrastive model: unit embeddings, logit scale t and bias b (None without),
+    the weighted sum of the loss terms beside the contrastive one, their metrics, and the new `extra`."""
+    zimg: jax.Array
+    ztxt: jax.Array
+    t: jax.Array
+    b: jax.Array | None
+    local: jax.Array
+    metrics: dict[str, jax.Array]
+    extra: Any
+
 
 MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init", "text_tower")
-LOSS_KEYS = ("name", "impl", "chunk_size", "grad_cache", "temperature_max")
+LOSS_KEYS = ("name", "impl", "chunk_size", "temperature_max")
 # Paper settings by short name: loss, initial temperature (and bias), Adam b2 (CLIP: Radford et al. 2021;
 # SigLIP: Zhai et al. 2023; UniCL, CLIP's settings with label-sharing positives: Yang et al. 2022).
 LOSS_PRESETS = {
@@ -55,10 +70,9 @@ def contrastive_loss_fn(loss: ml_collections.ConfigDict) -> Any:
     name = loss.get("name", "infonce")
     if name not in LABEL_LOSSES:
         return get_contrastive_loss(name)
-    if loss.get("impl", "full") != "full" or loss.get("chunk_size", 0) or loss.get("grad_cache", 0):
-        raise ValueError(f"loss {name!r} runs with impl='full', no chunk_size and no grad_cache; got "
-                         f"impl={loss.get('impl')!r}, chunk_size={loss.get('chunk_size')}, "
-                         f"grad_cache={loss.get('grad_cache')}")
+    if loss.get("impl", "full") != "full" or loss.get("chunk_size", 0):
+        raise ValueError(f"loss {name!r} runs with impl='full' and no chunk_size; got "
+                         f"impl={loss.get('impl')!r}, chunk_size={loss.get('chunk_size')}")
     return LABEL_LOSSES[name]
 
 
@@ -73,10 +87,10 @@ class ContrastiveObjective(Objective):
     """Two towers + a contrastive loss (`config.loss.name`: infonce | sigmoid)."""
 
     # impl: "full" (B×B logits) | "gather" (b×B per device) | "ring" (b×b per device, ppermute ring);
-    # chunk_size: rows per in-device tile (0: none); grad_cache: GradCache sub-batches (0: off);
+    # chunk_size: rows per in-device tile (0: none); GradCache is grad_accum_steps > 1 (value_and_grad);
     # temperature_max: the logit scale t is clamped to at most this after every update (CLIP: 100; 0: unbounded).
     # evals: the zero-shot sets (data.evaluators) and the image-only probes (PROBE_DEFAULTS; off unless probe_sets)
-    CONFIG_DEFAULTS = {"loss": dict(name="infonce", impl="full", chunk_size=0, grad_cache=0, temperature_max=100.0),
+    CONFIG_DEFAULTS = {"loss": dict(name="infonce", impl="full", chunk_size=0, temperature_max=100.0),
                        "evals": PROBE_DEFAULTS}
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -133,26 +147,27 @@ class ContrastiveObjective(Objective):
                                              impl=impl, chunk_size=chunk)
         return loss, dict(metrics, t=t, **({} if b is None else {"b": b}))
 
-    def _towers(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
-                denominator: jax.Array | None = None) -> tuple[Any, ...]:
-        """(zimg, ztxt, t, b, local, local_metrics): the embeddings, plus a per-example loss term beside the
-        contrastive one (CoCa's captioning), as this batch's share of a batch mean over `denominator` items
-        (None: this batch's own count). Two-tower models have none (local is None)."""
+    def _towers(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
+                norm: Normalizers | None = None) -> Towers:
+        """The embeddings, t, b, and the loss terms beside the contrastive one that decompose over examples (CoCa's
+        captioning, SigLIP 2's decoder and self-distillation), already weighted, with their mean terms divided by
+        `norm` (None: this batch's own counts); and the new `extra`. Two-tower models have none (local is 0)."""
         zimg, ztxt, t, b = self._embed(params, batch["image"], batch["text"], rng, train)
-        return zimg, ztxt, t, b, None, {}
+        return Towers(zimg, ztxt, t, b, jnp.zeros((), jnp.float32), {}, extra)
 
-    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
-             train: bool = True) -> LossOut:
-        zimg, ztxt, t, b, local, local_metrics = self._towers(params, batch, rng, train)
-        loss, metrics = self._contrastive(zimg, ztxt, t, b, batch.get("concept"))
-        if local is None:
-            return loss, (metrics, extra)
-        total = float(self.config.loss.get("contrastive_weight", 1.0)) * loss + local
-        return total, (dict(metrics, **local_metrics, contrastive_loss=loss), extra)
+    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
+             norm: Normalizers | None = None) -> LossOut:
+        out = self._towers(params, extra, batch, rng, train, norm)
+        loss, metrics = self._contrastive(out.zimg, out.ztxt, out.t, out.b, batch.get("concept"))
+        if not out.metrics:
+            return loss, (metrics, out.extra)
+        total = self.contrastive_weight * loss + out.local
+        return total, (dict(metrics, **out.metrics, contrastive_loss=loss), out.extra)
 
-    def local_denominator(self, batch: dict[str, jax.Array]) -> jax.Array | None:
-        """The count the local loss term is averaged over, for the whole batch (None: no local term)."""
-        return None
+    @property
+    def contrastive_weight(self) -> float:
+        """The contrastive term's weight beside the local terms (`loss.contrastive_weight`, default 1)."""
+        return float(self.config.loss.get("contrastive_weight", 1.0))
 
     def project(self, params: Any) -> Any:
         """Clamps the log-temperature at log(loss.temperature_max) (Radford et al. 2021 clip t at 100)."""
@@ -161,54 +176,62 @@ class ContrastiveObjective(Objective):
             return params
         return {**params, "t": jnp.minimum(params["t"], jnp.log(t_max).astype(params["t"].dtype))}
 
-    def value_and_grad(self, params: Any, extra: Any, batch: dict[str, jax.Array],
-                       rng: jax.Array) -> tuple[LossOut, Any]:
-        """Plain autodiff, or GradCache when `loss.grad_cache` > 1 sub-batches."""
-        n = int(self.config.loss.get("grad_cache", 0) or 0)
+    def merge_extra(self, extra: Any, parts: Any) -> Any:
+        """The new `extra` of the whole batch from the sub-batches' ([n, ...] leaves, each computed from `extra`):
+        by default their mean (exact for updates linear in a batch mean, such as DINO's centre)."""
+        return jax.tree.map(lambda old, x: old + jnp.mean(x - old, axis=0).astype(old.dtype)
+                            if jnp.issubdtype(x.dtype, jnp.inexact) else x[-1], extra, parts)
+
+    def value_and_grad(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
+                       micro_batches: int = 1) -> tuple[LossOut, Any]:
+        """GradCache (Gao et al. 2021) when `micro_batches` > 1: the big-batch gradient with the activations of one
+        micro-batch at a time. The contrastive loss sees every micro-batch's embeddings (all negatives), and the
+        local terms run in the recompute pass.
+
+        1. embed all n micro-batches without keeping activations; 2. the contrastive loss and its gradient w.r.t.
+        the embeddings (and t, b) on the whole batch; 3. per micro-batch, recompute the towers and local terms and
+        pull the cached embedding gradients (and 1 for the local terms) back to the parameters, summing.
+        Micro-batch i holds rows i, i+n, … (so each stays sharded) and draws from fold_in(rng, i)."""
+        n = micro_batches
         if n <= 1:
             return super().value_and_grad(params, extra, batch, rng)
-        return self._grad_cache(params, extra, batch, rng, n)
+        rows = {k: v for k, v in batch.items() if k != "concept"}  # labels enter the contrastive loss whole
+        subs = split_microbatches(rows, n)
+        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(n))
+        norm = mean_normalizers(jax.vmap(lambda sb, k: self.normalizers(sb, k, True))(subs, keys)) or None
 
-    def _grad_cache(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
-                    n: int) -> tuple[LossOut, Any]:
-        """GradCache (Gao et al. 2021): the full-batch loss gradient with activations of one sub-batch at a time.
+        def towers(p: Any, sub: dict[str, jax.Array], key: jax.Array) -> Towers:
+            return self._towers(p, extra, sub, key, True, norm)
 
-        1. embed all n sub-batches without keeping activations; 2. loss and its gradient w.r.t. the embeddings
-        (and t, b) on the full batch; 3. per sub-batch, recompute the towers and pull the cached embedding
-        gradients back to the parameters, summing. Sub-batch k holds rows k, k+n, … so each stays sharded.
-        """
-        subs = split_microbatches({"image": batch["image"], "text": batch["text"]}, n)
-        split = lambda x: split_microbatches(x, n)  # noqa: E731
-        merge = merge_microbatches
-        keys = jax.random.split(rng, n)
-
-        denominator = self.local_denominator(batch)
-
-        def embed(p: Any, sub: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, ...]:
-            zimg, ztxt, t, b, local, _ = self._towers(p, sub, key, True, denominator)
-            zero = jnp.zeros((), jnp.float32)
-            return zimg, ztxt, t, zero if b is None else b, zero if local is None else local
-
-        zi, zt, ts, bs, locals_ = jax.lax.map(lambda xs: embed(params, *xs), (subs, keys))
-        has_b = self.config.model.get("bias_init", None) is not None
-        loss_fn = lambda zimg, ztxt, t, b: self._contrastive(zimg, ztxt, t, b if has_b else None)  # noqa: E731
-        loss, vjp, metrics = jax.vjp(loss_fn, merge(zi), merge(zt), ts[0], bs[0], has_aux=True)
-        weight = 1.0 if denominator is None else float(self.config.loss.get("contrastive_weight", 1.0))
+        parts = jax.lax.map(lambda xs: towers(params, *xs), (subs, keys))
+        has_b = parts.b is not None
+        loss_fn = lambda zimg, ztxt, t, b: self._contrastive(  # noqa: E731
+            zimg, ztxt, t, b if has_b else None, batch.get("concept"))
+        b0 = parts.b[0] if has_b else jnp.zeros((), jnp.float32)
+        loss, vjp, metrics = jax.vjp(loss_fn, merge_microbatches(parts.zimg), merge_microbatches(parts.ztxt),
+                                     parts.t[0], b0, has_aux=True)
+        weight = self.contrastive_weight if parts.metrics else 1.0
         g_img, g_txt, g_t, g_b = vjp(jnp.full_like(loss, weight))
 
         def backward(acc: Any, xs: tuple) -> tuple[Any, None]:
             sub, key, gi, gt_ = xs
-            _, pull = jax.vjp(lambda p: embed(p, sub, key), params)
-            # t and b are shared: each sub-batch takes 1/n; the local term's share enters with weight 1
-            (grads,) = pull((gi, gt_, g_t / n, g_b / n, jnp.ones((), jnp.float32)))
+            embed = lambda p: (lambda o: (o.zimg, o.ztxt, o.t, o.b if has_b else b0, o.local))(  # noqa: E731
+                towers(p, sub, key))
+            _, pull = jax.vjp(embed, params)
+            # t and b are shared, and the whole batch's local term is the mean of the micro-batches': 1/n each
+            (grads,) = pull((gi, gt_, g_t / n, g_b / n, jnp.full((), 1.0 / n, jnp.float32)))
             return jax.tree.map(jnp.add, acc, grads), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        grads, _ = jax.lax.scan(backward, zeros, (subs, keys, split(g_img), split(g_txt)))
-        if denominator is not None:
-            metrics = dict(metrics, contrastive_loss=loss, local_loss=jnp.sum(locals_))
-            loss = weight * loss + jnp.sum(locals_)
-        return (loss, (metrics, extra)), grads
+        grads, _ = jax.lax.scan(backward, zeros, (subs, keys, split_microbatches(g_img, n),
+                                                  split_microbatches(g_txt, n)))
+        new_extra = self.merge_extra(extra, parts.extra)
+        if not parts.metrics:
+            return (loss, (metrics, new_extra)), grads
+        local = jnp.sum(parts.local) / n  # each micro-batch's share is of the whole batch's mean per micro-batch
+        local_metrics = sum_counts(jax.tree.map(lambda x: jnp.mean(x, axis=0), parts.metrics), n)
+        total = weight * loss + local
+        return (total, (dict(metrics, **local_metrics, contrastive_loss=loss), new_extra)), grads
 
     def train_data(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         return self.data.train(batch_size, seed, process_index, process_count)

@@ -18,7 +18,7 @@ from vlm_jax.losses.masked import masked_patch_loss, pixel_targets, random_maski
 from vlm_jax.models.mae import MAE, vit_grid
 from vlm_jax.models.vit import ViT
 from vlm_jax.objectives.contrastive import check_module_fields
-from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
+from vlm_jax.train.objective import Normalizers, Evaluator, LossOut, Objective, register
 
 DECODER_KEYS = ("width", "depth", "mlp_dim", "num_heads", "dtype_mm")
 # the probes (evals.probe.PROBE_DEFAULTS) and recon_sets: eval sets whose held-out images report reconstruction
@@ -69,7 +69,7 @@ class MAEObjective(Objective):
         s = self.data.image_size
         return {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32)}
 
-    def forward_flops(self, batch: dict[str, Any]) -> dict[str, float]:
+    def forward_flops(self, batch: dict[str, Any], phase: int = 0) -> dict[str, float]:
         """The patch stem over every patch, the encoder over the visible ones, the decoder over all."""
         from vlm_jax.scaling.compute import mae_forward
 
@@ -87,8 +87,8 @@ class MAEObjective(Objective):
         pred, _ = self.model().apply({"params": params}, image, train=train, keep=keep, rngs={"dropout": rng})
         return pred, self.targets(image), mask
 
-    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
-             train: bool = True) -> LossOut:
+    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
+             norm: Normalizers | None = None) -> LossOut:
         pred, target, mask = self.reconstruct(params, batch["image"], rng, train)
         loss, metrics = masked_patch_loss(pred, target, mask)
         return loss, (metrics, extra)

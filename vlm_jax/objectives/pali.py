@@ -17,26 +17,27 @@ import ml_collections
 from vlm_jax.config import check_keys
 from vlm_jax.data import image_text as datasets
 from vlm_jax.evals.prompted import PromptEvaluator
-from vlm_jax.losses.generative import token_cross_entropy
 from vlm_jax.models import layers
 from vlm_jax.models.pali import PaLI
 from vlm_jax.models.prefix_lm import ImagePrefixLM
 from vlm_jax.objectives.captioning import EVAL_DEFAULTS, CaptionParts, evals_config
 from vlm_jax.objectives.contrastive import check_module_fields
-from vlm_jax.train.objective import Evaluator, LossOut, Objective, register
+from vlm_jax.train.objective import Normalizers, Evaluator, LossOut, Objective, register
 
 LAYOUTS = ("encdec", "decoder")
-# max_items: evaluate at most this many evenly spaced items per task (0: all).
-PALI_EVAL_DEFAULTS = {**EVAL_DEFAULTS, "max_items": 0}
+# The task evaluator's keys: captions (generated answers against the references; off with scoring off too: no
+# evaluator), scoring (the scoring classifier on tasks with classes), max_items (at most this many evenly spaced
+# items per task; 0: all), and the generation options. The data's tasks decide sets and prompts.
+PALI_EVAL_DEFAULTS = {**{k: EVAL_DEFAULTS[k] for k in ("batch_size", "captions", "scoring", "scoring_pairs",
+                                                       "class_chunk", "examples", "decode")}, "max_items": 0}
 
 
 @register("pali")
 class PaLIObjective(CaptionParts, Objective):
     """Answer-token cross-entropy given image + prompt; per-task evaluation of generated answers."""
 
-    CONFIG_DEFAULTS = {"loss": dict(label_smoothing=0.0)}
+    CONFIG_DEFAULTS = {"loss": dict(label_smoothing=0.0), "evals": PALI_EVAL_DEFAULTS}
     MODEL_KEYS = ("layout", "image", "encoder", "decoder")
-    eval_defaults = PALI_EVAL_DEFAULTS
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
@@ -69,13 +70,12 @@ class PaLIObjective(CaptionParts, Objective):
     def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         return {**super().init_batch(batch_size), "prompt": jax.ShapeDtypeStruct(*self.data.prompt_spec(batch_size))}
 
-    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
-             train: bool = True) -> LossOut:
+    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
+             norm: Normalizers | None = None) -> LossOut:
         text = batch["text"]
         (_, _, logits), _ = self.model().apply({"params": params}, batch["image"], self.decoder_inputs(text),
                                                prompt=batch["prompt"], train=train, rngs={"dropout": rng})
-        mask = text != self.ids["pad"]
-        loss, metrics = token_cross_entropy(logits, text, mask, float(self.config.loss.get("label_smoothing", 0.0)))
+        loss, metrics = self.caption_loss(logits, text, self.target_mask(batch, rng, train), norm)
         return loss, (metrics, extra)
 
     def evaluators(self) -> dict[str, Evaluator]:
@@ -84,6 +84,11 @@ class PaLIObjective(CaptionParts, Objective):
     @functools.cached_property
     def _evaluators(self) -> dict[str, Evaluator]:
         ev = evals_config(self.config, self.eval_defaults)
+        if not ev["captions"]:
+            if ev["scoring"]:
+                raise ValueError("evals.captions=False with evals.scoring=True: PaLI's task evaluator scores classes "
+                                 "beside the generated answers; set both False for no evaluation")
+            return {}
         return {"tasks": PromptEvaluator(self.caption_fns, self.data.prompt_tasks(), scoring=bool(ev["scoring"]),
                                          scoring_pairs=int(ev["scoring_pairs"]), max_items=int(ev["max_items"]),
                                          examples=int(ev["examples"]))}

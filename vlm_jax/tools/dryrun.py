@@ -142,10 +142,9 @@ def _hints(report: Report, config: ml_collections.ConfigDict) -> list[str]:
     if remat:
         hints.append("recompute more activations in the backward pass: " +
                      " ".join(f"--config.model.{k}.remat_policy=full" for k in remat))
-    split = ("--config.loss.grad_cache=2 (GradCache: same global batch and negatives, encoders run in halves) or "
-             if "grad_cache" in config.get("loss", {}) else "")
-    hints.append(f"{report.batch_per_chip:g} samples per chip: {split}--config.grad_accum_steps=2 (same global "
-                 f"batch, but a contrastive loss then sees half the negatives) or a smaller --config.batch_size")
+    hints.append(f"{report.batch_per_chip:g} samples per chip: --config.grad_accum_steps=2 (the same global batch "
+                 f"in two micro-batches; contrastive losses keep every negative through GradCache) or a smaller "
+                 f"--config.batch_size")
     return hints
 
 

@@ -20,7 +20,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.seed = 0
     c.total_steps = 1000
     c.batch_size = 256  # global batch (all processes)
-    c.grad_accum_steps = 1  # micro-batches per step; note it shrinks a contrastive loss's negatives
+    c.grad_accum_steps = 1  # micro-batches per step, equal to the big batch (contrastive: GradCache, all negatives)
     c.mesh = [("data", -1), ("fsdp", 1), ("tensor", 1)]
     c.sharding_rules = ml_collections.FieldReference(None, field_type=list)  # None → sharding.DEFAULT_RULES
     c.dcn_mesh = []  # slices per axis across the slow network, e.g. [("data", 2)] for 2 TPU slices

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 DEFAULTS = dict(workdir="", pretrained="", step=0, include=".*", rename=[])
-# workdir: the source run; or pretrained: packaged weights by name (models.pretrained.PRETRAINED, e.g. "minilm",
+# workdir: the source run; or pretrained: packaged weights by name (vlm_jax.pretrained.PRETRAINED, e.g. "minilm",
 # whose paths are the bare tower's: "layer_0/query/kernel", …); step: the run's checkpoint (0: newest readable);
 # include: regex on source parameter paths ("img/…", "txt/…", "t") selecting what to copy; rename: [source prefix,
 # destination prefix] pairs applied to the selected paths (e.g. [("", "txt/")] puts MiniLM into the text tower).
@@ -95,13 +95,13 @@ def load_source(init: ml_collections.ConfigDict) -> tuple[Any, str]:
     """(host parameters, description) of the source: a run's checkpoint read on this machine's devices, or
     packaged pretrained weights."""
     if init.get("pretrained"):
-        from vlm_jax.models.pretrained import PRETRAINED
+        from vlm_jax.pretrained import PRETRAINED
 
         if init.pretrained not in PRETRAINED:
             raise InitFromError(f"init_from.pretrained must be one of {sorted(PRETRAINED)}, got {init.pretrained!r}")
         _, flat = PRETRAINED[init.pretrained]()
         return traverse.unflatten_dict(flat, sep="/"), f"pretrained {init.pretrained}"
-    from vlm_jax.api import load
+    from vlm_jax.train.workdir import restore_run
 
-    run = load(init.workdir, int(init.get("step", 0)) or None, mesh=[("data", -1)])
-    return jax.device_get(run.params), f"{init.workdir} (step {run.step})"
+    _, params, step = restore_run(init.workdir, int(init.get("step", 0)) or None, mesh=[("data", -1)])
+    return jax.device_get(params), f"{init.workdir} (step {step})"

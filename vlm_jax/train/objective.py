@@ -7,9 +7,13 @@ from typing import Any, Callable, ContextManager
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
+from vlm_jax.train.microbatch import split_microbatches
+
 LossOut = tuple[jax.Array, tuple[dict[str, jax.Array], Any]]
+Normalizers = dict[str, jax.Array]
 Evaluator = Callable[[Any, Any], dict[str, float]]  # (params, extra) → flat metrics
 
 _REGISTRY: dict[str, type["Objective"]] = {}
@@ -41,6 +45,9 @@ class Objective(abc.ABC):
 
     # Defaults of the objective's own config sections, filled in before command-line overrides apply.
     CONFIG_DEFAULTS: dict[str, Any] = {}
+    # The dataset (`data.image_text` registry) an objective reads, when it reads one: its `tokenize` fingerprints
+    # the tokenizer for resume checks.
+    data: Any = None
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -55,19 +62,56 @@ class Objective(abc.ABC):
     def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         """Shapes of one batch, used to create parameters without data."""
 
+    def tokenize_probes(self, texts: list[str]) -> Any:
+        """Token ids (or renders) of `texts` as the objective's data makes them; None when it reads no text."""
+        return None if self.data is None else self.data.tokenize(texts)
+
     def init_extra(self, params: Any) -> Any:
         """Non-parameter state (feature queues, EMA weights …); sharded and checkpointed with the rest."""
         return {}
 
     @abc.abstractmethod
-    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
-             train: bool = True) -> LossOut:
-        """Forward + loss: returns (loss, (metrics, new_extra)); runs inside the jitted step."""
+    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
+             norm: Normalizers | None = None) -> LossOut:
+        """Forward + loss: returns (loss, (metrics, new_extra)); runs inside the jitted step.
 
-    def value_and_grad(self, params: Any, extra: Any, batch: dict[str, jax.Array],
-                       rng: jax.Array) -> tuple[LossOut, Any]:
-        """((loss, (metrics, new_extra)), grads) of `loss`; objectives may override (e.g. GradCache)."""
-        return jax.value_and_grad(lambda p: self.loss(p, extra, batch, rng, True), has_aux=True)(params)
+        `norm`: what the loss's mean terms divide by (the `normalizers` of the whole accumulated batch, per
+        micro-batch); None: this batch's own."""
+
+    def normalizers(self, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True) -> Normalizers:
+        """Counts the loss's mean terms divide by on `batch` (target tokens, masked positions …), computed without
+        the model from the batch and the loss's `rng`; {} when every term is a mean over a fixed number of items
+        per example. Summed over micro-batches, they make an accumulated step equal the big-batch step."""
+        return {}
+
+    def value_and_grad(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array,
+                       micro_batches: int = 1) -> tuple[LossOut, Any]:
+        """((loss, (metrics, new_extra)), grads) of `loss` on the whole batch, in `micro_batches` sequential parts.
+
+        Parts are strided (each spans every device), part i draws from `fold_in(rng, i)`, `extra` is threaded through
+        them in order, and the mean terms divide by the whole batch's `normalizers`, so the result is the
+        big-batch gradient. Count metrics (named `tokens` or `*_tokens`) are summed, the rest averaged. Objectives
+        whose loss couples examples across the batch (contrastive negatives) override this (GradCache)."""
+        grad = jax.value_and_grad(self.loss, has_aux=True)
+        if micro_batches == 1:
+            return grad(params, extra, batch, rng, True)
+        micro = split_microbatches(batch, micro_batches)
+        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(micro_batches))
+        norm = mean_normalizers(jax.vmap(lambda b, k: self.normalizers(b, k, True))(micro, keys)) or None
+        step = lambda p, e, b, k: grad(p, e, b, k, True, norm)  # noqa: E731
+
+        def body(carry: Any, xs: Any) -> tuple[Any, None]:
+            acc, extra = carry
+            mb, key = xs
+            (loss, (metrics, extra)), grads = step(params, extra, mb, key)
+            return (jax.tree.map(jnp.add, acc, (loss, metrics, grads)), extra), None
+
+        (loss_s, (metrics_s, _)), grads_s = jax.eval_shape(step, params, extra, jax.tree.map(lambda x: x[0], micro),
+                                                           rng)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_s, metrics_s, grads_s))
+        (total, extra), _ = jax.lax.scan(body, (zeros, extra), (micro, keys))
+        loss, metrics, grads = jax.tree.map(lambda x: x / micro_batches, total)
+        return (loss, (sum_counts(metrics, micro_batches), extra)), grads
 
     def project(self, params: Any) -> Any:
         """Maps updated parameters back into their allowed set (e.g. a clamped logit scale); inside the step."""
@@ -85,9 +129,35 @@ class Objective(abc.ABC):
         """Named evaluators run periodically and at the end."""
         return {}
 
-    def forward_flops(self, batch: dict[str, Any]) -> dict[str, float]:
-        """Matmul FLOPs of the loss's forward passes on `batch` shapes, by part (MFU and compute accounting); by
-        default one pass through the model. Raises NotImplementedError when there is no analytic count."""
+    def flop_phases(self) -> tuple[int, ...]:
+        """The first step of each phase whose forward passes differ (`forward_flops(batch, phase)`); one by default."""
+        return (0,)
+
+    def forward_flops(self, batch: dict[str, Any], phase: int = 0) -> dict[str, float]:
+        """Matmul FLOPs of the loss's forward passes on `batch` shapes in `phase` (an index into `flop_phases`), by
+        part (MFU and compute accounting); by default one pass through the model. Raises NotImplementedError when
+        there is no analytic count."""
         from vlm_jax.scaling.compute import model_forward
 
         return model_forward(self.model(), batch)
+
+
+def is_count_metric(name: str) -> bool:
+    """Whether metric `name` counts items (`tokens`, `*_tokens`): summed over micro-batches, not averaged."""
+    return name == "tokens" or name.endswith("_tokens")
+
+
+def sum_counts(metrics: dict[str, jax.Array], micro_batches: int) -> dict[str, jax.Array]:
+    """Micro-batch means → the big batch's metrics: count metrics become sums."""
+    return {k: v * micro_batches if is_count_metric(k) else v for k, v in metrics.items()}
+
+
+def mean_normalizers(per_micro: Normalizers) -> Normalizers:
+    """Stacked per-micro-batch counts [n] → the whole batch's count per micro-batch (at least 1 in all)."""
+    n = next(iter(per_micro.values())).shape[0] if per_micro else 1
+    return {k: jnp.maximum(jnp.sum(v.astype(jnp.float32)), 1.0) / n for k, v in per_micro.items()}
+
+
+def normalizer(norm: Normalizers | None, name: str, own: jax.Array) -> jax.Array:
+    """`norm[name]` when the loss runs inside an accumulated step, else this batch's own count `own`."""
+    return own if norm is None or name not in norm else norm[name]

@@ -5,7 +5,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
 
@@ -21,17 +21,29 @@ def _fmt_time(seconds: float) -> str:
 class Progress:
     """Prints one line per log step with throughput and MFU measured since the previous line.
 
-    MFU = model FLOPs per step × steps ÷ elapsed seconds ÷ `peak_flops` (all devices); shown when both are known.
+    MFU = model FLOPs of the steps since the previous line ÷ elapsed seconds ÷ `peak_flops` (all devices); shown when
+    both are known. `flops_per_step`: one number, or [(first step, FLOPs per step)] for objectives whose steps
+    change cost at given steps (SigLIP 2's late losses); step k (1-based) costs what its phase at k − 1 does.
     """
 
     def __init__(self, total_steps: int, start_step: int, batch_size: int, stream: TextIO = sys.stdout,
-                 enabled: bool = True, flops_per_step: float = 0.0, peak_flops: float = 0.0,
-                 clock: Callable[[], float] = time.perf_counter):
+                 enabled: bool = True, flops_per_step: float | Sequence[tuple[int, float]] = 0.0,
+                 peak_flops: float = 0.0, clock: Callable[[], float] = time.perf_counter):
         self.total, self.batch_size, self.stream, self.enabled = total_steps, batch_size, stream, enabled
-        self.flops_per_step, self.peak_flops, self.clock = flops_per_step, peak_flops, clock
+        self.phases = sorted(flops_per_step) if isinstance(flops_per_step, (list, tuple)) else [(0, flops_per_step)]
+        self.flops_per_step = self.phases[0][1]
+        self.peak_flops, self.clock = peak_flops, clock
         self._last_step, self._last_time = start_step, clock()
         self._rates: list[float] = []
         self.mfus: list[float] = []  # one per progress line
+
+    def flops_between(self, a: int, b: int) -> float:
+        """Model FLOPs of steps a + 1 … b."""
+        total = 0.0
+        for i, (start, flops) in enumerate(self.phases):
+            stop = self.phases[i + 1][0] if i + 1 < len(self.phases) else float("inf")
+            total += flops * max(0, min(b, stop) - max(a, start))  # steps k with k − 1 in [start, stop)
+        return total
 
     def steady_mfu(self) -> float | None:
         """Median MFU of the progress lines after the first (whose interval includes compilation)."""
@@ -52,8 +64,9 @@ class Progress:
         timing = {"samples_per_sec": rate}
         if steps:
             timing["step_seconds"] = seconds / steps
-        if self.flops_per_step and steps:
-            timing["flops_per_sec"] = self.flops_per_step * steps / seconds
+        flops = self.flops_between(step - steps, step)
+        if flops and steps:
+            timing["flops_per_sec"] = flops / seconds
             if self.peak_flops:
                 timing["mfu"] = timing["flops_per_sec"] / self.peak_flops
                 self.mfus.append(timing["mfu"])

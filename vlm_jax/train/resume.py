@@ -1,22 +1,23 @@
 """Resume safety: a checkpoint's saved config against the current one, and metric logs trimmed to the restore."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 # Keys that never change what is trained (logging, checkpointing, layout, evaluation; init_from acts only on a
-# fresh start, which the checkpoint already holds): resumed silently.
+# fresh start, which the checkpoint already holds): resumed silently. Every other change is run-changing; whether
+# a change is structural (the checkpoint cannot be read under it) is decided from what the config produces: the
+# train state's shapes and the tokenizer (`fingerprint`), not from key names.
 NEUTRAL = ("log_every", "eval_every", "progress", "tensorboard", "nonfinite", "checkpoint.", "evals.", "mesh",
            "dcn_mesh", "sharding_rules", "fsdp_min_size", "fsdp_dims", "data.num_threads", "data.data_dir",
-           "loss.impl", "loss.chunk_size", "loss.grad_cache", "init_from.")
-# Keys that change the shapes or structure of the saved state: the checkpoint cannot be restored under them.
-STRUCTURAL = ("objective", "model.", "data.name", "data.image_size", "data.text_len", "data.text_format",
-              "data.text_image_size", "data.max_concepts", "data.tokenizer", "optim.name", "optim.freeze",
-              "optim.lr_mults")
-# Optimizer stages present only when non-zero: switching one on or off changes the optimizer state's structure.
-_TOGGLES = ("optim.weight_decay", "optim.clip_norm", "optim.momentum")
+           "loss.impl", "loss.chunk_size", "init_from.")
+# Fixed texts whose token ids stand for the tokenizer: any change of vocabulary, model file, text length or
+# special ids changes them.
+TOKENIZER_PROBES = ("an emoji of a red apple.", "Grinning face with big eyes", "flag: Norway", "1234567890 !?",
+                    "übermäßig 東京 🙂", "a b c d e f g h i j k l m n o p q r s t u v w x y z " * 3)
 
 
 class ConfigMismatchError(ValueError):
@@ -47,15 +48,50 @@ def config_changes(saved: str | dict, current: str | dict) -> dict[str, tuple[An
             if saved.get(k, missing) != current.get(k, missing)}
 
 
-def classify(changes: dict[str, tuple[Any, Any]]) -> tuple[dict, dict]:
-    """(structural, run-changing) changes; neutral ones are dropped."""
-    structural, run = {}, {}
-    for key, (old, new) in changes.items():
-        if _matches(key, NEUTRAL):
-            continue
-        toggled = key in _TOGGLES and bool(old) != bool(new)
-        (structural if toggled or _matches(key, STRUCTURAL) else run)[key] = (old, new)
-    return structural, run
+def run_changing(changes: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
+    """The changes that are not neutral."""
+    return {k: v for k, v in changes.items() if not _matches(k, NEUTRAL)}
+
+
+def state_signature(abstract_state: Any) -> dict[str, str]:
+    """'path' → 'dtype[shape]' of every leaf of a train state (of ShapeDtypeStructs or arrays)."""
+    import jax
+
+    return {jax.tree_util.keystr(path): f"{leaf.dtype}{list(leaf.shape)}"
+            for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)}
+
+
+def tokenizer_fingerprint(tokenize: Callable[[list[str]], Any]) -> str | None:
+    """sha256 of what `tokenize` makes of `TOKENIZER_PROBES` (token ids, or renders); None when it makes None."""
+    import numpy as np
+
+    out = tokenize(list(TOKENIZER_PROBES))
+    if out is None:
+        return None
+    ids = np.ascontiguousarray(out)
+    return hashlib.sha256(f"{ids.dtype}{ids.shape}".encode() + ids.tobytes()).hexdigest()
+
+
+def fingerprint(signature: dict[str, str], tokenizer: str | None) -> dict[str, Any]:
+    """What a checkpoint must match to be read and mean the same: the state's signature and the tokenizer's."""
+    digest = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()
+    return {"state": digest, "tokenizer": tokenizer, "leaves": signature}
+
+
+def structural_differences(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """How the saved fingerprint differs from the current one (empty when it does not, or is unknown)."""
+    if not saved:
+        return []
+    out = []
+    if saved.get("state") != current["state"]:
+        old, new = saved.get("leaves", {}), current["leaves"]
+        diff = [f"{k}: {old.get(k, 'absent')} → {new.get(k, 'absent')}" for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)]
+        out.append(f"train state ({len(diff)} leaves differ: " + "; ".join(diff[:4])
+                   + ("; …" if len(diff) > 4 else "") + ")")
+    if saved.get("tokenizer") != current["tokenizer"]:
+        out.append("tokenizer (the same texts give other token ids)")
+    return out
 
 
 def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
@@ -63,16 +99,22 @@ def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in changes.items())
 
 
-def check_resume(saved: str | None, current: str, step: int, allow_change: bool) -> dict[str, tuple[Any, Any]]:
+def check_resume(saved: str | None, current: str, step: int, allow_change: bool,
+                 saved_print: dict[str, Any] | None = None,
+                 current_print: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
     """Raises unless resuming the checkpoint at `step` under `current` keeps the experiment; returns the
-    run-changing differences that `allow_change` let through (to be logged)."""
+    run-changing differences that `allow_change` let through (to be logged). A different train-state structure
+    or tokenizer (`fingerprint`) always raises."""
     if saved is None:
         return {}
-    structural, run = classify(config_changes(saved, current))
+    changes = config_changes(saved, current)
+    structural = structural_differences(saved_print, current_print) if current_print else []
     if structural:
         raise ConfigMismatchError(
-            f"The checkpoint at step {step} was written with a different model/data/optimizer structure and "
-            f"cannot be resumed: {_describe(structural)}. Use a new --workdir for a new experiment.")
+            f"The checkpoint at step {step} cannot be resumed under this config: it changes the "
+            f"{' and the '.join(structural)}. Config changes: {_describe(changes) or 'none'}. "
+            "Use a new --workdir for a new experiment.")
+    run = run_changing(changes)
     if run and not allow_change:
         raise ConfigMismatchError(
             f"The checkpoint at step {step} was written with another config: {_describe(run)}. Resuming would "

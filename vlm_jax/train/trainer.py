@@ -18,21 +18,21 @@ import numpy as np
 import optax
 
 from vlm_jax import sharding as shd
-from vlm_jax.api import write_version
 from vlm_jax.data import robust
 from vlm_jax.kernels import onednn
 from vlm_jax.scaling import compute, hardware
-from vlm_jax.config import fill_missing, merge_defaults
+from vlm_jax.config import ConfigError, fill_missing, merge_defaults
 from vlm_jax.train import init_from
 from vlm_jax.train.checkpoint import Checkpointer
 from vlm_jax.train.defaults import OPEN_SECTIONS, trainer_defaults
-from vlm_jax.train.microbatch import split_microbatches
 from vlm_jax.train.objective import Objective, get_objective, objective_class
 from vlm_jax.train.optim import make_optimizer
 from vlm_jax.train.progress import JsonlWriter, Progress
-from vlm_jax.train.resume import check_resume, trim_jsonl
+from vlm_jax.train import resume
+from vlm_jax.train.resume import trim_jsonl
 from vlm_jax.train.state import TrainState
 from vlm_jax.train.tensorboard import EventWriter, grid
+from vlm_jax.train.workdir import write_version
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,26 @@ class NonFiniteError(FloatingPointError):
 
 def finalize_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Experiment config merged over trainer defaults; unknown keys raise naming the valid ones."""
+    retire_grad_cache(config)
     config = merge_defaults(config, trainer_defaults(), OPEN_SECTIONS)
     config = fill_missing(config, objective_class(config.objective).CONFIG_DEFAULTS)
     if config.nonfinite not in ("stop", "skip"):
         raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
     return config
+
+
+def retire_grad_cache(config: ml_collections.ConfigDict) -> None:
+    """`loss.grad_cache` became `grad_accum_steps` (every contrastive objective accumulates by GradCache): a saved
+    run's 0 or 1 (off) is dropped; a split asks for the new key."""
+    loss = config.get("loss")
+    if loss is None or "grad_cache" not in loss:
+        return
+    n = int(loss.grad_cache or 0)
+    if n > 1:
+        raise ConfigError(f"loss.grad_cache={n} is now grad_accum_steps={n}: contrastive objectives accumulate by "
+                          "GradCache (every negative kept, all loss terms run in the recompute pass)")
+    with loss.unlocked():
+        del loss["grad_cache"]
 
 
 class Setup:
@@ -133,28 +148,9 @@ class Setup:
                           extra=extra, rng=state_rng)
 
     def _grads(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array):
-        """Loss, metrics, new extra and gradients; micro-batched when grad_accum_steps > 1.
-
-        Micro-batches are strided (each spans every device) and `extra` is threaded through them in order.
-        """
-        value_and_grad = self.objective.value_and_grad
-        accum = self.config.grad_accum_steps
-        if accum == 1:
-            (loss, (metrics, extra)), grads = value_and_grad(params, extra, batch, rng)
-            return loss, metrics, extra, grads
-        micro = split_microbatches(batch, accum)
-
-        def body(carry, xs):
-            acc, extra = carry
-            mb, i = xs
-            (loss, (metrics, extra)), grads = value_and_grad(params, extra, mb, jax.random.fold_in(rng, i))
-            return (jax.tree.map(jnp.add, acc, (loss, metrics, grads)), extra), None
-
-        (loss_s, (metrics_s, _)), grads_s = jax.eval_shape(
-            value_and_grad, params, extra, jax.tree.map(lambda x: x[0], micro), rng)
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_s, metrics_s, grads_s))
-        (total, extra), _ = jax.lax.scan(body, (zeros, extra), (micro, jnp.arange(accum)))
-        loss, metrics, grads = jax.tree.map(lambda x: x / accum, total)
+        """Loss, metrics, new extra and gradients of the whole batch, in `grad_accum_steps` micro-batches."""
+        (loss, (metrics, extra)), grads = self.objective.value_and_grad(params, extra, batch, rng,
+                                                                         self.config.grad_accum_steps)
         return loss, metrics, extra, grads
 
     def _train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
@@ -214,14 +210,20 @@ def _host_metrics(pending: list[tuple[int, dict]]) -> list[tuple[int, dict[str, 
     return [(s, {k: float(np.asarray(v)) for k, v in m.items()}) for (s, _), m in zip(pending, fetched)]
 
 
-def step_flops(setup: Setup) -> float:
-    """Model FLOPs of one train step (analytic, `scaling.compute`); 0 for a model without an analytic count."""
-    accum = setup.config.grad_accum_steps
+def step_flops(setup: Setup, phase: int = 0) -> float:
+    """Model FLOPs of one train step in the objective's `phase` (analytic, `scaling.compute`); 0 for a model without
+    an analytic count."""
+    accum, obj = setup.config.grad_accum_steps, setup.objective
     try:
-        return compute.train_step_flops(setup.model, setup.objective.init_batch(setup.config.batch_size), accum,
-                                        setup.objective.forward_flops)
+        return compute.train_step_flops(setup.model, obj.init_batch(setup.config.batch_size), accum,
+                                        lambda batch: obj.forward_flops(batch, phase))
     except NotImplementedError:
         return 0.0
+
+
+def phase_flops(setup: Setup) -> list[tuple[int, float]]:
+    """[(first step, model FLOPs per step)] for each of the objective's FLOP phases."""
+    return [(start, step_flops(setup, i)) for i, start in enumerate(setup.objective.flop_phases())]
 
 
 def forward_gmacs(setup: Setup) -> float:
@@ -319,9 +321,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
                         keep=config.checkpoint.keep, keep_period=config.checkpoint.keep_period,
                         async_save=config.checkpoint.async_save)
     changes: dict[str, Any] = {}
+    prints = resume.fingerprint(resume.state_signature(setup.abstract_state(config.seed)),
+                                resume.tokenizer_fingerprint(objective.tokenize_probes))
 
     def check(step: int, meta: dict[str, Any]) -> None:
-        changes.update(check_resume(meta.get("config"), config_json, step, allow_config_change))
+        changes.update(resume.check_resume(meta.get("config"), config_json, step, allow_config_change,
+                                           meta.get("fingerprint"), prints))
 
     try:
         restored = ckpt.restore_latest(setup.abstract_state(config.seed), data_iter, check_meta=check)
@@ -361,13 +366,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
     if is_main:
         print(f"{n_params:,} parameters | mesh {dict(setup.mesh.shape)} | global batch {config.batch_size} | "
               f"steps {start}→{config.total_steps}", flush=True)
-    flops_per_step, peak = step_flops(setup), config.peak_flops or peak_flops(setup)
+    phases, peak = phase_flops(setup), config.peak_flops or peak_flops(setup)
+    flops_per_step = phases[0][1]
     if is_main and flops_per_step:
-        print(f"model FLOPs per step {flops_per_step:.3e} | peak {peak:.3e} FLOP/s "
+        later = "".join(f", {f:.3e} from step {s + 1}" for s, f in phases[1:])
+        print(f"model FLOPs per step {flops_per_step:.3e}{later} | peak {peak:.3e} FLOP/s "
               f"({'set' if config.peak_flops else 'measured' if jax.devices()[0].platform == 'cpu' else 'chip table'})",
               flush=True)
     progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main and config.progress,
-                        flops_per_step=flops_per_step, peak_flops=peak)
+                        flops_per_step=phases, peak_flops=peak)
     pending: list[tuple[int, dict]] = []
     step = start
     end = config.total_steps if stop_after is None else min(config.total_steps, stop_after)
@@ -401,7 +408,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
             writer.write({"step": step, "split": "train", **m, **timing})
         preempted = preemption.due(step) and not last
         if ckpt.due(step, config.total_steps) or preempted:
-            ckpt.save(step, state, data_iter, {"step": step, "config": config_json, "train_seconds": elapsed()})
+            ckpt.save(step, state, data_iter, {"step": step, "config": config_json, "train_seconds": elapsed(),
+                                         "fingerprint": prints})
         if preempted:
             if is_main:
                 print(f"Preempted: checkpoint saved at step {step}; rerun the same command to resume.", flush=True)
@@ -418,7 +426,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
     samples = step * config.batch_size
     gmacs = forward_gmacs(setup)
     summary = {"step": step, "train_seconds": train_seconds, "segment_seconds": train_seconds - prior_seconds,
-               "params": n_params, "flops_per_step": flops_per_step, "train_flops": flops_per_step * step,
+               "params": n_params, "flops_per_step": flops_per_step, "flop_phases": phases,
+               "train_flops": progress.flops_between(0, step),
                "samples_seen": samples, "forward_gmacs_per_sample": gmacs, "train_gmacs": gmacs * samples,
                "peak_flops": peak, "mfu": progress.steady_mfu(), "evals": eval_results}
     writer.mirror.close()

