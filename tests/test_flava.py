@@ -331,3 +331,15 @@ def test_flava_trains_with_every_loss_and_evaluator(data_dir, tmp_path):
         top = np.sort(logits, -1)[:, -2:]
         _agree(ev[f"masked_text/emoji/cross/all/{name}_acc/model"], np.mean(np.argmax(logits, -1) == tokens[chosen]),
                np.sum(top[:, 1] - top[:, 0] < 1e-4), chosen.sum())
+
+
+def test_accumulation_is_refused_while_itm_or_contrastive_couple_the_batch(data_dir):
+    """ITM's hard negatives and the contrastive loss span the batch: grad_accum_steps > 1 is an error naming the
+    keys; the masked losses alone accumulate (tests/test_accumulation.py checks their value)."""
+    from vlm_jax.train.objective import get_objective
+
+    with pytest.raises(ValueError, match=r"grad_accum_steps=2.*loss\.contrastive_weight or loss\.itm_weight"):
+        get_objective(apply_overrides(finalize_config(load_config("experiments/emoji_flava.py:size=test")),
+                                      ["grad_accum_steps=2"]))
+    get_objective(apply_overrides(finalize_config(load_config("experiments/emoji_flava.py:size=test,parts=mlm")),
+                                  ["grad_accum_steps=2"]))

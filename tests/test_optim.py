@@ -47,6 +47,29 @@ def test_adamw_step_matches_numpy():
     np.testing.assert_allclose(new["dense"]["bias"], [0.1, -0.2], rtol=1e-6)  # zero grad, no decay
 
 
+def test_adam_decays_by_coupled_l2():
+    """optim.name="adam": the decay enters the gradient before Adam's scaling (two steps vs NumPy), unlike adamw."""
+    theta0, grad = np.array([1.0, -2.0, 0.5]), np.array([0.3, 0.0, -0.1])
+    c = dict(lr=0.1, warmup_steps=0, schedule="constant", weight_decay=0.5, clip_norm=0.0, b1=0.9, b2=0.99,
+             eps=1e-8, wd_exclude=None)
+    out = {}
+    for name in ("adam", "adamw"):
+        params = {"w": jnp.asarray(theta0, jnp.float32)}
+        tx, _ = make_optimizer(_cfg(name=name, **c), 10, params)
+        state = tx.init(params)
+        for _ in range(2):
+            updates, state = tx.update({"w": jnp.asarray(grad, jnp.float32)}, state, params)
+            params = optax.apply_updates(params, updates)
+        out[name] = np.asarray(params["w"])
+    theta, m, v = theta0.copy(), np.zeros(3), np.zeros(3)
+    for t in (1, 2):
+        g = grad + 0.5 * theta
+        m, v = 0.9 * m + 0.1 * g, 0.99 * v + 0.01 * g ** 2
+        theta = theta - 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.99 ** t)) + 1e-8)
+    np.testing.assert_allclose(out["adam"], theta, rtol=1e-5)
+    assert np.abs(out["adam"] - out["adamw"]).max() > 1e-2
+
+
 def test_freeze_and_lr_mults():
     params = {"img": {"w": jnp.ones(3)}, "txt": {"w": jnp.ones(3)}}
     grads = jax.tree.map(jnp.ones_like, params)

@@ -2,6 +2,8 @@
 pad masks, answer-only loss against float64 NumPy, KV-cached decoding with prompts equal to the full forward pass,
 the weighted task schedule (binomial bound, ranks, exact resume), sharded runs equal to one device, and the
 whole path through train() and `tools.caption --prompt`."""
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -285,6 +287,17 @@ def test_pali_through_train_evaluators_and_prompted_caption_tool(tmp_path, data_
     assert printed[1] == setup.objective.caption_fns.generate(params, blank, "translate to de: red apple")[0]
     with pytest.raises(SystemExit, match="--prompt"):
         caption.main(["--workdir", str(tmp_path / "run"), "--image", str(path)])
+    import vlm_jax
+    from vlm_jax.api import PromptTruncatedWarning
+
+    long = "translate to de: " + "very " * 40 + "red apple"  # beyond prompt_len: the start is cut
+    assert setup.objective.data.tokenize_prompt_checked([long])[1].all()
+    run = vlm_jax.load(tmp_path / "run")
+    with pytest.warns(PromptTruncatedWarning, match=r"1 prompt\(s\) longer than this run's prompt_len"):
+        run.caption([], prompt=long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptTruncatedWarning)
+        run.caption([], prompt="translate to de: red apple")  # fits: no warning
 
 
 def test_config_errors_name_the_fix(data_dir):

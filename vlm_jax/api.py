@@ -9,7 +9,7 @@ and text encoder, and methods to embed, classify zero-shot, retrieve and caption
 from __future__ import annotations
 
 import dataclasses
-import json
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -139,10 +139,30 @@ class TrainedRun:
         if prompt is None and fns.tokenize_prompt is not None:
             raise ValueError("this run answers prompts: give one (prompt= here, --prompt in the tool; "
                              'e.g. "caption en")')
+        if prompt is not None:
+            self._warn_cut_prompts(prompt, max(len(images), 1))
         fns = fns.with_options(beam_size=beam, sampling=dict(sample) if sample else None)  # the evaluators' stay
         batch = self.preprocess(images) if len(images) else \
             np.zeros((1, self.image_size, self.image_size, 3), np.float32)
         return fns.generate(self.params, batch, prompt)
+
+
+    def _warn_cut_prompts(self, prompt: str | Sequence[str], n: int) -> None:
+        """Warns (PromptTruncatedWarning) naming the prompts longer than the run's prompt_len: their start is cut."""
+        checked = getattr(self.objective.data, "tokenize_prompt_checked", None)
+        if checked is None:
+            return
+        prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+        _, cut = checked(prompts)
+        if np.any(cut):
+            names = sorted({p for p, c in zip(prompts, cut) if c})
+            warnings.warn(f"{len(names)} prompt(s) longer than this run's prompt_len "
+                          f"{self.objective.data.prompt_len} tokens lose their start (the text at the end is kept): "
+                          f"{names[:3]}", PromptTruncatedWarning, stacklevel=3)
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt given to `TrainedRun.caption` was longer than the run's prompt length and was cut."""
 
 
 def load(workdir: str | Path, step: int | None = None, mesh: Sequence[Sequence[Any]] | None = None,

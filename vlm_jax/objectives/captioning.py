@@ -175,9 +175,5 @@ class CapPaObjective(CaptionParts, Objective):
         loss, metrics = self.caption_loss(logits, text, self.target_mask(batch, rng, train), norm)
         return loss, (dict(metrics, parallel_fraction=jnp.mean(parallel.astype(jnp.float32))), extra)
 
-    def evaluators(self) -> dict[str, Evaluator]:
-        return self._evaluators
-
-    @functools.cached_property
-    def _evaluators(self) -> dict[str, Evaluator]:
+    def build_evaluators(self) -> dict[str, Evaluator]:
         return self.caption_evaluators()

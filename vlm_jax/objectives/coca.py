@@ -6,7 +6,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax.config import check_keys
@@ -80,8 +79,7 @@ class CoCaObjective(CaptionParts, ContrastiveObjective):
         return Embedder(image_fn, text_fn, self.data.tokenize, batch_size=evals_config(self.config, self.eval_defaults)["batch_size"],
                         context=lambda: self.trace_context())
 
-    @functools.cached_property
-    def _evaluators(self) -> dict[str, Evaluator]:
+    def build_evaluators(self) -> dict[str, Evaluator]:
         ev = evals_config(self.config, self.eval_defaults)
         zeroshot = self.data.evaluators(self.embedder, ml_collections.ConfigDict(
             dict(sets=ev["sets"], templates=ev["templates"], languages=ev["languages"])))

@@ -253,10 +253,6 @@ class ContrastiveObjective(Objective):
         """The image tower's output tokens [B, N, D] (before pooling): the dense probe's input."""
         return self.model().apply({"params": params}, image, None)[1]["img/encoded"]
 
-    @functools.cached_property
-    def _evaluators(self) -> dict[str, Evaluator]:
-        return self.build_evaluators()
-
     def build_evaluators(self) -> dict[str, Evaluator]:
         """Zero-shot classification and retrieval, and the image-only probes when `evals.probe_sets` names any."""
         features = Embedder(self.image_features, None, None, batch_size=self.config.evals.get("batch_size", 256),
@@ -266,5 +262,3 @@ class ContrastiveObjective(Objective):
         return {**self.data.evaluators(self.embedder, self.config.evals),
                 **probe_evaluator(self.data, features.features, self.config.evals, tokens.features)}
 
-    def evaluators(self) -> dict[str, Evaluator]:
-        return self._evaluators

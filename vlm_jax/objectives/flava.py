@@ -4,7 +4,7 @@ negatives (drawn at the contrastive logit scale), each weighted in `config.loss`
 passes). MMM hides text tokens (BERT's masking, the MLM draw) and image patches (the ViT's mask token) and predicts
 both from FLAVA's multimodal encoder: the tokens by cross-entropy, the patches' standardised pixels by MSE (FLAVA
 predicts dVAE tokens; we have no dVAE). MLM alone, ITM + contrastive (ALBEF-like) and the full combination are
-presets of experiments/emoji_flava.py; docs/flava.md says what differs from the paper."""
+presets of experiments/emoji_flava.py; docs/masked_and_alignment.md says what differs from the paper."""
 from __future__ import annotations
 
 from typing import Any
@@ -19,7 +19,7 @@ from vlm_jax.config import check_keys
 from vlm_jax.data.tokenizer import EVAL_TEMPLATE
 from vlm_jax.evals.embedder import Embedder
 from vlm_jax.evals.matching import MaskedTextEvaluator, MatchingEvaluator
-from vlm_jax.evals.probe import PROBE_DEFAULTS, probe_evaluator
+from vlm_jax.evals.probe import PROBE_DEFAULTS
 from vlm_jax.losses.generative import token_cross_entropy
 from vlm_jax.losses.itm import itm_loss, sample_hard_negatives
 from vlm_jax.losses.masked import masked_patch_loss, mlm_masking, num_masked, pixel_targets, random_masking

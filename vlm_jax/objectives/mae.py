@@ -1,7 +1,6 @@
 """MAE (He et al. 2022): masked-patch pixel reconstruction on the images of an image–text dataset."""
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -112,8 +111,7 @@ class MAEObjective(Objective):
         per = lambda p: jnp.sum(jnp.mean(jnp.square(p - target), -1) * w, 1) / jnp.sum(w, 1)  # noqa: E731
         return jnp.stack([per(pred), per(jnp.mean(target, -1, keepdims=True))], axis=1)
 
-    @functools.cached_property
-    def _evaluators(self) -> dict[str, Evaluator]:
+    def build_evaluators(self) -> dict[str, Evaluator]:
         bs, ctx = int(self.evals["batch_size"]), lambda: self.trace_context()
         features = Embedder(self._features, None, None, batch_size=bs, context=ctx)
         tokens = Embedder(self._tokens, None, None, batch_size=bs, context=ctx)
@@ -125,5 +123,3 @@ class MAEObjective(Objective):
             out["recon"] = ReconstructionEvaluator(errors, {k: s.test_images for k, s in probe.items()})
         return out
 
-    def evaluators(self) -> dict[str, Evaluator]:
-        return self._evaluators

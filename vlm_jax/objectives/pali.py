@@ -7,7 +7,6 @@ answer causally (`models.prefix_lm.ImagePrefixLM` with a prompt). Data: a prompt
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -78,11 +77,7 @@ class PaLIObjective(CaptionParts, Objective):
         loss, metrics = self.caption_loss(logits, text, self.target_mask(batch, rng, train), norm)
         return loss, (metrics, extra)
 
-    def evaluators(self) -> dict[str, Evaluator]:
-        return self._evaluators
-
-    @functools.cached_property
-    def _evaluators(self) -> dict[str, Evaluator]:
+    def build_evaluators(self) -> dict[str, Evaluator]:
         ev = evals_config(self.config, self.eval_defaults)
         if not ev["captions"]:
             if ev["scoring"]:

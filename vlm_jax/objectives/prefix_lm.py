@@ -2,7 +2,6 @@
 the caption; the image and the text before it attend bidirectionally, the rest causally; loss on the rest only."""
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -64,9 +63,5 @@ class PrefixLMObjective(CaptionParts, Objective):
         loss, metrics = self.caption_loss(logits, text, self.target_mask(batch, rng, train), norm)
         return loss, (dict(metrics, prefix_length=jnp.mean(split.astype(jnp.float32))), extra)
 
-    def evaluators(self) -> dict[str, Evaluator]:
-        return self._evaluators
-
-    @functools.cached_property
-    def _evaluators(self) -> dict[str, Evaluator]:
+    def build_evaluators(self) -> dict[str, Evaluator]:
         return self.caption_evaluators()

@@ -195,19 +195,16 @@ def mae_forward(model: Any, image_size: tuple[int, int], channels: int, mask_rat
                                                               int(dec["num_heads"])) + dense(n, dw, ph * pw * channels))}
 
 
-def train_step_flops(model: Any, batch: Mapping[str, Any], micro_batches: int = 1,
+def train_step_flops(model: Any, batch: Mapping[str, Any],
                      forward: Callable[[Mapping[str, Any]], dict[str, float]] | None = None) -> float:
     """Model FLOPs of one training step on `batch` (3 × forward, less the input gradient of the pixel stem and of a
     "no_input_grad" part, and the backward of a "forward_only" part, e.g. similarities under stop_gradient or a
-    locked tower), summed over `micro_batches` equal
-    micro-batches (a contrastive similarity spans one micro-batch). `forward`: the objective's count of its loss's
-    forward passes by part (default: `model_forward` of one pass through `model`)."""
-    if micro_batches > 1:
-        batch = {k: jax.ShapeDtypeStruct((v.shape[0] // micro_batches, *v.shape[1:]), v.dtype)
-                 for k, v in batch.items()}
+    locked tower). The same with gradient accumulation: an accumulated step is the big-batch step (GradCache's
+    extra embedding pass is recomputation, not model FLOPs). `forward`: the objective's count of its loss's forward
+    passes by part (default: `model_forward` of one pass through `model`)."""
     parts = (forward or (lambda b: model_forward(model, b)))(batch)
     no_input_grad = parts.get("patch_embed", 0.0) + parts.get("no_input_grad", 0.0)
-    return micro_batches * (3 * sum(parts.values()) - no_input_grad - 2 * parts.get("forward_only", 0.0))
+    return 3 * sum(parts.values()) - no_input_grad - 2 * parts.get("forward_only", 0.0)
 
 
 def forward_gmacs_per_sample(model: Any, batch: Mapping[str, Any],

@@ -125,9 +125,15 @@ class Objective(abc.ABC):
     def train_data(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         """A checkpointable grain iterable of per-process numpy batches."""
 
-    def evaluators(self) -> dict[str, Evaluator]:
-        """Named evaluators run periodically and at the end."""
+    def build_evaluators(self) -> dict[str, Evaluator]:
+        """Named evaluators run periodically and at the end (built once, on first use, by `evaluators`)."""
         return {}
+
+    def evaluators(self) -> dict[str, Evaluator]:
+        """`build_evaluators()`, built on first use and kept (they hold jitted functions and prepared eval sets)."""
+        if "_built_evaluators" not in self.__dict__:
+            self.__dict__["_built_evaluators"] = self.build_evaluators()
+        return self.__dict__["_built_evaluators"]
 
     def flop_phases(self) -> tuple[int, ...]:
         """The first step of each phase whose forward passes differ (`forward_flops(batch, phase)`); one by default."""

@@ -9,7 +9,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-# Direction-only transforms (no learning rate, no sign): the chain below adds decay, schedule and sign.
+# Direction-only transforms (no learning rate, no sign): the chain below adds decay, schedule and sign. Weight decay
+# is decoupled (Loshchilov & Hutter 2019: added after the optimizer's scaling) except for "adam", whose decay is
+# the classic coupled L2 term (added to the gradient before Adam's scaling, as torch.optim.Adam's weight_decay).
+COUPLED_DECAY = ("adam",)
 OPTIMIZERS = {
     "adamw": lambda c: optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps),
     "adam": lambda c: optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps),
@@ -69,16 +72,18 @@ def make_schedule(config: ml_collections.ConfigDict, total_steps: int) -> Callab
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                    params: Any) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
-    """Clip → optimizer → decoupled weight decay (masked) → lr schedule; frozen and lr-scaled groups."""
+    """Clip → optimizer → decoupled weight decay (masked) → lr schedule; frozen and lr-scaled groups. "adam": clip →
+    L2 decay (masked) → Adam → schedule."""
     if config.name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer '{config.name}'; valid: {sorted(OPTIMIZERS)}")
     schedule = make_schedule(config, total_steps)
     chain = []
     if config.clip_norm:
         chain.append(optax.clip_by_global_norm(config.clip_norm))
-    chain.append(OPTIMIZERS[config.name](config))
-    if config.weight_decay:
-        chain.append(optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask(params, config)))
+    decay = [optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask(params, config))] \
+        if config.weight_decay else []
+    coupled = config.name in COUPLED_DECAY
+    chain += (decay if coupled else []) + [OPTIMIZERS[config.name](config)] + ([] if coupled else decay)
     chain.append(optax.scale_by_schedule(lambda s: -schedule(s)))
     for pattern, mult in dict(config.lr_mults or {}).items():
         chain.append(optax.masked(optax.scale(float(mult)), path_mask(params, pattern)))

@@ -213,9 +213,9 @@ def _host_metrics(pending: list[tuple[int, dict]]) -> list[tuple[int, dict[str, 
 def step_flops(setup: Setup, phase: int = 0) -> float:
     """Model FLOPs of one train step in the objective's `phase` (analytic, `scaling.compute`); 0 for a model without
     an analytic count."""
-    accum, obj = setup.config.grad_accum_steps, setup.objective
+    obj = setup.objective
     try:
-        return compute.train_step_flops(setup.model, obj.init_batch(setup.config.batch_size), accum,
+        return compute.train_step_flops(setup.model, obj.init_batch(setup.config.batch_size),
                                         lambda batch: obj.forward_flops(batch, phase))
     except NotImplementedError:
         return 0.0
