@@ -278,7 +278,8 @@ def test_compiled_beam_search_keeps_the_caches_sharded(coca_dp8):
     checked = 0
     for leaves, rows in ((jax.tree.leaves(cache), b * k), (jax.tree.leaves(context_cache), b)):
         for x in (x for x in leaves if x.ndim >= 2):  # the key / value / validity buffers
-            assert _hlo_shape(x.dtype, (rows // n, *x.shape[1:])) in state, (x.shape, rows)
+            if x.dtype != bool:  # (an all-true validity mask may be folded away)
+                assert _hlo_shape(x.dtype, (rows // n, *x.shape[1:])) in state, (x.shape, rows)
             assert _hlo_shape(x.dtype, (rows, *x.shape[1:])) not in hlo, (x.shape, rows)
             checked += 1
     assert checked == 9  # key, value, validity: 2 blocks' self-attention, 1 block's cross-attention
@@ -526,38 +527,3 @@ def test_coca_refuses_a_unimodal_depth_outside_the_decoder(data_dir, depth):
     bad = {0: 0, 1: total, -1: total + 1}[depth]
     with pytest.raises(ValueError, match=r"model\.decoder\.unimodal_depth"):
         Setup(apply_overrides(c, [f"model.decoder.unimodal_depth={bad}"]))
-
-
-@pytest.mark.parametrize("beam", [1, 4])
-def test_compiled_decode_loop_keeps_the_kv_cache_split_over_the_batch(data_dir, beam):
-    """CoCa decoding on a 4-way data mesh: in the compiled program every self-attention cache buffer is a per-device
-    quarter of the rows (its full-batch shape never appears), and the context cache too."""
-    import re
-
-    from vlm_jax import sharding as shd
-    from vlm_jax.models.decoder import start_decoding
-
-    setup = _setup("coca", mesh=[("data", 4)])
-    obj, model = setup.objective, setup.objective.model()
-    params = setup.init_state(jax.random.key(0)).params
-    fns = obj.caption_fns.with_options(beam_size=beam)
-    images = np.zeros((B, *setup.objective.init_batch(1)["image"].shape[1:]), np.float32)
-    glob = shd.global_batch({"image": images}, setup.batch_sharding)["image"]
-    with setup.context():
-        context, _ = model.apply({"params": params}, glob, None, method="encode")
-        cache, ctx_cache = jax.eval_shape(lambda c: start_decoding(model, params, c, B), context)
-    hlo = fns._fn("generate", setup.mesh).lower(params, glob, None).compile().as_text()
-
-    def shape(dims):
-        return r"\[" + ",".join(map(str, dims)) + r"\]"
-
-    rows = B * beam
-    for leaf in jax.tree.leaves(cache):
-        full, part = leaf.shape, (leaf.shape[0] * beam // 4, *leaf.shape[1:])
-        if leaf.ndim < 2:
-            continue
-        assert re.search(shape(part), hlo), (part, "per-device cache buffer missing")
-        assert not re.search(r"[a-z0-9]+" + shape((rows, *full[1:])), hlo), (full, "a full-batch cache buffer")
-    for leaf in jax.tree.leaves(ctx_cache):
-        if leaf.ndim >= 2:
-            assert not re.search(r"[a-z0-9]+" + shape(leaf.shape), hlo), (leaf.shape, "replicated context cache")

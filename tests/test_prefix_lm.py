@@ -55,8 +55,9 @@ def test_prefix_masks(prefixlm):
 
 
 def test_loss_covers_exactly_the_suffix(prefixlm):
-    """SimVLM: with s caption tokens in the prefix (decoder inputs BOS, t_0 … t_{s-1}, bidirectional), every later
-    token t_s … EOS is a target, t_s included. Targets written out per row; the prefix positions never see t_s."""
+    """SimVLM: with s caption tokens in the prefix (decoder inputs BOS, t_0 … t_{s-1}, bidirectional with the image;
+    s = 0: the image alone, as generation prefills it), every later token t_s … EOS is a target, t_s included.
+    Targets written out per row; the prefix positions never see t_s."""
     setup, params = prefixlm
     obj, model = setup.objective, setup.objective.model()
     batch = {k: jnp.asarray(v) for k, v in _batches(setup, 1)[0].items()}
@@ -70,8 +71,8 @@ def test_loss_covers_exactly_the_suffix(prefixlm):
         for j in range(text.shape[1]):
             targets[r, j] = split[r] <= j < length[r]
     inputs = shift_right(batch["text"], obj.ids["bos"])
-    logits = np.asarray(model.apply({"params": params}, batch["image"], inputs,
-                                    prefix_len=jnp.asarray(split + 1))[0][2])  # BOS + s tokens
+    prefix = jnp.asarray(np.where(split > 0, split + 1, 0))  # decoder positions in the prefix: BOS + s tokens
+    logits = np.asarray(model.apply({"params": params}, batch["image"], inputs, prefix_len=prefix)[0][2])
     loss, (metrics, _) = obj.loss(params, {}, batch, rng, train=True)
     assert float(metrics["tokens"]) == targets.sum()
     np.testing.assert_allclose(float(loss), _np_cross_entropy(logits, text, targets), rtol=1e-5)
@@ -79,8 +80,7 @@ def test_loss_covers_exactly_the_suffix(prefixlm):
     changed = text.copy()
     changed[r, split[r]] = 3 + (text[r, split[r]] - 2) % 50
     other = np.asarray(model.apply({"params": params}, batch["image"],
-                                   shift_right(jnp.asarray(changed), obj.ids["bos"]),
-                                   prefix_len=jnp.asarray(split + 1))[0][2])
+                                   shift_right(jnp.asarray(changed), obj.ids["bos"]), prefix_len=prefix)[0][2])
     np.testing.assert_allclose(other[r, :split[r] + 1], logits[r, :split[r] + 1], rtol=1e-5, atol=1e-6)
     assert np.abs(other[r, split[r] + 1] - logits[r, split[r] + 1]).max() > 1e-4  # t_s is read after the prefix
     draws = np.concatenate([np.asarray(obj.split_points(batch["text"], jax.random.key(s), True)) for s in range(200)])

@@ -82,7 +82,7 @@ def test_scenes_hold_each_image_at_its_box(rows):
         outside = np.ones((16, 16), bool)
         outside[top:bottom, left:right] = False
         allowed = np.concatenate([small[partner[i]].ravel(), [1.0]])
-        assert np.abs(np.asarray(scenes[i])[outside][:, None] - allowed[None, :]).min(axis=1).max() < 1e-6
+        assert np.abs(np.asarray(scenes[i])[outside].ravel()[:, None] - allowed[None, :]).min(axis=1).max() < 1e-6
 
 
 def test_local_crops_keep_native_pixels_at_the_lower_resolution():
@@ -483,6 +483,7 @@ def test_killed_run_resumes_the_teacher_exactly(data_dir, tmp_path):
     stopped = max(_steps_logged(tmp_path / "cut"))
     assert stopped < 9, "the run finished before the kill; nothing was tested"
     out = _cli(tmp_path / "cut")
+    assert "Resumed from checkpoint at step " in out, out[-3000:]
     resumed = int(out.split("Resumed from checkpoint at step ")[1].split()[0])
     assert resumed >= 3  # from a checkpoint written after self-distillation switched on (update 2)
     full, cut = _final_state(tmp_path / "full"), _final_state(tmp_path / "cut")

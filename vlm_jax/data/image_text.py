@@ -20,6 +20,7 @@ from vlm_jax.data.tokenizer import EVAL_TEMPLATE, TRAIN_TEMPLATES, Tokenizer
 from vlm_jax.evals.dense import DenseSet
 from vlm_jax.evals.probe import ProbeSet
 from vlm_jax.evals.zeroshot import EvalSet, ZeroShotEvaluator
+from vlm_jax.config_audit import merged
 
 PREPARED_SIZE = 64  # emoji are stored at 64 px and resized to the model resolution at load time
 _prep_images = prep_images  # the former name (tests/test_generative.py)
@@ -60,7 +61,7 @@ class EmojiPairs(TokenizerText):
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
-        cfg = {**self.DEFAULTS, **config.to_dict()}
+        cfg = merged(self.DEFAULTS, config)
         self.data_dir = cfg["data_dir"] or default_data_dir()
         self.image_size, self.text_len = int(cfg["image_size"]), int(cfg["text_len"])
         self.augment = dict(cfg["augment"] or {})

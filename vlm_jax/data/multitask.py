@@ -36,6 +36,7 @@ from vlm_jax.data import augment, base, emoji_tfds, multilingual, pipeline, robu
 from vlm_jax.data.base import PIXEL_BASELINE_SIZE, TokenizerText, default_data_dir, prep_images, register
 from vlm_jax.data.tokenizer import Tokenizer, write_tokenizer
 from vlm_jax.evals.metrics import pixel_features
+from vlm_jax.config_audit import merged
 
 PREPARED_SIZE = 64
 # The text to work on comes last, and a prompt longer than prompt_len keeps its end (`tokenize_prompt`), so a
@@ -192,7 +193,7 @@ class MultiTask(TokenizerText):
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
-        cfg = {**self.DEFAULTS, **config.to_dict()}
+        cfg = merged(self.DEFAULTS, config)
         self.data_dir = cfg["data_dir"] or default_data_dir()
         self.image_size, self.text_len = int(cfg["image_size"]), int(cfg["text_len"])
         self.prompt_len, self.augment = int(cfg["prompt_len"]), dict(cfg["augment"] or {})

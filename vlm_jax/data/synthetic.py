@@ -9,6 +9,7 @@ import numpy as np
 
 from vlm_jax.config import check_keys
 from vlm_jax.data.base import register
+from vlm_jax.config_audit import merged
 
 NUM_EXAMPLES = 2 ** 31 - 1  # an epoch no run reaches
 
@@ -54,7 +55,7 @@ class SyntheticPairs:
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
-        cfg = {**self.DEFAULTS, **config.to_dict()}
+        cfg = merged(self.DEFAULTS, config)
         self.image_size, self.text_len = int(cfg["image_size"]), int(cfg["text_len"])
         self.vocab_size = int(cfg["vocab_size"])
         if self.vocab_size < 4:
@@ -128,5 +129,8 @@ class SyntheticPairs:
         return {}
 
     def evaluators(self, embedder: Any, config: ml_collections.ConfigDict) -> dict[str, Any]:
-        """Random data has nothing to evaluate."""
+        """Random data has nothing to evaluate: `evals.sets` must be empty."""
+        sets = list(config.get("sets", []) or [])
+        if sets:
+            raise ValueError(f"evals.sets {sets}: synthetic data has no evaluation sets; set evals.sets=[]")
         return {}

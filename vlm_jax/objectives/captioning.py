@@ -19,6 +19,7 @@ from vlm_jax.models import TextDecoder, ViT
 from vlm_jax.models.captioner import Captioner
 from vlm_jax.objectives.contrastive import check_module_fields
 from vlm_jax.train.objective import Normalizers, Evaluator, LossOut, Objective, register
+from vlm_jax.config_audit import merged
 
 # Decoder fields the data decides (vocabulary, padding id, length) or the objective (CoCa's CLS token).
 DATA_DECIDED = ("vocab_size", "pad_id", "max_len", "cls_token")
@@ -36,7 +37,7 @@ def evals_config(config: ml_collections.ConfigDict, defaults: dict[str, Any] | N
     keys raise, naming the valid ones)."""
     defaults = EVAL_DEFAULTS if defaults is None else defaults
     check_keys(config.evals, {**defaults, "batch_size": 0}, "evals")
-    out = {**defaults, **config.evals.to_dict()}
+    out = merged(defaults, config.evals)
     check_keys(out["decode"], defaults["decode"], "evals.decode")
     out["decode"] = {**defaults["decode"], **out["decode"]}
     return out

@@ -18,6 +18,7 @@ from vlm_jax.models.mae import MAE, vit_grid
 from vlm_jax.models.vit import ViT
 from vlm_jax.objectives.contrastive import check_module_fields
 from vlm_jax.train.objective import Normalizers, Evaluator, LossOut, Objective, register
+from vlm_jax.config_audit import merged
 
 DECODER_KEYS = ("width", "depth", "mlp_dim", "num_heads", "dtype_mm")
 # the probes (evals.probe.PROBE_DEFAULTS) and recon_sets: eval sets whose held-out images report reconstruction
@@ -54,7 +55,7 @@ class MAEObjective(Objective):
         check_keys(config.model.get("decoder", {}), DECODER_KEYS, "model.decoder")
         check_keys(config.loss, self.CONFIG_DEFAULTS["loss"], "loss")
         check_keys(config.evals, EVAL_DEFAULTS, "evals")
-        self.evals = {**EVAL_DEFAULTS, **config.evals.to_dict()}
+        self.evals = merged(EVAL_DEFAULTS, config.evals)
         self.data = datasets.get(config.data)
         self.ratio = float(config.loss.get("mask_ratio", 0.75))
         patch, grid = vit_grid(dict(config.model.image), (self.data.image_size,) * 2)

@@ -27,6 +27,7 @@ from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.vit import ViT
 from vlm_jax.objectives.contrastive import LOSS_KEYS, ContrastiveObjective, Towers, check_module_fields
 from vlm_jax.train.objective import Evaluator, Normalizers, register
+from vlm_jax.config_audit import merged
 
 # Paper defaults as we read Tschannen et al. 2025: decoder loss from the start (weight 1); self-distillation and
 # masked prediction in the last 20% of training with weights 1 and 0.25; SILC's fixed EMA momentum; DINO's
@@ -75,7 +76,7 @@ class SigLIP2Objective(ContrastiveObjective):
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        loss = {**LOSS_DEFAULTS, **config.loss.to_dict()}
+        loss = merged(LOSS_DEFAULTS, config.loss)
         self.loss_cfg = loss
         self.start_step = int(round(float(loss["distill_start"]) * int(config.get("total_steps", 0))))
         ids = self.data.special_ids
@@ -336,7 +337,7 @@ class SigLIP2Objective(ContrastiveObjective):
 
     def locca_evaluator(self) -> LoccaEvaluator | None:
         """The LocCa decoder's evaluator on `evals.locca_sets` (None without a decoder or sets)."""
-        evals = {**EVAL_DEFAULTS, **self.config.evals.to_dict()}
+        evals = merged(EVAL_DEFAULTS, self.config.evals)
         names = list(evals["locca_sets"] or [])
         if not self.locca_on or not names:
             return None

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -239,17 +240,36 @@ def peak_flops(setup: Setup) -> float:
     """MFU's denominator for this run's devices and matmul dtype: the chip table, or on CPU a probe of the matmul
     the step uses (XLA's dot, or the oneDNN bf16 kernel on a one-device mesh)."""
     devices = list(setup.mesh.devices.flat)
-    dtype = matmul_dtype(setup.config.model)
+    dtype = matmul_dtype(setup.model)
     probe = None
     if dtype == "bfloat16" and len(devices) == 1 and devices[0].platform == "cpu" and onednn.available():
         probe = lambda _: onednn.measure_flops()  # noqa: E731
     return hardware.peak_flops(devices, dtype, probe)
 
 
-def matmul_dtype(model_config: Any) -> str:
-    """The matmul dtype of a model config: bfloat16 when any tower sets it, else float32."""
-    text = json.dumps(model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config))
-    return "bfloat16" if '"dtype_mm": "bfloat16"' in text else "float32"
+def matmul_dtype(model: Any) -> str:
+    """The matmul dtype of a model (a Flax module, or its config section): bfloat16 when any of its `dtype_mm`
+    fields, in it or in the sub-configs and sub-modules it holds, is bfloat16; else float32."""
+    seen: set[int] = set()
+
+    def dtypes(node: Any) -> Iterator[str]:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if dataclasses.is_dataclass(node) and not isinstance(node, type):
+            items = [(f.name, getattr(node, f.name, None)) for f in dataclasses.fields(node)
+                     if f.name not in ("parent", "name")]
+        elif isinstance(node, (dict, ml_collections.ConfigDict)):
+            items = list(node.items())
+        else:
+            return
+        for key, value in items:
+            if key == "dtype_mm" and isinstance(value, str):
+                yield value
+            else:
+                yield from dtypes(value)
+
+    return "bfloat16" if "bfloat16" in set(dtypes(model)) else "float32"
 
 
 def _log_inputs(events: EventWriter, host_batch: dict[str, Any], n: int = 16) -> None:

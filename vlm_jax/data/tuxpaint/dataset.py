@@ -16,6 +16,7 @@ from vlm_jax.data.tokenizer import Tokenizer
 from vlm_jax.data.tuxpaint import stamps
 from vlm_jax.data.tuxpaint.build import PREPARED_SIZE, data_source, load_split, prepare, tokenizer_path, translations
 from vlm_jax.evals.zeroshot import EvalSet, ZeroShotEvaluator
+from vlm_jax.config_audit import merged
 
 
 class _Preprocess(pipeline.AugmentingMap):
@@ -61,7 +62,7 @@ class TuxPaintPairs(TokenizerText):
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
-        cfg = {**self.DEFAULTS, **config.to_dict()}
+        cfg = merged(self.DEFAULTS, config)
         self.data_dir = cfg["data_dir"] or default_data_dir()
         self.image_size, self.text_len = int(cfg["image_size"]), int(cfg["text_len"])
         self.augment = dict(cfg["augment"] or {})
