@@ -76,7 +76,8 @@ def test_loss_covers_exactly_the_suffix(prefixlm):
     loss, (metrics, _) = obj.loss(params, {}, batch, rng, train=True)
     assert float(metrics["tokens"]) == targets.sum()
     np.testing.assert_allclose(float(loss), _np_cross_entropy(logits, text, targets), rtol=1e-5)
-    r = int(np.argmax(split))  # a row with a long prefix: change its first target t_s
+    r = int(np.argmax(np.where(split + 1 < text.shape[1], split, -1)))  # a long prefix, t_s not last: change t_s
+    assert split[r] > 0
     changed = text.copy()
     changed[r, split[r]] = 3 + (text[r, split[r]] - 2) % 50
     other = np.asarray(model.apply({"params": params}, batch["image"],

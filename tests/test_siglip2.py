@@ -459,7 +459,11 @@ def _cli(workdir, kill_at=None):
         assert proc.returncode == 0, out[-3000:]
         return out
     deadline = time.time() + 600
-    while not any(s >= kill_at for s in _steps_logged(workdir)):
+    def saved() -> bool:  # a finished checkpoint (async saves finalise their step directory last)
+        return any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*")) if (workdir / "checkpoints").exists() \
+            else False
+
+    while not (any(s >= kill_at for s in _steps_logged(workdir)) and saved()):
         assert proc.poll() is None, proc.communicate()[0][-3000:]
         assert time.time() < deadline
         time.sleep(0.05)
