@@ -111,13 +111,17 @@ def test_coca_decoder_is_causal_and_cross_attends_every_image_token(coca):
 
 def _uncached_greedy(model, params, context, max_len, bos):
     """Greedy decoding by re-running the full (uncached) decoder on the growing prefix: the argmax tokens
-    [N, max_len] (fed on whatever EOS is) and their float64 log-probs [N, max_len, V]."""
-    tokens, lps = np.full((jax.tree.leaves(context)[0].shape[0], 1), bos, np.int32), []
-    for _ in range(max_len):
-        logits = model.apply({"params": params}, jnp.asarray(tokens), context, method="logits")[:, -1]
+    [N, max_len] (fed on whatever EOS is) and their float64 log-probs [N, max_len, V]. The decoder is causal, so
+    position i's logits over a fixed-length buffer read only tokens 0 … i (one compiled call per step)."""
+    n = jax.tree.leaves(context)[0].shape[0]
+    logits_of = jax.jit(lambda p, t, c, i: jnp.take(model.apply({"params": p}, t, c, method="logits"), i, axis=1))
+    tokens, lps = np.full((n, max_len), bos, np.int32), []
+    for i in range(max_len):
+        logits = logits_of(params, jnp.asarray(tokens), context, i)
         lps.append(np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64)), np.float64))
-        tokens = np.concatenate([tokens, lps[-1].argmax(-1)[:, None].astype(np.int32)], axis=1)
-    return tokens[:, 1:], np.stack(lps, axis=1)
+        if i + 1 < max_len:
+            tokens[:, i + 1] = lps[-1].argmax(-1)
+    return np.concatenate([tokens[:, 1:], lps[-1].argmax(-1)[:, None].astype(np.int32)], axis=1), np.stack(lps, 1)
 
 
 def _ended(tokens, eos, pad):
@@ -241,12 +245,15 @@ def test_sharded_and_sampled_generation(coca, coca_dp8):
     got = fns.generate_tokens(params, images)
     model, ids = obj.model(), obj.ids
     context, _ = model.apply({"params": params}, _pad(images, fns.batch_size), method="encode")
-    tokens = np.full((fns.batch_size, 1), ids["bos"], np.int32)
-    for i in range(fns.max_len):
-        logits = model.apply({"params": params}, jnp.asarray(tokens), context, method="logits")[:, -1]
-        tok = sample_logits(logits, jax.random.fold_in(jax.random.key(3), i), temperature=1.5, top_k=20, top_p=0.95)
-        tokens = np.concatenate([tokens, np.asarray(tok)[:, None]], axis=1)
-    want = _ended(tokens[:5, 1:], ids["eos"], ids["pad"])
+    logits_of = jax.jit(lambda p, t, c, i: jnp.take(model.apply({"params": p}, t, c, method="logits"), i, axis=1))
+    tokens, drawn = np.full((fns.batch_size, fns.max_len), ids["bos"], np.int32), []
+    for i in range(fns.max_len):  # causal: position i reads tokens 0 … i of the fixed-length buffer
+        logits = logits_of(params, jnp.asarray(tokens), context, i)
+        drawn.append(np.asarray(sample_logits(logits, jax.random.fold_in(jax.random.key(3), i), temperature=1.5,
+                                              top_k=20, top_p=0.95)))
+        if i + 1 < fns.max_len:
+            tokens[:, i + 1] = drawn[-1]
+    want = _ended(np.stack(drawn, 1)[:5], ids["eos"], ids["pad"])
     np.testing.assert_array_equal(got, want)
     assert not np.array_equal(got, obj.caption_fns.generate_tokens(params, images))  # it did sample
 

@@ -54,6 +54,9 @@ def test_sharded_run_equals_single_device(reference, mesh):
     loss, batches, (want_losses, want_params, _) = reference
     if mesh in EXTRA and loss not in EXTRA[mesh][2]:
         pytest.skip("mesh-construction variants are checked with one loss")
+    if loss == "siglip" and mesh in ("dp8", "fsdp8", "dp4_tp2"):
+        pytest.skip("the loss does not change how these meshes split the towers; SigLIP is checked on the mixed "
+                    "mesh and with its own ring / gather collectives")
     setup = _setup(mesh, loss)
     losses, params, state = _run(setup, batches)
     np.testing.assert_allclose(losses, want_losses, rtol=1e-5)

@@ -425,11 +425,17 @@ def test_real_decoder_matches_step_by_step_decoding_through_the_objectives_evalu
     allowed = np.broadcast_to(evaluator.vocab.allowed(False), (3, evaluator.vocab.bin_offset + evaluator.vocab.bins))
     got = evaluator.decode(params, inp.images, prompts, lengths, np.ascontiguousarray(allowed))
     context = model.apply({"params": params}, inp.images, method=SigLIP2.encode_image)["tokens"]
+    width = prompts.shape[1]
+    # causal: the logits at position j of a fixed-width buffer read tokens 0 … j only (one compiled call per step)
+    logits_at = jax.jit(lambda p, t, c, j: jnp.take(model.apply({"params": p}, t, c, method=SigLIP2.decode), j,
+                                                     axis=1))
     for i in range(3):
         seq = [int(prompts[i, 0])]
-        while len(seq) < prompts.shape[1] and (len(seq) == 1 or seq[-1] != evaluator.vocab.eos):
-            logits = model.apply({"params": params}, jnp.asarray([seq]), context[i:i + 1], method=SigLIP2.decode)
-            seq.append(int(np.argmax(np.where(allowed[i], np.asarray(logits[0, -1]), -np.inf))))
+        while len(seq) < width and (len(seq) == 1 or seq[-1] != evaluator.vocab.eos):
+            buffer = np.full((1, width - 1), evaluator.vocab.pad, np.int32)  # the decoder reads at most width − 1
+            buffer[0, :len(seq)] = seq
+            logits = logits_at(params, jnp.asarray(buffer), context[i:i + 1], len(seq) - 1)
+            seq.append(int(np.argmax(np.where(allowed[i], np.asarray(logits[0]), -np.inf))))
         seq += [evaluator.vocab.pad] * (prompts.shape[1] - len(seq))
         assert list(got[i]) == seq
     out = evaluator(params)
