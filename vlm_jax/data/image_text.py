@@ -16,6 +16,7 @@ from vlm_jax.data import emoji as emoji_lib
 from vlm_jax.data import emoji_tfds, fashion_mnist, multilingual, ops, pipeline, scenes
 from vlm_jax.data.base import (PIXEL_BASELINE_SIZE, TokenizerText, dataset_class, default_data_dir,  # noqa: F401
                                get, prep_images, register)
+from vlm_jax.data.shards import config as shard_config
 from vlm_jax.data.tokenizer import EVAL_TEMPLATE, TRAIN_TEMPLATES, Tokenizer
 from vlm_jax.evals.dense import DenseSet
 from vlm_jax.evals.probe import ProbeSet
@@ -52,12 +53,14 @@ class EmojiPairs(TokenizerText):
     DEFAULTS = dict(name="emoji", data_dir="", image_size=32, text_len=16, augment={}, templates=None,
                     max_concepts=0, num_threads=-1, train_styles=("noto",), languages=("en",),
                     text_format="tokens", text_image_size=0, font_size=16, max_chars=0, sampling="examples",
-                    tokenizer="sentencepiece")
+                    tokenizer="sentencepiece", shards=None)
     # tokenizer: "sentencepiece" (trained on the captions, data/tokenizer.py) or "minilm" (the packaged MiniLM's
     # uncased WordPiece, for its pretrained text tower). text_format "tokens": token ids [text_len]; "render": text drawn with GNU Unifont as an image
     # [text_image_size (0: image_size)]² × 3 in [-1, 1] (CLIPPO). languages: caption languages drawn per example.
     # sampling "examples": every (concept, style) example once per epoch; "concepts": every concept once per
     # epoch in one random style, so no batch counts another drawing of its own concept as a negative.
+    # shards: train from webdataset / parquet shards (`python -m vlm_jax.tools.make_shards --dataset emoji`) instead
+    # of the prepared TFDS data, with the same captions, templates and augmentation (`data/shards/config.py`).
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -78,6 +81,11 @@ class EmojiPairs(TokenizerText):
         self.text_format = cfg["text_format"]
         if self.text_format not in ("tokens", "render"):
             raise ValueError(f"data.text_format must be 'tokens' or 'render', got {self.text_format!r}")
+        self.shards = shard_config.section(config)
+        if shard_config.enabled(self.shards) and (self.sampling != "examples" or self.languages != ("en",)):
+            raise ValueError("data.shards trains on each shard sample once per epoch with its English caption: "
+                             "data.sampling='concepts' and data.languages other than ('en',) need the TFDS data "
+                             "(unset data.shards.urls)")
         emoji_tfds.prepare(self.data_dir, image_size=PREPARED_SIZE, max_concepts=self.max_concepts)
         self.tokenizer = text_tokenizer(cfg["tokenizer"], self.data_dir, self.max_concepts)
         self.renderer = None
@@ -102,6 +110,12 @@ class EmojiPairs(TokenizerText):
 
     def train(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         """Shuffled, augmented, tokenised, batched grain dataset of this process's shard."""
+        if shard_config.enabled(self.shards):
+            pre = shard_config.WebPreprocess(self.tokenize, self.image_size, self.augment, self.templates,
+                                             fields=("concept",), max_pixels=pipeline.MAX_PIXELS)
+            return shard_config.train_stream(self.shards, self.data_dir, pre, batch_size=batch_size, seed=seed,
+                                             process_index=process_index, process_count=process_count,
+                                             num_threads=self.num_threads)
         encode = self.tokenizer if isinstance(self.tokenizer, Tokenizer) and self.renderer is None else self.tokenize
         return pipeline.make_train_dataset(
             self.data_dir, "train", encode, image_size=self.image_size, text_len=self.text_len, languages=self.languages,

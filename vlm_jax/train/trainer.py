@@ -403,9 +403,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
     preempted = False
     elapsed = lambda: prior_seconds + time.perf_counter() - t_start  # noqa: E731  (all segments)
     data_stats: dict[str, float] = {}
+    worker_counts: dict[int, dict[str, float]] = {}  # each grain worker's latest bad-data counts
     while step < end:
         host_batch = dict(next(data_iter))
-        data_stats = robust.pop_counts(host_batch) or data_stats  # bad examples skipped so far (this process)
+        data_stats = robust.pop_counts(host_batch, worker_counts) or data_stats  # bad examples skipped so far (this process)
         if step == 0:
             _log_inputs(writer.mirror, host_batch)
         batch = shd.global_batch(host_batch, setup.batch_sharding)
