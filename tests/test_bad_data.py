@@ -94,7 +94,7 @@ def test_a_source_of_only_bad_examples_stops_with_an_error_naming_it(data_dir):
     assert finished, "still skipping after 60 s"
     assert isinstance(exc, robust.TooManyBadExamples), exc
     assert "cut-off PNGs" in str(exc) and f"{robust.MAX_CONSECUTIVE_BAD} " in str(exc) and "image" in str(exc)
-    assert exc.counts == {"image": robust.MAX_CONSECUTIVE_BAD, "image_size": 0, "caption": 0}
+    assert exc.counts == {"image": robust.MAX_CONSECUTIVE_BAD, "image_size": 0, "caption": 0, "member": 0, "shard": 0}
     mixed = [dict(e, image=_png(16, 0)) if i % 7 == 3 else e for i, e in enumerate(corrupt)]  # one good in 7: runs
     few = pipeline.train_stream(mixed, pre, batch_size=4, seed=0, num_threads=0, name="mixed")
     assert _first_batch_within(few, 60) == (True, None)

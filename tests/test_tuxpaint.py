@@ -236,6 +236,7 @@ def test_train_resume(data):
     it2 = stream()
     it2.set_state(state)
     for u, v in zip(want, [next(it2) for _ in range(2)]):
+        assert robust.pop_counts(u) == robust.pop_counts(v)  # the bad-data counters resume too
         assert all(np.array_equal(u[k], v[k]) for k in u)
     assert not np.array_equal(want[0]["concept"], want[1]["concept"])
 

@@ -266,4 +266,11 @@ def collate(elements: Sequence[dict[str, Any]], cfg: dict[str, Any], size: int) 
         for i, img in zip(idx, out):
             images[i] = img
     keys = [k for k in elements[0] if k not in ("image", "augment")]
-    return {"image": np.stack(images), **{k: np.stack([e[k] for e in elements]) for k in keys}}
+    return {"image": np.stack(images), **{k: _stack([e[k] for e in elements]) for k in keys}}
+
+
+def _stack(values: list[Any]) -> Any:
+    """np.stack, per key for dicts (e.g. the bad-data counters)."""
+    if isinstance(values[0], dict):
+        return {k: np.stack([v[k] for v in values]) for k in values[0]}
+    return np.stack(values)
