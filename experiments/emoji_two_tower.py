@@ -5,6 +5,9 @@
   --config experiments/emoji_two_tower.py:steps=1200         the shorter run the README's other columns use
   --config experiments/emoji_two_tower.py:dtype=bfloat16     bf16 matmuls (on CPU: the oneDNN kernel, 1 device)
   --config experiments/emoji_two_tower.py:size=test          tiny model for tests
+  --config experiments/emoji_two_tower.py:shards=DIR         train from webdataset / parquet shards of the same
+                                                             data (python -m vlm_jax.tools.make_shards --dataset emoji)
+  --config experiments/emoji_two_tower.py:shards=DIR,workers=2   … decoded in 2 grain worker processes
 """
 from vlm_jax.config import config_args, small_run
 from vlm_jax.data.ops import STYLE_AUGMENT
@@ -20,14 +23,17 @@ SIZES = {
 
 
 def get_config(arg=None):
-    """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N, dtype=float32|bfloat16 (matmul inputs)."""
-    arg = config_args(arg, loss="clip", size="small", steps=4000, batch=256, dtype="float32")
+    """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N, dtype=float32|bfloat16 (matmul inputs),
+    shards=DIR|PATTERN (train from shards), workers=N (grain worker processes decoding the shards)."""
+    arg = config_args(arg, loss="clip", size="small", steps=4000, batch=256, dtype="float32", shards="", workers=0)
     image, text, embed_dim, image_size = SIZES[arg.size]
     c = small_run("contrastive", arg.steps, arg.batch)
 
     c.data = dict(name="emoji", data_dir="", image_size=image_size, text_len=16,
                   train_styles=("noto", "twitter", "facebook"), sampling="examples",
                   augment=STYLE_AUGMENT)
+    if arg.shards:  # the same examples, read from shards (global shuffle: one-sample chunks)
+        c.data.shards = dict(urls=arg.shards, fields=("concept",), chunk=1, window=1, worker_count=arg.workers)
     c.model = dict(
         image=dict(posemb="learn", pool_type="map", dtype_mm=arg.dtype, **image),
         text=dict(vocab_size=0, causal=True, pool_type="last", max_len=16, dtype_mm=arg.dtype, **text),

@@ -32,16 +32,16 @@ def index_tar(path: str) -> TarIndex:
     size = os.path.getsize(path)
     keys: list[str] = []
     members: list[dict[str, tuple[int, int]]] = []
-    truncated = False
+    truncated, cut_key = False, None  # cut_key: the key of the member the tar ends in (None: unknown)
     try:
         with tarfile.open(path, "r:") as tar:
             for info in tar:
                 if not info.isfile():
                     continue
-                if info.offset_data + info.size > size:
-                    truncated = True
-                    break
                 key, ext = split_name(info.name)
+                if info.offset_data + info.size > size:
+                    truncated, cut_key = True, key
+                    break
                 if key.rpartition("/")[2].startswith(("__", ".")):
                     continue
                 if not keys or keys[-1] != key:
@@ -50,7 +50,7 @@ def index_tar(path: str) -> TarIndex:
                 members[-1][ext] = (info.offset_data, info.size)
     except (tarfile.ReadError, EOFError, OSError):
         truncated = True
-    if truncated and keys:  # the last key may miss members cut off by the truncation
+    if truncated and keys and cut_key in (None, keys[-1]):  # the last key may miss members cut off
         keys.pop()
         members.pop()
     return TarIndex(keys, members, truncated)

@@ -23,7 +23,7 @@ SHARD_REASONS = ("member", "shard")  # a sample missing from its (truncated) sha
 class LRU(collections.OrderedDict):
     """A small least-recently-used cache (`get`/`put`)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int = 8):  # (the default: unpickling calls it without arguments)
         super().__init__()
         self.size = size
 
