@@ -315,3 +315,22 @@ def test_every_shards_config_key_is_read(tmp_path, data_dir, shard_dir):
         setup = Setup(config, jax.devices()[:1])
         setup.objective.train_data(8, 0, 0, 1)
     assert keys and [k for k in keys if not recorder.is_read(k)] == []
+
+
+def test_shards_dataset_trains_its_tokenizer_once_and_has_no_eval_sets(shard_dir, tmp_path):
+    from vlm_jax.data import base
+
+    cfg = ml_collections.ConfigDict(dict(name="shards", data_dir=str(tmp_path), image_size=16, text_len=16,
+                                         vocab_size=300, shards=dict(urls=str(shard_dir / "good"))))
+    ds = base.get(cfg)
+    models = list((tmp_path / "shard_tokenizers").glob("*.model"))
+    assert len(models) == 1
+    ids = ds.tokenize(["thing 105"])
+    assert ids.shape == (1, 16) and ds.tokenizer.decode(ids) == ["thing 105"]
+    batch = next(iter(ds.train(4, 0, 0, 1)))
+    assert batch["image"].shape == (4, 16, 16, 3) and batch["text"].shape == (4, 16)
+    assert base.get(cfg).tokenizer.vocab_size == ds.vocab_size  # reused, not retrained
+    with pytest.raises(ValueError, match="evals.suite"):
+        ds.evaluators(None, ml_collections.ConfigDict(dict(sets=["emoji"])))
+    with pytest.raises(ValueError, match="data.shards.urls"):
+        base.get(ml_collections.ConfigDict(dict(name="shards", data_dir=str(tmp_path))))
