@@ -334,3 +334,27 @@ def test_shards_dataset_trains_its_tokenizer_once_and_has_no_eval_sets(shard_dir
         ds.evaluators(None, ml_collections.ConfigDict(dict(sets=["emoji"])))
     with pytest.raises(ValueError, match="data.shards.urls"):
         base.get(ml_collections.ConfigDict(dict(name="shards", data_dir=str(tmp_path))))
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_jax_distributed_processes_partition_the_stream(shard_dir, tmp_path, nproc):
+    """Real jax.distributed processes on 127.0.0.1, each calling the dataset as the trainer does: their first
+    epochs hold every sample key (concept) exactly once."""
+    import portpicker
+
+    port = portpicker.pick_unused_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = str(ROOT)
+    urls = str(shard_dir / "good" / "{00000..00002}.tar")
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "shards_worker.py"), str(i), str(nproc),
+                               str(port), urls, str(tmp_path), str(tmp_path / f"p{i}.npy")], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(nproc)]
+    try:
+        logs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), [log[-2000:] for log in logs]
+    parts = [np.load(tmp_path / f"p{i}.npy").tolist() for i in range(nproc)]
+    assert all(len(p) == 30 // nproc for p in parts)
+    assert sorted(sum(parts, [])) == [100 * s + i for s in range(3) for i in range(10)]

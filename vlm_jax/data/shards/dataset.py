@@ -89,8 +89,8 @@ class ShardPairs(TokenizerText):
 
     def train(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         """This process's batched stream over the shards."""
-        pre = shard_config.WebPreprocess(self.tokenize, self.image_size, self.augment, self.templates, fields=(),
-                                         max_pixels=self.max_pixels)
+        pre = shard_config.WebPreprocess(self.tokenize, self.image_size, self.augment, self.templates,
+                                         fields=tuple(self.shards["fields"]), max_pixels=self.max_pixels)
         return shard_config.train_stream(self.shards, self.data_dir, pre, batch_size=batch_size, seed=seed,
                                          process_index=process_index, process_count=process_count,
                                          num_threads=self.num_threads)
