@@ -358,3 +358,37 @@ def test_jax_distributed_processes_partition_the_stream(shard_dir, tmp_path, npr
     parts = [np.load(tmp_path / f"p{i}.npy").tolist() for i in range(nproc)]
     assert all(len(p) == 30 // nproc for p in parts)
     assert sorted(sum(parts, [])) == [100 * s + i for s in range(3) for i in range(10)]
+
+
+def test_parquet_shards_epoch_holds_every_row(tmp_path, data_dir, tok):
+    """make_shards' parquet output (img2dataset's columns, small row groups): one epoch through the training stream
+    holds exactly the rows' concepts (read back with pyarrow), with the default caption column."""
+    import pyarrow.parquet as pq
+
+    from vlm_jax.tools import make_shards
+
+    out = tmp_path / "pq"
+    make_shards.main(["--dataset", "emoji", "--format", "parquet", "--out", str(out), "--shard_size", "64",
+                      "--row_group_size", "16", "--max_examples", "200", "--data_dir", data_dir])
+    want = sorted(c for f in sorted(out.glob("*.parquet")) for c in pq.read_table(f, columns=["concept"])
+                  .column("concept").to_pylist())
+    cfg = _section(urls=str(out), fields=("concept",), chunk=16, window=4)
+    it = iter(_stream(tok, cfg, batch=20))
+    got = sorted(np.concatenate([next(it)["concept"] for _ in range(10)]).tolist())
+    assert len(want) == 200 and got == want
+
+
+def test_shard_lists_from_braces_globs_folders_and_lists(shard_dir):
+    from vlm_jax.data.shards import urls
+
+    assert urls.expand_braces("s/{008..011}.tar") == ["s/008.tar", "s/009.tar", "s/010.tar", "s/011.tar"]
+    assert urls.expand_braces("{a,b}/{0..1}.tar") == ["a/0.tar", "a/1.tar", "b/0.tar", "b/1.tar"]
+    good = [str(shard_dir / "good" / f"{s:05d}.tar") for s in range(3)]
+    assert urls.expand(str(shard_dir / "good")) == good
+    assert urls.expand(str(shard_dir / "good" / "*.tar")) == good
+    assert urls.expand(f"{good[0]} {good[1]}::{good[2]}") == good
+    assert urls.expand("https://host/x/{00..01}.tar") == ["https://host/x/00.tar", "https://host/x/01.tar"]
+    with pytest.raises(ValueError, match="matches no files"):
+        urls.expand(str(shard_dir / "nothing" / "*.tar"))
+    with pytest.raises(ValueError, match="compressed tar"):
+        urls.shard_format("x/0.tar.gz")

@@ -41,18 +41,19 @@ class LRU(collections.OrderedDict):
 
 
 class ShardReader:
-    """Samples of one source. `caption`: the member extension holding the caption ("txt"), or "json:FIELD";
-    parquet: the caption column. `image`: parquet's image column (bytes, or paths relative to the file).
+    """Samples of one source. `caption`: the member extension holding the caption (default "txt"), or
+    "json:FIELD"; parquet: the caption column (default "caption"). `image`: parquet's image column (bytes, or paths relative to the file).
     `fields`: json fields (parquet: columns) passed on as int32 (e.g. a class id)."""
 
-    def __init__(self, urls: Sequence[str], storage: Storage, name: str, fmt: str = "auto", caption: str = "txt",
+    def __init__(self, urls: Sequence[str], storage: Storage, name: str, fmt: str = "auto", caption: str = "",
                  image: str = "jpg", fields: Sequence[str] = (), count_threads: int = 16):
         self.urls, self.storage, self.name = list(urls), storage, name
         formats_ = {shard_format(u) if fmt == "auto" else fmt for u in self.urls}
         if len(formats_) != 1 or not formats_ <= {"wds", "parquet"}:
             raise ValueError(f"source {name!r}: shards must all be webdataset tars or all parquet, got {formats_}")
         self.format = formats_.pop()
-        self.caption, self.image, self.fields = caption, image, tuple(fields)
+        self.caption = caption or ("txt" if self.format == "wds" else "caption")  # img2dataset's names
+        self.image, self.fields = image, tuple(fields)
         self._index = LRU(64)
         self._groups = LRU(8)
         self.unavailable: dict[str, str] = {}

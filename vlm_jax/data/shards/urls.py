@@ -37,8 +37,8 @@ def _glob(pattern: str) -> list[str]:
     """Files matching a glob (`*`, `?`, `[...]`), local or remote (fsspec), sorted."""
     import fsspec
 
-    fs, _, paths = fsspec.get_fs_token_paths(pattern)
-    found = sorted(fs.glob(paths[0]))
+    fs, path = fsspec.core.url_to_fs(pattern)
+    found = sorted(fs.glob(path))
     protocol = pattern.split("://", 1)[0] + "://" if is_remote(pattern) else ""
     return [p if p.startswith(protocol) else protocol + p for p in found] if protocol else found
 
