@@ -11,6 +11,7 @@ import ml_collections
 from vlm_jax.config import check_keys
 from vlm_jax.evals.embedder import Embedder
 from vlm_jax.models import TextDecoder
+from vlm_jax.evals.standard import SUITE_DEFAULTS
 from vlm_jax.objectives.captioning import EVAL_DEFAULTS, CaptionParts, evals_config
 from vlm_jax.objectives.contrastive import ContrastiveObjective, Towers
 from vlm_jax.train.objective import Evaluator, Normalizers, register
@@ -30,7 +31,8 @@ class CoCaObjective(CaptionParts, ContrastiveObjective):
     """
 
     # CoCa's zero-shot evaluator also reads `languages` (the class-name languages of the multilingual sets)
-    CONFIG_DEFAULTS = {"loss": LOSS_DEFAULTS, "evals": {**EVAL_DEFAULTS, "languages": []}}
+    # and, with its two towers, the standard benchmark suite (SUITE_DEFAULTS)
+    CONFIG_DEFAULTS = {"loss": LOSS_DEFAULTS, "evals": {**EVAL_DEFAULTS, **SUITE_DEFAULTS, "languages": []}}
     MODEL_KEYS = ("image", "decoder", "cap_queries", "embed_dim", "temperature_init", "bias_init")
     contrastive_heads = True
 

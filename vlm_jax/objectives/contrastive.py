@@ -13,6 +13,7 @@ import ml_collections
 from vlm_jax.config import check_keys
 from vlm_jax.evals.embedder import Embedder
 from vlm_jax.evals.probe import PROBE_DEFAULTS, probe_evaluator
+from vlm_jax.evals.standard import SUITE_DEFAULTS
 from vlm_jax.losses import get_contrastive_loss
 from vlm_jax.losses.contrastive import LABEL_LOSSES
 from vlm_jax.losses.distributed import contrastive_loss
@@ -89,9 +90,10 @@ class ContrastiveObjective(Objective):
     # impl: "full" (B×B logits) | "gather" (b×B per device) | "ring" (b×b per device, ppermute ring);
     # chunk_size: rows per in-device tile (0: none); GradCache is grad_accum_steps > 1 (value_and_grad);
     # temperature_max: the logit scale t is clamped to at most this after every update (CLIP: 100; 0: unbounded).
-    # evals: the zero-shot sets (data.evaluators) and the image-only probes (PROBE_DEFAULTS; off unless probe_sets)
+    # evals: the zero-shot sets (data.evaluators), the image-only probes (PROBE_DEFAULTS; off unless probe_sets) and
+    # the standard benchmark suite (SUITE_DEFAULTS; off unless suite names datasets)
     CONFIG_DEFAULTS = {"loss": dict(name="infonce", impl="full", chunk_size=0, temperature_max=100.0),
-                       "evals": PROBE_DEFAULTS}
+                       "evals": {**PROBE_DEFAULTS, **SUITE_DEFAULTS}}
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)

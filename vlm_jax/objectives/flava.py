@@ -20,6 +20,7 @@ from vlm_jax.data.tokenizer import EVAL_TEMPLATE
 from vlm_jax.evals.embedder import Embedder
 from vlm_jax.evals.matching import MaskedTextEvaluator, MatchingEvaluator
 from vlm_jax.evals.probe import PROBE_DEFAULTS
+from vlm_jax.evals.standard import SUITE_DEFAULTS
 from vlm_jax.losses.generative import token_cross_entropy
 from vlm_jax.losses.itm import itm_loss, sample_hard_negatives
 from vlm_jax.losses.masked import masked_patch_loss, mlm_masking, num_masked, pixel_targets, random_masking
@@ -41,7 +42,7 @@ LOSS_DEFAULTS = dict(name="infonce", impl="full", chunk_size=0, temperature_max=
 MODEL_KEYS = ("image", "text", "fusion", "decoder", "embed_dim", "temperature_init", "bias_init")
 SUB_KEYS = ("width", "depth", "mlp_dim", "num_heads", "dtype_mm")
 # matching: the held-out ITM and masked-token evaluators (when their heads are trained)
-EVAL_DEFAULTS = dict(PROBE_DEFAULTS, matching=True)
+EVAL_DEFAULTS = dict(PROBE_DEFAULTS, **SUITE_DEFAULTS, matching=True)
 
 
 def mmm_loss(text_logits: jax.Array, text: jax.Array, chosen: jax.Array, pixels: jax.Array, target: jax.Array,

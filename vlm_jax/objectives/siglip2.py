@@ -19,6 +19,7 @@ from vlm_jax.data.scenes import compose_scenes
 from vlm_jax.evals.embedder import Embedder
 from vlm_jax.evals.locca import LoccaEvaluator, LoccaVocab, greedy_decode, subsample
 from vlm_jax.evals.probe import PROBE_DEFAULTS
+from vlm_jax.evals.standard import SUITE_DEFAULTS
 from vlm_jax.losses.generative import token_cross_entropy
 from vlm_jax.losses.locca import BOX_TOKENS, box_bins, grounding_rows, task_sequences
 from vlm_jax.losses.masked import random_masking
@@ -43,7 +44,7 @@ MODEL_KEYS = ("image", "text", "decoder", "head", "embed_dim", "temperature_init
 # evals: the zero-shot sets and probes (as SigLIP), and the LocCa decoder's tasks (evals.locca) on held-out images:
 # locca_sets (the data's eval sets with reference captions, e.g. "emoji/cross"; [] none), locca_images (at most
 # this many evenly spaced images per set; 0: all)
-EVAL_DEFAULTS = dict(PROBE_DEFAULTS, locca_sets=["emoji/cross"], locca_images=0)
+EVAL_DEFAULTS = dict(PROBE_DEFAULTS, **SUITE_DEFAULTS, locca_sets=["emoji/cross"], locca_images=0)
 POOLED = ("gap", "map", "tok")  # image pooling that gives one embedding per image
 
 

@@ -130,9 +130,12 @@ class Objective(abc.ABC):
         return {}
 
     def evaluators(self) -> dict[str, Evaluator]:
-        """`build_evaluators()`, built on first use and kept (they hold jitted functions and prepared eval sets)."""
+        """`build_evaluators()`, built on first use and kept (they hold jitted functions and prepared eval sets),
+        with the zero-shot benchmark suite when `evals.suite` names one (`evals.standard.suite_evaluators`)."""
         if "_built_evaluators" not in self.__dict__:
-            self.__dict__["_built_evaluators"] = self.build_evaluators()
+            from vlm_jax.evals.standard import suite_evaluators
+
+            self.__dict__["_built_evaluators"] = {**self.build_evaluators(), **suite_evaluators(self)}
         return self.__dict__["_built_evaluators"]
 
     def flop_phases(self) -> tuple[int, ...]:
