@@ -177,11 +177,14 @@ def test_a_source_of_only_bad_data_stops_the_run_naming_it(shard_dir, tok):
 
 
 class _Flaky(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; the first two requests for a *01.tar answer 503."""
+    """Serves a folder; the first two requests for a *01.tar answer 503; anything under /stall/ stalls."""
 
     failures: dict[str, int] = {}
 
     def do_GET(self):  # noqa: N802
+        if self.path.startswith("/stall/"):  # accepts the connection, never answers in time
+            time.sleep(3)
+            return
         if self.path.endswith("01.tar") and self.failures.get(self.path, 0) < 2:
             self.failures[self.path] = self.failures.get(self.path, 0) + 1
             self.send_error(503)
@@ -392,3 +395,16 @@ def test_shard_lists_from_braces_globs_folders_and_lists(shard_dir):
         urls.expand(str(shard_dir / "nothing" / "*.tar"))
     with pytest.raises(ValueError, match="compressed tar"):
         urls.shard_format("x/0.tar.gz")
+
+
+def test_a_stalled_server_is_a_skipped_shard_not_a_hang(server, tok, tmp_path):
+    """A server that accepts and never answers: after the timeout and retries the shard is skipped and named,
+    and training reads the rest."""
+    cfg = _section(urls=f"{server}/good/00000.tar {server}/stall/00000.tar", fields=("concept",), timeout=0.3,
+                   retries=2, backoff=0.01, cache_dir=str(tmp_path / "cache"))
+    start = time.time()
+    reader = shard_config.readers(cfg, "/nonexistent")[0]
+    assert reader.sizes.tolist() == [10, 0] and f"{server}/stall/00000.tar" in reader.unavailable
+    it = iter(_stream(tok, cfg, batch=10))
+    assert sorted(next(it)["concept"].tolist()) == list(range(10))
+    assert time.time() - start < 20

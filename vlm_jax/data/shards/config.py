@@ -31,6 +31,7 @@ DEFAULTS = dict(
     cache_bytes=50 << 30,  # bound on the download cache
     retries=5,  # attempts per remote read
     backoff=0.5,  # seconds before the first retry (doubling, ±50% jitter)
+    timeout=60.0,  # seconds without progress before an http(s) read fails (and is retried)
     storage_options={},  # passed to fsspec, e.g. {"endpoint_url": …} for an S3-compatible store
     worker_count=0,  # grain worker processes decoding batches (0: in the training process)
     worker_buffer=2,  # batches each worker prepares ahead
@@ -77,7 +78,8 @@ def readers(cfg: dict[str, Any], data_dir: str | Path) -> list[ShardReader]:
     if weights and (len(weights) != len(specs) or min(weights) <= 0):
         raise ValueError(f"data.shards.weights must be {len(specs)} positive numbers (one per source), got {weights}")
     storage = Storage(cfg["cache_dir"] or Path(data_dir) / "shard_cache", int(cfg["cache_bytes"]),
-                      int(cfg["retries"]), float(cfg["backoff"]), dict(cfg["storage_options"]))
+                      int(cfg["retries"]), float(cfg["backoff"]), dict(cfg["storage_options"]),
+                      timeout=float(cfg["timeout"]))
     return [ShardReader(urls_lib.expand(spec), storage, name, cfg["format"], cfg["caption"], cfg["image"],
                         tuple(cfg["fields"])) for spec, name in zip(specs, names)]
 

@@ -33,9 +33,9 @@ class Storage:
     shards evicted past `cache_bytes`. `retries` attempts per read, sleeping `backoff` · 2^k (± 50% jitter)."""
 
     def __init__(self, cache_dir: str | Path, cache_bytes: int = 50 << 30, retries: int = 5, backoff: float = 0.5,
-                 storage_options: dict[str, Any] | None = None, prefetch_threads: int = 2):
+                 storage_options: dict[str, Any] | None = None, prefetch_threads: int = 2, timeout: float = 60.0):
         self.cache_dir, self.cache_bytes = Path(cache_dir), int(cache_bytes)
-        self.retries, self.backoff = max(1, int(retries)), float(backoff)
+        self.retries, self.backoff, self.timeout = max(1, int(retries)), float(backoff), float(timeout)
         self.storage_options = dict(storage_options or {})
         self.prefetch_threads = prefetch_threads
         self._pool: ThreadPoolExecutor | None = None
@@ -89,11 +89,22 @@ class Storage:
                 self._evict(keep=path)
         return str(path)
 
+    def _options(self, url: str) -> dict[str, Any]:
+        """fsspec options for `url`: the configured ones, plus the connect / read timeout for http(s) (a server that
+        accepts and never answers raises instead of hanging)."""
+        options = dict(self.storage_options)
+        if url.startswith(("http://", "https://")) and "client_kwargs" not in options:
+            import aiohttp
+
+            options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(
+                total=None, sock_connect=self.timeout, sock_read=self.timeout)}
+        return options
+
     def _download(self, url: str, path: Path) -> None:
         import fsspec
 
         tmp = path.with_name(path.name + f".part{os.getpid()}")
-        with fsspec.open(url, "rb", **self.storage_options) as src, open(tmp, "wb") as dst:
+        with fsspec.open(url, "rb", **self._options(url)) as src, open(tmp, "wb") as dst:
             while chunk := src.read(8 << 20):
                 dst.write(chunk)
         os.replace(tmp, path)
@@ -138,7 +149,7 @@ class Storage:
         import fsspec
 
         def read() -> str:
-            with fsspec.open(url, "rt", **self.storage_options) as f:
+            with fsspec.open(url, "rt", **self._options(url)) as f:
                 return f.read()
         try:
             return self._retry(url, read)
