@@ -125,6 +125,10 @@ def shard_stream(readers: Sequence[ShardReader], weights: Sequence[float] | None
     ds = robust.SkipBad(ds, "+".join(names), max_bad, sources=names)
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=preprocess.collate)
     if worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; entry points without absl.app don't parse
+            flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=worker_buffer),
                             worker_init_fn=robust.set_worker)
     return ds
