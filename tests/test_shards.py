@@ -419,3 +419,25 @@ def test_a_stalled_server_is_a_skipped_shard_not_a_hang(server, tok, tmp_path):
     it = iter(_stream(tok, cfg, batch=10))
     assert sorted(next(it)["concept"].tolist()) == list(range(10))
     assert time.time() - start < 20
+
+
+def test_bad_parquet_rows_and_a_broken_parquet_file_are_counted(tmp_path, tok):
+    """Parquet: null, empty and undecodable images and null captions skipped by reason; a file whose footer is
+    cut counts its (stats-promised) rows as a lost shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = [_jpeg(i) for i in range(6)] + [None, b"", b"junk", _jpeg(9)]
+    captions = [f"thing {i}" for i in range(9)] + [None]
+    table = pa.table({"jpg": pa.array(images, pa.binary()), "caption": pa.array(captions, pa.string()),
+                      "concept": pa.array(list(range(10)), pa.int64())})
+    pq.write_table(table, tmp_path / "00000.parquet", row_group_size=4)
+    pq.write_table(table, tmp_path / "00001.parquet")
+    data = (tmp_path / "00001.parquet").read_bytes()
+    (tmp_path / "00001.parquet").write_bytes(data[:len(data) // 2])
+    (tmp_path / "00001_stats.json").write_text(json.dumps({"successes": 10}))
+    cfg = _section(urls=str(tmp_path / "{00000..00001}.parquet"), fields=("concept",))
+    reader = shard_config.readers(cfg, "/nonexistent")[0]
+    assert _epoch_reasons(reader, tok) == {"image": 3, "caption": 1, "shard": 10}
+    it = iter(_stream(tok, cfg, batch=6))
+    assert sorted(next(it)["concept"].tolist()) == list(range(6))
