@@ -47,7 +47,22 @@ ROWS = [  # (name, config, topology, slices, overrides)
      "v5p-256", 1, []),
     ("PaliGemma-like prompted (So400m/14 + 2B), prompt 64 + answer 64",
      "experiments/pali_scale.py:model=paligemma_like", "v5p-128", 1, []),
+    # the shard-trained recipes (docs/shards.md "Recipes"), at the papers' batch sizes
+    ("CLIP B/32, DataComp-medium recipe", "experiments/clip_datacomp.py:scale=medium,variant=B/32,data=synthetic",
+     "v5e-64", 1, []),
+    ("CLIP B/32, DataComp-medium recipe", "experiments/clip_datacomp.py:scale=medium,variant=B/32,data=synthetic",
+     "v5p-32", 1, []),
+    ("CLIP B/16, DataComp-medium recipe", "experiments/clip_datacomp.py:scale=medium,variant=B/16,data=synthetic",
+     "v5e-64", 1, []),
+    ("SigLIP B/16, WebLI-like recipe", "experiments/siglip_webli.py:data=synthetic", "v5p-128", 1, []),
+    ("SigLIP B/16, WebLI-like recipe", "experiments/siglip_webli.py:data=synthetic", "v5e-256", 1, []),
 ]
+# Host CPU cores per chip the shard input pipeline needs (rows whose name has "recipe"): samples/s per chip at the
+# predicted step time ÷ samples/s one host core decodes, from benchmarks/shards_throughput.md (224 px webdataset
+# pipeline, 0 workers: 180 samples/s on one core; the 640×480 figure swaps in the larger JPEG's decode time).
+# The derivation is in docs/shards.md "Recipes".
+CORE_RATES = (("224 px JPEG (9 KB)", 180.0), ("640×480 JPEG (21 KB)", 155.0))
+FOOTER = "## Host CPU cores per chip for the input pipeline (recipe rows)"
 
 
 def main() -> None:
@@ -77,12 +92,33 @@ def main() -> None:
             f"| {r.model_flops_total:.2e} | {r.step_seconds_at_mfu:.2f} s | {r.samples_per_second_at_mfu:,.0f} "
             f"| {r.compile_seconds:.0f} s |")
         records.append(dict(name=name, config=cfg, topology=r.topology, fits=r.fits, required=r.required_bytes,
-                            hbm=r.hbm_bytes, model_flops=r.model_flops_total, step_s=r.step_seconds_at_mfu))
+                            hbm=r.hbm_bytes, model_flops=r.model_flops_total, step_s=r.step_seconds_at_mfu,
+                            chips=r.num_devices, global_batch=r.global_batch))
     if args.only and out.exists():  # merge: the new rows replace those of the same model and topology
         lines, records = merge(out, lines, records)
+    lines += cores_table(records)
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     print("\n".join(lines))
+
+
+def cores_table(records: list[dict]) -> list[str]:
+    """The footer: per recipe row, samples/s per chip at the predicted step time and the host cores per chip that
+    rate needs at each CORE_RATES decode rate."""
+    rows = [r for r in records if "recipe" in r["name"] and r.get("chips")]
+    if not rows:
+        return []
+    out = ["", FOOTER, "",
+           "samples/s per chip = global batch / predicted step (40% MFU) / chips; cores per chip = that / samples/s "
+           "per host core (" + ", ".join(f"{k}: {v:.0f}" for k, v in CORE_RATES) + "; derived in docs/shards.md "
+           "\"Recipes\" from benchmarks/shards_throughput.md).", "",
+           "| recipe | topology | samples/s per chip | " + " | ".join(f"cores per chip, {k}" for k, _ in CORE_RATES)
+           + " |", "|---|---|---:|" + "---:|" * len(CORE_RATES)]
+    for r in rows:
+        per_chip = r["global_batch"] / r["step_s"] / r["chips"]
+        out.append(f"| {r['name']} | {r['topology']} | {per_chip:,.0f} | "
+                   + " | ".join(f"{per_chip / rate:.1f}" for _, rate in CORE_RATES) + " |")
+    return out
 
 
 def merge(out: Path, lines: list[str], records: list[dict]) -> tuple[list[str], list[dict]]:
@@ -91,7 +127,8 @@ def merge(out: Path, lines: list[str], records: list[dict]) -> tuple[list[str], 
     key = lambda line: tuple(c.strip() for c in line.split("|")[1:3])  # noqa: E731
     head = [ln for ln in lines if not ln.startswith("| ") or ln.startswith("| model ")]
     new_rows = {key(ln): ln for ln in lines if ln.startswith("| ") and not ln.startswith("| model ")}
-    old_rows = {key(ln): ln for ln in out.read_text().splitlines() if ln.startswith("| ") and not ln.startswith("| model ")}
+    main_table = out.read_text().split(FOOTER)[0].splitlines()  # the footer is rebuilt from the records
+    old_rows = {key(ln): ln for ln in main_table if ln.startswith("| ") and not ln.startswith("| model ")}
     rows = {**old_rows, **new_rows}
     order = {(name, topo): i for i, (name, _, topo, _, _) in enumerate(ROWS)}
     place = lambda name, topo: order.get((name, topo.split(" × ")[0]), len(order))  # noqa: E731  (multi-slice rows)

@@ -13,7 +13,7 @@ from vlm_jax.config_audit import leaf_keys, recording
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("model", "loss", "evals", "data", "optim")
-SKIP = {"init=DIR", "shards=DIR"}  # variants that need a trained run or shards on disk (shards: tests/test_shards.py)
+SKIP = {"init=DIR", "shards=DIR", "shards=URL"}  # variants that need a trained run or shards on disk (shards: tests/test_shards.py)
 
 
 def documented_variants() -> list[str]:
