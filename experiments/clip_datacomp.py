@@ -30,6 +30,7 @@ Host CPU cores per chip needed by the input pipeline: docs/shards.md "Recipes" a
 import ml_collections
 
 from vlm_jax.config import config_args
+from vlm_jax.data.shards.config import recipe_data
 from vlm_jax.objectives.contrastive import apply_loss_preset
 from vlm_jax.sharding import fsdp_mesh
 from vlm_jax.variants import parse_variant
@@ -65,11 +66,7 @@ def get_config(arg=None):
     c.batch_size = arg.batch
     c.mesh = fsdp_mesh(arg.fsdp)
     c.log_every = 50
-    if arg.data == "synthetic":
-        c.data = dict(name="synthetic", image_size=RES, text_len=TEXT_LEN, vocab_size=VOCAB)
-    else:
-        c.data = dict(name="shards", image_size=RES, text_len=TEXT_LEN, tokenizer=arg.tokenizer, vocab_size=VOCAB,
-                      shards=dict(urls=arg.shards, worker_count=arg.workers))
+    c.data = recipe_data(arg.data, RES, TEXT_LEN, VOCAB, arg.tokenizer, arg.shards, arg.workers)
     c.model = dict(
         image=dict(posemb="learn", pool_type="tok", **parse_variant(arg.variant), **common),
         text=dict(vocab_size=0, causal=True, pool_type="last", max_len=TEXT_LEN, **TEXT, **common),

@@ -38,6 +38,16 @@ DEFAULTS = dict(
 )
 
 
+def recipe_data(data: str, image_size: int, text_len: int, vocab_size: int, tokenizer: str, urls: str,
+                workers: int) -> dict[str, Any]:
+    """A web-scale recipe's `data` section: the "shards" dataset over `urls`, or "synthetic" data of the same
+    shapes (`data="synthetic"`, for dry runs)."""
+    if data == "synthetic":
+        return dict(name="synthetic", image_size=image_size, text_len=text_len, vocab_size=vocab_size)
+    return dict(name="shards", image_size=image_size, text_len=text_len, tokenizer=tokenizer, vocab_size=vocab_size,
+                shards=dict(urls=urls, worker_count=workers))
+
+
 def section(config: Any) -> dict[str, Any]:
     """The merged `data.shards` section (raising naming the valid keys on an unknown one)."""
     raw = config.get("shards", None) if config is not None else None
