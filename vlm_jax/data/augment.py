@@ -261,8 +261,11 @@ def collate(elements: Sequence[dict[str, Any]], cfg: dict[str, Any], size: int) 
         shapes.setdefault(elements[i]["image"].shape, []).append(i)
     for idx in shapes.values():
         src = np.stack([elements[i]["image"] for i in idx])
-        out = apply(src, np.stack([elements[i]["augment"] for i in idx]), cfg, size)
-        out = out.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+        if cfg or src.shape[1:3] != (size, size):
+            src = apply(src, np.stack([elements[i]["augment"] for i in idx]), cfg, size)
+        out = src.astype(np.float32)  # (no op configured on images already at size: `apply` is the identity)
+        out *= np.float32(1 / 127.5)
+        out -= np.float32(1.0)
         for i, img in zip(idx, out):
             images[i] = img
     keys = [k for k in elements[0] if k not in ("image", "augment")]
