@@ -59,9 +59,10 @@ ROWS = [  # (name, config, topology, slices, overrides)
 ]
 # Host CPU cores per chip the shard input pipeline needs (rows whose name has "recipe"): samples/s per chip at the
 # predicted step time ÷ samples/s one host core decodes, from benchmarks/shards_throughput.md (224 px webdataset
-# pipeline, 0 workers: 180 samples/s on one core; the 640×480 figure swaps in the larger JPEG's decode time).
+# pipeline, 0 workers: 588 samples/s on one core, 2026-12-05 after the tokenizer fix; the 640×480 figure swaps in
+# the larger JPEG's decode time: 1/588 − 1/1486 + 1/590 s per sample → 368/s).
 # The derivation is in docs/shards.md "Recipes".
-CORE_RATES = (("224 px JPEG (9 KB)", 180.0), ("640×480 JPEG (21 KB)", 155.0))
+CORE_RATES = (("224 px JPEG (9 KB)", 588.0), ("640×480 JPEG (21 KB)", 368.0))
 FOOTER = "## Host CPU cores per chip for the input pipeline (recipe rows)"
 
 
