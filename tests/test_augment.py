@@ -210,3 +210,21 @@ def test_collate_groups_shapes_and_keeps_finished_images(images):
         alone = augment.apply(elements[i]["image"][None], elements[i]["augment"][None], STYLE, 32)[0]
         assert np.array_equal(batch["image"][i], ops.normalize(alone))
     assert np.array_equal(batch["image"][1], done)
+
+
+def test_uint8_batches_become_the_host_normalisation_in_the_train_step(images):
+    """A pipeline may ship uint8 images (`uint8=True`, the shard stream does): the jitted `unit_range` the train
+    step applies gives the float batch `collate` would have made, x / 127.5 - 1 in float64, to float32 rounding."""
+    import jax
+
+    rng = np.random.default_rng(3)
+    elements = [{"image": images[i % 4], "augment": augment.draw(rng, STYLE, images[i % 4].shape),
+                 "text": np.arange(3) + i} for i in range(6)]
+    as_float = augment.collate(elements, STYLE, 32)
+    as_uint8 = augment.collate(elements, STYLE, 32, uint8=True)
+    assert as_uint8["image"].dtype == np.uint8 and np.array_equal(as_uint8["text"], as_float["text"])
+    on_device = jax.jit(augment.unit_range)(as_uint8)
+    reference = as_uint8["image"].astype(np.float64) / 127.5 - 1.0
+    assert on_device["image"].dtype == np.float32 and np.array_equal(on_device["text"], as_uint8["text"])
+    np.testing.assert_allclose(np.asarray(on_device["image"]), reference, rtol=0, atol=2e-7)
+    np.testing.assert_allclose(as_float["image"], reference, rtol=0, atol=2e-7)

@@ -343,6 +343,7 @@ def test_shards_dataset_trains_its_tokenizer_once_and_has_no_eval_sets(shard_dir
     assert ids.shape == (1, 16) and ds.tokenizer.decode(ids) == ["thing 105"]
     batch = next(iter(ds.train(4, 0, 0, 1)))
     assert batch["image"].shape == (4, 16, 16, 3) and batch["text"].shape == (4, 16)
+    assert batch["image"].dtype == np.uint8  # normalised in the train step (test_augment checks the mapping)
     assert base.get(cfg).tokenizer.vocab_size == ds.vocab_size  # reused, not retrained
     with pytest.raises(ValueError, match="evals.suite"):
         ds.evaluators(None, ml_collections.ConfigDict(dict(sets=["emoji"])))

@@ -248,9 +248,11 @@ def augment(img: np.ndarray, rng: np.random.Generator, cfg: dict[str, Any], size
     return apply(np.asarray(img)[None], draw(rng, cfg, img.shape)[None], cfg, size)[0]
 
 
-def collate(elements: Sequence[dict[str, Any]], cfg: dict[str, Any], size: int) -> dict[str, np.ndarray]:
+def collate(elements: Sequence[dict[str, Any]], cfg: dict[str, Any], size: int,
+            uint8: bool = False) -> dict[str, np.ndarray]:
     """grain batch function: pending images ("augment" parameters present) are augmented a source shape at a time
-    and normalised to float32 [-1, 1]; every other field (and finished images) is stacked."""
+    and normalised to float32 [-1, 1] (`uint8`: left uint8, for `unit_range` on the device); every other field
+    (and finished images) is stacked."""
     pending = [i for i, e in enumerate(elements) if "augment" in e]
     images = [None] * len(elements)
     for i, e in enumerate(elements):
@@ -259,17 +261,23 @@ def collate(elements: Sequence[dict[str, Any]], cfg: dict[str, Any], size: int) 
     shapes: dict[tuple[int, ...], list[int]] = {}
     for i in pending:
         shapes.setdefault(elements[i]["image"].shape, []).append(i)
+    whole = None
     for idx in shapes.values():
         src = np.stack([elements[i]["image"] for i in idx])
         if cfg or src.shape[1:3] != (size, size):
             src = apply(src, np.stack([elements[i]["augment"] for i in idx]), cfg, size)
-        out = src.astype(np.float32)  # (no op configured on images already at size: `apply` is the identity)
-        out *= np.float32(1 / 127.5)
-        out -= np.float32(1.0)
+        # (no op configured on images already at size: `apply` is the identity)
+        out = src if uint8 else np.multiply(src, np.float32(1 / 127.5), dtype=np.float32)
+        if not uint8:
+            out -= np.float32(1.0)
+        if len(idx) == len(elements):  # one source shape, all pending: already the batch, in order
+            whole = out
+            break
         for i, img in zip(idx, out):
             images[i] = img
     keys = [k for k in elements[0] if k not in ("image", "augment")]
-    return {"image": np.stack(images), **{k: _stack([e[k] for e in elements]) for k in keys}}
+    return {"image": np.stack(images) if whole is None else whole,
+            **{k: _stack([e[k] for e in elements]) for k in keys}}
 
 
 def _stack(values: list[Any]) -> Any:
@@ -277,3 +285,12 @@ def _stack(values: list[Any]) -> Any:
     if isinstance(values[0], dict):
         return {k: np.stack([v[k] for v in values]) for k in values[0]}
     return np.stack(values)
+
+
+def unit_range(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with its uint8 arrays (images a pipeline left uint8: 4× less to copy between processes and to the
+    device) as float32 in [-1, 1], as `collate` normalises on the host; traced inside the jitted train step."""
+    import jax.numpy as jnp
+
+    return {k: (v.astype(jnp.float32) * jnp.float32(1 / 127.5) - jnp.float32(1.0)) if v.dtype == jnp.uint8 else v
+            for k, v in batch.items()}

@@ -49,10 +49,11 @@ class AugmentingMap(grain.transforms.RandomMap):
 
     augment: dict
     image_size: int
+    uint8_images: bool = False  # ship images as uint8; the train step normalises them (`augment.unit_range`)
 
     def collate(self, elements: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
         """The batch: images augmented together (see `augment.collate`)."""
-        return augment.collate(elements, self.augment, self.image_size)
+        return augment.collate(elements, self.augment, self.image_size, self.uint8_images)
 
 
 class _Preprocess(AugmentingMap):

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from vlm_jax import sharding as shd
-from vlm_jax.data import robust
+from vlm_jax.data import augment, robust
 from vlm_jax.kernels import onednn
 from vlm_jax.scaling import compute, hardware
 from vlm_jax.config import ConfigError, fill_missing, merge_defaults
@@ -155,6 +155,7 @@ class Setup:
         return loss, metrics, extra, grads
 
     def _train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+        batch = augment.unit_range(batch)  # uint8 images from the input pipeline → float32 [-1, 1]
         rng = jax.random.fold_in(state.rng, state.step)
         loss, metrics, extra, grads = self._grads(state.params, state.extra, batch, rng)
         grad_norm = optax.tree.norm(grads)

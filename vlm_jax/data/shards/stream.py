@@ -75,7 +75,11 @@ def decode_crop(data: Any, rng: np.random.Generator, crop: dict[str, Any] | None
 
 class WebPreprocess(AugmentingMap):
     """Raw sample → {"image": uint8 crop, "augment": the rest of the augmentation's parameters, "text": model
-    input, FIELD: int32}; the crop happens at decode time, flips and colour ops in `collate` a batch at a time."""
+    input, FIELD: int32}; the crop happens at decode time, flips and colour ops in `collate` a batch at a time.
+    Batches carry uint8 images (a quarter of float32's bytes through worker shared memory and to the device);
+    the train step maps them to [-1, 1]."""
+
+    uint8_images = True
 
     def __init__(self, encode: Callable[[list[str]], np.ndarray], image_size: int, augment_cfg: dict[str, Any],
                  templates: Sequence[str], fields: Sequence[str], max_pixels: int):
