@@ -9,11 +9,11 @@ as 224 px JPEG, 11 tars; reused when present in --data). open_clip: `open_clip_t
 training loader: shard shuffle, split by worker, tar reading, 5,000-sample shuffle buffer, PIL decode,
 `open_clip.image_transform(224, is_train=True)` = RandomResizedCrop(scale 0.9–1, bicubic) + ToTensor +
 Normalize, CLIP BPE tokenizer, batches of 256, `wds.WebLoader` with `workers` processes). vlm_jax:
-`data/shards` with `data/shards/dataset.py`'s crop (the same scale 0.9–1, bicubic) and normalisation to [-1, 1],
-the emoji SentencePiece tokenizer (64 tokens), global shuffle order, batches of 256, `worker_count` grain
-processes (0: in the training process). Each row: a fresh process, one warm-up batch, then --batches timed
-batches (open_clip's epochs restart as its loader defines them). Peak memory: the row process's max RSS plus its
-live descendants' (VmHWM summed; shared pages counted in each).
+`data/shards` with `data/shards/dataset.py`'s crop (the same scale 0.9–1, bicubic), uint8 images (mapped to
+[-1, 1] by the train step, on the device), the emoji SentencePiece tokenizer (64 tokens), global shuffle order,
+batches of 256, `worker_count` grain processes (0: in the training process). Each run: a fresh process, one
+warm-up batch, then --batches timed batches (open_clip's epochs restart as its loader defines them). Peak memory:
+the run process's max RSS plus its live descendants' (VmHWM summed; shared pages counted in each).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -112,7 +113,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="/tmp/shards_vs_open_clip/wds224")
     parser.add_argument("--workers", default="0,1,2")
-    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per pipeline and worker count")
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".md")))
     parser.add_argument("--_row", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -126,19 +128,28 @@ def main() -> None:
     make_shards(data)
     lines = []
     for w in (int(x) for x in args.workers.split(",")):
-        vlm = _row(Path(sys.executable), "vlm", data, w, args.batches)
-        oc = _row(BENCH_PY, "open_clip", data, w, args.batches)
-        lines.append(f"| {w} | {vlm['samples_per_s']:,.0f} | {oc['samples_per_s']:,.0f} | "
-                     f"{vlm['samples_per_s'] / oc['samples_per_s']:.2f}× | {vlm['peak_mb']:,.0f} | {oc['peak_mb']:,.0f} |")
+        runs: dict[str, list[dict[str, float]]] = {"vlm": [], "open_clip": []}
+        for _ in range(args.repeats):  # alternating, so drifts in machine load hit both
+            runs["vlm"].append(_row(Path(sys.executable), "vlm", data, w, args.batches))
+            runs["open_clip"].append(_row(BENCH_PY, "open_clip", data, w, args.batches))
+        rate = {k: sorted(r["samples_per_s"] for r in v) for k, v in runs.items()}
+        med = {k: statistics.median(v) for k, v in rate.items()}
+        peak = {k: max(r["peak_mb"] for r in v) for k, v in runs.items()}
+        spread = lambda v: f"{statistics.median(v):,.0f} ({v[0]:,.0f}–{v[-1]:,.0f})"  # noqa: E731
+        lines.append(f"| {w} | {spread(rate['vlm'])} | {spread(rate['open_clip'])} | "
+                     f"{med['vlm'] / med['open_clip']:.2f}× | {peak['vlm']:,.0f} | {peak['open_clip']:,.0f} |")
         print(lines[-1], flush=True)
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), "?")
     text = "\n".join([
         "# Webdataset input pipeline: vlm_jax vs open_clip (224 px training batches)", "",
-        f"`scripts/vlm python benchmarks/shards_vs_open_clip.py --workers {args.workers} --batches {args.batches}` "
-        f"on {datetime.date.today()}, {cpu}, {len(os.sched_getaffinity(0))} cores; the same 11 tars (5,020 emoji at "
-        f"224 px JPEG), batch {BATCH}, {args.batches} timed batches after one warm-up, each row a fresh process "
-        "(see the script's docstring for both pipelines).", "",
+        f"`scripts/vlm python benchmarks/shards_vs_open_clip.py --workers {args.workers} --batches {args.batches} "
+        f"--repeats {args.repeats}` on {datetime.date.today()}, {cpu}, {len(os.sched_getaffinity(0))} cores; the same "
+        f"11 tars (5,020 emoji at 224 px JPEG), batch {BATCH}, {args.batches} timed batches after one warm-up, each "
+        f"run a fresh process, {args.repeats} runs per cell alternating between the pipelines: median (min–max), "
+        "ratio of medians, peak memory the largest of the runs (see the script's docstring for both pipelines). "
+        "vlm_jax's batches carry uint8 images that the train step normalises on the device; open_clip's carry "
+        "normalised float32 tensors, as its loader makes them.", "",
         "| workers | vlm_jax samples/s | open_clip samples/s | ratio | vlm_jax peak MB | open_clip peak MB |",
         "|---:|---:|---:|---:|---:|---:|", *lines, ""])
     Path(args.out).write_text(text)

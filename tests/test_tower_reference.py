@@ -183,7 +183,7 @@ def test_pali_encoder_and_decoder_match_float64_reference():
     prompt = padded_tokens([3, 1], 4, seed=10)
     text = padded_tokens([5, 2], 5, seed=11)
     model = PaLI(image=dict(VIT, posemb="learn"), prompt_len=4, decoder=dict(DEC, depth=1),
-                 encoder=dict(width=D, depth=DEPTH, mlp_dim=MLP, num_heads=HEADS, gelu_approximate=False))
+                 encoder=dict(width=D, depth=DEPTH, mlp_dim=MLP, num_heads=HEADS, act="gelu"))
     params, ((_, _, logits), aux) = run(model, 12, (jnp.asarray(IMAGES), jnp.asarray(text)),
                                         prompt=jnp.asarray(prompt))
     p = ref.f64(params)

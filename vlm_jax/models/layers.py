@@ -27,6 +27,7 @@ REMAT_POLICIES = ("none", "full", "minimal")
 # Attention kernels: "einsum" (explicit score matrix, fp32 softmax; every platform), "xla" / "cudnn"
 # (jax.nn.dot_product_attention; "cudnn" is the fused flash kernel on NVIDIA GPUs, bf16/fp16 only).
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+ACTIVATIONS = ("gelu_tanh", "gelu", "quick_gelu")
 
 
 class Dense(nn.Module):
@@ -63,9 +64,9 @@ def dense(features: int, names: tuple, dtype_mm: str, *, kernel_init: Callable =
     return Dense(features, tuple(names), dtype_mm, kernel_init, bias_init, out_dtype, name=name)
 
 
-def layer_norm(name: str | None = None) -> nn.LayerNorm:
+def layer_norm(name: str | None = None, eps: float = 1e-6) -> nn.LayerNorm:
     """LayerNorm (float32) whose scale/bias are partitioned along "embed"."""
-    return nn.LayerNorm(dtype=jnp.float32, param_dtype=jnp.float32, name=name,
+    return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32, name=name,
                         scale_init=_lp(nn.initializers.ones, ("embed",)),
                         bias_init=_lp(nn.initializers.zeros, ("embed",)))
 
@@ -88,18 +89,28 @@ def posemb_learned(mdl: nn.Module, name: str, length: int, width: int) -> Array:
     return mdl.param(name, init, (1, length, width), jnp.float32)
 
 
+def activation(name: str) -> Callable[[Array], Array]:
+    """An MLP activation by name (ACTIVATIONS): GELU with the tanh approximation (big_vision, SigLIP), exact
+    erf GELU (open_clip's nn.GELU, BERT), or OpenAI CLIP's QuickGELU x·σ(1.702x)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {ACTIVATIONS}, got {name!r}")
+    if name == "quick_gelu":
+        return lambda h: h * jax.nn.sigmoid(1.702 * h)
+    return lambda h: nn.gelu(h, approximate=name == "gelu_tanh")
+
+
 class MlpBlock(nn.Module):
-    """Transformer MLP: Dense(embed->mlp), GELU, dropout, Dense(mlp->embed)."""
+    """Transformer MLP: Dense(embed->mlp), activation, dropout, Dense(mlp->embed)."""
     mlp_dim: int | None = None
     dropout: float = 0.0
-    gelu_approximate: bool = True
+    act: str = "gelu_tanh"  # ACTIVATIONS
     dtype_mm: str = "float32"
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
         d = x.shape[-1]
         h = dense(self.mlp_dim or 4 * d, ("embed", "mlp"), self.dtype_mm, bias_init=nn.initializers.normal(1e-6))(x)
-        h = _constrain(nn.gelu(h, approximate=self.gelu_approximate), BSM)
+        h = _constrain(activation(self.act)(h), BSM)
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         return dense(d, ("mlp", "embed"), self.dtype_mm, bias_init=nn.initializers.normal(1e-6))(h)
 
@@ -184,19 +195,20 @@ class EncoderBlock(nn.Module):
     mlp_dim: int
     num_heads: int
     dropout: float = 0.0
-    gelu_approximate: bool = True
+    act: str = "gelu_tanh"
     dtype_mm: str = "float32"
     attention_impl: str = "einsum"
+    ln_eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> tuple[Array, None]:
         x = _constrain(x, BSE)
         residual = x.dtype  # kept through the block (the tower's residual_dtype)
         y = Attention(self.num_heads, dtype_mm=self.dtype_mm, impl=self.attention_impl, name="attn")(
-            layer_norm("ln_attn")(x), mask=mask)
+            layer_norm("ln_attn", self.ln_eps)(x), mask=mask)
         x = _constrain((x + nn.Dropout(self.dropout)(y, deterministic=deterministic)).astype(residual), BSE)
-        y = MlpBlock(self.mlp_dim, self.dropout, self.gelu_approximate, self.dtype_mm, name="mlp")(
-            layer_norm("ln_mlp")(x), deterministic=deterministic)
+        y = MlpBlock(self.mlp_dim, self.dropout, self.act, self.dtype_mm, name="mlp")(
+            layer_norm("ln_mlp", self.ln_eps)(x), deterministic=deterministic)
         x = _constrain((x + nn.Dropout(self.dropout)(y, deterministic=deterministic)).astype(residual), BSE)
         return x, None
 
@@ -214,11 +226,12 @@ class Encoder(nn.Module):
     mlp_dim: int
     num_heads: int
     dropout: float = 0.0
-    gelu_approximate: bool = True
+    act: str = "gelu_tanh"  # ACTIVATIONS
     scan: bool = False
     remat_policy: str = "none"
     dtype_mm: str = "float32"
     attention_impl: str = "einsum"
+    ln_eps: float = 1e-6  # every LayerNorm's epsilon (1e-6 big_vision / SigLIP; 1e-5 OpenAI CLIP, open_clip)
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, *, train: bool = False) -> tuple[Array, Aux]:
@@ -227,7 +240,7 @@ class Encoder(nn.Module):
         if self.remat_policy != "none":
             block = nn.remat(block, prevent_cse=not self.scan, static_argnums=(3,), policy=policy)
         kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
-                  gelu_approximate=self.gelu_approximate, dtype_mm=self.dtype_mm, attention_impl=self.attention_impl)
+                  act=self.act, dtype_mm=self.dtype_mm, attention_impl=self.attention_impl, ln_eps=self.ln_eps)
         aux: Aux = {}
         if self.scan:
             scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
@@ -239,7 +252,7 @@ class Encoder(nn.Module):
                 x, _ = block(name=f"encoderblock_{i}", **kw)(x, mask, not train)
                 aux[f"block{i:02d}"] = x
         aux["pre_ln"] = x
-        return _constrain(layer_norm("encoder_norm")(x), BSE), aux
+        return _constrain(layer_norm("encoder_norm", self.ln_eps)(x), BSE), aux
 
 
 class AttentionPooler(nn.Module):
@@ -250,8 +263,9 @@ class AttentionPooler(nn.Module):
     num_queries: int = 1
     num_heads: int = 12
     mlp_dim: int | None = None
-    gelu_approximate: bool = True
+    act: str = "gelu_tanh"
     dtype_mm: str = "float32"
+    ln_eps: float = 1e-6
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
@@ -263,8 +277,8 @@ class AttentionPooler(nn.Module):
         attn_mask = None if mask is None else mask[:, None, None, :]
         x = Attention(self.num_heads, dtype_mm=self.dtype_mm, name="attn")(probe, x, mask=attn_mask)
         x = x.astype(jnp.float32)
-        y = layer_norm("ln")(x)
-        return x + MlpBlock(self.mlp_dim, gelu_approximate=self.gelu_approximate, dtype_mm=self.dtype_mm, name="mlp")(y)
+        y = layer_norm("ln", self.ln_eps)(x)
+        return x + MlpBlock(self.mlp_dim, act=self.act, dtype_mm=self.dtype_mm, name="mlp")(y)
 
 
 class MAPHead(AttentionPooler):
