@@ -1,0 +1,372 @@
+"""Tiny random reference checkpoints (HF CLIP, HF SigLIP, open_clip CLIP) and their outputs, for converter tests.
+
+Writes, under --out (normally tests/fixtures/weights):
+
+  hf_clip/         config.json + model.safetensors        (transformers CLIPModel.save_pretrained)
+  hf_siglip/       config.json + model.safetensors        (transformers SiglipModel.save_pretrained)
+  open_clip_clip/  open_clip_config.json + open_clip_model.safetensors
+                   (open_clip's own save_config_for_hf layout; state_dict through safetensors.torch.save_file,
+                   as open_clip.push_to_hf_hub.save_for_hf does)
+  <case>/reference.npz   inputs and the torch outputs on them (float32 / int32 arrays, keys below)
+  fixtures.json          library versions, the command, per case its files (bytes, sha256) and array shapes
+
+Every parameter (LayerNorm scales and biases, all biases, embeddings, logit_scale / logit_bias included) is
+perturbed with seeded noise before saving, so a converter that transposes or swaps tensors gives wrong outputs.
+Outputs come from the checkpoint as saved (reloaded through the library's own loader), float32 on CPU, no grad,
+deterministic algorithms, one thread. Running it twice gives byte-identical files (the npz is written with a
+fixed zip timestamp).
+
+reference.npz keys (N=4 images / texts, 16 tokens):
+  image [4,32,32,3] NHWC in [-1, 1] (the codebase's x/127.5-1), mean [3], std [3],
+  pixel_values [4,3,32,32] = transpose(((image + 1) / 2 - mean) / std), what torch was fed,
+  input_ids [4,16] int32, image_embeds / text_embeds (projected, NOT normalised), logits_per_image [4,4],
+  image_48 [2,48,48,3], pixel_values_48, image_embeds_48 (position embeddings resized the library's way),
+  pos_embed_48 (the resized position table the library used), and for the HF cases vision_hidden / text_hidden
+  (the towers' last_hidden_state; see "notes" in fixtures.json for where the final LayerNorm sits).
+
+Needs the optional benchmark venv (torch, open_clip_torch, transformers, safetensors; see
+benchmarks/requirements-open-clip.txt). Standalone: imports nothing from vlm_jax. Command:
+
+  .bench-venv/bin/python scripts/make_weight_fixtures.py --out tests/fixtures/weights
+"""
+import argparse
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+COMMAND_PREFIX = ".bench-venv/bin/python scripts/make_weight_fixtures.py"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+N, SIZE, SIZE_48, N_48, CTX = 4, 32, 48, 2, 16
+VOCAB, BOS, EOS = 1000, 998, 999
+NOISE = 0.05
+SEEDS = {"hf_clip": 1, "hf_siglip": 2, "open_clip_clip": 3}
+PERTURBATION = (f"every parameter += {NOISE} * randn after the library's init; logit_scale = log(1/0.07) + 0.1 * randn "
+                "(CLIP cases) or log(10) + 0.1 * randn (SigLIP), SigLIP logit_bias = -10 + 0.5 * randn")
+
+OPEN_CLIP_CFG = {
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "mlp_ratio": 2.0, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 4, "layers": 2},
+    "quick_gelu": False,
+}
+
+NOTES = {
+    "hf_clip": (
+        "image_embeds/text_embeds = get_image_features/get_text_features(...).pooler_output (transformers 5 returns "
+        "BaseModelOutputWithPooling; pooler_output is already projected). vision_hidden = vision encoder output "
+        "BEFORE post_layernorm (CLIP applies post_layernorm to the class token only); text_hidden = after "
+        "final_layer_norm. Text pooling: first position of eos_token_id 999. image_embeds_48: "
+        "interpolate_pos_encoding=True (class position kept, 4x4 patch grid -> 6x6 by F.interpolate size=(6,6), "
+        "bicubic, align_corners=False, no antialias). Computed with the default attention (sdpa); eager differs "
+        "by < 1e-5."),
+    "hf_siglip": (
+        "image_embeds = get_image_features(...).pooler_output (attention-pooling head output, no projection); "
+        "text_embeds = get_text_features(...).pooler_output = head(last_hidden_state[:, -1]) (the LAST position, "
+        "a pad token for short rows). vision_hidden = after post_layernorm (the input of the pooling head); "
+        "text_hidden = after final_layer_norm. logits_per_image = exp(logit_scale) * cos + logit_bias. "
+        "image_embeds_48: interpolate_pos_encoding=True (no class token, 4x4 -> 6x6 by F.interpolate size=(6,6), "
+        "bicubic, align_corners=False, no antialias). Computed with the default attention (sdpa); eager differs "
+        "by < 1e-5."),
+    "open_clip_clip": (
+        "image_embeds = encode_image(x, normalize=False), text_embeds = encode_text(ids, normalize=False) (pooling: "
+        "argmax of token ids, i.e. the EOT 999). logits_per_image = exp(logit_scale) * normalised img @ normalised "
+        "txt.T (no logit_bias). image_embeds_48: open_clip.create_model('local-dir:<this dir>', "
+        "force_image_size=48), whose load_checkpoint calls open_clip.model.resize_pos_embed: class position kept, "
+        "4x4 -> 6x6 by F.interpolate size=(6,6), bicubic, align_corners=False, antialias=True. NOT the same as the "
+        "HF resize even when upsampling: torch's antialiased bicubic is PIL's (cubic a=-0.5, taps outside the grid "
+        "dropped and the weights renormalised), the plain one is a=-0.75 with edge clamping."),
+}
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+def make_images(rng, n, size):
+    return rng.uniform(-1.0, 1.0, size=(n, size, size, 3)).astype(np.float32)
+
+
+def to_pixel_values(image, mean, std):
+    """NHWC in [-1, 1] -> NCHW normalised, in float32 numpy (what torch is fed)."""
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    x = ((image + np.float32(1)) / np.float32(2) - mean) / std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).astype(np.float32)
+
+
+def clip_input_ids(rng):
+    """BOS, random ids in [0, 997], EOS, 0-padding. Row 0 has a 0 inside the text; row 1 is exactly 16 long."""
+    lengths = [5, CTX - 2, 2, 12]  # content tokens between BOS and EOS
+    ids = np.zeros((N, CTX), np.int32)
+    for i, n in enumerate(lengths):
+        content = rng.integers(1, BOS, size=n)  # in [1, 997]
+        if i == 0:
+            content[n // 2] = 0  # a 0 in the middle of the text, not padding
+        row = [BOS, *content.tolist(), EOS]
+        ids[i, :len(row)] = row
+    assert (ids == EOS).sum(1).tolist() == [1] * N and ids[1, -1] == EOS and ids[0, 1:7].min() == 0
+    return ids
+
+
+def siglip_input_ids(rng, pad_id=1):
+    """Random ids in [2, 997], EOS, then pad id 1 to 16 (fixed length, no attention mask); row 1 is exactly 16."""
+    lengths = [5, CTX - 1, 2, 10]
+    ids = np.full((N, CTX), pad_id, np.int32)
+    for i, n in enumerate(lengths):
+        row = [*rng.integers(2, BOS, size=n).tolist(), EOS]
+        ids[i, :len(row)] = row
+    assert (ids == EOS).sum(1).tolist() == [1] * N and ids[1, -1] == EOS
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------- torch helpers
+
+def setup_torch():
+    import torch
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    return torch
+
+
+def perturb_(model, seed, special=None):
+    """Add NOISE * randn to every parameter; parameters named in `special` get special(gen) as their value."""
+    import torch
+    special = special or {}
+    gen = torch.Generator().manual_seed(seed)
+    names = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in special:
+                p.fill_(float(special[name](gen)))
+            else:
+                p.add_(NOISE * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            names.append(name)
+    missing = set(special) - set(names)
+    assert not missing, f"special parameters not found: {missing}"
+    return names
+
+
+def randn_near(center, scale):
+    import torch
+    return lambda gen: center + scale * torch.randn((), generator=gen).item()
+
+
+def features(out):
+    """transformers 5 get_*_features return a ModelOutput whose pooler_output is the projected tensor."""
+    import torch
+    if isinstance(out, torch.Tensor):
+        return out, None
+    return out.pooler_output, out.last_hidden_state
+
+
+def np32(t):
+    return t.detach().cpu().numpy().astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- HF cases
+
+def hf_clip_model(torch, seed):
+    from transformers import CLIPConfig, CLIPModel
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    # CLIPModel projects with the top-level projection_dim; the towers' own projection_dim (default 512, read only
+    # by CLIP*ModelWithProjection) is set to the same 24, as in released checkpoints.
+    common["projection_dim"] = 24
+    config = CLIPConfig(
+        vision_config=dict(common, image_size=SIZE, patch_size=8),
+        text_config=dict(common, vocab_size=VOCAB, max_position_embeddings=CTX,
+                         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=0),
+        projection_dim=24)
+    torch.manual_seed(seed)
+    model = CLIPModel(config).float().eval()
+    perturb_(model, seed + 1000, {"logit_scale": randn_near(math.log(1 / 0.07), 0.1)})
+    return model
+
+
+def hf_siglip_model(torch, seed):
+    from transformers import SiglipConfig, SiglipModel, SiglipTextConfig
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+    # bos is unused by SigLIP; set inside the 1000-id vocabulary (the default 49406 is outside it).
+    text = dict(common, vocab_size=VOCAB, max_position_embeddings=CTX, pad_token_id=1, eos_token_id=EOS,
+                bos_token_id=BOS)
+    if "projection_size" in SiglipTextConfig(**text).to_dict():
+        text["projection_size"] = 32  # = hidden_size, the default; explicit so config.json states it
+    config = SiglipConfig(vision_config=dict(common, image_size=SIZE, patch_size=8), text_config=text)
+    torch.manual_seed(seed)
+    model = SiglipModel(config).float().eval()
+    perturb_(model, seed + 1000, {"logit_scale": randn_near(math.log(10.0), 0.1),
+                                  "logit_bias": randn_near(-10.0, 0.5)})
+    return model
+
+
+def hf_outputs(torch, model, pv, ids, pv48):
+    with torch.no_grad():
+        pv, ids, pv48 = torch.from_numpy(pv), torch.from_numpy(ids).long(), torch.from_numpy(pv48)
+        img, vis_hidden = features(model.get_image_features(pixel_values=pv))
+        txt, txt_hidden = features(model.get_text_features(input_ids=ids))
+        logits = model(input_ids=ids, pixel_values=pv).logits_per_image
+        img48, _ = features(model.get_image_features(pixel_values=pv48, interpolate_pos_encoding=True))
+        emb = model.vision_model.embeddings
+        patches = emb.patch_embedding(pv48).flatten(2).transpose(1, 2)
+        if hasattr(emb, "class_embedding"):  # CLIP: the class token is part of `embeddings`
+            patches = torch.cat([patches[:, :1], patches], dim=1)
+        pos48 = emb.interpolate_pos_encoding(patches, SIZE_48, SIZE_48)[0]
+    out = dict(image_embeds=img, text_embeds=txt, logits_per_image=logits, image_embeds_48=img48,
+               pos_embed_48=pos48)
+    if vis_hidden is not None:
+        out["vision_hidden"] = vis_hidden
+    if txt_hidden is not None:
+        out["text_hidden"] = txt_hidden
+    return {k: np32(v) for k, v in out.items()}
+
+
+def make_hf_case(torch, case, folder, build, ids_fn, mean, std):
+    seed = SEEDS[case]
+    rng = np.random.default_rng(seed)
+    image, image_48 = make_images(rng, N, SIZE), make_images(rng, N_48, SIZE_48)
+    ids = ids_fn(rng)
+    pv, pv48 = to_pixel_values(image, mean, std), to_pixel_values(image_48, mean, std)
+
+    model = build(torch, seed)
+    model.save_pretrained(folder)
+    reloaded = type(model).from_pretrained(folder).float().eval()
+    ref = hf_outputs(torch, reloaded, pv, ids, pv48)
+    mem = hf_outputs(torch, model, pv, ids, pv48)
+    for k in ref:  # the saved checkpoint reproduces the in-memory model exactly
+        np.testing.assert_array_equal(ref[k], mem[k], err_msg=f"{case}/{k} after save/load")
+    return dict(image=image, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32),
+                pixel_values=pv, input_ids=ids, image_48=image_48, pixel_values_48=pv48, **ref)
+
+
+# ----------------------------------------------------------------------------------------------- open_clip case
+
+def open_clip_outputs(torch, model, pv, ids):
+    with torch.no_grad():
+        pv, ids = torch.from_numpy(pv), torch.from_numpy(ids).long()
+        img = model.encode_image(pv, normalize=False)
+        txt = model.encode_text(ids, normalize=False)
+        logits = model.get_logits(pv, ids)[0]
+        manual = model.logit_scale.exp() * torch.nn.functional.normalize(img, dim=-1) @ \
+            torch.nn.functional.normalize(txt, dim=-1).T
+        assert model.logit_bias is None
+        torch.testing.assert_close(logits, manual, rtol=1e-6, atol=1e-6)
+    return dict(image_embeds=np32(img), text_embeds=np32(txt), logits_per_image=np32(logits))
+
+
+def make_open_clip_case(torch, case, folder):
+    import copy
+    import safetensors.torch
+    import open_clip
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
+    from open_clip.model import CLIP, set_model_preprocess_cfg
+    from open_clip.push_to_hf_hub import save_config_for_hf
+
+    seed = SEEDS[case]
+    rng = np.random.default_rng(seed)
+    image, image_48 = make_images(rng, N, SIZE), make_images(rng, N_48, SIZE_48)
+    ids = clip_input_ids(rng)
+    pv, pv48 = to_pixel_values(image, OPENAI_MEAN, OPENAI_STD), to_pixel_values(image_48, OPENAI_MEAN, OPENAI_STD)
+
+    torch.manual_seed(seed)
+    model = CLIP(**copy.deepcopy(OPEN_CLIP_CFG)).float().eval()
+    perturb_(model, seed + 1000, {"logit_scale": randn_near(math.log(1 / 0.07), 0.1)})
+    set_model_preprocess_cfg(model, {"mean": OPENAI_MEAN, "std": OPENAI_STD})
+    # Exactly what open_clip.push_to_hf_hub.save_for_hf writes (minus the tokenizer files).
+    os.makedirs(folder, exist_ok=True)
+    safetensors.torch.save_file(model.state_dict(), os.path.join(folder, HF_SAFE_WEIGHTS_NAME))
+    save_config_for_hf(model, Path(folder) / HF_CONFIG_NAME, model_config=copy.deepcopy(OPEN_CLIP_CFG))
+
+    local = "local-dir:" + os.path.abspath(folder)
+    loaded = open_clip.create_model(local, device="cpu", precision="fp32").eval()
+    ref = open_clip_outputs(torch, loaded, pv, ids)
+    mem = open_clip_outputs(torch, model, pv, ids)
+    for k in ref:
+        np.testing.assert_array_equal(ref[k], mem[k], err_msg=f"{case}/{k} after save/load")
+
+    model48 = open_clip.create_model(local, device="cpu", precision="fp32", force_image_size=SIZE_48).eval()
+    with torch.no_grad():
+        img48 = model48.encode_image(torch.from_numpy(pv48), normalize=False)
+    return dict(image=image, mean=np.asarray(OPENAI_MEAN, np.float32), std=np.asarray(OPENAI_STD, np.float32),
+                pixel_values=pv, input_ids=ids, image_48=image_48, pixel_values_48=pv48, **ref,
+                image_embeds_48=np32(img48), pos_embed_48=np32(model48.visual.positional_embedding))
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+def save_npz(path, arrays):
+    """np.savez layout (uncompressed zip of .npy) with a fixed timestamp, so reruns are byte-identical."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, arr in arrays.items():
+            arr = np.ascontiguousarray(arr)
+            assert arr.dtype in (np.float32, np.int32), (key, arr.dtype)
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr, allow_pickle=False)
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def describe_folder(folder, arrays):
+    files = {name: {"bytes": os.path.getsize(os.path.join(folder, name)), "sha256": sha256(os.path.join(folder, name))}
+             for name in sorted(os.listdir(folder))}
+    shapes = {k: f"{v.dtype}{list(v.shape)}" for k, v in arrays.items()}
+    return files, shapes
+
+
+def versions(torch):
+    import open_clip
+    import safetensors
+    import transformers
+    return {"python": sys.version.split()[0], "numpy": np.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "open_clip_torch": open_clip.__version__,
+            "safetensors": safetensors.__version__}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="tests/fixtures/weights", help="folder for the case folders")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch = setup_torch()
+
+    builders = {
+        "hf_clip": lambda f: make_hf_case(torch, "hf_clip", f, hf_clip_model, clip_input_ids,
+                                          OPENAI_MEAN, OPENAI_STD),
+        "hf_siglip": lambda f: make_hf_case(torch, "hf_siglip", f, hf_siglip_model, siglip_input_ids,
+                                            SIGLIP_MEAN, SIGLIP_STD),
+        "open_clip_clip": lambda f: make_open_clip_case(torch, "open_clip_clip", f),
+    }
+    manifest = {"command": f"{COMMAND_PREFIX} --out {args.out}", "versions": versions(torch), "seeds": SEEDS,
+                "perturbation": PERTURBATION, "cases": {}}
+    for case, build in builders.items():
+        folder = os.path.join(args.out, case)
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        os.makedirs(folder)
+        arrays = build(folder)
+        save_npz(os.path.join(folder, "reference.npz"), arrays)
+        files, shapes = describe_folder(folder, arrays)
+        manifest["cases"][case] = {"files": files, "arrays": shapes, "notes": NOTES[case]}
+        print(f"{case}: " + ", ".join(f"{n} ({d['bytes']} B)" for n, d in files.items()))
+    with open(os.path.join(args.out, "fixtures.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
