@@ -40,11 +40,13 @@ class Dense(nn.Module):
     kernel_init: Callable = nn.initializers.xavier_uniform()
     bias_init: Callable = nn.initializers.zeros
     out_dtype: str | None = None
+    use_bias: bool = True  # False: no "bias" parameter (projections of OpenAI CLIP / open_clip)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kernel = self.param("kernel", _lp(self.kernel_init, self.names), (x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", _lp(self.bias_init, self.names[-1:]), (self.features,), jnp.float32)
+        bias = self.param("bias", _lp(self.bias_init, self.names[-1:]), (self.features,), jnp.float32) \
+            if self.use_bias else jnp.zeros((self.features,), jnp.float32)
         dt = jnp.dtype(self.dtype_mm)
         out = dt if self.out_dtype is None else jnp.dtype(self.out_dtype)
         x, kernel_mm = x.astype(dt), kernel.astype(dt)
@@ -57,11 +59,11 @@ class Dense(nn.Module):
 
 
 def dense(features: int, names: tuple, dtype_mm: str, *, kernel_init: Callable = nn.initializers.xavier_uniform(),
-          bias_init: Callable = nn.initializers.zeros, out_dtype: str | None = None,
+          bias_init: Callable = nn.initializers.zeros, out_dtype: str | None = None, use_bias: bool = True,
           name: str | None = None) -> Dense:
     """A `Dense` layer with logically partitioned kernel/bias, matmuls in dtype_mm, result in out_dtype (None:
     dtype_mm; "float32" for logits and embeddings)."""
-    return Dense(features, tuple(names), dtype_mm, kernel_init, bias_init, out_dtype, name=name)
+    return Dense(features, tuple(names), dtype_mm, kernel_init, bias_init, out_dtype, use_bias, name=name)
 
 
 def layer_norm(name: str | None = None, eps: float = 1e-6) -> nn.LayerNorm:

@@ -8,7 +8,9 @@ import jax.numpy as jnp
 from vlm_jax.models import layers
 
 Array = jax.Array
-POOL_TYPES = ("last", "first", "map", "gap")
+# "last": the last non-pad token; "eos": the first `eos_id` (HF CLIP); "argmax": the highest token id (OpenAI CLIP,
+# open_clip); "final": the final position whatever it holds (SigLIP); "first", "map" (attention pooling), "gap" (mean).
+POOL_TYPES = ("last", "eos", "argmax", "final", "first", "map", "gap")
 
 
 class TextTransformer(nn.Module):
@@ -29,6 +31,12 @@ class TextTransformer(nn.Module):
     dtype_mm: str = "float32"
     residual_dtype: str = "float32"  # the residual stream (layers' mixed-precision policy); e.g. "bfloat16" at scale
     attention_impl: str = "einsum"  # layers.ATTENTION_IMPLS ("cudnn": flash attention on NVIDIA GPUs)
+    act: str = "gelu_tanh"  # the MLPs' activation (layers.ACTIVATIONS)
+    ln_eps: float = 1e-6  # every LayerNorm's epsilon
+    pad_mask: bool = True  # pad tokens are masked out as attention keys (False: only the causal mask, as CLIP and
+    # SigLIP checkpoints were trained; a pad id inside a text is then an ordinary token)
+    eos_id: int = -1  # pool_type "eos" pools at the first occurrence of this id
+    head_bias: bool = True  # False: the projection `head` has no bias
 
     @nn.compact
     def __call__(self, tokens: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
@@ -46,12 +54,16 @@ class TextTransformer(nn.Module):
         x = nn.with_logical_constraint(nn.Dropout(self.dropout)(x, deterministic=not train), layers.BSE)
 
         valid = tokens != self.pad_id  # [B, L]
-        mask = jnp.broadcast_to(valid[:, None, None, :], (b, 1, length, length))
+        if self.pool_type == "eos" and self.eos_id < 0:
+            raise ValueError("pool_type='eos' needs eos_id")
+        mask = jnp.broadcast_to((valid if self.pad_mask else jnp.ones_like(valid))[:, None, None, :],
+                                (b, 1, length, length))
         if self.causal:
             mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
         x, enc_aux = layers.Encoder(depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-                                    dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
-                                    dtype_mm=self.dtype_mm, attention_impl=self.attention_impl,
+                                    dropout=self.dropout, act=self.act, scan=self.scan,
+                                    remat_policy=self.remat_policy, dtype_mm=self.dtype_mm,
+                                    attention_impl=self.attention_impl, ln_eps=self.ln_eps,
                                     name="Encoder_0")(x, mask, train=train)
         aux.update({f"encoder/{k}": v for k, v in enc_aux.items()})
         aux["encoded"] = x
@@ -59,18 +71,24 @@ class TextTransformer(nn.Module):
         if self.pool_type == "last":
             idx = jnp.maximum(jnp.sum(valid, axis=1) - 1, 0)
             x = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
+        elif self.pool_type in ("eos", "argmax"):
+            idx = jnp.argmax(tokens == self.eos_id if self.pool_type == "eos" else tokens, axis=1)  # the first one
+            x = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
+        elif self.pool_type == "final":
+            x = x[:, -1]
         elif self.pool_type == "first":
             x = x[:, 0]
         elif self.pool_type == "gap":
             w = valid.astype(x.dtype)[..., None]
             x = jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
         else:
-            x = layers.MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype_mm=self.dtype_mm,
-                               name="MAPHead_0")(x, valid)
+            x = layers.MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, act=self.act, dtype_mm=self.dtype_mm,
+                               ln_eps=self.ln_eps, name="MAPHead_0")(x, valid if self.pad_mask else None)
         aux["pre_logits"] = x
         if self.num_classes is None:
             return x, aux
-        x = layers.dense(self.num_classes, ("embed", None), self.dtype_mm, out_dtype="float32", name="head")(x)
+        x = layers.dense(self.num_classes, ("embed", None), self.dtype_mm, out_dtype="float32",
+                         use_bias=self.head_bias, name="head")(x)
         x = x.astype(jnp.float32)
         aux["logits"] = x
         return x, aux

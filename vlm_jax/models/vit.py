@@ -34,6 +34,12 @@ class ViT(nn.Module):
     residual_dtype: str = "float32"  # the residual stream (layers' mixed-precision policy); e.g. "bfloat16" at scale
     attention_impl: str = "einsum"  # layers.ATTENTION_IMPLS ("cudnn": flash attention on NVIDIA GPUs)
     mask_token: bool = False  # a learned token that replaces masked patches (`patch_mask`; iBOT / TIPS)
+    act: str = "gelu_tanh"  # the MLPs' activation (layers.ACTIVATIONS; OpenAI CLIP: "quick_gelu", open_clip: "gelu")
+    ln_eps: float = 1e-6  # every LayerNorm's epsilon (OpenAI CLIP and open_clip: 1e-5)
+    ln_pre: bool = False  # a LayerNorm on the embedded tokens (class token included) before the blocks (CLIP)
+    pixel_mean: Sequence[float] | None = None  # imported checkpoints: images in [-1, 1] become ((x + 1) / 2 - mean)
+    pixel_std: Sequence[float] | None = None  # / std inside the model, the normalisation the weights were trained on
+    head_bias: bool = True  # False: the projection `head` has no bias (OpenAI CLIP, open_clip)
     locked: bool = False  # LiT: the encoder's output is a constant to autodiff (no backward pass through the
     # stem, positions and transformer; freeze them with optim.freeze so weight decay leaves them alone too)
 
@@ -55,6 +61,11 @@ class ViT(nn.Module):
         if self.pool_type not in POOL_TYPES:
             raise ValueError(f"pool_type must be one of {POOL_TYPES}, got {self.pool_type!r}")
         aux: dict[str, Array] = {}
+        if (self.pixel_mean is None) != (self.pixel_std is None):
+            raise ValueError("set both pixel_mean and pixel_std, or neither")
+        if self.pixel_mean is not None:
+            mean, std = jnp.asarray(self.pixel_mean, jnp.float32), jnp.asarray(self.pixel_std, jnp.float32)
+            image = ((image.astype(jnp.float32) + 1.0) / 2.0 - mean) / std
         x = nn.Conv(d, patch, strides=patch, padding="VALID", dtype=jnp.dtype(self.dtype_mm),
                     param_dtype=jnp.float32, name="embedding",
                     kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, None, "embed")),
@@ -84,19 +95,22 @@ class ViT(nn.Module):
             cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
                              (1, 1, d), jnp.float32)
             x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(x.dtype), x], axis=1)
+        if self.ln_pre:
+            x = layers.layer_norm("ln_pre", self.ln_eps)(x).astype(x.dtype)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
         x = nn.with_logical_constraint(x, layers.BSE)
         x, enc_aux = layers.Encoder(depth=c["depth"], mlp_dim=c["mlp_dim"], num_heads=c["num_heads"],
-                                    dropout=self.dropout, scan=self.scan, remat_policy=self.remat_policy,
-                                    dtype_mm=self.dtype_mm, attention_impl=self.attention_impl,
+                                    dropout=self.dropout, act=self.act, scan=self.scan,
+                                    remat_policy=self.remat_policy, dtype_mm=self.dtype_mm,
+                                    attention_impl=self.attention_impl, ln_eps=self.ln_eps,
                                     name="Transformer")(x, train=train)
         aux.update({f"encoder/{k}": v for k, v in enc_aux.items()})
         if self.locked:
             x = jax.lax.stop_gradient(x)
         aux["encoded"] = x
         if self.pool_type == "map":
-            x = layers.MAPHead(num_heads=c["num_heads"], mlp_dim=c["mlp_dim"], dtype_mm=self.dtype_mm,
-                               name="MAPHead_0")(x)
+            x = layers.MAPHead(num_heads=c["num_heads"], mlp_dim=c["mlp_dim"], act=self.act, dtype_mm=self.dtype_mm,
+                               ln_eps=self.ln_eps, name="MAPHead_0")(x)
         elif self.pool_type == "gap":
             x = jnp.mean(x, axis=1)
         elif self.pool_type == "tok":
@@ -106,7 +120,7 @@ class ViT(nn.Module):
             return x, aux
         init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.xavier_uniform()
         x = layers.dense(self.num_classes, ("embed", None), self.dtype_mm, kernel_init=init,
-                         out_dtype="float32", name="head")(x)
+                         out_dtype="float32", use_bias=self.head_bias, name="head")(x)
         x = x.astype(jnp.float32)
         aux["logits"] = x
         return x, aux
