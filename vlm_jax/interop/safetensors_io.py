@@ -52,7 +52,7 @@ def read(path: str | Path) -> dict[str, np.ndarray]:
         if arr.size != expected:
             raise SafetensorsError(f"{path}: tensor {name!r} holds {arr.size} values, its shape {info['shape']} "
                                    f"needs {expected} (truncated file?)")
-        out[name] = arr.reshape(info["shape"])
+        out[name] = arr.reshape(tuple(info["shape"]))
     return out
 
 
@@ -61,7 +61,9 @@ def write(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, 
     header: dict = {"__metadata__": dict(metadata)} if metadata else {}
     offset, arrays = 0, []
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
+        arr = np.asarray(tensors[name])  # (not ascontiguousarray: it turns a 0-d tensor into shape (1,))
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")
         if arr.dtype not in WRITE:
             raise SafetensorsError(f"tensor {name!r}: cannot write dtype {arr.dtype}")
         arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)

@@ -1,0 +1,240 @@
+"""Checkpoints in and out (vlm_jax.interop): HF CLIP / SigLIP and open_clip CLIP imported and run through vlm_jax's
+own TwoTower, against the embeddings and logits the reference libraries computed on the same inputs
+(tests/fixtures/weights, written by scripts/make_weight_fixtures.py with torch, transformers and open_clip)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlm_jax.interop import hf, layout, open_clip, posemb, safetensors_io
+from vlm_jax.interop.layout import ConversionError
+from vlm_jax.models.two_tower import TwoTower
+
+FIXTURES = Path(__file__).parent / "fixtures" / "weights"
+READERS = {"hf_clip": hf.read, "hf_siglip": hf.read, "open_clip_clip": open_clip.read}
+WRITERS = {"hf": hf.write, "open_clip": open_clip.write}
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def reference(case: str) -> dict[str, np.ndarray]:
+    return dict(np.load(FIXTURES / case / "reference.npz"))
+
+
+def run(model: layout.Imported, image: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Unnormalised embeddings and logits (t · cos + b) of vlm_jax's TwoTower with the imported parameters."""
+    (zimg, ztxt), aux = TwoTower(**model.fields).apply({"params": model.params}, jnp.asarray(image),
+                                                         jnp.asarray(ids))
+    logits = np.float64(aux["t"]) * np.asarray(zimg, np.float64) @ np.asarray(ztxt, np.float64).T
+    if "b" in aux:
+        logits += np.float64(aux["b"])
+    return {"image_embeds": np.asarray(aux["img/unnormed"]), "text_embeds": np.asarray(aux["txt/unnormed"]),
+            "logits_per_image": logits}
+
+
+@pytest.fixture(scope="module", params=sorted(READERS))
+def case(request):
+    name = request.param
+    return name, READERS[name](FIXTURES / name), reference(name)
+
+
+def test_imported_models_reproduce_the_reference_libraries(case):
+    name, model, ref = case
+    out = run(model, ref["image"], ref["input_ids"])
+    for key in ("image_embeds", "text_embeds", "logits_per_image"):
+        np.testing.assert_allclose(out[key], ref[key], err_msg=f"{name}: {key}", **TOL)
+    # the pooling each family uses: HF CLIP at the first eos, open_clip at the highest id, SigLIP the final position
+    expected = {"hf_clip": "eos", "open_clip_clip": "argmax", "hf_siglip": "final"}[name]
+    assert model.fields["text"]["pool_type"] == expected
+
+
+def test_a_new_resolution_resizes_positions_as_the_library_does(case):
+    name, _, ref = case
+    model = READERS[name](FIXTURES / name, image_size=48)
+    pos = model.params["img"]["pos_embedding"][0]
+    table = ref["pos_embed_48"][1:] if name != "hf_siglip" else ref["pos_embed_48"]  # class position kept apart
+    np.testing.assert_allclose(pos, table, rtol=0, atol=2e-6)
+    out = run(model, ref["image_48"], ref["input_ids"][:2])
+    np.testing.assert_allclose(out["image_embeds"], ref["image_embeds_48"], err_msg=name, **TOL)
+
+
+def test_pooling_kinds_pick_the_positions_the_libraries_pick():
+    """eos / argmax / final on ids where the three differ (an id above the eos, pads after it)."""
+    model = hf.read(FIXTURES / "hf_clip")
+    ids = np.array([[998, 5, 999, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    [998, 999, 7, 999, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]], np.int32)
+    fields = model.fields
+    (_, _), aux = TwoTower(**fields).apply({"params": model.params}, None, jnp.asarray(ids))
+    hidden = np.asarray(aux["txt/encoded"])  # after the final LayerNorm
+    kernel = model.params["txt"]["head"]["kernel"]
+    for pool, positions in (("eos", [2, 1]), ("argmax", [2, 1]), ("final", [15, 15]), ("last", [2, 4])):
+        text = dict(fields["text"], pool_type=pool)
+        (_, _), got = TwoTower(**dict(fields, text=text)).apply({"params": model.params}, None, jnp.asarray(ids))
+        want = np.stack([hidden[i, p] for i, p in enumerate(positions)]) @ kernel
+        np.testing.assert_allclose(np.asarray(got["txt/unnormed"]), want, rtol=1e-5, atol=1e-6, err_msg=pool)
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_import_export_import_is_bit_identical(case, fmt, tmp_path):
+    name, model, ref = case
+    if name == "hf_siglip" and fmt == "open_clip":
+        pytest.skip("open_clip's CLIP class has no attention-pooling head of this layout")
+    folder = WRITERS[fmt](model, tmp_path / fmt)
+    if name.startswith(fmt):  # the same format back: the same tensor names, shapes and dtypes as the original
+        weights = "model.safetensors" if fmt == "hf" else open_clip.WEIGHTS
+        ours, theirs = safetensors_io.read_header(folder / weights)[0], safetensors_io.read_header(
+            FIXTURES / name / weights)[0]
+        assert {k: (v["dtype"], v["shape"]) for k, v in ours.items()} == \
+            {k: (v["dtype"], v["shape"]) for k, v in theirs.items()}
+    again = (hf.read if fmt == "hf" else open_clip.read)(folder)
+    a, b = layout.flat(model.params), layout.flat(again.params)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype == np.float32, key
+        np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name} → {fmt} → back: {key}")
+    assert again.fields == model.fields or _same_fields(again.fields, model.fields, fmt)
+    out = run(again, ref["image"], ref["input_ids"])  # and therefore the reference library's numbers
+    np.testing.assert_allclose(out["image_embeds"], ref["image_embeds"], **TOL)
+    folder2 = WRITERS[fmt](again, tmp_path / (fmt + "2"))  # a second export writes the same bytes
+    for f in sorted(p.name for p in folder.iterdir()):
+        assert (folder / f).read_bytes() == (folder2 / f).read_bytes(), f
+
+
+def _same_fields(a: dict, b: dict, fmt: str) -> bool:
+    """Fields equal up to the pooling spelling a format forces (HF writes argmax as eos_token_id 2)."""
+    ta, tb = dict(a["text"]), dict(b["text"])
+    for t in (ta, tb):
+        t.pop("eos_id", None)
+    return dict(a, text=ta) == dict(b, text=tb)
+
+
+def test_exports_the_torch_layouts():
+    """Export writes torch layouts: Linear [out, in], Conv [out, in, kh, kw], open_clip's fused in_proj."""
+    model = open_clip.read(FIXTURES / "open_clip_clip")
+    src = safetensors_io.read(FIXTURES / "open_clip_clip" / open_clip.WEIGHTS)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        out = safetensors_io.read(open_clip.write(model, d) / open_clip.WEIGHTS)
+    assert sorted(out) == sorted(k for k in src if k != "attn_mask")
+    for key in src:
+        if key in ("visual.class_embedding", "visual.positional_embedding"):
+            continue  # the class position is folded into the class token on import, written back as cls + 0
+        np.testing.assert_array_equal(out[key], src[key], err_msg=key)
+    np.testing.assert_array_equal(out["visual.class_embedding"],
+                                  src["visual.class_embedding"] + src["visual.positional_embedding"][0])
+    np.testing.assert_array_equal(out["visual.positional_embedding"][1:], src["visual.positional_embedding"][1:])
+    assert not out["visual.positional_embedding"][0].any()
+
+
+def test_cross_format_export_keeps_the_numbers(tmp_path):
+    """open_clip → HF CLIP (argmax pooling as eos_token_id 2) and HF CLIP → open_clip (eos pooling)."""
+    for src_case, fmt in (("open_clip_clip", "hf"), ("hf_clip", "open_clip")):
+        ref = reference(src_case)
+        folder = WRITERS[fmt](READERS[src_case](FIXTURES / src_case), tmp_path / src_case)
+        again = (hf.read if fmt == "hf" else open_clip.read)(folder)
+        out = run(again, ref["image"], ref["input_ids"])
+        for key in ("image_embeds", "text_embeds", "logits_per_image"):
+            np.testing.assert_allclose(out[key], ref[key], err_msg=f"{src_case} → {fmt}: {key}", **TOL)
+
+
+def test_bicubic_matrices_match_the_closed_form():
+    """(Torch's own numbers are the fixtures' pos_embed_48, above.) Rows sum to 1; the same size is the identity;
+    PIL's a=-0.5 kernel (antialiased path) reproduces a linear ramp wherever all four taps are inside the grid."""
+    for antialias in (False, True):
+        np.testing.assert_allclose(posemb.bicubic_matrix(4, 6, antialias).sum(1), 1.0, atol=1e-12)
+        np.testing.assert_allclose(posemb.bicubic_matrix(5, 5, antialias), np.eye(5), atol=1e-12)
+    m = posemb.bicubic_matrix(8, 12, True)
+    src = (np.arange(12) + 0.5) * 8 / 12 - 0.5
+    inner = (src >= 1) & (src <= 6)
+    np.testing.assert_allclose((m @ np.arange(8.0))[inner], src[inner], atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+def _copy(case: str, tmp_path: Path) -> Path:
+    import shutil
+    return Path(shutil.copytree(FIXTURES / case, tmp_path / case))
+
+
+def test_missing_unexpected_and_misshapen_tensors_are_named(tmp_path):
+    folder = _copy("hf_clip", tmp_path)
+    tensors = safetensors_io.read(folder / "model.safetensors")
+    cases = {
+        "missing": ({k: v for k, v in tensors.items() if k != "text_projection.weight"}, "text_projection.weight"),
+        "unexpected": ({**tensors, "vision_model.extra.weight": np.ones(3, np.float32)}, "vision_model.extra.weight"),
+        "shape": ({**tensors, "visual_projection.weight": np.ones((24, 31), np.float32)}, "(24, 32)"),
+    }
+    for what, (bad, named) in cases.items():
+        safetensors_io.write(folder / "model.safetensors", bad)
+        with pytest.raises(ConversionError, match=__import__("re").escape(named)):
+            hf.read(folder)
+
+
+def test_unknown_architectures_are_refused(tmp_path):
+    folder = _copy("hf_clip", tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(cfg, model_type="blip")))
+    with pytest.raises(ConversionError, match="model_type 'blip'.*clip"):
+        hf.read(folder)
+    oc = _copy("open_clip_clip", tmp_path)
+    cfg = json.loads((oc / open_clip.CONFIG).read_text())
+    cfg["model_cfg"]["vision_cfg"]["pool_type"] = "avg"
+    (oc / open_clip.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(ConversionError, match="pool_type='avg'|pool_type='avg'|vision_cfg.pool_type"):
+        open_clip.read(oc)
+    cfg["model_cfg"]["vision_cfg"]["pool_type"] = "tok"
+    cfg["model_cfg"]["text_cfg"]["hf_model_name"] = "roberta-base"
+    (oc / open_clip.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(ConversionError, match="hf_model_name"):
+        open_clip.read(oc)
+
+
+def test_export_refuses_what_the_target_cannot_express(tmp_path):
+    model = hf.read(FIXTURES / "hf_siglip")
+    with pytest.raises(ConversionError, match="pool_type='map'.*tok"):
+        open_clip.write(model, tmp_path / "x")
+    clip = hf.read(FIXTURES / "hf_clip")
+    bad = layout.Imported(dict(clip.fields, text=dict(clip.fields["text"], pad_mask=True)), clip.params,
+                          clip.image_size, clip.text, clip.loss, clip.source)
+    with pytest.raises(ConversionError, match="pad_mask=True"):
+        hf.write(bad, tmp_path / "y")
+
+
+def test_safetensors_round_trip_and_truncation(tmp_path):
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array(3, np.int64),
+              "c": np.zeros((0, 4), np.float32)}
+    path = safetensors_io.write(tmp_path / "x.safetensors", arrays, {"format": "pt"})
+    raw = path.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    assert header_len % 8 == 0 and json.loads(raw[8:8 + header_len])["__metadata__"] == {"format": "pt"}
+    back = safetensors_io.read(path)
+    for k, v in arrays.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape
+        np.testing.assert_array_equal(back[k], v)
+    path.write_bytes(raw[:-8])
+    with pytest.raises(safetensors_io.SafetensorsError, match="truncated"):
+        safetensors_io.read(path)
+
+
+BENCH_PYTHON = Path(__file__).parent.parent / ".bench-venv" / "bin" / "python"
+
+
+@pytest.mark.skipif(not BENCH_PYTHON.exists(), reason="live check needs the optional .bench-venv (torch, "
+                    "transformers, open_clip; benchmarks/requirements-open-clip.txt)")
+def test_exports_load_in_the_reference_libraries(tmp_path):
+    """The exported folders, loaded by transformers / open_clip themselves, give the fixtures' numbers."""
+    import subprocess
+    import sys  # noqa: F401
+    specs = []
+    for name, fmt in (("hf_clip", "hf"), ("hf_siglip", "hf"), ("open_clip_clip", "open_clip"),
+                      ("open_clip_clip", "hf"), ("hf_clip", "open_clip")):
+        folder = WRITERS[fmt](READERS[name](FIXTURES / name), tmp_path / f"{name}_{fmt}")
+        specs.append(f"{name}={fmt}:{folder}")
+    script = Path(__file__).parent.parent / "scripts" / "check_exports_live.py"
+    proc = subprocess.run([str(BENCH_PYTHON), str(script), *specs], capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert len(proc.stdout.strip().splitlines()) == len(specs)
