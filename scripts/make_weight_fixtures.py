@@ -8,6 +8,10 @@ Writes, under --out (normally tests/fixtures/weights):
                    (open_clip's own save_config_for_hf layout; state_dict through safetensors.torch.save_file,
                    as open_clip.push_to_hf_hub.save_for_hf does)
   <case>/reference.npz   inputs and the torch outputs on them (float32 / int32 arrays, keys below)
+  <case>/ tokenizer files and tokenizer.json's reference ids (see TOKENIZERS below): HF CLIP's fast tokenizer over
+                   a 1000-id cut of OpenAI CLIP's BPE (open_clip's bpe_simple_vocab_16e6.txt.gz, its first 486
+                   merges), open_clip's SimpleTokenizer over the same cut (bpe_simple_vocab.txt.gz), SigLIP's
+                   SentencePiece tokenizer (spiece.model, a 1000-piece unigram model trained on CORPUS here)
   fixtures.json          library versions, the command, per case its files (bytes, sha256) and array shapes
 
 Every parameter (LayerNorm scales and biases, all biases, embeddings, logit_scale / logit_bias included) is
@@ -60,6 +64,25 @@ OPEN_CLIP_CFG = {
     "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 4, "layers": 2},
     "quick_gelu": False,
 }
+
+# Strings with punctuation, casing, accents, non-Latin scripts, HTML entities, emoji, an empty and an over-long text.
+TOKEN_TEXTS = [
+    "A photo of a cat.", "  Hello,   WORLD!!  ", "naïve café — déjà vu", "日本語のテキストと한국어",
+    "Ünïcödé &amp; <b>tags</b>", "emoji 🐱🚀 time", "", "it's a dog's life; isn't it?", "numbers 12345 and 3.14",
+    "a very long caption that goes on and on about many different things well past the sixteen token limit",
+    "Mixed CASE and under_scores and hyphen-ated words", "tab\tand\nnewline",
+]
+CORPUS = [  # SigLIP's SentencePiece training text (deterministic): the strings above and plain English sentences
+    *TOKEN_TEXTS, "a photo of a dog", "a picture of the sea", "the quick brown fox jumps over the lazy dog",
+    "an emoji of a smiling face", "two people riding bicycles in the city", "a bowl of fruit on a table",
+] * 20
+TOKENIZERS = (
+    "hf_clip: CLIPTokenizer(vocab.json, merges.txt).save_pretrained -> tokenizer.json etc.; token_ids = "
+    "tok(TOKEN_TEXTS, padding='max_length', truncation=True, max_length=16).input_ids. open_clip_clip: "
+    "open_clip.tokenizer.SimpleTokenizer(bpe_path=bpe_simple_vocab.txt.gz, context_length=16)(TOKEN_TEXTS). "
+    "hf_siglip: SiglipTokenizer(spiece.model).save_pretrained; token_ids = tok(TOKEN_TEXTS, padding='max_length', "
+    "truncation=True, max_length=16).input_ids. token_texts.json lists TOKEN_TEXTS.")
+BPE_MERGES = 486  # 256 bytes + 256 bytes</w> + 486 merges + 2 specials = the fixtures' 1000-id vocabulary
 
 NOTES = {
     "hf_clip": (
@@ -301,6 +324,68 @@ def make_open_clip_case(torch, case, folder):
                 image_embeds_48=np32(img48), pos_embed_48=np32(model48.visual.positional_embedding))
 
 
+# ----------------------------------------------------------------------------------------------- tokenizers
+
+def clip_bpe_cut():
+    """(merges, vocab) of OpenAI CLIP's BPE cut to BPE_MERGES merges, built as CLIP builds its vocabulary."""
+    import gzip
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+    path = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    lines = gzip.open(path).read().decode("utf-8").split("\n")
+    merges = lines[1:BPE_MERGES + 1]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == VOCAB and len(set(vocab)) == VOCAB
+    return lines[0], merges, vocab
+
+
+def hf_clip_tokenizer(folder):
+    from transformers import CLIPTokenizer
+    _, merges, vocab = clip_bpe_cut()
+    # transformers 5's CLIPTokenizer (tokenizers-backed) takes the vocabulary and merges themselves
+    tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=[tuple(m.split()) for m in merges],
+                        model_max_length=CTX)
+    tok.save_pretrained(folder)
+    reloaded = type(tok).from_pretrained(folder)
+    ids = reloaded(TOKEN_TEXTS, padding="max_length", truncation=True, max_length=CTX)["input_ids"]
+    assert ids == tok(TOKEN_TEXTS, padding="max_length", truncation=True, max_length=CTX)["input_ids"]
+    assert ids[0][0] == BOS and EOS in ids[0], ids[0]
+    return np.asarray(ids, np.int32)
+
+
+def open_clip_tokenizer(folder):
+    import gzip
+    from open_clip.tokenizer import SimpleTokenizer
+    header, merges, _ = clip_bpe_cut()
+    path = os.path.join(folder, "bpe_simple_vocab.txt.gz")
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+        f.write("\n".join([header, *merges]).encode("utf-8"))  # no final newline: SimpleTokenizer keeps it
+    tok = SimpleTokenizer(bpe_path=path, context_length=CTX)
+    assert len(tok.encoder) == VOCAB, len(tok.encoder)
+    return tok(TOKEN_TEXTS).numpy().astype(np.int32)
+
+
+def hf_siglip_tokenizer(folder):
+    import sentencepiece as spm
+    from transformers import SiglipTokenizer
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_writer=buf, model_type="unigram",
+                                   vocab_size=VOCAB, hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2,
+                                   bos_id=-1, character_coverage=1.0, num_threads=1, minloglevel=2)
+    model = os.path.join(folder, "_spiece.model")
+    with open(model, "wb") as f:
+        f.write(buf.getvalue())
+    tok = SiglipTokenizer(vocab_file=model, model_max_length=CTX)
+    os.remove(model)
+    tok.save_pretrained(folder)
+    ids = SiglipTokenizer.from_pretrained(folder)(TOKEN_TEXTS, padding="max_length", truncation=True,
+                                                  max_length=CTX)["input_ids"]
+    assert max(max(r) for r in ids) < VOCAB
+    return np.asarray(ids, np.int32)
+
+
 # ----------------------------------------------------------------------------------------------- files
 
 def save_npz(path, arrays):
@@ -352,13 +437,18 @@ def main(argv=None):
         "open_clip_clip": lambda f: make_open_clip_case(torch, "open_clip_clip", f),
     }
     manifest = {"command": f"{COMMAND_PREFIX} --out {args.out}", "versions": versions(torch), "seeds": SEEDS,
-                "perturbation": PERTURBATION, "cases": {}}
+                "perturbation": PERTURBATION, "tokenizers": TOKENIZERS, "cases": {}}
     for case, build in builders.items():
         folder = os.path.join(args.out, case)
         if os.path.isdir(folder):
             shutil.rmtree(folder)
         os.makedirs(folder)
         arrays = build(folder)
+        arrays["token_ids"] = {"hf_clip": hf_clip_tokenizer, "hf_siglip": hf_siglip_tokenizer,
+                               "open_clip_clip": open_clip_tokenizer}[case](folder)
+        with open(os.path.join(folder, "token_texts.json"), "w") as f:
+            json.dump(TOKEN_TEXTS, f, ensure_ascii=False, indent=0)
+            f.write("\n")
         save_npz(os.path.join(folder, "reference.npz"), arrays)
         files, shapes = describe_folder(folder, arrays)
         manifest["cases"][case] = {"files": files, "arrays": shapes, "notes": NOTES[case]}

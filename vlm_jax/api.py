@@ -47,7 +47,8 @@ class TrainedRun:
     def preprocess(self, images: Any) -> np.ndarray:
         """float32 [N, S, S, 3] in [-1, 1] from file paths, PIL images, uint8 arrays ([H, W, 3|4] or [N, H, W, 3])
         or float arrays already in [-1, 1] at the model's size. Files and PIL images are prepared like the
-        training drawings (cropped to the drawn pixels, centred on white)."""
+        training drawings (cropped to the drawn pixels, centred on white), or, for a converted checkpoint, sized as
+        its library sizes them."""
         from vlm_jax.data import ops
 
         if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -67,7 +68,10 @@ class TrainedRun:
         from vlm_jax.data.emoji import prepare_drawing
 
         if isinstance(image, (str, Path, Image.Image)):
-            return prepare_drawing(image, self.image_size)
+            # a dataset that knows how its images are sized (a converted checkpoint) prepares them; otherwise
+            # files are prepared like the training drawings
+            prepare = getattr(self.objective.data, "prepare_image", None)
+            return prepare(image) if prepare is not None else prepare_drawing(image, self.image_size)
         arr = np.asarray(image)
         if arr.dtype == np.uint8:
             return ops.normalize(ops.resize(arr[..., :3], self.image_size))

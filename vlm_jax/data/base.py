@@ -26,6 +26,7 @@ DATASETS = {  # name → the module that registers it (imported on first use)
     "tuxpaint": "vlm_jax.data.tuxpaint.dataset",
     "multitask": "vlm_jax.data.multitask",
     "shards": "vlm_jax.data.shards.dataset",
+    "checkpoint": "vlm_jax.data.checkpoint_text",
 }
 _REGISTRY: dict[str, type] = {}
 _READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("vlm_jax_data_read_only", default=False)

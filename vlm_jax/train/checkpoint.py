@@ -39,6 +39,12 @@ class Checkpointer:
                                   meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=args, force=True)
 
+    def save_state(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Saves a state with no data iterator (a converted checkpoint: `restore_state` reads it, training does
+        not resume from it)."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self.manager.save(step, args=args, force=True)
+
     def steps(self) -> list[int]:
         """Saved steps, oldest first."""
         return sorted(self.manager.all_steps())
