@@ -12,6 +12,8 @@ Writes, under --out (normally tests/fixtures/weights):
                    a 1000-id cut of OpenAI CLIP's BPE (open_clip's bpe_simple_vocab_16e6.txt.gz, its first 486
                    merges), open_clip's SimpleTokenizer over the same cut (bpe_simple_vocab.txt.gz), SigLIP's
                    SentencePiece tokenizer (spiece.model, a 1000-piece unigram model trained on CORPUS here)
+  big_vision_siglip/     siglip.npz (per-layer) and siglip_scanned.npz (scanned): the hf_siglip weights in big_vision's
+                   SigLIP layout (BIG_VISION_LAYOUT below); its reference numbers are hf_siglip's
   fixtures.json          library versions, the command, per case its files (bytes, sha256) and array shapes
 
 Every parameter (LayerNorm scales and biases, all biases, embeddings, logit_scale / logit_bias included) is
@@ -386,6 +388,97 @@ def hf_siglip_tokenizer(folder):
     return np.asarray(ids, np.int32)
 
 
+# ----------------------------------------------------------------------------------------------- big_vision
+
+BIG_VISION_LAYOUT = (
+    "big_vision SigLIP (models/proj/image_text/two_towers.py with vit.py and text_transformer.py; the key list of "
+    "transformers' convert_siglip2_to_hf.py): params/img/embedding/{kernel [p,p,3,d],bias}, params/img/pos_embedding "
+    "[1,N,d], params/img/Transformer/encoderblock_<i>/{LayerNorm_0,LayerNorm_1}/{scale,bias}, .../MlpBlock_0/"
+    "{Dense_0,Dense_1}/{kernel [in,out],bias}, .../MultiHeadDotProductAttention_0/{query,key,value}/{kernel [d,h,hd],"
+    "bias [h,hd]}, .../out/{kernel [h,hd,d],bias}, params/img/Transformer/encoder_norm, params/img/MAPHead_0/"
+    "{probe [1,1,d], LayerNorm_0, MlpBlock_0, MultiHeadDotProductAttention_0}, params/txt/Embed_0/embedding, "
+    "params/txt/pos_embedding, params/txt/Encoder_0/encoderblock_<i>/..., params/txt/Encoder_0/encoder_norm, "
+    "params/txt/head/{kernel,bias}, params/t [1], params/b [1]. Scanned: encoderblock/<same> with a leading "
+    "depth axis. Written with np.savez from the hf_siglip torch weights.")
+
+
+def big_vision_params(sd, depth, heads):
+    """The hf_siglip state dict in big_vision's SigLIP names and flax layouts (per-layer)."""
+    out = {}
+
+    def lin(dst, src):
+        out[dst + "/kernel"] = sd[src + ".weight"].T
+        out[dst + "/bias"] = sd[src + ".bias"]
+
+    def ln(dst, src):
+        out[dst + "/scale"], out[dst + "/bias"] = sd[src + ".weight"], sd[src + ".bias"]
+
+    def attn(dst, q, k, v, o):
+        for name, (w, b) in (("query", q), ("key", k), ("value", v)):
+            d_out, d_in = w.shape
+            out[f"{dst}/{name}/kernel"] = w.T.reshape(d_in, heads, d_out // heads)
+            out[f"{dst}/{name}/bias"] = b.reshape(heads, d_out // heads)
+        w, b = o
+        out[f"{dst}/out/kernel"] = w.T.reshape(heads, w.shape[1] // heads, w.shape[0])
+        out[f"{dst}/out/bias"] = b
+
+    def blocks(dst, src):
+        for i in range(depth):
+            d, s = f"{dst}/encoderblock_{i}", f"{src}.encoder.layers.{i}"
+            ln(d + "/LayerNorm_0", s + ".layer_norm1")
+            ln(d + "/LayerNorm_1", s + ".layer_norm2")
+            lin(d + "/MlpBlock_0/Dense_0", s + ".mlp.fc1")
+            lin(d + "/MlpBlock_0/Dense_1", s + ".mlp.fc2")
+            attn(d + "/MultiHeadDotProductAttention_0",
+                 *[(sd[f"{s}.self_attn.{n}_proj.weight"], sd[f"{s}.self_attn.{n}_proj.bias"]) for n in "qkvo"[:3]],
+                 (sd[f"{s}.self_attn.out_proj.weight"], sd[f"{s}.self_attn.out_proj.bias"]))
+
+    out["img/embedding/kernel"] = sd["vision_model.embeddings.patch_embedding.weight"].transpose(2, 3, 1, 0)
+    out["img/embedding/bias"] = sd["vision_model.embeddings.patch_embedding.bias"]
+    out["img/pos_embedding"] = sd["vision_model.embeddings.position_embedding.weight"][None]
+    blocks("img/Transformer", "vision_model")
+    ln("img/Transformer/encoder_norm", "vision_model.post_layernorm")
+    out["img/MAPHead_0/probe"] = sd["vision_model.head.probe"]
+    ln("img/MAPHead_0/LayerNorm_0", "vision_model.head.layernorm")
+    lin("img/MAPHead_0/MlpBlock_0/Dense_0", "vision_model.head.mlp.fc1")
+    lin("img/MAPHead_0/MlpBlock_0/Dense_1", "vision_model.head.mlp.fc2")
+    w, b = sd["vision_model.head.attention.in_proj_weight"], sd["vision_model.head.attention.in_proj_bias"]
+    d = w.shape[1]
+    attn("img/MAPHead_0/MultiHeadDotProductAttention_0", *[(w[i * d:(i + 1) * d], b[i * d:(i + 1) * d]) for i in range(3)],
+         (sd["vision_model.head.attention.out_proj.weight"], sd["vision_model.head.attention.out_proj.bias"]))
+    out["txt/Embed_0/embedding"] = sd["text_model.embeddings.token_embedding.weight"]
+    out["txt/pos_embedding"] = sd["text_model.embeddings.position_embedding.weight"][None]
+    blocks("txt/Encoder_0", "text_model")
+    ln("txt/Encoder_0/encoder_norm", "text_model.final_layer_norm")
+    lin("txt/head", "text_model.head")
+    out["t"], out["b"] = sd["logit_scale"].reshape(1), sd["logit_bias"].reshape(1)
+    return {"params/" + k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
+
+
+def scanned(params, depth):
+    """Per-layer encoderblock_<i>/... stacked into encoderblock/... (big_vision's scan=True layout)."""
+    import re
+    out, stacks = {}, {}
+    for k, v in params.items():
+        m = re.match(r"(.*)/encoderblock_(\d+)/(.*)", k)
+        if m:
+            stacks.setdefault(f"{m.group(1)}/encoderblock/{m.group(3)}", {})[int(m.group(2))] = v
+        else:
+            out[k] = v
+    for k, layers in stacks.items():
+        out[k] = np.stack([layers[i] for i in range(depth)])
+    return out
+
+
+def make_big_vision_case(folder, hf_folder):
+    from safetensors.numpy import load_file
+    sd = load_file(os.path.join(hf_folder, "model.safetensors"))
+    cfg = json.load(open(os.path.join(hf_folder, "config.json")))["vision_config"]
+    params = big_vision_params(sd, cfg["num_hidden_layers"], cfg["num_attention_heads"])
+    save_npz(os.path.join(folder, "siglip.npz"), params)
+    save_npz(os.path.join(folder, "siglip_scanned.npz"), scanned(params, cfg["num_hidden_layers"]))
+
+
 # ----------------------------------------------------------------------------------------------- files
 
 def save_npz(path, arrays):
@@ -453,6 +546,14 @@ def main(argv=None):
         files, shapes = describe_folder(folder, arrays)
         manifest["cases"][case] = {"files": files, "arrays": shapes, "notes": NOTES[case]}
         print(f"{case}: " + ", ".join(f"{n} ({d['bytes']} B)" for n, d in files.items()))
+    folder = os.path.join(args.out, "big_vision_siglip")
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.makedirs(folder)
+    make_big_vision_case(folder, os.path.join(args.out, "hf_siglip"))
+    files, _ = describe_folder(folder, {})
+    manifest["cases"]["big_vision_siglip"] = {"files": files, "notes": BIG_VISION_LAYOUT}
+    print("big_vision_siglip: " + ", ".join(f"{n} ({d['bytes']} B)" for n, d in files.items()))
     with open(os.path.join(args.out, "fixtures.json"), "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")

@@ -238,3 +238,34 @@ def test_exports_load_in_the_reference_libraries(tmp_path):
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert len(proc.stdout.strip().splitlines()) == len(specs)
+
+
+@pytest.mark.parametrize("layout_name", ["siglip.npz", "siglip_scanned.npz"])
+def test_big_vision_siglip_npz_reproduces_the_same_model_in_transformers(layout_name, tmp_path):
+    """The hf_siglip weights in big_vision's layout (per-layer and scanned), imported: transformers' numbers; and
+    exported to HF, the same tensors as the HF checkpoint itself."""
+    from vlm_jax.interop import big_vision
+    ref = reference("hf_siglip")
+    model = big_vision.read(FIXTURES / "big_vision_siglip" / layout_name)
+    out = run(model, ref["image"], ref["input_ids"])
+    for key in ("image_embeds", "text_embeds", "logits_per_image"):
+        np.testing.assert_allclose(out[key], ref[key], err_msg=key, **TOL)
+    exported = safetensors_io.read(hf.write(model, tmp_path / "hf") / "model.safetensors")
+    original = safetensors_io.read(FIXTURES / "hf_siglip" / "model.safetensors")
+    assert sorted(exported) == sorted(original)
+    for key in original:
+        assert exported[key].shape == original[key].shape, key
+        np.testing.assert_array_equal(exported[key], original[key], err_msg=key)
+
+
+def test_big_vision_unknown_and_missing_keys_are_named(tmp_path):
+    from vlm_jax.interop import big_vision
+    with np.load(FIXTURES / "big_vision_siglip" / "siglip.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    np.savez(tmp_path / "extra.npz", **arrays, **{"params/img/extra/kernel": np.ones(2, np.float32)})
+    with pytest.raises(ConversionError, match="img/extra/kernel"):
+        big_vision.read(tmp_path / "extra.npz")
+    del arrays["params/txt/head/bias"]
+    np.savez(tmp_path / "missing.npz", **arrays)
+    with pytest.raises(ConversionError, match="missing tensor 'txt/head/bias'"):
+        big_vision.read(tmp_path / "missing.npz")

@@ -2,6 +2,7 @@
 
   python -m vlm_jax.tools.convert --from hf --in CLIP_OR_SIGLIP_DIR --out runs/clip_b16 [--image_size 384]
   python -m vlm_jax.tools.convert --from open_clip --in OPEN_CLIP_DIR --out runs/oc [--tokenizer FILE]
+  python -m vlm_jax.tools.convert --from big_vision --in siglip.npz --out runs/siglip --tokenizer spiece.model
   python -m vlm_jax.tools.convert --to open_clip --in runs/oc --out exported/oc      (or --to hf)
 
 Import writes a run directory (config.json, a checkpoint, the checkpoint's tokenizer under tokenizer/,
@@ -18,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlm_jax.interop import hf, open_clip
+from vlm_jax.interop import big_vision, hf, open_clip
 from vlm_jax.interop.layout import ConversionError, Imported
 
-READERS = {"hf": hf.read, "open_clip": open_clip.read}
+READERS = {"hf": hf.read, "open_clip": open_clip.read, "big_vision": big_vision.read}
 WRITERS = {"hf": hf.write, "open_clip": open_clip.write}
 LOSSES = {"clip": "infonce", "siglip": "sigmoid"}
 CONVERTED = "converted.json"
