@@ -8,10 +8,17 @@
   --config experiments/emoji_two_tower.py:shards=DIR         train from webdataset / parquet shards of the same
                                                              data (python -m vlm_jax.tools.make_shards --dataset emoji)
   --config experiments/emoji_two_tower.py:shards=DIR,workers=2   … decoded in 2 grain worker processes
+  --config experiments/emoji_two_tower.py:arch=open_clip     towers open_clip's CLIP class can hold exactly (class
+                                                             token, pre-LN, exact GELU, eps 1e-5, bias-free
+                                                             projections), so `tools.convert --to open_clip` exports it
 """
 from vlm_jax.config import config_args, small_run
 from vlm_jax.data.ops import STYLE_AUGMENT
 from vlm_jax.objectives.contrastive import apply_loss_preset
+
+# arch=open_clip: the options that make both towers expressible by open_clip's CLIP (docs/checkpoints.md)
+OPEN_CLIP_ARCH = (dict(pool_type="tok", ln_pre=True, act="gelu", ln_eps=1e-5, head_bias=False),
+                  dict(act="gelu", ln_eps=1e-5, head_bias=False))
 
 SIZES = {
     # image tower, text tower, embedding dim, image px
@@ -24,8 +31,12 @@ SIZES = {
 
 def get_config(arg=None):
     """`arg`: loss=clip|siglip, size=small|test, steps=N, batch=N, dtype=float32|bfloat16 (matmul inputs),
-    shards=DIR|PATTERN (train from shards), workers=N (grain worker processes decoding the shards)."""
-    arg = config_args(arg, loss="clip", size="small", steps=4000, batch=256, dtype="float32", shards="", workers=0)
+    shards=DIR|PATTERN (train from shards), workers=N (grain worker processes decoding the shards),
+    arch=vlm_jax|open_clip (towers open_clip can hold exactly)."""
+    arg = config_args(arg, loss="clip", size="small", steps=4000, batch=256, dtype="float32", shards="", workers=0,
+                      arch="vlm_jax")
+    if arg.arch not in ("vlm_jax", "open_clip"):
+        raise ValueError(f"arch must be 'vlm_jax' or 'open_clip', got {arg.arch!r}")
     image, text, embed_dim, image_size = SIZES[arg.size]
     c = small_run("contrastive", arg.steps, arg.batch)
 
@@ -38,6 +49,9 @@ def get_config(arg=None):
         image=dict(posemb="learn", pool_type="map", dtype_mm=arg.dtype, **image),
         text=dict(vocab_size=0, causal=True, pool_type="last", max_len=16, dtype_mm=arg.dtype, **text),
         embed_dim=embed_dim)
+    if arg.arch == "open_clip":
+        c.model.image.update(OPEN_CLIP_ARCH[0])
+        c.model.text.update(OPEN_CLIP_ARCH[1])
     loss = apply_loss_preset(c, arg.loss)
 
     c.optim.b2 = loss["b2"]

@@ -101,3 +101,64 @@ def test_bad_input_is_refused_with_the_reason(runs, tmp_path, capsys):
     cfg = json.loads((runs["hf_clip"] / "config.json").read_text())["data"]
     with pytest.raises(ValueError, match="1000 ids but the text tower's vocabulary has 500"):
         CheckpointText(ml_collections.ConfigDict(dict(cfg, vocab_size=500)))
+
+
+BENCH_PYTHON = Path(__file__).parent.parent / ".bench-venv" / "bin" / "python"
+
+
+@pytest.mark.skipif(not (BENCH_PYTHON.parent / "clip_benchmark").exists(),
+                    reason="needs the optional .bench-venv with clip_benchmark (benchmarks/requirements-open-clip.txt)")
+def test_clip_benchmark_scores_an_exported_vlm_jax_model_as_vlm_jax_does(tmp_path):
+    """A model vlm_jax trained (open_clip-holdable towers, its own SentencePiece tokenizer), exported to open_clip
+    and evaluated by clip_benchmark on a dataset in clip_benchmark's webdataset format: the same zero-shot top-1
+    as vlm_jax's own classifier with the same template (to 0.1 points)."""
+    import io
+    import subprocess
+    import tarfile
+
+    from PIL import Image
+
+    from vlm_jax.config import apply_overrides, load_config
+    from vlm_jax.data import fashion_mnist
+    from vlm_jax.train.trainer import train
+
+    config = apply_overrides(load_config("experiments/emoji_two_tower.py:size=test,arch=open_clip,steps=150,batch=64"),
+                             ["evals.sets=[]"])
+    train(config, tmp_path / "run")
+    assert convert.main(["--to", "open_clip", "--in", str(tmp_path / "run"), "--out", str(tmp_path / "oc")]) == 0
+
+    images, labels = fashion_mnist.load_fashion_mnist("test")
+    images, labels = fashion_mnist.to_rgb(images[:1000], 32), labels[:1000]
+    names = list(fashion_mnist.CLASS_NAMES)
+    root = tmp_path / "wds_fashion"
+    (root / "test").mkdir(parents=True)
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "classnames.txt").write_text("\n".join(names) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("an emoji of {c}.\n")
+    with tarfile.open(root / "test" / "0.tar", "w") as tar:
+        for i, (img, label) in enumerate(zip(images, labels)):
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="PNG")
+            for ext, data in (("png", buf.getvalue()), ("cls", str(int(label)).encode())):
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "result.json"
+    proc = subprocess.run([str(BENCH_PYTHON.parent / "clip_benchmark"), "eval", "--dataset", "wds/fashion",
+                           "--dataset_root", str(root), "--model_type", "open_clip", "--model",
+                           f"local-dir:{tmp_path / 'oc'}", "--pretrained", "", "--output", str(out),
+                           "--batch_size", "100", "--num_workers", "0", "--task", "zeroshot_classification",
+                           "--no_amp"],  # clip_benchmark's default AMP runs the towers in bfloat16 on a CPU
+                          capture_output=True, text=True, timeout=900,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    theirs = 100 * json.loads(out.read_text())["metrics"]["acc1"]
+
+    run = vlm_jax.load(tmp_path / "run")
+    pred = run.classify(images, names, k=1, templates=["an emoji of {}."]).matrix.argmax(1)
+    ours = 100 * float(np.mean(pred == labels))
+    # a tiny model trained 150 steps on emoji is near chance on Fashion-MNIST; the point is that every one of the
+    # 1000 predictions agrees, and they are not one constant class
+    assert len(np.unique(pred)) >= 3, np.bincount(pred)
+    assert abs(ours - theirs) <= 0.1, (ours, theirs)
+    print(f"clip_benchmark acc1 {theirs:.1f}, vlm_jax {ours:.1f}")

@@ -21,10 +21,12 @@ class Source:
         self.tensors, self.origin, self.used = tensors, origin, set()
 
     def __contains__(self, name: str) -> bool:
-        return name in self.tensors
+        return name in self.tensors or name in self.used
 
     def take(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """The tensor `name` as float32 (of `shape`, when given)."""
+        if name in self.used:
+            raise KeyError(f"{name} read twice")
         if name not in self.tensors:
             near = sorted(k for k in self.tensors if k.rsplit(".", 1)[0] == name.rsplit(".", 1)[0])[:5]
             raise ConversionError(f"{self.origin}: missing tensor {name!r}" + (f" (found {near})" if near else ""))
@@ -33,11 +35,12 @@ class Source:
             raise ConversionError(f"{self.origin}: tensor {name!r} has shape {tuple(arr.shape)}, expected "
                                   f"{tuple(shape)} from the checkpoint's config")
         self.used.add(name)
+        del self.tensors[name]  # the caller's copy is the only one left: memory stays ~1x the checkpoint
         return arr.astype(np.float32, copy=False)
 
     def finish(self, ignore: Callable[[str], bool] = lambda name: False) -> None:
         """Raises naming the tensors no converter step read (an architecture this converter does not know)."""
-        left = sorted(k for k in self.tensors if k not in self.used and not ignore(k))
+        left = sorted(k for k in self.tensors if not ignore(k))
         if left:
             shown = ", ".join(left[:12]) + (f", … ({len(left)} in all)" if len(left) > 12 else "")
             raise ConversionError(f"{self.origin}: unexpected tensors (an architecture option this converter does "
@@ -219,3 +222,20 @@ def encoder_out(p: Tree, prefix: str, names: dict[str, Any]) -> dict[str, np.nda
 
 def vit_depth(p: Tree) -> int:
     return sum(1 for k in p if k.startswith("encoderblock_"))
+
+
+def text_for_export(text: dict[str, Any], eos_id: int | None) -> dict[str, Any]:
+    """Text-tower fields in the form the libraries know. A causal tower sees no position after the one it pools,
+    so when every text is its ids, then EOS, then only pads (how vlm_jax's tokenizers and CLIP's frame text),
+    pooling at the last non-pad token is pooling at the first EOS, and the pad mask changes nothing."""
+    text = dict(text)
+    if not text.get("causal", True):
+        return text
+    if text.get("pool_type") == "last":
+        if eos_id is None:
+            raise ConversionError("the text tower pools at the last token; exporting it as EOS pooling needs the "
+                                  "tokenizer's EOS id, which this run does not record")
+        text.update(pool_type="eos", eos_id=int(eos_id))
+    if text.get("pool_type") in ("eos", "argmax"):
+        text["pad_mask"] = False
+    return text

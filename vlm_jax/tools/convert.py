@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlm_jax.interop import big_vision, hf, open_clip
+from vlm_jax.interop import big_vision, hf, layout, open_clip
 from vlm_jax.interop.layout import ConversionError, Imported
 
 READERS = {"hf": hf.read, "open_clip": open_clip.read, "big_vision": big_vision.read}
@@ -100,12 +100,14 @@ def import_checkpoint(fmt: str, source: str | Path, out: str | Path, image_size:
     abstract = setup.abstract_state(config.seed)
     _check_tree(abstract.params, model.params)
     params = jax.tree.map(lambda a, x: jax.device_put(x, a.sharding), abstract.params, model.params)
+    model.params = None  # the host copy goes; only the device arrays remain (peak memory ~2x the checkpoint)
 
     def build(p: Any) -> TrainState:
         return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=p, opt_state=setup.tx.init(p),
                           extra=nn.unbox(setup.objective.init_extra(p)), rng=jax.random.key(config.seed))
 
-    state = setup.jit(build, out_shardings=setup.state_shardings)(params)
+    state = setup.jit(build, out_shardings=setup.state_shardings, donate_argnums=0)(params)
+    del params
     (out / "config.json").write_text(config.to_json(indent=2))
     write_version(out)
     ckpt = Checkpointer(out / "checkpoints", every_steps=0, async_save=False)
@@ -149,12 +151,41 @@ def export_run(fmt: str, workdir: str | Path, out: str | Path, step: int | None 
     if model.bias_init is not None:
         fields["bias_init"] = model.bias_init
     converted = Path(workdir) / CONVERTED
-    text = json.loads(converted.read_text())["text"] if converted.exists() else \
-        dict(max_len=model.text.get("max_len"), pad_id=model.text.get("pad_id", 0), eos_id=None, bos_id=None)
+    data = setup.objective.data
+    if converted.exists():
+        text = json.loads(converted.read_text())["text"]
+    else:
+        ids = data.special_ids
+        text = dict(max_len=model.text.get("max_len"), pad_id=ids["pad"], eos_id=ids["eos"], bos_id=None)
+    fields["text"] = layout.text_for_export(fields["text"], text.get("eos_id"))
     loss = "siglip" if config.loss.get("name") == "sigmoid" else "clip"
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
-    imported = Imported(fields, host, int(setup.objective.data.image_size), text, loss, "vlm_jax")
-    return WRITERS[fmt](imported, out)
+    del params  # the device copy goes before the export layout is built (peak memory ~2x the checkpoint)
+    imported = Imported(fields, host, int(data.image_size), text, loss, "vlm_jax")
+    folder = WRITERS[fmt](imported, out)
+    _export_tokenizer(Path(workdir), data, folder, fmt, int(text["max_len"]))
+    return folder
+
+
+def _export_tokenizer(workdir: Path, data: Any, folder: Path, fmt: str, max_len: int) -> None:
+    """Puts the run's tokenizer next to the exported weights: a converted run's own files, or vlm_jax's
+    SentencePiece model as tokenizer.json (`interop.spm_json`); open_clip's config then names it."""
+    from vlm_jax.interop import spm_json
+
+    copied = False
+    source = workdir / "tokenizer"
+    if source.is_dir():
+        for f in source.iterdir():
+            shutil.copyfile(f, folder / f.name)
+        copied = (source / "tokenizer.json").exists() or (source / "spiece.model").exists()
+    elif getattr(getattr(data, "tokenizer", None), "model_path", None):
+        spm_json.write(data.tokenizer.model_path, folder, max_len)
+        copied = True
+    if copied and fmt == "open_clip":  # open_clip's get_tokenizer("local-dir:…") then loads it with AutoTokenizer
+        path = folder / open_clip.CONFIG
+        config = json.loads(path.read_text())
+        config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] = "."
+        path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
