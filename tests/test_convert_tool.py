@@ -10,6 +10,7 @@ import pytest
 
 import vlm_jax
 from vlm_jax.interop import hf, layout, open_clip
+from vlm_jax.interop.layout import ConversionError
 from vlm_jax.tools import convert
 
 FIXTURES = Path(__file__).parent / "fixtures" / "weights"
@@ -162,3 +163,65 @@ def test_clip_benchmark_scores_an_exported_vlm_jax_model_as_vlm_jax_does(tmp_pat
     assert len(np.unique(pred)) >= 3, np.bincount(pred)
     assert abs(ours - theirs) <= 0.1, (ours, theirs)
     print(f"clip_benchmark acc1 {theirs:.1f}, vlm_jax {ours:.1f}")
+
+
+def test_spm_tokenizer_json_tokenizes_like_vlm_jax(tmp_path):
+    """vlm_jax's SentencePiece tokenizer written as tokenizer.json, read back by the `tokenizers` engine: the same
+    ids (pieces, EOS, 0 padding, truncation keeping EOS) on captions and hard strings."""
+    import emoji
+
+    from vlm_jax.data.checkpoint_tokenizers import CheckpointTokenizer
+    from vlm_jax.data.tokenizer import Tokenizer, captions, write_tokenizer
+    from vlm_jax.interop import spm_json
+
+    names = [v["en"].strip(":").replace("_", " ") for v in list(emoji.EMOJI_DATA.values())[:1500]]
+    model = write_tokenizer(captions(names[:1000]), tmp_path / "t.model", vocab_size=1024)
+    texts = captions(names[1000:1300]) + json.loads((FIXTURES / "hf_clip" / "token_texts.json").read_text()) + \
+        ["  double  spaces ", "Tab\there", "ﬁ ligature ①", "x" * 100, "12,345.67 €", "Ǆ ǅ", "ÀÉÎÕÜ"]
+    spm_json.write(model, tmp_path / "hf", 16)
+    want = Tokenizer(model).encode(texts, 16)
+    got = CheckpointTokenizer("hf_json", tmp_path / "hf" / "tokenizer.json", 16).encode(texts)
+    bad = [texts[i] for i in range(len(texts)) if not (want[i] == got[i]).all()]
+    assert not bad, bad[:5]
+
+
+def test_a_trained_run_exports_to_open_clip_with_its_tokenizer(tmp_path):
+    """Through train() and the tool: an arch=open_clip emoji run exports; the export, imported, embeds images and
+    texts as the run does (its last-token pooling written as EOS pooling, its tokenizer as tokenizer.json); HF CLIP
+    and the default (MAP-pooled) architecture are refused, naming why."""
+    from vlm_jax.config import apply_overrides, load_config
+    from vlm_jax.data.checkpoint_tokenizers import CheckpointTokenizer
+    from vlm_jax.train.trainer import train
+
+    config = apply_overrides(load_config("experiments/emoji_two_tower.py:size=test,arch=open_clip,steps=2,batch=16"),
+                             ["evals.sets=[]"])
+    train(config, tmp_path / "run")
+    assert convert.main(["--to", "open_clip", "--in", str(tmp_path / "run"), "--out", str(tmp_path / "oc")]) == 0
+    cfg = json.loads((tmp_path / "oc" / open_clip.CONFIG).read_text())["model_cfg"]["text_cfg"]
+    assert cfg["pool_type"] == "eos" and cfg["hf_tokenizer_name"]
+    run = vlm_jax.load(tmp_path / "run")
+    texts = ["an emoji of a cat.", "a picture of grinning face", "", "an icon of a red apple on a very long table"]
+    tokenizer = CheckpointTokenizer("hf_json", tmp_path / "oc" / "tokenizer.json", 16)
+    ids = tokenizer.encode(texts)
+    np.testing.assert_array_equal(ids, run.objective.data.tokenize(texts))
+    model = open_clip.read(tmp_path / "oc")
+    images = np.random.default_rng(0).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+    import jax.numpy as jnp
+
+    from vlm_jax.models.two_tower import TwoTower
+    (zimg, ztxt), _ = TwoTower(**model.fields).apply({"params": model.params}, jnp.asarray(images), jnp.asarray(ids))
+    np.testing.assert_allclose(np.asarray(zimg), run.embed_images(images), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ztxt), run.embed_texts(texts), atol=1e-5)
+    with pytest.raises(ConversionError, match="eos_token_id 2"):
+        convert.export_run("hf", tmp_path / "run", tmp_path / "hf")
+
+
+def test_the_default_architecture_is_refused_naming_the_field(tmp_path):
+    from vlm_jax.config import apply_overrides, load_config
+    from vlm_jax.train.trainer import train
+
+    config = apply_overrides(load_config("experiments/emoji_two_tower.py:size=test,steps=1,batch=16"),
+                             ["evals.sets=[]"])
+    train(config, tmp_path / "run")
+    with pytest.raises(ConversionError, match="pool_type='map'"):
+        convert.export_run("open_clip", tmp_path / "run", tmp_path / "oc")
