@@ -269,3 +269,27 @@ def test_big_vision_unknown_and_missing_keys_are_named(tmp_path):
     np.savez(tmp_path / "missing.npz", **arrays)
     with pytest.raises(ConversionError, match="missing tensor 'txt/head/bias'"):
         big_vision.read(tmp_path / "missing.npz")
+
+
+def test_scanned_towers_export_like_per_layer_ones(tmp_path):
+    """A model built with scan=True (stacked blocks, as the web-scale recipes train) exports to open_clip; the
+    import of that export gives the same outputs as the scanned model."""
+    import jax
+
+    image = dict(width=32, depth=2, mlp_dim=64, num_heads=4, patch_size=(8, 8), pool_type="tok", ln_pre=True,
+                 act="gelu", ln_eps=1e-5, head_bias=False, scan=True)
+    text = dict(vocab_size=50, width=32, depth=2, mlp_dim=64, num_heads=4, max_len=16, pool_type="argmax",
+                pad_mask=False, act="gelu", ln_eps=1e-5, head_bias=False, scan=True)
+    fields = dict(image=image, text=text, embed_dim=24)
+    ids = np.array([[1, 5, 7, 49, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]] * 2, np.int32)
+    imgs = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    variables = TwoTower(**fields).init(jax.random.key(0), jnp.asarray(imgs), jnp.asarray(ids))
+    params = jax.tree.map(np.asarray, __import__("flax").linen.unbox(variables["params"]))
+    assert "encoderblock" in params["img"]["Transformer"]
+    model = layout.Imported(fields, params, 32, dict(max_len=16, pad_id=0, eos_id=None, bos_id=None), "clip", "test")
+    again = open_clip.read(open_clip.write(model, tmp_path / "oc"))
+    assert again.fields["image"]["depth"] == 2 and "encoderblock_1" in again.params["img"]["Transformer"]
+    want = run(model, imgs, ids)
+    got = run(again, imgs, ids)
+    for key in ("image_embeds", "text_embeds"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)

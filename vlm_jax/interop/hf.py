@@ -181,6 +181,7 @@ def _text_info(t: dict[str, Any]) -> dict[str, Any]:
 def write(model: Imported, folder: str | Path) -> Path:
     """Writes `model` as an HF CLIPModel (softmax loss) or SiglipModel (sigmoid loss) folder: config.json,
     model.safetensors and preprocessor_config.json. Raises when the architecture has no exact HF counterpart."""
+    model = layout.for_export(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors, config = (_write_clip if model.loss == "clip" else _write_siglip)(model)

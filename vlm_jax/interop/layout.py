@@ -211,17 +211,31 @@ def encoder_in(src: Source, prefix: str, depth: int, width: int, mlp: int, heads
 
 def encoder_out(p: Tree, prefix: str, names: dict[str, Any]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
+    p = unscan(p)
     depth = sum(1 for k in p if k.startswith("encoderblock_"))
-    if "encoderblock" in p:
-        raise ConversionError("export needs unscanned layers (this model was built with scan=True; convert the "
-                              "checkpoint with scan=False)")
     for i in range(depth):
         out.update(block_out(p[f"encoderblock_{i}"], f"{prefix}{i}.", names))
     return out
 
 
+def unscan(p: Tree) -> Tree:
+    """An Encoder's parameters with a scanned stack ("encoderblock", leading depth axis) as per-layer
+    "encoderblock_<i>" entries (views, no copy)."""
+    if "encoderblock" not in p:
+        return p
+    stacked = flat(p["encoderblock"])
+    depth = next(iter(stacked.values())).shape[0]
+    out = {k: v for k, v in p.items() if k != "encoderblock"}
+    for i in range(depth):
+        block: Tree = {}
+        for path, arr in stacked.items():
+            put(block, path, arr[i])
+        out[f"encoderblock_{i}"] = block
+    return out
+
+
 def vit_depth(p: Tree) -> int:
-    return sum(1 for k in p if k.startswith("encoderblock_"))
+    return sum(1 for k in unscan(p) if k.startswith("encoderblock_"))
 
 
 def text_for_export(text: dict[str, Any], eos_id: int | None) -> dict[str, Any]:
@@ -239,3 +253,22 @@ def text_for_export(text: dict[str, Any], eos_id: int | None) -> dict[str, Any]:
     if text.get("pool_type") in ("eos", "argmax"):
         text["pad_mask"] = False
     return text
+
+
+def for_export(model: Imported) -> Imported:
+    """`model` as exporters read it: every tower field present (the module's default where the model leaves it
+    out) and both encoder stacks per-layer."""
+    from vlm_jax.models.text import TextTransformer
+    from vlm_jax.models.vit import ViT
+
+    def defaults(module: type) -> dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(module)
+                if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
+
+    fields = dict(model.fields, image={**defaults(ViT), "num_classes": model.fields.get("embed_dim"),
+                                       **model.fields["image"]},
+                  text={**defaults(TextTransformer), **model.fields["text"]})
+    params = dict(model.params)
+    params["img"] = dict(params["img"], Transformer=unscan(params["img"]["Transformer"]))
+    params["txt"] = dict(params["txt"], Encoder_0=unscan(params["txt"]["Encoder_0"]))
+    return dataclasses.replace(model, fields=fields, params=params)

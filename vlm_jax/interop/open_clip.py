@@ -135,6 +135,7 @@ def _text(src: Source, t: dict[str, Any]) -> tuple[Tree, dict]:
 def write(model: Imported, folder: str | Path) -> Path:
     """Writes `model` as an open_clip folder (open_clip_config.json + open_clip_model.safetensors) that
     `open_clip.create_model("local-dir:FOLDER")` loads. Raises when open_clip's CLIP cannot express it exactly."""
+    model = layout.for_export(model)
     f, t = model.fields["image"], model.fields["text"]
     target = "open_clip CLIP"
     layout.require(f, "pool_type", ("tok",), target)
