@@ -217,11 +217,24 @@ def test_a_trained_run_exports_to_open_clip_with_its_tokenizer(tmp_path):
 
 
 def test_the_default_architecture_is_refused_naming_the_field(tmp_path):
-    from vlm_jax.config import apply_overrides, load_config
-    from vlm_jax.train.trainer import train
+    """The default emoji towers (MAP pooling, a bidirectional pad-masked text tower in the SigLIP-like variant)
+    have no exact open_clip counterpart: export names the field instead of writing something else."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
 
-    config = apply_overrides(load_config("experiments/emoji_two_tower.py:size=test,steps=1,batch=16"),
-                             ["evals.sets=[]"])
-    train(config, tmp_path / "run")
+    from vlm_jax.config import load_config
+    from vlm_jax.models.two_tower import TwoTower
+
+    m = load_config("experiments/emoji_two_tower.py:size=test").model
+    fields = dict(image=dict(m.image), text=dict(m.text, vocab_size=50), embed_dim=m.embed_dim)
+    params = nn.unbox(TwoTower(**fields).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                              jnp.zeros((1, 16), jnp.int32))["params"])
+    model = layout.Imported(fields, jax.tree.map(np.asarray, params), 32,
+                            dict(max_len=16, pad_id=0, eos_id=2, bos_id=None), "clip", "vlm_jax")
     with pytest.raises(ConversionError, match="pool_type='map'"):
-        convert.export_run("open_clip", tmp_path / "run", tmp_path / "oc")
+        open_clip.write(model, tmp_path / "oc")
+    tok = dict(fields, image=dict(fields["image"], pool_type="tok", ln_pre=True, act="gelu", head_bias=False),
+               text=dict(fields["text"], causal=False, act="gelu", head_bias=False))
+    with pytest.raises(ConversionError, match="pad_mask=True"):
+        open_clip.write(layout.Imported(tok, model.params, 32, model.text, "clip", "vlm_jax"), tmp_path / "oc2")
