@@ -258,6 +258,26 @@ def test_big_vision_siglip_npz_reproduces_the_same_model_in_transformers(layout_
         np.testing.assert_array_equal(exported[key], original[key], err_msg=key)
 
 
+def test_big_vision_at_a_new_resolution_resamples_as_big_vision_does():
+    """big_vision's resample_posemb is scipy.ndimage.zoom(order=1) on the square grid: scipy itself is the
+    reference here (it ships with jax)."""
+    import scipy.ndimage
+    from vlm_jax.interop import big_vision
+    with np.load(FIXTURES / "big_vision_siglip" / "siglip.npz") as npz:
+        table = npz["params/img/pos_embedding"]
+    model = big_vision.read(FIXTURES / "big_vision_siglip" / "siglip.npz")
+    p = model.fields["image"]["patch_size"][0]
+    grid = int(round(np.sqrt(table.shape[1])))
+    for size in (p * (grid + 2), p * (grid - 1)):
+        moved = big_vision.read(FIXTURES / "big_vision_siglip" / "siglip_scanned.npz", image_size=size)
+        zoom = (size // p) / grid
+        want = scipy.ndimage.zoom(table.reshape(grid, grid, -1), (zoom, zoom, 1), order=1).reshape(1, -1, table.shape[-1])
+        assert moved.image_size == size
+        np.testing.assert_allclose(moved.params["img"]["pos_embedding"], want, rtol=0, atol=1e-7, err_msg=str(size))
+    with pytest.raises(ConversionError, match="not a multiple of the patch size"):
+        big_vision.read(FIXTURES / "big_vision_siglip" / "siglip.npz", image_size=p * grid + 1)
+
+
 def test_big_vision_unknown_and_missing_keys_are_named(tmp_path):
     from vlm_jax.interop import big_vision
     with np.load(FIXTURES / "big_vision_siglip" / "siglip.npz") as npz:

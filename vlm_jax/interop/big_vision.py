@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from vlm_jax.interop import posemb
 from vlm_jax.interop.layout import ConversionError, Imported, Source, Tree
 
 BLOCK = {"LayerNorm_0": "ln_attn", "LayerNorm_1": "ln_mlp", "MlpBlock_0": "mlp",
@@ -94,9 +95,10 @@ def read(path: str | Path, image_size: int | None = None) -> Imported:
         raise ConversionError(f"{path}: position table of {pos.shape[1]} entries is not a square grid")
     size = grid * p
     new = image_size or size
-    if new != size:  # big_vision resamples with scipy.ndimage.zoom (order 1); not reproduced and checked here yet
-        raise ConversionError(f"{path}: importing a big_vision checkpoint at another resolution ({size} → {new}) "
-                              f"is not supported yet; import it at {size}")
+    if new != size:  # big_vision's own resample_posemb: scipy.ndimage.zoom, order 1, on the square grid
+        if new % p:
+            raise ConversionError(f"{path}: image size {new} is not a multiple of the patch size {p}")
+        pos = posemb.zoom_grid(pos.reshape(grid, grid, d), (new // p, new // p)).reshape(1, -1, d)
     img["pos_embedding"] = pos
     img["Transformer"], depth = _encoder(src, "img/Transformer/")
     img["MAPHead_0"] = _sub(src, "img/MAPHead_0/", HEAD)

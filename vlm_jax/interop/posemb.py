@@ -1,6 +1,7 @@
 """Position-embedding grids resized to another resolution the way each library does it, so that an imported model
 at a new image size gives the library's own numbers: torch's bicubic `F.interpolate` (align_corners=False) without
-antialiasing (HF transformers' `interpolate_pos_encoding`) and with it (open_clip's `resize_pos_embed`)."""
+antialiasing (HF transformers' `interpolate_pos_encoding`) and with it (open_clip's `resize_pos_embed`), and
+scipy's order-1 `ndimage.zoom` (big_vision's `resample_posemb`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -47,3 +48,26 @@ def resize_grid(grid: np.ndarray, new: tuple[int, int], antialias: bool) -> np.n
     rows, cols = bicubic_matrix(h, new[0], antialias), bicubic_matrix(w, new[1], antialias)
     out = np.einsum("ih,hwd->iwd", rows, grid.astype(np.float64))
     return np.einsum("jw,iwd->ijd", cols, out).astype(np.float32)
+
+
+def linear_zoom_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] float64 weights of scipy.ndimage.zoom(order=1) along one axis (grid_mode False): output i
+    samples input position i·(n_in − 1)/(n_out − 1), so both end points are kept, linearly between neighbours."""
+    m = np.zeros((n_out, n_in))
+    step = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    for i in range(n_out):
+        src = min(i * step, n_in - 1)
+        lo = min(int(np.floor(src)), n_in - 1)
+        t = src - lo
+        m[i, lo] += 1.0 - t
+        if t > 0:
+            m[i, lo + 1] += t
+    return m
+
+
+def zoom_grid(grid: np.ndarray, new: tuple[int, int]) -> np.ndarray:
+    """[h, w, d] → [new_h, new_w, d] as big_vision resamples position tables (scipy zoom, order 1)."""
+    h, w, _ = grid.shape
+    rows, cols = linear_zoom_matrix(h, new[0]), linear_zoom_matrix(w, new[1])
+    out = np.einsum("ih,hwd->iwd", rows, grid.astype(np.float64))
+    return np.einsum("jw,iwd->ijd", cols, out).astype(grid.dtype)
