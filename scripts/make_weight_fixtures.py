@@ -1,4 +1,4 @@
-"""Tiny random reference checkpoints (HF CLIP, HF SigLIP, open_clip CLIP) and their outputs, for converter tests.
+"""Tiny random reference checkpoints (HF CLIP, HF SigLIP, open_clip CLIP and SigLIP) and their outputs, for converter tests.
 
 Writes, under --out (normally tests/fixtures/weights):
 
@@ -7,6 +7,8 @@ Writes, under --out (normally tests/fixtures/weights):
   open_clip_clip/  open_clip_config.json + open_clip_model.safetensors
                    (open_clip's own save_config_for_hf layout; state_dict through safetensors.torch.save_file,
                    as open_clip.push_to_hf_hub.save_for_hf does)
+  open_clip_siglip/ the same files for open_clip's SigLIP layout (CustomTextCLIP, timm MAP trunk; see
+                   OPEN_CLIP_SIGLIP_CFG), with SigLIP's SentencePiece files and open_clip's canonicalised ids
   <case>/reference.npz   inputs and the torch outputs on them (float32 / int32 arrays, keys below)
   <case>/ tokenizer files and tokenizer.json's reference ids (see TOKENIZERS below): HF CLIP's fast tokenizer over
                    a 1000-id cut of OpenAI CLIP's BPE (open_clip's bpe_simple_vocab_16e6.txt.gz, its first 486
@@ -56,7 +58,7 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 N, SIZE, SIZE_48, N_48, CTX = 4, 32, 48, 2, 16
 VOCAB, BOS, EOS = 1000, 998, 999
 NOISE = 0.05
-SEEDS = {"hf_clip": 1, "hf_siglip": 2, "open_clip_clip": 3}
+SEEDS = {"hf_clip": 1, "hf_siglip": 2, "open_clip_clip": 3, "open_clip_siglip": 4}
 PERTURBATION = (f"every parameter += {NOISE} * randn after the library's init; logit_scale = log(1/0.07) + 0.1 * randn "
                 "(CLIP cases) or log(10) + 0.1 * randn (SigLIP), SigLIP logit_bias = -10 + 0.5 * randn")
 
@@ -65,6 +67,22 @@ OPEN_CLIP_CFG = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "mlp_ratio": 2.0, "patch_size": 8},
     "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 4, "layers": 2},
     "quick_gelu": False,
+}
+
+# open_clip's SigLIP layout (CustomTextCLIP: a timm image trunk with a MAP head, a bidirectional text transformer
+# pooled at the final position with a biased projection), as open_clip's ViT-B-16-SigLIP2 config, shrunk. timm
+# builds the trunk by name; TIMM_TINY are the constructor overrides that shrink the named model (timm's own
+# `model_args` merge lets keyword arguments replace them), keeping its 12 heads.
+OPEN_CLIP_SIGLIP_TIMM = "vit_base_patch16_siglip_224"
+TIMM_TINY = dict(embed_dim=48, depth=2, num_heads=12, mlp_ratio=2.0, patch_size=8)
+OPEN_CLIP_SIGLIP_CFG = {
+    "embed_dim": 48, "init_logit_bias": -10, "custom_text": True,
+    "vision_cfg": {"image_size": 32, "timm_model_name": OPEN_CLIP_SIGLIP_TIMM, "timm_model_pretrained": False,
+                   "timm_pool": "map", "timm_proj": "none"},
+    "text_cfg": {"context_length": 16, "vocab_size": 1000, "hf_tokenizer_name": "timm/ViT-B-16-SigLIP2",
+                 "tokenizer_kwargs": {"clean": "canonicalize"}, "width": 32, "heads": 4, "layers": 2,
+                 "mlp_ratio": 2.0, "no_causal_mask": True, "proj_bias": True, "pool_type": "last",
+                 "norm_kwargs": {"eps": 1e-6}, "act_kwargs": {"approximate": "tanh"}},
 }
 
 # Strings with punctuation, casing, accents, non-Latin scripts, HTML entities, emoji, an empty and an over-long text.
@@ -111,6 +129,16 @@ NOTES = {
         "4x4 -> 6x6 by F.interpolate size=(6,6), bicubic, align_corners=False, antialias=True. NOT the same as the "
         "HF resize even when upsampling: torch's antialiased bicubic is PIL's (cubic a=-0.5, taps outside the grid "
         "dropped and the weights renormalised), the plain one is a=-0.75 with edge clamping."),
+    "open_clip_siglip": (
+        "open_clip CustomTextCLIP from OPEN_CLIP_SIGLIP_CFG with timm.create_model given TIMM_TINY (and img_size) "
+        "while building. image_embeds = encode_image(x, normalize=False) (the timm trunk's MAP head output, "
+        "timm_proj none); text_embeds = encode_text(ids, normalize=False) (pool_type 'last' = the final position, a "
+        "pad for short rows, then a Linear with bias). Image tower: exact GELU (timm's default for this name), "
+        "LayerNorm eps 1e-6; text tower: tanh GELU (act_kwargs), eps 1e-6. logits_per_image = exp(logit_scale) * "
+        "cos + logit_bias. image_embeds_48 / pos_embed_48: the trunk built at img_size=48 with its pos_embed "
+        "resampled by timm.layers.resample_abs_pos_embed((6, 6), num_prefix_tokens=0) (timm's default: bicubic, "
+        "antialias=True), as timm's checkpoint filter does. token_ids: open_clip.tokenizer.HFTokenizer(<this dir>, "
+        "context_length=16, clean='canonicalize') over the hf_siglip SentencePiece files copied here."),
 }
 
 
@@ -326,6 +354,83 @@ def make_open_clip_case(torch, case, folder):
                 image_embeds_48=np32(img48), pos_embed_48=np32(model48.visual.positional_embedding))
 
 
+def tiny_timm(extra):
+    """A context in which timm.create_model adds TIMM_TINY and `extra` to the named model's arguments."""
+    import contextlib
+    import timm
+
+    @contextlib.contextmanager
+    def patched():
+        original = timm.create_model
+
+        def create(name, *args, **kwargs):
+            return original(name, *args, **{**kwargs, **TIMM_TINY, **extra})
+        timm.create_model = create
+        try:
+            yield
+        finally:
+            timm.create_model = original
+    return patched()
+
+
+def make_open_clip_siglip_case(torch, case, folder):
+    import copy
+    import safetensors.torch
+    import open_clip
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
+    from open_clip.model import CustomTextCLIP, set_model_preprocess_cfg
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from timm.layers import resample_abs_pos_embed
+
+    seed = SEEDS[case]
+    rng = np.random.default_rng(seed)
+    image, image_48 = make_images(rng, N, SIZE), make_images(rng, N_48, SIZE_48)
+    ids = siglip_input_ids(rng)
+    pv, pv48 = to_pixel_values(image, SIGLIP_MEAN, SIGLIP_STD), to_pixel_values(image_48, SIGLIP_MEAN, SIGLIP_STD)
+    cfg = copy.deepcopy(OPEN_CLIP_SIGLIP_CFG)
+    cfg.pop("custom_text")
+    cfg["init_logit_bias"] = -10.0
+    torch.manual_seed(seed)
+    with tiny_timm({"img_size": SIZE}):
+        model = CustomTextCLIP(**cfg).float().eval()
+    perturb_(model, seed + 1000, {"logit_scale": randn_near(math.log(10.0), 0.1),
+                                  "logit_bias": randn_near(-10.0, 0.5)})
+    set_model_preprocess_cfg(model, {"mean": SIGLIP_MEAN, "std": SIGLIP_STD, "resize_mode": "squash"})
+    os.makedirs(folder, exist_ok=True)
+    safetensors.torch.save_file(model.state_dict(), os.path.join(folder, HF_SAFE_WEIGHTS_NAME))
+    save_config_for_hf(model, Path(folder) / HF_CONFIG_NAME, model_config=copy.deepcopy(OPEN_CLIP_SIGLIP_CFG))
+
+    with tiny_timm({"img_size": SIZE}):
+        loaded = open_clip.create_model("local-dir:" + os.path.abspath(folder), device="cpu", precision="fp32").eval()
+    ref, mem = siglip_outputs(torch, loaded, pv, ids), siglip_outputs(torch, model, pv, ids)
+    for k in ref:
+        np.testing.assert_array_equal(ref[k], mem[k], err_msg=f"{case}/{k} after save/load")
+
+    state = loaded.state_dict()
+    state["visual.trunk.pos_embed"] = resample_abs_pos_embed(state["visual.trunk.pos_embed"], [6, 6],
+                                                             num_prefix_tokens=0)
+    with tiny_timm({"img_size": SIZE_48}):
+        model48 = CustomTextCLIP(**cfg).float().eval()
+    model48.load_state_dict(state)
+    with torch.no_grad():
+        img48 = model48.encode_image(torch.from_numpy(pv48), normalize=False)
+    return dict(image=image, mean=np.asarray(SIGLIP_MEAN, np.float32), std=np.asarray(SIGLIP_STD, np.float32),
+                pixel_values=pv, input_ids=ids, image_48=image_48, pixel_values_48=pv48, **ref,
+                image_embeds_48=np32(img48), pos_embed_48=np32(state["visual.trunk.pos_embed"][0]))
+
+
+def siglip_outputs(torch, model, pv, ids):
+    with torch.no_grad():
+        pv, ids = torch.from_numpy(pv), torch.from_numpy(ids).long()
+        img = model.encode_image(pv, normalize=False)
+        txt = model.encode_text(ids, normalize=False)
+        logits = model.get_logits(pv, ids)[0]
+        manual = model.logit_scale.exp() * torch.nn.functional.normalize(img, dim=-1) @ \
+            torch.nn.functional.normalize(txt, dim=-1).T + model.logit_bias
+        torch.testing.assert_close(logits, manual, rtol=1e-6, atol=1e-6)
+    return dict(image_embeds=np32(img), text_embeds=np32(txt), logits_per_image=np32(logits))
+
+
 # ----------------------------------------------------------------------------------------------- tokenizers
 
 def clip_bpe_cut():
@@ -366,6 +471,17 @@ def open_clip_tokenizer(folder):
         f.write("\n".join([header, *merges]).encode("utf-8"))  # no final newline: SimpleTokenizer keeps it
     tok = SimpleTokenizer(bpe_path=path, context_length=CTX)
     assert len(tok.encoder) == VOCAB, len(tok.encoder)
+    return tok(TOKEN_TEXTS).numpy().astype(np.int32)
+
+
+def open_clip_siglip_tokenizer(folder):
+    """The hf_siglip SentencePiece files, tokenised by open_clip's HFTokenizer with SigLIP's 'canonicalize'."""
+    from open_clip.tokenizer import HFTokenizer
+    src = os.path.join(os.path.dirname(folder), "hf_siglip")
+    for name in ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"):
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(folder, name))
+    tok = HFTokenizer(os.path.abspath(folder), context_length=CTX, clean="canonicalize")
     return tok(TOKEN_TEXTS).numpy().astype(np.int32)
 
 
@@ -509,8 +625,9 @@ def describe_folder(folder, arrays):
 def versions(torch):
     import open_clip
     import safetensors
+    import timm
     import transformers
-    return {"python": sys.version.split()[0], "numpy": np.__version__, "torch": torch.__version__,
+    return {"timm": timm.__version__, "python": sys.version.split()[0], "numpy": np.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "open_clip_torch": open_clip.__version__,
             "safetensors": safetensors.__version__}
 
@@ -528,6 +645,7 @@ def main(argv=None):
         "hf_siglip": lambda f: make_hf_case(torch, "hf_siglip", f, hf_siglip_model, siglip_input_ids,
                                             SIGLIP_MEAN, SIGLIP_STD),
         "open_clip_clip": lambda f: make_open_clip_case(torch, "open_clip_clip", f),
+        "open_clip_siglip": lambda f: make_open_clip_siglip_case(torch, "open_clip_siglip", f),
     }
     manifest = {"command": f"{COMMAND_PREFIX} --out {args.out}", "versions": versions(torch), "seeds": SEEDS,
                 "perturbation": PERTURBATION, "tokenizers": TOKENIZERS, "cases": {}}
@@ -538,7 +656,8 @@ def main(argv=None):
         os.makedirs(folder)
         arrays = build(folder)
         arrays["token_ids"] = {"hf_clip": hf_clip_tokenizer, "hf_siglip": hf_siglip_tokenizer,
-                               "open_clip_clip": open_clip_tokenizer}[case](folder)
+                               "open_clip_clip": open_clip_tokenizer,
+                               "open_clip_siglip": open_clip_siglip_tokenizer}[case](folder)
         with open(os.path.join(folder, "token_texts.json"), "w") as f:
             json.dump(TOKEN_TEXTS, f, ensure_ascii=False, indent=0)
             f.write("\n")

@@ -14,7 +14,7 @@ from vlm_jax.interop.layout import ConversionError
 from vlm_jax.tools import convert
 
 FIXTURES = Path(__file__).parent / "fixtures" / "weights"
-CASES = {"hf_clip": "hf", "hf_siglip": "hf", "open_clip_clip": "open_clip"}
+CASES = {"hf_clip": "hf", "hf_siglip": "hf", "open_clip_clip": "open_clip", "open_clip_siglip": "open_clip"}
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from vlm_jax.interop.layout import ConversionError
 from vlm_jax.models.two_tower import TwoTower
 
 FIXTURES = Path(__file__).parent / "fixtures" / "weights"
-READERS = {"hf_clip": hf.read, "hf_siglip": hf.read, "open_clip_clip": open_clip.read}
+READERS = {"hf_clip": hf.read, "hf_siglip": hf.read, "open_clip_clip": open_clip.read,
+           "open_clip_siglip": open_clip.read}
 WRITERS = {"hf": hf.write, "open_clip": open_clip.write}
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -47,7 +48,7 @@ def test_imported_models_reproduce_the_reference_libraries(case):
     for key in ("image_embeds", "text_embeds", "logits_per_image"):
         np.testing.assert_allclose(out[key], ref[key], err_msg=f"{name}: {key}", **TOL)
     # the pooling each family uses: HF CLIP at the first eos, open_clip at the highest id, SigLIP the final position
-    expected = {"hf_clip": "eos", "open_clip_clip": "argmax", "hf_siglip": "final"}[name]
+    expected = {"hf_clip": "eos", "open_clip_clip": "argmax", "hf_siglip": "final", "open_clip_siglip": "final"}[name]
     assert model.fields["text"]["pool_type"] == expected
 
 
@@ -55,7 +56,7 @@ def test_a_new_resolution_resizes_positions_as_the_library_does(case):
     name, _, ref = case
     model = READERS[name](FIXTURES / name, image_size=48)
     pos = model.params["img"]["pos_embedding"][0]
-    table = ref["pos_embed_48"][1:] if name != "hf_siglip" else ref["pos_embed_48"]  # class position kept apart
+    table = ref["pos_embed_48"] if name.endswith("siglip") else ref["pos_embed_48"][1:]  # class position apart
     np.testing.assert_allclose(pos, table, rtol=0, atol=2e-6)
     out = run(model, ref["image_48"], ref["input_ids"][:2])
     np.testing.assert_allclose(out["image_embeds"], ref["image_embeds_48"], err_msg=name, **TOL)
@@ -80,8 +81,9 @@ def test_pooling_kinds_pick_the_positions_the_libraries_pick():
 @pytest.mark.parametrize("fmt", sorted(WRITERS))
 def test_import_export_import_is_bit_identical(case, fmt, tmp_path):
     name, model, ref = case
-    if name == "hf_siglip" and fmt == "open_clip":
-        pytest.skip("open_clip's CLIP class has no attention-pooling head of this layout")
+    if name.endswith("siglip") and fmt == "open_clip":
+        pytest.skip("open_clip's CLIP class has no attention-pooling head; its SigLIP trunks are timm models "
+                    "built by name, which a model of another size has none of")
     folder = WRITERS[fmt](model, tmp_path / fmt)
     if name.startswith(fmt):  # the same format back: the same tensor names, shapes and dtypes as the original
         weights = "model.safetensors" if fmt == "hf" else open_clip.WEIGHTS
@@ -95,7 +97,7 @@ def test_import_export_import_is_bit_identical(case, fmt, tmp_path):
     for key in a:
         assert a[key].dtype == b[key].dtype == np.float32, key
         np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name} → {fmt} → back: {key}")
-    assert again.fields == model.fields or _same_fields(again.fields, model.fields, fmt)
+    assert again.fields == model.fields or _same_fields(again, model)
     out = run(again, ref["image"], ref["input_ids"])  # and therefore the reference library's numbers
     np.testing.assert_allclose(out["image_embeds"], ref["image_embeds"], **TOL)
     folder2 = WRITERS[fmt](again, tmp_path / (fmt + "2"))  # a second export writes the same bytes
@@ -103,8 +105,10 @@ def test_import_export_import_is_bit_identical(case, fmt, tmp_path):
         assert (folder / f).read_bytes() == (folder2 / f).read_bytes(), f
 
 
-def _same_fields(a: dict, b: dict, fmt: str) -> bool:
-    """Fields equal up to the pooling spelling a format forces (HF writes argmax as eos_token_id 2)."""
+def _same_fields(x: layout.Imported, y: layout.Imported) -> bool:
+    """Fields equal once the modules' defaults fill what one side leaves out, up to the pooling spelling a format
+    forces (HF writes argmax as eos_token_id 2)."""
+    a, b = layout.for_export(x).fields, layout.for_export(y).fields
     ta, tb = dict(a["text"]), dict(b["text"])
     for t in (ta, tb):
         t.pop("eos_id", None)
@@ -190,6 +194,20 @@ def test_unknown_architectures_are_refused(tmp_path):
     (oc / open_clip.CONFIG).write_text(json.dumps(cfg))
     with pytest.raises(ConversionError, match="hf_model_name"):
         open_clip.read(oc)
+    del cfg["model_cfg"]["text_cfg"]["hf_model_name"]
+    cfg["model_cfg"]["vision_cfg"]["rope_theta"] = 100.0  # an option this converter has never seen
+    (oc / open_clip.CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(ConversionError, match=r"vision_cfg keys \['rope_theta'\] are unknown"):
+        open_clip.read(oc)
+    sig = _copy("open_clip_siglip", tmp_path)
+    cfg = json.loads((sig / open_clip.CONFIG).read_text())
+    for key, value, message in (("timm_model_name", "vit_base_patch16_siglip_gap_224", "gap_224.*not supported"),
+                                ("timm_pool", "avg", "timm_pool='avg'")):
+        bad = json.loads(json.dumps(cfg))
+        bad["model_cfg"]["vision_cfg"][key] = value
+        (sig / open_clip.CONFIG).write_text(json.dumps(bad))
+        with pytest.raises(ConversionError, match=message):
+            open_clip.read(sig)
 
 
 def test_export_refuses_what_the_target_cannot_express(tmp_path):

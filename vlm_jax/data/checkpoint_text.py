@@ -11,7 +11,7 @@ import numpy as np
 from vlm_jax.config import check_keys
 from vlm_jax.config_audit import merged
 from vlm_jax.data.base import register
-from vlm_jax.data.checkpoint_tokenizers import KINDS, CheckpointTokenizer
+from vlm_jax.data.checkpoint_tokenizers import CLEANS, KINDS, CheckpointTokenizer
 
 RESIZES = ("shortest_crop", "squash")
 
@@ -21,12 +21,14 @@ class CheckpointText:
     """Image size, text length and tokenizer of an imported checkpoint."""
 
     DEFAULTS = dict(name="checkpoint", image_size=224, text_len=77, vocab_size=0, tokenizer="", tokenizer_kind="",
-                    image_resize="shortest_crop")
+                    tokenizer_clean="", image_resize="shortest_crop")
     # image_resize: how `vlm_jax.load()` sizes image files, as the checkpoint's library does: "shortest_crop"
     # (shortest side to image_size, bicubic, centre crop: CLIP, open_clip) or "squash" (both sides to image_size,
     # bicubic: SigLIP's image processor).
     # tokenizer: the tokenizer file copied into the run (tokenizer.json, spiece.model or a CLIP BPE .txt.gz);
     # "" when the checkpoint came without one (text is then refused). tokenizer_kind: checkpoint_tokenizers.KINDS.
+    # tokenizer_clean: the text cleaning open_clip applies before an HF tokenizer (checkpoint_tokenizers.CLEANS;
+    # "canonicalize" for its SigLIP models), "" for none.
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -37,10 +39,15 @@ class CheckpointText:
             raise ValueError(f"data.image_resize must be one of {RESIZES}, got {cfg['image_resize']!r}")
         self.image_resize = cfg["image_resize"]
         self.tokenizer: CheckpointTokenizer | None = None
+        if cfg["tokenizer_clean"] and not cfg["tokenizer"]:
+            raise ValueError("data.tokenizer_clean is set but data.tokenizer is empty: nothing to clean for")
         if cfg["tokenizer"]:
             if cfg["tokenizer_kind"] not in KINDS:
                 raise ValueError(f"data.tokenizer_kind must be one of {KINDS}, got {cfg['tokenizer_kind']!r}")
-            self.tokenizer = CheckpointTokenizer(cfg["tokenizer_kind"], cfg["tokenizer"], self.text_len)
+            if cfg["tokenizer_clean"] not in CLEANS:
+                raise ValueError(f"data.tokenizer_clean must be one of {CLEANS}, got {cfg['tokenizer_clean']!r}")
+            self.tokenizer = CheckpointTokenizer(cfg["tokenizer_kind"], cfg["tokenizer"], self.text_len,
+                                                 cfg["tokenizer_clean"])
             if self.tokenizer.vocab_size > self.vocab_size:
                 raise ValueError(f"tokenizer {cfg['tokenizer']} has {self.tokenizer.vocab_size} ids but the text "
                                  f"tower's vocabulary has {self.vocab_size}: not this model's tokenizer")

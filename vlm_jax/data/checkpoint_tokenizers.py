@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 KINDS = ("hf_json", "clip_bpe", "siglip_spm")
+CLEANS = ("", "whitespace", "lower", "canonicalize")  # open_clip's text cleaning before an HF tokenizer
 CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
@@ -46,10 +47,12 @@ def _bytes_to_unicode() -> dict[int, str]:
 class CheckpointTokenizer:
     """Batch encoder for a checkpoint's tokenizer: `encode(texts) -> int32 [N, max_len]`."""
 
-    def __init__(self, kind: str, path: str | Path, max_len: int):
+    def __init__(self, kind: str, path: str | Path, max_len: int, clean: str = ""):
         if kind not in KINDS:
             raise ValueError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
-        self.kind, self.path, self.max_len = kind, Path(path), int(max_len)
+        if clean not in CLEANS:
+            raise ValueError(f"tokenizer clean must be one of {CLEANS}, got {clean!r}")
+        self.kind, self.path, self.max_len, self.clean = kind, Path(path), int(max_len), clean
         if not self.path.exists():
             raise FileNotFoundError(f"tokenizer file {self.path} does not exist")
         getattr(self, f"_load_{kind}")()
@@ -133,4 +136,18 @@ class CheckpointTokenizer:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """int32 [N, max_len] ids, framed and padded as the tokenizer's library does."""
-        return getattr(self, f"_encode_{self.kind}")(list(texts))
+        texts = [clean_text(t, self.clean) for t in texts] if self.clean else list(texts)
+        return getattr(self, f"_encode_{self.kind}")(texts)
+
+
+def clean_text(text: str, how: str) -> str:
+    """open_clip's cleaning before an HF tokenizer: ftfy and a double HTML unescape, then "whitespace" collapses
+    runs of whitespace, "lower" also lower-cases, "canonicalize" (SigLIP's, from big_vision) turns underscores into
+    spaces, drops ASCII punctuation, lower-cases and collapses whitespace."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    if how == "canonicalize":
+        text = text.replace("_", " ").translate(str.maketrans("", "", string.punctuation)).lower()
+    text = " ".join(text.split())
+    return text.lower() if how == "lower" else text

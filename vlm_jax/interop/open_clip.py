@@ -1,5 +1,6 @@
 """open_clip checkpoints (`open_clip_config.json` + `open_clip_model.safetensors`, or a config plus a state dict
-file) of its `CLIP` class with a ViT image tower and the built-in text transformer, in and out."""
+file): its `CLIP` class with a ViT image tower and the built-in text transformer, in and out, and its SigLIP
+models (`CustomTextCLIP` with a timm SigLIP trunk, `interop.timm_vit`) in."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from vlm_jax.interop import layout, posemb, safetensors_io
+from vlm_jax.interop import layout, posemb, safetensors_io, timm_vit
 from vlm_jax.interop.layout import ConversionError, Imported, Source, Tree
 
 CONFIG, WEIGHTS = "open_clip_config.json", "open_clip_model.safetensors"
@@ -21,16 +22,28 @@ TEXT = dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=12, 
 # options whose non-default values change the architecture into one these towers do not have
 VISION_FIXED = dict(ls_init_value=None, attentional_pool=False, pos_embed_type="learnable", pool_type="tok",
                     act_kwargs=None, block_type=None, qk_norm=False, scaled_cosine_attn=False, scale_heads=False,
-                    scale_attn_inner=False, scale_attn=False, scale_fc=False, timm_model_name=None)
-TEXT_FIXED = dict(ls_init_value=None, embed_cls=False, proj_type="linear", act_kwargs=None, block_type=None,
+                    scale_attn_inner=False, scale_attn=False, scale_fc=False, final_ln_after_pool=False)
+TEXT_FIXED = dict(ls_init_value=None, embed_cls=False, proj_type="linear", block_type=None, tokenizer_mode=None,
                   qk_norm=False, scaled_cosine_attn=False, scale_heads=False, scale_attn_inner=False, scale_attn=False,
-                  scale_fc=False, hf_model_name=None)
+                  scale_fc=False, hf_model_name=None, final_ln_after_pool=False)
+# keys that change nothing at inference (training options, tokenizer names) or that the readers interpret
+VISION_OTHER = {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size", "patch_dropout",
+                "attn_pooler_queries", "attn_pooler_heads", "no_ln_pre", "output_tokens", "norm_kwargs",
+                "timm_model_name", "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop",
+                "timm_drop_path"}
+TEXT_OTHER = {"context_length", "vocab_size", "hf_tokenizer_name", "tokenizer_kwargs", "width", "heads", "layers",
+              "mlp_ratio", "pad_id", "eos_id", "no_causal_mask", "pool_type", "proj_bias", "output_tokens",
+              "act_kwargs", "norm_kwargs", "hf_model_pretrained", "hf_proj_type", "hf_pooler_type"}
 POOLS = {"argmax": "argmax", "eos": "eos", "last": "final", "first": "first"}
 KNOWN_TOP = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "cast_dtype", "init_logit_scale",
              "init_logit_bias", "custom_text"}
 
 
-def _check_fixed(cfg: dict[str, Any], fixed: dict[str, Any], where: str) -> None:
+def _check_fixed(cfg: dict[str, Any], fixed: dict[str, Any], where: str, other: set[str]) -> None:
+    unknown = sorted(set(cfg) - set(fixed) - other)
+    if unknown:
+        raise ConversionError(f"open_clip {where} keys {unknown} are unknown to this converter (known: "
+                              f"{sorted(set(fixed) | other)})")
     for key, value in fixed.items():
         if key in cfg and cfg[key] not in (value, None, False, 0.0) and cfg[key] != value:
             raise ConversionError(f"open_clip {where}.{key}={cfg[key]!r} is not supported (only {value!r})")
@@ -54,39 +67,62 @@ def read(path: str | Path, image_size: int | None = None, weights: str | Path | 
     if not weights.exists():
         raise ConversionError(f"{weights} does not exist (open_clip weights as .safetensors)")
     unknown = sorted(set(model_cfg) - KNOWN_TOP)
-    if unknown or model_cfg.get("custom_text"):
-        raise ConversionError(f"{config_path}: open_clip model options {unknown or ['custom_text']} are not supported "
-                              f"(the CLIP class with a ViT and the built-in text transformer is)")
+    if unknown:
+        raise ConversionError(f"{config_path}: open_clip model options {unknown} are not supported (known: "
+                              f"{sorted(KNOWN_TOP)})")
     v, t = {**VISION, **model_cfg.get("vision_cfg", {})}, {**TEXT, **model_cfg.get("text_cfg", {})}
-    _check_fixed(v, VISION_FIXED, "vision_cfg")
-    _check_fixed(t, TEXT_FIXED, "text_cfg")
-    if t.get("hf_tokenizer_name"):
-        pass  # the tokenizer is the tokenizers' concern, not the weights'
+    timm = bool(v.get("timm_model_name"))
+    _check_fixed(v, {} if timm else VISION_FIXED, "vision_cfg", VISION_OTHER | (set(VISION_FIXED) if timm else set()))
+    _check_fixed(t, TEXT_FIXED, "text_cfg", TEXT_OTHER)
     if t["pool_type"] not in POOLS:
         raise ConversionError(f"open_clip text_cfg.pool_type {t['pool_type']!r} is not supported "
                               f"(known: {sorted(POOLS)})")
     act = "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"
+    text_act = _act(t.get("act_kwargs"), act)
     src = Source(safetensors_io.read(weights), str(weights))
-    img, img_fields, size = _vision(src, v, image_size)
-    img_fields.update(act=act, pixel_mean=tuple(pre.get("mean", OPENAI_MEAN)),
-                      pixel_std=tuple(pre.get("std", OPENAI_STD)))
-    txt, txt_fields = _text(src, t)
-    txt_fields["act"] = act
     embed = int(model_cfg["embed_dim"])
-    img["head"] = {"kernel": src.take("visual.proj", (v["width"], embed))}
-    txt["head"] = {"kernel": src.take("text_projection", (t["width"], embed))}
-    if t["proj_bias"]:
-        raise ConversionError("open_clip text_cfg.proj_bias=True stores text_projection as a Linear; not supported")
+    if timm:  # open_clip's SigLIP: the trunk's MAP head output is the image embedding (timm_proj "none")
+        img, img_fields, size = timm_vit.read(src, v, image_size)
+        if img_fields["width"] != embed:
+            raise ConversionError(f"{config_path}: timm trunk width {img_fields['width']} differs from embed_dim "
+                                  f"{embed}, and timm_proj 'none' adds no projection")
+    else:
+        img, img_fields, size = _vision(src, v, image_size)
+        img_fields["act"] = act
+        img["head"] = {"kernel": src.take("visual.proj", (v["width"], embed))}
+    img_fields.update(pixel_mean=tuple(pre.get("mean", OPENAI_MEAN)), pixel_std=tuple(pre.get("std", OPENAI_STD)))
+    prefix = "text." if model_cfg.get("custom_text") else ""
+    txt, txt_fields = _text(src, t, prefix)
+    txt_fields["act"] = text_act
+    if t["proj_bias"]:  # a Linear [embed, width] with bias
+        txt["head"] = layout.dense(src.take(prefix + "text_projection.weight", (embed, t["width"])),
+                                   src.take(prefix + "text_projection.bias", (embed,)))
+    else:
+        txt["head"] = {"kernel": src.take(prefix + "text_projection", (t["width"], embed))}
+    txt_fields["head_bias"] = bool(t["proj_bias"])
     params = {"img": img, "txt": txt, "t": src.take("logit_scale").reshape(())}
     fields = dict(image=img_fields, text=txt_fields, embed_dim=embed, text_tower="transformer")
     loss = "clip"
     if "logit_bias" in src:
         params["b"] = src.take("logit_bias").reshape(())
         fields["bias_init"], loss = -10.0, "siglip"
-    src.finish(ignore=lambda k: k == "attn_mask")
+    src.finish(ignore=lambda k: k.endswith("attn_mask"))
     info = dict(max_len=t["context_length"], vocab_size=t["vocab_size"], pad_id=t["pad_id"], eos_id=t["eos_id"],
                 bos_id=None)
-    return Imported(fields, params, size, info, loss, "open_clip:CLIP")
+    if t.get("hf_tokenizer_name"):  # open_clip's HFTokenizer cleans text before the HF tokenizer sees it
+        info["clean"] = (t.get("tokenizer_kwargs") or {}).get("clean", "whitespace")
+    kind = "CustomTextCLIP" if model_cfg.get("custom_text") else "CLIP"
+    return Imported(fields, params, size, info, loss, f"open_clip:{kind}" + (f"+timm:{v['timm_model_name']}" if timm else ""))
+
+
+def _act(kwargs: dict[str, Any] | None, default: str) -> str:
+    """The text tower's activation: open_clip's act_kwargs apply to its GELU (approximate="tanh" only)."""
+    if not kwargs:
+        return default
+    if kwargs == {"approximate": "tanh"} and default == "gelu":
+        return "gelu_tanh"
+    raise ConversionError(f"open_clip text_cfg.act_kwargs={kwargs!r} is not supported (only approximate='tanh' on "
+                          f"exact GELU)")
 
 
 def _vision(src: Source, v: dict[str, Any], image_size: int | None) -> tuple[Tree, dict, int]:
@@ -116,14 +152,15 @@ def _vision(src: Source, v: dict[str, Any], image_size: int | None) -> tuple[Tre
     return img, fields, new
 
 
-def _text(src: Source, t: dict[str, Any]) -> tuple[Tree, dict]:
+def _text(src: Source, t: dict[str, Any], prefix: str = "") -> tuple[Tree, dict]:
     d, depth, length, vocab = int(t["width"]), int(t["layers"]), int(t["context_length"]), int(t["vocab_size"])
     heads, mlp = int(t["heads"]), int(d * float(t["mlp_ratio"]))
-    txt: Tree = {"embedding": {"embedding": src.take("token_embedding.weight", (vocab, d))},
-                 "pos_embedding": src.take("positional_embedding", (length, d))[None],
-                 "Encoder_0": layout.encoder_in(src, "transformer.resblocks.", depth, d, mlp, heads,
+    txt: Tree = {"embedding": {"embedding": src.take(prefix + "token_embedding.weight", (vocab, d))},
+                 "pos_embedding": src.take(prefix + "positional_embedding", (length, d))[None],
+                 "Encoder_0": layout.encoder_in(src, prefix + "transformer.resblocks.", depth, d, mlp, heads,
                                                 layout.OPEN_CLIP_BLOCK)}
-    txt["Encoder_0"]["encoder_norm"] = layout.norm(src.take("ln_final.weight", (d,)), src.take("ln_final.bias", (d,)))
+    txt["Encoder_0"]["encoder_norm"] = layout.norm(src.take(prefix + "ln_final.weight", (d,)),
+                                                   src.take(prefix + "ln_final.bias", (d,)))
     fields = dict(vocab_size=vocab, width=d, depth=depth, mlp_dim=mlp, num_heads=heads, max_len=length,
                   causal=not t["no_causal_mask"], pad_mask=False, pad_id=int(t["pad_id"]), ln_eps=_eps(t),
                   pool_type=POOLS[t["pool_type"]], eos_id=int(t["eos_id"]), head_bias=False)

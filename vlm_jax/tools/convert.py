@@ -51,6 +51,7 @@ def run_config(model: Imported, tokenizer: str, tokenizer_kind: str) -> Any:
                                             text_len=int(model.text["max_len"]),
                                             vocab_size=int(model.fields["text"]["vocab_size"]),
                                             tokenizer=tokenizer, tokenizer_kind=tokenizer_kind,
+                                            tokenizer_clean=model.text.get("clean", "") if tokenizer else "",
                                             image_resize="squash" if model.loss == "siglip" else "shortest_crop"))
     c.evals = ml_collections.ConfigDict(dict(sets=[]))
     return c
