@@ -1,4 +1,4 @@
-"""Tiny random reference checkpoints (HF CLIP, HF SigLIP, open_clip CLIP and SigLIP) and their outputs, for converter tests.
+"""Tiny random reference checkpoints (HF CLIP, SigLIP, SigLIP 2; open_clip CLIP and SigLIP) and their outputs, for converter tests.
 
 Writes, under --out (normally tests/fixtures/weights):
 
@@ -7,6 +7,8 @@ Writes, under --out (normally tests/fixtures/weights):
   open_clip_clip/  open_clip_config.json + open_clip_model.safetensors
                    (open_clip's own save_config_for_hf layout; state_dict through safetensors.torch.save_file,
                    as open_clip.push_to_hf_hub.save_for_hf does)
+  hf_siglip2/      config.json + model.safetensors + preprocessor_config.json (transformers Siglip2Model, NaFlex),
+                   with NaFlex inputs of several aspect ratios from the library's processors
   open_clip_siglip/ the same files for open_clip's SigLIP layout (CustomTextCLIP, timm MAP trunk; see
                    OPEN_CLIP_SIGLIP_CFG), with SigLIP's SentencePiece files and open_clip's canonicalised ids
   <case>/reference.npz   inputs and the torch outputs on them (float32 / int32 arrays, keys below)
@@ -58,7 +60,9 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 N, SIZE, SIZE_48, N_48, CTX = 4, 32, 48, 2, 16
 VOCAB, BOS, EOS = 1000, 998, 999
 NOISE = 0.05
-SEEDS = {"hf_clip": 1, "hf_siglip": 2, "open_clip_clip": 3, "open_clip_siglip": 4}
+SEEDS = {"hf_clip": 1, "hf_siglip": 2, "open_clip_clip": 3, "open_clip_siglip": 4, "hf_siglip2": 5}
+# NaFlex inputs of the hf_siglip2 case: images of several aspect ratios (height, width), a patch budget of 20
+NAFLEX_SHAPES, NAFLEX_BUDGET = ((24, 40), (56, 12), (32, 32), (9, 70)), 20
 PERTURBATION = (f"every parameter += {NOISE} * randn after the library's init; logit_scale = log(1/0.07) + 0.1 * randn "
                 "(CLIP cases) or log(10) + 0.1 * randn (SigLIP), SigLIP logit_bias = -10 + 0.5 * randn")
 
@@ -139,6 +143,16 @@ NOTES = {
         "resampled by timm.layers.resample_abs_pos_embed((6, 6), num_prefix_tokens=0) (timm's default: bicubic, "
         "antialias=True), as timm's checkpoint filter does. token_ids: open_clip.tokenizer.HFTokenizer(<this dir>, "
         "context_length=16, clean='canonicalize') over the hf_siglip SentencePiece files copied here."),
+    "hf_siglip2": (
+        "transformers Siglip2Model (NaFlex: Linear patch embedding over patches in (row, column, channel) order, a "
+        "4x4 learned position grid resized per image). image_<i> uint8 [h, w, 3] of NAFLEX_SHAPES; pixel_values / "
+        "pixel_attention_mask / spatial_shapes from Siglip2ImageProcessor(patch_size=8, max_num_patches=20) "
+        "(torchvision backend); pixel_values_pil etc. from the PIL backend (Siglip2ImageProcessorPil). "
+        "image_embeds = get_image_features(...).pooler_output (MAP head over real patches), text_embeds as "
+        "hf_siglip, logits_per_image = exp(logit_scale) * cos + logit_bias. pos_embed_resized [N, 20, 32]: per "
+        "image, F.interpolate(grid [1, d, 4, 4], size=spatial_shape, mode='bilinear', align_corners=False, "
+        "antialias=True), flattened row-major, zero beyond h*w (checked against transformers' own "
+        "resize_positional_embeddings to 1e-6 on the real rows)."),
 }
 
 
@@ -260,6 +274,67 @@ def hf_siglip_model(torch, seed):
     perturb_(model, seed + 1000, {"logit_scale": randn_near(math.log(10.0), 0.1),
                                   "logit_bias": randn_near(-10.0, 0.5)})
     return model
+
+
+def hf_siglip2_model(torch, seed):
+    from transformers import Siglip2Config, Siglip2Model
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+    text = dict(common, vocab_size=VOCAB, max_position_embeddings=CTX, pad_token_id=1, eos_token_id=EOS,
+                bos_token_id=BOS, projection_size=32)
+    config = Siglip2Config(vision_config=dict(common, patch_size=8, num_patches=16), text_config=text)
+    torch.manual_seed(seed)
+    model = Siglip2Model(config).float().eval()
+    perturb_(model, seed + 1000, {"logit_scale": randn_near(math.log(10.0), 0.1),
+                                  "logit_bias": randn_near(-10.0, 0.5)})
+    return model
+
+
+def make_hf_siglip2_case(torch, case, folder):
+    """NaFlex: images of several aspect ratios through the library's own processors and model."""
+    import torch.nn.functional as F
+    from transformers.models.siglip2.image_processing_pil_siglip2 import Siglip2ImageProcessorPil
+    from transformers.models.siglip2.image_processing_siglip2 import Siglip2ImageProcessor
+    seed = SEEDS[case]
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in NAFLEX_SHAPES]
+    ids = siglip_input_ids(rng)
+    model = hf_siglip2_model(torch, seed)
+    model.save_pretrained(folder)
+    reloaded = type(model).from_pretrained(folder).float().eval()
+    kw = dict(patch_size=8, max_num_patches=NAFLEX_BUDGET)
+    proc = Siglip2ImageProcessor(**kw)
+    proc.save_pretrained(folder)
+    inputs = proc(images=images, return_tensors="pt")
+    pil = Siglip2ImageProcessorPil(**kw)(images=images, return_tensors="pt")
+    out = {}
+    with torch.no_grad():
+        for tag, m in (("ref", reloaded), ("mem", model)):
+            img, _ = features(m.get_image_features(**inputs))
+            txt, _ = features(m.get_text_features(input_ids=torch.from_numpy(ids).long()))
+            logits = m(input_ids=torch.from_numpy(ids).long(), **inputs).logits_per_image
+            out[tag] = dict(image_embeds=np32(img), text_embeds=np32(txt), logits_per_image=np32(logits))
+        emb = reloaded.vision_model.embeddings
+        g = emb.position_embedding_size
+        grid = emb.position_embedding.weight.reshape(g, g, -1)
+        library = emb.resize_positional_embeddings(grid, inputs["spatial_shapes"], NAFLEX_BUDGET)
+        resized = torch.zeros_like(library)
+        for i, (h, w) in enumerate(inputs["spatial_shapes"].tolist()):
+            r = F.interpolate(grid.permute(2, 0, 1)[None], size=(h, w), mode="bilinear", align_corners=False,
+                              antialias=True)[0]
+            resized[i, :h * w] = r.reshape(r.shape[0], -1).T
+            torch.testing.assert_close(library[i, :h * w], resized[i, :h * w], rtol=1e-6, atol=1e-6)
+    for k in out["ref"]:
+        np.testing.assert_array_equal(out["ref"][k], out["mem"][k], err_msg=f"{case}/{k} after save/load")
+    arrays = {f"image_{i}": im for i, im in enumerate(images)}
+    arrays.update(input_ids=ids, pixel_values=np32(inputs["pixel_values"]),
+                  pixel_attention_mask=inputs["pixel_attention_mask"].numpy().astype(np.int32),
+                  spatial_shapes=inputs["spatial_shapes"].numpy().astype(np.int32),
+                  pixel_values_pil=np32(pil["pixel_values"]),
+                  pixel_attention_mask_pil=pil["pixel_attention_mask"].numpy().astype(np.int32),
+                  spatial_shapes_pil=pil["spatial_shapes"].numpy().astype(np.int32),
+                  pos_embed_resized=np32(resized), **out["ref"])
+    return arrays
 
 
 def hf_outputs(torch, model, pv, ids, pv48):
@@ -602,7 +677,7 @@ def save_npz(path, arrays):
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for key, arr in arrays.items():
             arr = np.ascontiguousarray(arr)
-            assert arr.dtype in (np.float32, np.int32), (key, arr.dtype)
+            assert arr.dtype in (np.float32, np.int32, np.uint8), (key, arr.dtype)
             buf = io.BytesIO()
             np.lib.format.write_array(buf, arr, allow_pickle=False)
             info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
@@ -646,6 +721,7 @@ def main(argv=None):
                                             SIGLIP_MEAN, SIGLIP_STD),
         "open_clip_clip": lambda f: make_open_clip_case(torch, "open_clip_clip", f),
         "open_clip_siglip": lambda f: make_open_clip_siglip_case(torch, "open_clip_siglip", f),
+        "hf_siglip2": lambda f: make_hf_siglip2_case(torch, "hf_siglip2", f),
     }
     manifest = {"command": f"{COMMAND_PREFIX} --out {args.out}", "versions": versions(torch), "seeds": SEEDS,
                 "perturbation": PERTURBATION, "tokenizers": TOKENIZERS, "cases": {}}
@@ -657,7 +733,8 @@ def main(argv=None):
         arrays = build(folder)
         arrays["token_ids"] = {"hf_clip": hf_clip_tokenizer, "hf_siglip": hf_siglip_tokenizer,
                                "open_clip_clip": open_clip_tokenizer,
-                               "open_clip_siglip": open_clip_siglip_tokenizer}[case](folder)
+                               "open_clip_siglip": open_clip_siglip_tokenizer,
+                               "hf_siglip2": hf_siglip_tokenizer}[case](folder)
         with open(os.path.join(folder, "token_texts.json"), "w") as f:
             json.dump(TOKEN_TEXTS, f, ensure_ascii=False, indent=0)
             f.write("\n")

@@ -66,6 +66,28 @@ def test_export_of_a_converted_run_reimports_bit_identically(runs, case, tmp_pat
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+def test_a_converted_siglip2_run_embeds_square_images_at_the_full_grid(tmp_path):
+    """Siglip2 (NaFlex) converted: vlm_jax.load() embeds a square image at the grid's size through the
+    fixed-resolution path; equal to the NaFlex path (parity with transformers: test_interop.py) on the same
+    image as a full-budget patch grid. Its tokenizer gives the library's ids."""
+    import jax.numpy as jnp
+
+    from vlm_jax.models.two_tower import TwoTower
+    assert convert.main(["--from", "hf", "--in", str(FIXTURES / "hf_siglip2"), "--out", str(tmp_path / "s2")]) == 0
+    run = vlm_jax.load(tmp_path / "s2")
+    ref = dict(np.load(FIXTURES / "hf_siglip2" / "reference.npz"))
+    texts = json.loads((FIXTURES / "hf_siglip2" / "token_texts.json").read_text())
+    np.testing.assert_array_equal(run.objective.data.tokenize(texts), ref["token_ids"])
+    image = ref["image_2"].astype(np.float32) / 127.5 - 1.0  # 32 x 32: the 4 x 4 grid at patch 8
+    model = hf.read(FIXTURES / "hf_siglip2")
+    patches = image.reshape(4, 8, 4, 8, 3).transpose(0, 2, 1, 3, 4).reshape(1, 16, 192)
+    rc = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), -1).reshape(1, 16, 2)
+    batch = dict(patches=patches, positions=rc.astype(np.int32), mask=np.ones((1, 16), bool),
+                 grid=np.array([[4, 4]], np.int32))
+    (zimg, _), _ = TwoTower(**model.fields).apply({"params": model.params}, batch, None)
+    np.testing.assert_allclose(run.embed_images(image[None]), np.asarray(zimg), atol=2e-6)
+
+
 def test_init_from_reads_a_converted_run(runs):
     """A LiT-style start: init_from.workdir = the converted run, only the image tower copied."""
     import ml_collections
@@ -238,3 +260,16 @@ def test_the_default_architecture_is_refused_naming_the_field(tmp_path):
                text=dict(fields["text"], causal=False, act="gelu", head_bias=False))
     with pytest.raises(ConversionError, match="pad_mask=True"):
         open_clip.write(layout.Imported(tok, model.params, 32, model.text, "clip", "vlm_jax"), tmp_path / "oc2")
+
+
+def test_a_wordpiece_tokenizer_json_gives_the_reference_ids():
+    """WordPiece from a checkpoint's tokenizer.json (the packaged MiniLM's) through the checkpoint tokenizer equals
+    vlm_jax's own WordPiece implementation (itself checked against HF tokenizers in test_lit.py) on the hard
+    strings, framed [CLS] … [SEP] and padded."""
+    from vlm_jax.data.checkpoint_tokenizers import CheckpointTokenizer
+    from vlm_jax.data.wordpiece import WordPieceTokenizer
+    from vlm_jax.pretrained import minilm_dir
+    texts = json.loads((FIXTURES / "hf_clip" / "token_texts.json").read_text())
+    ours = CheckpointTokenizer("hf_json", minilm_dir() / "tokenizer.json", 16).encode(texts)
+    np.testing.assert_array_equal(ours, WordPieceTokenizer(minilm_dir() / "vocab.txt").encode(texts, 16))
+    assert (ours[:, 0] == 101).all() and (ours == 102).sum(1).tolist() == [1] * len(texts)

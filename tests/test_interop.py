@@ -248,8 +248,9 @@ def test_exports_load_in_the_reference_libraries(tmp_path):
     import sys  # noqa: F401
     specs = []
     for name, fmt in (("hf_clip", "hf"), ("hf_siglip", "hf"), ("open_clip_clip", "open_clip"),
-                      ("open_clip_clip", "hf"), ("hf_clip", "open_clip")):
-        folder = WRITERS[fmt](READERS[name](FIXTURES / name), tmp_path / f"{name}_{fmt}")
+                      ("open_clip_clip", "hf"), ("hf_clip", "open_clip"), ("open_clip_siglip", "hf"),
+                      ("hf_siglip2", "hf")):
+        folder = WRITERS[fmt]({**READERS, "hf_siglip2": hf.read}[name](FIXTURES / name), tmp_path / f"{name}_{fmt}")
         specs.append(f"{name}={fmt}:{folder}")
     script = Path(__file__).parent.parent / "scripts" / "check_exports_live.py"
     proc = subprocess.run([str(BENCH_PYTHON), str(script), *specs], capture_output=True, text=True,
@@ -331,3 +332,65 @@ def test_scanned_towers_export_like_per_layer_ones(tmp_path):
     got = run(again, imgs, ids)
     for key in ("image_embeds", "text_embeds"):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def _naflex_batch(ref: dict[str, np.ndarray], suffix: str = "") -> dict[str, np.ndarray]:
+    """transformers' NaFlex inputs as a vlm_jax NaFlex batch: the same patch pixels (mean = std = 0.5 makes
+    transformers' normalised pixels vlm_jax's [-1, 1] ones), each patch's (row, column) from the grid shapes."""
+    shapes, mask = ref["spatial_shapes" + suffix], ref["pixel_attention_mask" + suffix].astype(bool)
+    n, length = mask.shape
+    positions = np.zeros((n, length, 2), np.int32)
+    for i, (h, w) in enumerate(shapes):
+        idx = np.arange(h * w)
+        positions[i, :h * w, 0], positions[i, :h * w, 1] = idx // w, idx % w
+    return dict(patches=ref["pixel_values" + suffix], positions=positions, mask=mask, grid=shapes.astype(np.int32))
+
+
+def test_siglip2_naflex_reproduces_transformers():
+    """HF Siglip2Model (NaFlex): images of four aspect ratios, padded to a 20-patch budget by transformers' own
+    processor: embeddings and logits within 1e-5; the per-image position resize equals torch's antialiased
+    bilinear F.interpolate; padding changes no output."""
+    from vlm_jax.models import naflex
+    ref = reference("hf_siglip2")
+    model = hf.read(FIXTURES / "hf_siglip2")
+    assert model.fields["image"]["posemb_grid"] == 4 and model.image_size == 32
+    batch = _naflex_batch(ref)
+    (zimg, _), aux = TwoTower(**model.fields).apply({"params": model.params}, batch, jnp.asarray(ref["input_ids"]))
+    np.testing.assert_allclose(np.asarray(aux["img/unnormed"]), ref["image_embeds"], **TOL)
+    np.testing.assert_allclose(np.asarray(aux["txt/unnormed"]), ref["text_embeds"], **TOL)
+    logits = np.float64(aux["t"]) * np.asarray(zimg, np.float64) @ np.asarray(
+        l2n(ref["text_embeds"]), np.float64).T + np.float64(aux["b"])
+    np.testing.assert_allclose(logits, ref["logits_per_image"], **TOL)
+    table = model.params["img"]["pos_embedding"][0].reshape(4, 4, -1)
+    resized = np.asarray(naflex.resized_posemb(jnp.asarray(table), batch["positions"], batch["grid"]))
+    for i, (h, w) in enumerate(batch["grid"]):
+        np.testing.assert_allclose(resized[i, :h * w], ref["pos_embed_resized"][i, :h * w], rtol=0, atol=1e-6)
+    # padding: other pixels and positions in the padded slots change nothing
+    noisy = dict(batch, patches=np.where(batch["mask"][..., None], batch["patches"], 7.0).astype(np.float32),
+                 positions=np.where(batch["mask"][..., None], batch["positions"], 3).astype(np.int32))
+    (_, _), aux2 = TwoTower(**model.fields).apply({"params": model.params}, noisy, None)
+    np.testing.assert_array_equal(np.asarray(aux2["img/unnormed"]), np.asarray(aux["img/unnormed"]))
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_siglip2_export_round_trips_and_matches_the_original_layout(tmp_path):
+    """Siglip2Model → vlm_jax → Siglip2Model: the original's tensor names, shapes and dtypes, the same parameters
+    back bit for bit, and byte-identical on a second export."""
+    model = hf.read(FIXTURES / "hf_siglip2")
+    folder = hf.write(model, tmp_path / "a")
+    ours, theirs = safetensors_io.read_header(folder / "model.safetensors")[0], safetensors_io.read_header(
+        FIXTURES / "hf_siglip2" / "model.safetensors")[0]
+    assert {k: (v["dtype"], v["shape"]) for k, v in ours.items()} == \
+        {k: (v["dtype"], v["shape"]) for k, v in theirs.items()}
+    assert json.loads((folder / "config.json").read_text())["vision_config"]["num_patches"] == 16
+    again = hf.read(folder)
+    a, b = layout.flat(model.params), layout.flat(again.params)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    folder2 = hf.write(again, tmp_path / "b")
+    for f in sorted(p.name for p in folder.iterdir()):
+        assert (folder / f).read_bytes() == (folder2 / f).read_bytes(), f

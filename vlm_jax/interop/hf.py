@@ -1,4 +1,5 @@
-"""HF transformers checkpoints (`config.json` + `model.safetensors`): CLIPModel and SiglipModel in and out."""
+"""HF transformers checkpoints (`config.json` + `model.safetensors`): CLIPModel, SiglipModel and Siglip2Model
+(NaFlex) in and out."""
 from __future__ import annotations
 
 import json
@@ -26,7 +27,8 @@ SIGLIP_TEXT = dict(vocab_size=32000, hidden_size=768, intermediate_size=3072, nu
                    layer_norm_eps=1e-6, pad_token_id=1, bos_token_id=49406, eos_token_id=49407)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-KINDS = {"clip": "CLIPModel", "siglip": "SiglipModel"}
+SIGLIP2_VISION = {k: v for k, v in SIGLIP_VISION.items() if k != "image_size"} | dict(num_patches=256)
+KINDS = {"clip": "CLIPModel", "siglip": "SiglipModel", "siglip2": "Siglip2Model"}
 
 
 def _act(cfg: dict[str, Any], where: str) -> str:
@@ -68,7 +70,7 @@ def read(folder: str | Path, image_size: int | None = None) -> Imported:
     if kind == "clip":
         out = _read_clip(src, config, folder, image_size)
     else:
-        out = _read_siglip(src, config, folder, image_size)
+        out = _read_siglip(src, config, folder, image_size, naflex=kind == "siglip2")
     src.finish(ignore=lambda k: k.endswith("position_ids"))  # a buffer some transformers versions save
     return out
 
@@ -140,11 +142,41 @@ def _read_clip(src: Source, config: dict, folder: Path, image_size: int | None) 
     return Imported(fields, params, size, _text_info(t), "clip", "hf:CLIPModel")
 
 
-def _read_siglip(src: Source, config: dict, folder: Path, image_size: int | None) -> Imported:
-    v, t = _tower_cfg(config, "vision_config", SIGLIP_VISION), _tower_cfg(config, "text_config", SIGLIP_TEXT)
+def _naflex_vision(src: Source, v: dict[str, Any], image_size: int | None) -> tuple[Tree, dict, int]:
+    """Siglip2's NaFlex embeddings: a Linear patch embedding over (row, column, channel) pixels (the ViT's
+    convolution kernel, reshaped) and a G×G position grid resized per image (ViT `posemb_grid`). The image size
+    is the grid's (G·patch): a square image of that size is the fixed-resolution case."""
+    d, p, n = v["hidden_size"], v["patch_size"], v["num_patches"]
+    g = int(round(n ** 0.5))
+    if g * g != n:
+        raise ConversionError(f"Siglip2 num_patches {n} is not a square grid")
+    pre = "vision_model."
+    w = src.take(pre + "embeddings.patch_embedding.weight", (d, p * p * v["num_channels"]))
+    params: Tree = {"embedding": {"kernel": np.ascontiguousarray(w.T.reshape(p, p, v["num_channels"], d)),
+                                 "bias": src.take(pre + "embeddings.patch_embedding.bias", (d,))},
+                    "pos_embedding": src.take(pre + "embeddings.position_embedding.weight", (n, d))[None]}
+    params["Transformer"] = layout.encoder_in(src, pre + "encoder.layers.", v["num_hidden_layers"], d,
+                                              v["intermediate_size"], v["num_attention_heads"], layout.HF_BLOCK)
+    params["Transformer"]["encoder_norm"] = layout.norm(src.take(pre + "post_layernorm.weight", (d,)),
+                                                        src.take(pre + "post_layernorm.bias", (d,)))
+    fields = dict(width=d, depth=v["num_hidden_layers"], mlp_dim=v["intermediate_size"],
+                  num_heads=v["num_attention_heads"], patch_size=(p, p), posemb="learn", posemb_grid=g,
+                  act=_act(v, "vision_config"), ln_eps=float(v["layer_norm_eps"]))
+    size = image_size or g * p
+    if size % p:
+        raise ConversionError(f"image_size {size} is not a multiple of the patch size {p}")
+    return params, fields, size
+
+
+def _read_siglip(src: Source, config: dict, folder: Path, image_size: int | None, naflex: bool = False) -> Imported:
+    v = _tower_cfg(config, "vision_config", SIGLIP2_VISION if naflex else SIGLIP_VISION)
+    t = _tower_cfg(config, "text_config", SIGLIP_TEXT)
     if not v.get("vision_use_head", True):
         raise ConversionError("SigLIP with vision_use_head=False has no pooled image embedding; not supported")
-    img, img_fields, size = _vision_common(src, v, cls=False, image_size=image_size)
+    if naflex:
+        img, img_fields, size = _naflex_vision(src, v, image_size)
+    else:
+        img, img_fields, size = _vision_common(src, v, cls=False, image_size=image_size)
     d, mlp, pre = v["hidden_size"], v["intermediate_size"], "vision_model.head."
     qkv = layout.split_in_proj(src.take(pre + "attention.in_proj_weight", (3 * d, d)),
                                src.take(pre + "attention.in_proj_bias", (3 * d,)))
@@ -168,7 +200,7 @@ def _read_siglip(src: Source, config: dict, folder: Path, image_size: int | None
     params = {"img": img, "txt": txt, "t": src.take("logit_scale", (1,)).reshape(()),
               "b": src.take("logit_bias", (1,)).reshape(())}
     fields = dict(image=img_fields, text=txt_fields, embed_dim=proj, text_tower="transformer", bias_init=-10.0)
-    return Imported(fields, params, size, _text_info(t), "siglip", "hf:SiglipModel")
+    return Imported(fields, params, size, _text_info(t), "siglip", "hf:Siglip2Model" if naflex else "hf:SiglipModel")
 
 
 def _text_info(t: dict[str, Any]) -> dict[str, Any]:
@@ -193,6 +225,11 @@ def write(model: Imported, folder: str | Path) -> Path:
            "image_mean": list(mean), "image_std": list(std), "do_normalize": True, "do_rescale": True,
            "rescale_factor": 1 / 255, "do_resize": True, "resample": 3,
            "size": {"height": model.image_size, "width": model.image_size}}
+    if img.get("posemb_grid"):  # Siglip2's processor: native aspect ratio within a patch budget, bilinear
+        grid = int(img["posemb_grid"])
+        pre = {k: v for k, v in pre.items() if k != "size"} | dict(
+            image_processor_type="Siglip2ImageProcessor", resample=2, patch_size=int(img["patch_size"][0]),
+            max_num_patches=grid * grid)
     (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2, sort_keys=True) + "\n")
     return folder
 
@@ -292,6 +329,16 @@ def _write_siglip(model: Imported) -> tuple[dict, dict]:
         raise ConversionError(f"{target} needs a logit bias (a sigmoid-loss model)")
     img, txt = model.params["img"], model.params["txt"]
     tensors, vcfg = _vision_out(img, f, False, model.image_size, target)
+    naflex = bool(f.get("posemb_grid"))
+    if naflex:  # Siglip2Model: a Linear patch embedding and the G×G table (num_patches) instead of image_size
+        kernel = img["embedding"]["kernel"]
+        tensors["vision_model.embeddings.patch_embedding.weight"] = np.ascontiguousarray(
+            kernel.reshape(-1, kernel.shape[-1]).T)
+        grid = int(f["posemb_grid"])
+        if img["pos_embedding"].shape[1] != grid * grid:
+            raise ConversionError(f"HF Siglip2Model: position table of {img['pos_embedding'].shape[1]} entries is "
+                                  f"not the {grid}x{grid} grid posemb_grid names")
+        vcfg = {k: v for k, v in vcfg.items() if k != "image_size"} | {"num_patches": grid * grid}
     head, pre = img["MAPHead_0"], "vision_model.head."
     tensors[pre + "probe"] = head["probe"]
     att = layout.attention_out(head["attn"], pre + "attention.", fused=True)
@@ -306,8 +353,9 @@ def _write_siglip(model: Imported) -> tuple[dict, dict]:
     tensors["text_model.head.bias"] = txt["head"]["bias"]
     tensors["logit_scale"] = np.asarray(model.params["t"], np.float32).reshape(1)
     tensors["logit_bias"] = np.asarray(model.params["b"], np.float32).reshape(1)
-    config = {"architectures": ["SiglipModel"], "model_type": "siglip",
-              "vision_config": {**vcfg, "model_type": "siglip_vision_model", "vision_use_head": True},
-              "text_config": {**tcfg, "model_type": "siglip_text_model",
+    kind = "siglip2" if naflex else "siglip"
+    config = {"architectures": ["Siglip2Model" if naflex else "SiglipModel"], "model_type": kind,
+              "vision_config": {**vcfg, "model_type": f"{kind}_vision_model", "vision_use_head": True},
+              "text_config": {**tcfg, "model_type": f"{kind}_text_model",
                               "projection_size": int(txt["head"]["kernel"].shape[1])}, "torch_dtype": "float32"}
     return tensors, config

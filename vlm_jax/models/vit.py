@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm_jax.models import layers
+from vlm_jax.models import layers, naflex
 from vlm_jax.variants import VARIANTS, parse_variant  # noqa: F401  (re-exported by vlm_jax.models)
 
 Array = jax.Array
@@ -40,6 +40,9 @@ class ViT(nn.Module):
     pixel_mean: Sequence[float] | None = None  # imported checkpoints: images in [-1, 1] become ((x + 1) / 2 - mean)
     pixel_std: Sequence[float] | None = None  # / std inside the model, the normalisation the weights were trained on
     head_bias: bool = True  # False: the projection `head` has no bias (OpenAI CLIP, open_clip)
+    posemb_grid: int | None = None  # side G of a learned G×G position table resized to each input's patch grid
+    # (antialiased bilinear, as SigLIP 2): needed for NaFlex inputs (models/naflex.py); None: the table has the
+    # fixed input's grid
     locked: bool = False  # LiT: the encoder's output is a constant to autodiff (no backward pass through the
     # stem, positions and transformer; freeze them with optim.freeze so weight decay leaves them alone too)
 
@@ -52,28 +55,50 @@ class ViT(nn.Module):
         return cfg
 
     @nn.compact
-    def __call__(self, image: Array, *, train: bool = False, keep: Array | None = None,
+    def __call__(self, image: Array | dict[str, Array], *, train: bool = False, keep: Array | None = None,
                  patch_mask: Array | None = None) -> tuple[Array, dict[str, Array]]:
-        """`keep` int [B, K]: encode only these patch positions (MAE's visible patches; None: all). `patch_mask`
+        """`image`: NHWC in [-1, 1], or a NaFlex batch (models/naflex.py: patches, positions, mask, grid).
+        `keep` int [B, K]: encode only these patch positions (MAE's visible patches; None: all). `patch_mask`
         bool [B, N]: patches replaced by the learned mask token before positions are added (needs mask_token)."""
         c = self._cfg()
         d, patch = c["width"], c["patch_size"]
         if self.pool_type not in POOL_TYPES:
             raise ValueError(f"pool_type must be one of {POOL_TYPES}, got {self.pool_type!r}")
         aux: dict[str, Array] = {}
+        flex = naflex.is_naflex(image)
+        if flex:
+            naflex.check(image)
+            if keep is not None or patch_mask is not None:
+                raise ValueError("NaFlex inputs do not take keep / patch_mask (MAE-style masking)")
+            if self.posemb != "learn" or not self.posemb_grid:
+                raise ValueError("NaFlex inputs need posemb='learn' and posemb_grid (the learned table's side)")
+            pixels = image["patches"].reshape(*image["patches"].shape[:2], patch[0], patch[1], -1)
+        else:
+            pixels = image
         if (self.pixel_mean is None) != (self.pixel_std is None):
             raise ValueError("set both pixel_mean and pixel_std, or neither")
         if self.pixel_mean is not None:
             mean, std = jnp.asarray(self.pixel_mean, jnp.float32), jnp.asarray(self.pixel_std, jnp.float32)
-            image = ((image.astype(jnp.float32) + 1.0) / 2.0 - mean) / std
-        x = nn.Conv(d, patch, strides=patch, padding="VALID", dtype=jnp.dtype(self.dtype_mm),
-                    param_dtype=jnp.float32, name="embedding",
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(image)
+            pixels = ((pixels.astype(jnp.float32) + 1.0) / 2.0 - mean) / std
+        embed = nn.Conv(d, patch, strides=patch, padding="VALID", dtype=jnp.dtype(self.dtype_mm),
+                        param_dtype=jnp.float32, name="embedding",
+                        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                                 (None, None, None, "embed")),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+        valid = None
+        if flex:  # each patch through the same convolution: one output position per patch
+            b, n = pixels.shape[:2]
+            x = embed(pixels.reshape(b * n, *pixels.shape[2:])).reshape(b, n, d)
+            valid = image["mask"].astype(bool)
+        else:
+            x = embed(pixels)
         x = x.astype(jnp.dtype(self.residual_dtype))  # the residual stream (layers' mixed-precision policy)
         aux["stem"] = x
-        b, h, w, _ = x.shape
-        x = x.reshape(b, h * w, d)
+        if flex:
+            b, h, w = x.shape[0], None, None
+        else:
+            b, h, w, _ = x.shape
+            x = x.reshape(b, h * w, d)
         if self.mask_token:
             token = self.param("mask_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                             (None, None, "embed")), (1, 1, d), jnp.float32)
@@ -81,7 +106,17 @@ class ViT(nn.Module):
                 x = jnp.where(patch_mask[:, :, None], token.astype(x.dtype), x)
         elif patch_mask is not None:
             raise ValueError("patch_mask needs a ViT with mask_token=True")
-        if self.posemb == "learn":
+        if self.posemb == "learn" and self.posemb_grid:
+            g = int(self.posemb_grid)
+            table = layers.posemb_learned(self, "pos_embedding", g * g, d).reshape(g, g, d)
+            if flex:
+                pe = naflex.resized_posemb(table, image["positions"], image["grid"])
+            elif (h, w) == (g, g):
+                pe = table.reshape(1, g * g, d)
+            else:  # a fixed input of another grid: the table resized as for a NaFlex image of that grid
+                rc = jnp.stack(jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij"), -1).reshape(1, h * w, 2)
+                pe = naflex.resized_posemb(table, rc, jnp.asarray([[h, w]]))
+        elif self.posemb == "learn":
             pe = layers.posemb_learned(self, "pos_embedding", h * w, d)
         elif self.posemb == "sincos2d":
             pe = layers.posemb_sincos_2d(h, w, d)
@@ -95,6 +130,8 @@ class ViT(nn.Module):
             cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
                              (1, 1, d), jnp.float32)
             x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(x.dtype), x], axis=1)
+            if valid is not None:
+                valid = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
         if self.ln_pre:
             x = layers.layer_norm("ln_pre", self.ln_eps)(x).astype(x.dtype)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
@@ -103,14 +140,20 @@ class ViT(nn.Module):
                                     dropout=self.dropout, act=self.act, scan=self.scan,
                                     remat_policy=self.remat_policy, dtype_mm=self.dtype_mm,
                                     attention_impl=self.attention_impl, ln_eps=self.ln_eps,
-                                    name="Transformer")(x, train=train)
+                                    name="Transformer")(x, None if valid is None else valid[:, None, None, :],
+                                                        train=train)
         aux.update({f"encoder/{k}": v for k, v in enc_aux.items()})
         if self.locked:
             x = jax.lax.stop_gradient(x)
         aux["encoded"] = x
+        if valid is not None:
+            aux["mask"] = valid  # the real tokens of `encoded` (decoders cross-attend to these only)
         if self.pool_type == "map":
             x = layers.MAPHead(num_heads=c["num_heads"], mlp_dim=c["mlp_dim"], act=self.act, dtype_mm=self.dtype_mm,
-                               ln_eps=self.ln_eps, name="MAPHead_0")(x)
+                               ln_eps=self.ln_eps, name="MAPHead_0")(x, valid)
+        elif self.pool_type == "gap" and valid is not None:
+            weights = valid.astype(x.dtype)[:, :, None]
+            x = (x * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
         elif self.pool_type == "gap":
             x = jnp.mean(x, axis=1)
         elif self.pool_type == "tok":
