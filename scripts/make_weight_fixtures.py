@@ -152,7 +152,8 @@ NOTES = {
         "hf_siglip, logits_per_image = exp(logit_scale) * cos + logit_bias. pos_embed_resized [N, 20, 32]: per "
         "image, F.interpolate(grid [1, d, 4, 4], size=spatial_shape, mode='bilinear', align_corners=False, "
         "antialias=True), flattened row-major, zero beyond h*w (checked against transformers' own "
-        "resize_positional_embeddings to 1e-6 on the real rows)."),
+        "resize_positional_embeddings to 1e-6 on the real rows). size_rule [K, 6]: (height, width, patch, budget, "
+        "target height, target width) from transformers' get_image_size_for_max_num_patches."),
 }
 
 
@@ -327,6 +328,14 @@ def make_hf_siglip2_case(torch, case, folder):
     for k in out["ref"]:
         np.testing.assert_array_equal(out["ref"][k], out["mem"][k], err_msg=f"{case}/{k} after save/load")
     arrays = {f"image_{i}": im for i, im in enumerate(images)}
+    from transformers.models.siglip2.image_processing_siglip2 import get_image_size_for_max_num_patches
+    rule = []  # the size rule on many image shapes, patch sizes and budgets: (h, w, patch, budget, th, tw)
+    for h, w in [(1, 1), (5, 300), (300, 5), (17, 31), (64, 64), (100, 37), (224, 224), (480, 640), (640, 480),
+                 (1000, 999), (33, 2000), (1080, 1920), (31, 7), (256, 256), (8, 8), (120, 16)]:
+        for patch in (8, 14, 16):
+            for budget in (1, 2, 7, 20, 64, 256, 576, 1024):
+                rule.append((h, w, patch, budget, *get_image_size_for_max_num_patches(h, w, patch, budget)))
+    arrays["size_rule"] = np.asarray(rule, np.int32)
     arrays.update(input_ids=ids, pixel_values=np32(inputs["pixel_values"]),
                   pixel_attention_mask=inputs["pixel_attention_mask"].numpy().astype(np.int32),
                   spatial_shapes=inputs["spatial_shapes"].numpy().astype(np.int32),
