@@ -6,11 +6,14 @@ emoji-datasource is MIT; Twemoji graphics CC BY 4.0; Facebook graphics are Faceb
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +39,13 @@ def fetch(style: str, cache_dir: str | Path) -> Path:
         raise FileNotFoundError(f"npm is needed to fetch {name}@{version} (apt-get install npm), "
                                 "or drop the style from data.train_styles")
     cache.mkdir(parents=True, exist_ok=True)
-    subprocess.run([npm, "pack", f"{name}@{version}", "--silent"], cwd=cache, check=True,
-                   stdout=subprocess.DEVNULL)
+    with open(cache / ".npm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # processes sharing the cache (parallel test workers) fetch once
+        if not tgz.exists():
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:  # a reader never sees a half-written tarball
+                subprocess.run([npm, "pack", f"{name}@{version}", "--silent"], cwd=tmp, check=True,
+                               stdout=subprocess.DEVNULL)
+                os.replace(Path(tmp) / tgz.name, tgz)
     return tgz
 
 
