@@ -115,14 +115,20 @@ def _separable(x: np.ndarray, wy: np.ndarray, wx: np.ndarray) -> np.ndarray:
     return np.matmul(wy[:, None], np.matmul(x, wx.transpose(0, 2, 1)[:, None]))
 
 
-def crop_resize(images: np.ndarray, params: np.ndarray, size: int, kind: str) -> np.ndarray:
-    """float32 channel-first [b, 3, size, size]: each uint8 [b, H, W, 3] image's box (x0, y0, w, h) resized to
-    `size` (white outside the image)."""
+def out_shape(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of an output `size`: an int (square) or a (height, width) pair (NaFlex grids)."""
+    return (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+
+
+def crop_resize(images: np.ndarray, params: np.ndarray, size: int | tuple[int, int], kind: str) -> np.ndarray:
+    """float32 channel-first [b, 3, out_h, out_w]: each uint8 [b, H, W, 3] image's box (x0, y0, w, h) resized to
+    `size` (int: square; (height, width)), white outside the image."""
+    out_h, out_w = out_shape(size)
     b, h, w = images.shape[:3]
     x0, y0, cw, ch = (params[:, P[k]] for k in ("x0", "y0", "w", "h"))
     pad = np.ceil(np.maximum.reduce([-x0, -y0, x0 + cw - w, y0 + ch - h, np.zeros(b)]))
-    wx, white_x = resample_weights(x0, cw, pad, w, size, kind)
-    wy, white_y = resample_weights(y0, ch, pad, h, size, kind)
+    wx, white_x = resample_weights(x0, cw, pad, w, out_w, kind)
+    wy, white_y = resample_weights(y0, ch, pad, h, out_h, kind)
     # as PIL: the horizontal pass first, over a white canvas, rounded to 8 bits; then the vertical pass
     t = np.matmul(images.transpose(0, 3, 1, 2).astype(np.float32), wx.transpose(0, 2, 1)[:, None])
     t = np.clip(np.rint(t + (255 * white_x)[:, None, None, :].astype(np.float32)), 0, 255)
@@ -214,13 +220,16 @@ def _u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def apply(images: np.ndarray, params: np.ndarray, cfg: dict[str, Any], size: int) -> np.ndarray:
-    """uint8 [b, size, size, 3]: the augmentation `params` (rows of `draw`) applied to uint8 [b, H, W, 3] sources,
-    in the order crop/resize, flip, flatten, outline, jitter, grayscale, blur."""
-    if "crop" not in cfg and images.shape[1:3] == (size, size):
+def apply(images: np.ndarray, params: np.ndarray, cfg: dict[str, Any], size: int | tuple[int, int],
+          kind: str | None = None) -> np.ndarray:
+    """uint8 [b, out_h, out_w, 3] (`size`: int for a square, or (height, width)): the augmentation `params` (rows of
+    `draw`) applied to uint8 [b, H, W, 3] sources, in the order crop/resize, flip, flatten, outline, jitter,
+    grayscale, blur. `kind`: the resampling filter (default bilinear for crops, bicubic for a plain resize)."""
+    out_h, out_w = out_shape(size)
+    if "crop" not in cfg and images.shape[1:3] == (out_h, out_w):
         x = images.transpose(0, 3, 1, 2).astype(np.float32)  # a plain resize to the same size is the identity
     else:
-        x = crop_resize(images, params, size, "bilinear" if "crop" in cfg else "bicubic")
+        x = crop_resize(images, params, size, kind or ("bilinear" if "crop" in cfg else "bicubic"))
     flip = np.flatnonzero(params[:, P["flip"]])
     x[flip] = x[flip, :, :, ::-1]
     for i in np.flatnonzero(params[:, P["colors"]]):
@@ -238,8 +247,8 @@ def apply(images: np.ndarray, params: np.ndarray, cfg: dict[str, Any], size: int
         x[idx] = luma(x[idx])
     idx = np.flatnonzero(params[:, P["blur"]])
     if len(idx):
-        m = blur_matrices(params[idx, P["blur"]], size)
-        x[idx] = _separable(x[idx], m, m)
+        sigma = params[idx, P["blur"]]
+        x[idx] = _separable(x[idx], blur_matrices(sigma, out_h), blur_matrices(sigma, out_w))
     return _u8(x).transpose(0, 2, 3, 1)
 
 
@@ -292,5 +301,7 @@ def unit_range(batch: dict[str, Any]) -> dict[str, Any]:
     device) as float32 in [-1, 1], as `collate` normalises on the host; traced inside the jitted train step."""
     import jax.numpy as jnp
 
-    return {k: (v.astype(jnp.float32) * jnp.float32(1 / 127.5) - jnp.float32(1.0)) if v.dtype == jnp.uint8 else v
-            for k, v in batch.items()}
+    import jax
+
+    return jax.tree.map(lambda v: (v.astype(jnp.float32) * jnp.float32(1 / 127.5) - jnp.float32(1.0))
+                        if v.dtype == jnp.uint8 else v, batch)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import ml_collections
 import numpy as np
 
+from vlm_jax.data import naflex as naflex_lib
 from vlm_jax.data import ops
 from vlm_jax.data.tokenizer import Tokenizer
 
@@ -90,7 +91,24 @@ def prep_images(images: np.ndarray, size: int) -> np.ndarray:
         np.zeros((0, size, size, 3), np.float32)
 
 
-class TokenizerText:
+class ImageInputs:
+    """Mixin for datasets with images: the shapes of a batch of model image inputs — [B, S, S, 3] float images, or
+    NaFlex patch batches (`data.naflex`) at the largest training budget."""
+
+    image_size: int
+    naflex: naflex_lib.Budgets | None = None  # set from `data.naflex` by datasets that serve native-aspect images
+
+    def image_spec(self, batch_size: int) -> Any:
+        """jax.ShapeDtypeStruct (fixed resolution) or a dict of them (NaFlex) for `batch_size` images."""
+        import jax
+
+        if self.naflex is None:
+            return jax.ShapeDtypeStruct((batch_size, self.image_size, self.image_size, 3), np.float32)
+        return {k: jax.ShapeDtypeStruct(shape, dtype)
+                for k, (shape, dtype) in naflex_lib.spec(batch_size, self.naflex.patch, self.naflex.largest).items()}
+
+
+class TokenizerText(ImageInputs):
     """Mixin for datasets whose text goes through a SentencePiece `self.tokenizer`: vocabulary and special ids."""
 
     tokenizer: Tokenizer

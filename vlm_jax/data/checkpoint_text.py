@@ -10,14 +10,14 @@ import numpy as np
 
 from vlm_jax.config import check_keys
 from vlm_jax.config_audit import merged
-from vlm_jax.data.base import register
+from vlm_jax.data.base import ImageInputs, register
 from vlm_jax.data.checkpoint_tokenizers import CLEANS, KINDS, CheckpointTokenizer
 
 RESIZES = ("shortest_crop", "squash")
 
 
 @register("checkpoint")
-class CheckpointText:
+class CheckpointText(ImageInputs):
     """Image size, text length and tokenizer of an imported checkpoint."""
 
     DEFAULTS = dict(name="checkpoint", image_size=224, text_len=77, vocab_size=0, tokenizer="", tokenizer_kind="",

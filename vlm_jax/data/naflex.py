@@ -3,8 +3,9 @@ sequence budget, cut into patches with each patch's (row, column), padded to the
 side (the batch layout, the per-example position resize) is `vlm_jax.models.naflex`."""
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -65,3 +66,99 @@ def batch(images: Sequence[np.ndarray], patch: int, budget: int) -> dict[str, np
 def to_unit_range(patches: np.ndarray) -> np.ndarray:
     """uint8 patch pixels → float32 in [-1, 1] (the codebase's x / 127.5 − 1)."""
     return patches.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+
+
+# ------------------------------------------------------------------------------------------ training batches
+
+CONFIG_DEFAULTS = dict(budgets=(), patch=0, eval_budgets=())
+# data.naflex: budgets — the sequence budgets (patches per image) a training batch draws from, one per batch
+# (empty: fixed resolution); patch — the model's patch size (checked against model.image); eval_budgets — the
+# budgets the evaluators run at (empty: every training budget).
+
+
+@dataclasses.dataclass(frozen=True)
+class Budgets:
+    """A dataset's NaFlex setting: the patch size, the training budgets drawn per batch, the evaluation budgets."""
+
+    patch: int
+    train: tuple[int, ...]
+    eval: tuple[int, ...]
+
+    @property
+    def largest(self) -> int:
+        """The largest training budget (the shape parameters are created with)."""
+        return max(self.train)
+
+
+def from_config(section: Any) -> Budgets | None:
+    """`data.naflex` → Budgets, or None when no budget is set (fixed resolution); errors name the keys."""
+    if not section:
+        return None
+    section = dict(section)
+    unknown = sorted(set(section) - set(CONFIG_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown data.naflex keys {unknown}; valid: {sorted(CONFIG_DEFAULTS)}")
+    train = tuple(int(b) for b in section.get("budgets") or ())
+    evals = tuple(int(b) for b in section.get("eval_budgets") or ()) or train
+    patch = int(section.get("patch") or 0)
+    if not train:
+        if section.get("eval_budgets") or patch:
+            raise ValueError("data.naflex.eval_budgets / patch are set but data.naflex.budgets is empty: set the "
+                             "training budgets (e.g. (64, 144, 256)) or leave data.naflex unset")
+        return None
+    if patch < 1:
+        raise ValueError(f"data.naflex.patch must be the model's patch size (> 0), got {patch}")
+    if min(train + evals) < 1:
+        raise ValueError(f"data.naflex budgets must be positive, got budgets {train}, eval_budgets {evals}")
+    return Budgets(patch=patch, train=train, eval=evals)
+
+
+def budget_for(seed: int, index: int, budgets: Sequence[int]) -> int:
+    """The budget of batch `index`: a uniform draw seeded by (seed, index) — the same on every host (each host
+    produces its batch `index` for the same step) and after a resume (the index is part of the iterator state)."""
+    return int(budgets[int(np.random.default_rng([int(seed), int(index)]).integers(len(budgets)))])
+
+
+def collate(elements: Sequence[dict[str, Any]], cfg: dict[str, Any], patch: int, budget: int
+            ) -> dict[str, Any]:
+    """A batch of NaFlex images from preprocessed elements (uint8 "image" + "augment" parameters from
+    `augment.draw`): each crop box resized (bilinear, antialiased) to the largest grid of its aspect ratio within
+    `budget`, the augmentation applied at that size, cut into uint8 patches and padded (`patchify`'s layout).
+    Every other field is stacked."""
+    from vlm_jax.data import augment
+
+    params = np.stack([e["augment"] for e in elements])
+    heights, widths = params[:, augment.P["h"]], params[:, augment.P["w"]]
+    grids = [grid_for(max(1, round(h)), max(1, round(w)), patch, budget) for h, w in zip(heights, widths)]
+    groups: dict[tuple, list[int]] = {}
+    for i, (e, g) in enumerate(zip(elements, grids)):
+        groups.setdefault((e["image"].shape, g), []).append(i)
+    n = len(elements)
+    out = dict(patches=np.zeros((n, budget, patch * patch * 3), np.uint8), positions=np.zeros((n, budget, 2), np.int32),
+               mask=np.zeros((n, budget), bool), grid=np.zeros((n, 2), np.int32))
+    for (_, (rows, cols)), idx in groups.items():
+        src = np.stack([elements[i]["image"] for i in idx])
+        pixels = augment.apply(src, params[idx], cfg, (rows * patch, cols * patch), kind="bilinear")
+        k = rows * cols
+        out["patches"][idx, :k] = pixels.reshape(len(idx), rows, patch, cols, patch, 3).transpose(
+            0, 1, 3, 2, 4, 5).reshape(len(idx), k, -1)
+        cells = np.arange(k)
+        out["positions"][idx, :k, 0], out["positions"][idx, :k, 1] = cells // cols, cells % cols
+        out["mask"][idx, :k] = True
+        out["grid"][idx] = (rows, cols)
+    keys = [k for k in elements[0] if k not in ("image", "augment")]
+    rest = {k: augment._stack([e[k] for e in elements]) for k in keys}
+    return {"image": out, **rest}
+
+
+def spec(batch_size: int, patch: int, budget: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of each array of a NaFlex batch (float32 patches, as the train step sees them)."""
+    return {"patches": ((batch_size, budget, patch * patch * 3), np.dtype(np.float32)),
+            "positions": ((batch_size, budget, 2), np.dtype(np.int32)),
+            "mask": ((batch_size, budget), np.dtype(bool)), "grid": ((batch_size, 2), np.dtype(np.int32))}
+
+
+def eval_inputs(images: Sequence[np.ndarray], patch: int, budget: int) -> dict[str, np.ndarray]:
+    """Evaluation images (uint8, any sizes) as a NaFlex batch with float32 patches in [-1, 1]."""
+    out = batch(images, patch, budget)
+    return dict(out, patches=to_unit_range(out["patches"]))

@@ -14,6 +14,7 @@ import grain
 import numpy as np
 
 from vlm_jax.data import augment, emoji_tfds, multilingual, robust
+from vlm_jax.data import naflex as naflex_lib
 from vlm_jax.data.tokenizer import TRAIN_TEMPLATES, Tokenizer
 
 
@@ -236,10 +237,14 @@ def make_train_dataset(
 def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1, num_threads: int = -1,
                  prefetch: int = 8, pick: grain.transforms.RandomMap | None = None, name: str = "",
-                 max_bad: int = robust.MAX_CONSECUTIVE_BAD) -> grain.IterDataset:
+                 max_bad: int = robust.MAX_CONSECUTIVE_BAD, naflex: naflex_lib.Budgets | None = None
+                 ) -> grain.IterDataset:
     """Any random-access source → reshuffled each epoch, preprocessed, this process's share, bad examples dropped
     and counted (`name`: the source, for the error after `max_bad` bad examples in a row), batched.
-    Deterministic given the seed and exactly resumable."""
+    Deterministic given the seed and exactly resumable.
+
+    `naflex`: images become NaFlex patch batches (`naflex.collate`, with the preprocessing's `augment` config) at a
+    budget drawn per batch from its batch index (`naflex.budget_for`: equal on every host, restored on resume)."""
     ds = grain.MapDataset.source(src)
     if len(ds) < batch_size * process_count:
         raise ValueError(f"{len(ds)} examples < the global batch {batch_size * process_count}")
@@ -250,8 +255,16 @@ def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size
         ds = ds.random_map(pick, seed=seed + 2)
     ds = ds.random_map(preprocess, seed=seed + 1)[process_index::process_count]
     ds = ds.to_iter_dataset(read_options(num_threads, prefetch))
+    ds = robust.SkipBad(ds, name, max_bad)
+    if naflex is not None:
+        cfg = dict(preprocess.augment)
+
+        def naflex_batch(index: int, elements: list[dict[str, Any]]) -> dict[str, Any]:
+            return naflex_lib.collate(elements, cfg, naflex.patch, naflex_lib.budget_for(seed, index, naflex.train))
+
+        return ds.batch(batch_size, drop_remainder=True, batch_fn=list).map_with_index(naflex_batch)
     collate = getattr(preprocess, "collate", None)  # a batch function, e.g. batched augmentation
-    return robust.SkipBad(ds, name, max_bad).batch(batch_size, drop_remainder=True, batch_fn=collate)
+    return ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
 
 
 def read_options(num_threads: int, prefetch: int = 8) -> grain.ReadOptions:

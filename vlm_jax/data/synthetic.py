@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from vlm_jax.config import check_keys
-from vlm_jax.data.base import register
+from vlm_jax.data.base import ImageInputs, register
 from vlm_jax.config_audit import merged
 
 NUM_EXAMPLES = 2 ** 31 - 1  # an epoch no run reaches
@@ -45,7 +45,7 @@ class _Sample(grain.transforms.Map):
 
 
 @register("synthetic")
-class SyntheticPairs:
+class SyntheticPairs(ImageInputs):
     """Shapes of a real dataset without its content; no evaluation sets."""
 
     DEFAULTS = dict(name="synthetic", image_size=224, text_len=64, vocab_size=32_000, text_format="tokens",

@@ -82,9 +82,11 @@ class Embedder:
         """The image function's raw outputs on float images in [-1, 1], [N, H, W, 3] (not normalised)."""
         return self.apply(params, np.asarray(images, np.float32))
 
-    def images(self, params: Any, images: np.ndarray) -> np.ndarray:
-        """Unit-norm embeddings of float images in [-1, 1], [N, H, W, 3]."""
-        return l2_normalize(self._batched("image", params, np.asarray(images, np.float32)))
+    def images(self, params: Any, images: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        """Unit-norm embeddings of float images in [-1, 1], [N, H, W, 3], or of a NaFlex batch (a dict of arrays
+        with leading axis N, `data.naflex.eval_inputs`)."""
+        inputs = images if isinstance(images, dict) else np.asarray(images, np.float32)
+        return l2_normalize(self._batched("image", params, inputs))
 
     def texts(self, params: Any, texts: list[str]) -> np.ndarray:
         """Unit-norm embeddings of strings."""

@@ -84,8 +84,7 @@ class CaptionParts:
         return Captioner(**kw)
 
     def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-        s = self.data.image_size
-        return {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
+        return {"image": self.data.image_spec(batch_size),
                 "text": jax.ShapeDtypeStruct(*self.data.text_spec(batch_size))}
 
     def decoder_inputs(self, text: jax.Array) -> jax.Array:

@@ -16,6 +16,8 @@ MODEL_KEYS = ("image", "embed_dim", "temperature_init", "bias_init", "separate_h
 class ClippoObjective(ContrastiveObjective):
     """The contrastive objective with a one-tower model; needs `data.text_format = "render"`."""
 
+    NAFLEX = False  # one tower for images and rendered text: fixed resolution only
+
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         """Model keys of the one-tower model; the data must render text."""
         check_keys(config.model, MODEL_KEYS, "model")

@@ -30,6 +30,8 @@ class CoCaObjective(CaptionParts, ContrastiveObjective):
     (`loss.name`, `loss.impl` = full | gather | ring; GradCache under `grad_accum_steps`), so every kernel applies unchanged.
     """
 
+    NAFLEX = False  # the captioning decoder cross-attends to image tokens
+
     # CoCa's zero-shot evaluator also reads `languages` (the class-name languages of the multilingual sets)
     # and, with its two towers, the standard benchmark suite (SUITE_DEFAULTS)
     CONFIG_DEFAULTS = {"loss": LOSS_DEFAULTS, "evals": {**EVAL_DEFAULTS, **SUITE_DEFAULTS, "languages": []}}

@@ -87,6 +87,8 @@ def check_module_fields(section: Any, module: type, prefix: str, exclude: tuple[
 class ContrastiveObjective(Objective):
     """Two towers + a contrastive loss (`config.loss.name`: infonce | sigmoid)."""
 
+    NAFLEX = True  # the loss reads only pooled embeddings (CLIP, SigLIP, UniCL, LiT)
+
     # impl: "full" (B×B logits) | "gather" (b×B per device) | "ring" (b×b per device, ppermute ring);
     # chunk_size: rows per in-device tile (0: none); GradCache is grad_accum_steps > 1 (value_and_grad);
     # temperature_max: the logit scale t is clamped to at most this after every update (CLIP: 100; 0: unbounded).
@@ -121,8 +123,7 @@ class ContrastiveObjective(Objective):
                         text_tower=m.get("text_tower", "transformer"))
 
     def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-        s = self.data.image_size
-        return {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
+        return {"image": self.data.image_spec(batch_size),
                 "text": jax.ShapeDtypeStruct(*self.data.text_spec(batch_size))}
 
     def _embed(self, params: Any, image: jax.Array, text: jax.Array, rng: jax.Array,

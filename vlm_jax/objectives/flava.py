@@ -62,6 +62,8 @@ def mmm_loss(text_logits: jax.Array, text: jax.Array, chosen: jax.Array, pixels:
 class FlavaObjective(ContrastiveObjective):
     """Contrastive, MIM, MLM, MMM and ITM losses on one FLAVA model; `loss.<part>_weight` 0 turns a part off."""
 
+    NAFLEX = False  # MIM targets and the fusion read image tokens
+
     CONFIG_DEFAULTS = {"loss": LOSS_DEFAULTS, "evals": EVAL_DEFAULTS}
 
     def __init__(self, config: ml_collections.ConfigDict):

@@ -73,6 +73,8 @@ def _boxed_like(tree: Any, names: Any) -> Any:
 class SigLIP2Objective(ContrastiveObjective):
     """SigLIP + LocCa decoder loss + (late) SILC self-distillation and TIPS masked prediction."""
 
+    NAFLEX = False  # LocCa, SILC and TIPS read image tokens
+
     CONFIG_DEFAULTS = {"loss": LOSS_DEFAULTS, "evals": EVAL_DEFAULTS}
 
     def __init__(self, config: ml_collections.ConfigDict):

@@ -8,6 +8,7 @@ need; remat and GradCache recompute is hardware work, not model FLOPs, and is no
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 import jax
@@ -48,11 +49,14 @@ def vit_config(fields: Mapping[str, Any]) -> dict[str, Any]:
     return ViT(**dict(fields))._cfg()
 
 
-def vit(fields: Mapping[str, Any], image_size: tuple[int, int], channels: int = 3) -> dict[str, float]:
-    """One image through a ViT: {"patch_embed", "encoder", "head"} and "tokens" (its output sequence length)."""
+def vit(fields: Mapping[str, Any], image_size: tuple[int, int], channels: int = 3,
+        num_patches: int | None = None) -> dict[str, float]:
+    """One image through a ViT: {"patch_embed", "encoder", "head"} and "tokens" (its output sequence length).
+    `num_patches`: a NaFlex sequence (padded to the budget: the padding is computed too), instead of the grid of
+    `image_size`."""
     c = vit_config(fields)
     (ph, pw), d = c["patch_size"], c["width"]
-    patches = (image_size[0] // ph) * (image_size[1] // pw)
+    patches = num_patches or (image_size[0] // ph) * (image_size[1] // pw)
     pool = fields.get("pool_type", "gap")
     tokens = patches + (pool == "tok")
     head = pooler(1, tokens, d, c["num_heads"], c["mlp_dim"]) if pool == "map" else 0.0
@@ -105,11 +109,18 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
 
     if not isinstance(model, (TwoTower, OneTower, Captioner, PaLI, ImagePrefixLM)):
         raise NotImplementedError(f"no analytic FLOP count for {type(model).__name__}")
-    bsz, h, w, ch = _shape(batch, "image")
+    image = batch["image"]
+    naflex = isinstance(image, Mapping)  # NaFlex: patches [B, L, p·p·3]
+    if naflex:
+        bsz, length, dim = image["patches"].shape
+        h = w = 0
+        ch = dim // math.prod(vit_config(model.image)["patch_size"])
+    else:
+        bsz, h, w, ch = _shape(batch, "image")
     out: dict[str, float] = {}
 
     def image_tower(fields: Mapping[str, Any], key: str, size: tuple[int, int], channels: int) -> dict[str, float]:
-        part = vit(fields, size, channels)
+        part = vit(fields, size, channels, length if naflex and key == "image" else None)
         if fields.get("locked"):  # LiT: stem and encoder run forward only; the pooling head and projection train,
             # but the head's key/value projections need no input gradient (their input is the locked tokens)
             c = vit_config(fields)
@@ -211,5 +222,5 @@ def forward_gmacs_per_sample(model: Any, batch: Mapping[str, Any],
                              forward: Callable[[Mapping[str, Any]], dict[str, float]] | None = None) -> float:
     """Forward GMACs per example (image + text, the contrastive similarity included), the unit of Cherti et al.'s
     compute axis: total compute C = this × samples seen."""
-    size = next(iter(batch.values())).shape[0]
+    size = jax.tree.leaves(batch)[0].shape[0]
     return sum((forward or (lambda b: model_forward(model, b)))(batch).values()) / 2 / size / 1e9

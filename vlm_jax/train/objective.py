@@ -45,6 +45,9 @@ class Objective(abc.ABC):
 
     # Defaults of the objective's own config sections, filled in before command-line overrides apply.
     CONFIG_DEFAULTS: dict[str, Any] = {}
+    # Whether the loss takes NaFlex image batches (`data.naflex`: patches, positions, mask, grid) — true where only
+    # the pooled image embedding is used; objectives reading image tokens refuse NaFlex until they mask padding.
+    NAFLEX: bool = False
     # The dataset (`data.image_text` registry) an objective reads, when it reads one: its `tokenize` fingerprints
     # the tokenizer for resume checks.
     data: Any = None
@@ -149,6 +152,24 @@ class Objective(abc.ABC):
         from vlm_jax.scaling.compute import model_forward
 
         return model_forward(self.model(), batch)
+
+
+def check_naflex(objective: Objective, config: ml_collections.ConfigDict) -> None:
+    """Refuses `data.naflex` for an objective that does not take NaFlex batches, or whose model's patch size differs
+    from `data.naflex.patch`."""
+    budgets = getattr(objective.data, "naflex", None)
+    if budgets is None:
+        return
+    name = config.get("objective", type(objective).__name__)
+    if not objective.NAFLEX:
+        raise ValueError(f"objective {name!r} does not train on NaFlex batches (data.naflex.budgets="
+                         f"{budgets.train}): it reads image tokens whose padding it does not mask; unset data.naflex")
+    from vlm_jax.scaling.compute import vit_config
+
+    patch = tuple(vit_config(dict(config.model.get("image", {})))["patch_size"])
+    if patch != (budgets.patch, budgets.patch):
+        raise ValueError(f"data.naflex.patch {budgets.patch} differs from the model's patch size {patch} "
+                         "(model.image.patch_size / variant)")
 
 
 def is_count_metric(name: str) -> bool:

@@ -20,13 +20,14 @@ import optax
 
 from vlm_jax import sharding as shd
 from vlm_jax.data import augment, robust
+from vlm_jax.data import naflex as naflex_data
 from vlm_jax.kernels import onednn
 from vlm_jax.scaling import compute, hardware
 from vlm_jax.config import ConfigError, fill_missing, merge_defaults
 from vlm_jax.train import init_from
 from vlm_jax.train.checkpoint import Checkpointer
 from vlm_jax.train.defaults import OPEN_SECTIONS, trainer_defaults
-from vlm_jax.train.objective import Objective, get_objective, objective_class
+from vlm_jax.train.objective import Objective, check_naflex, get_objective, objective_class
 from vlm_jax.train.optim import make_optimizer
 from vlm_jax.train.progress import JsonlWriter, Progress
 from vlm_jax.train import resume
@@ -76,6 +77,7 @@ class Setup:
     def __init__(self, config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None):
         self.config = config
         self.objective: Objective = get_objective(config)
+        check_naflex(self.objective, config)
         self.mesh = shd.make_mesh(config.mesh, devices, config.dcn_mesh, split_fsdp=config.fsdp_dims == "2d")
         self.rules = list(config.sharding_rules or shd.DEFAULT_RULES)
         self.mesh_rules = shd.rules_for_mesh(self.mesh, self.rules)
@@ -102,7 +104,7 @@ class Setup:
 
     def _init_variables(self, rng: jax.Array) -> Any:
         """Boxed (logically annotated) parameters."""
-        dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in self.objective.init_batch(2).items()}
+        dummy = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), self.objective.init_batch(2))
         return self.model.init({"params": rng, "dropout": rng}, **dummy, train=False)["params"]
 
     def _build(self) -> None:
@@ -139,7 +141,7 @@ class Setup:
     def abstract_batch(self, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
         """The objective's batch shapes at the global batch size, with the batch sharding."""
         shapes = self.objective.init_batch(batch_size or self.config.batch_size)
-        return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding) for k, v in shapes.items()}
+        return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding), shapes)
 
     def _init_state(self, rng: jax.Array) -> TrainState:
         params_rng, state_rng = jax.random.split(rng)
@@ -212,13 +214,23 @@ def _host_metrics(pending: list[tuple[int, dict]]) -> list[tuple[int, dict[str, 
     return [(s, {k: float(np.asarray(v)) for k, v in m.items()}) for (s, _), m in zip(pending, fetched)]
 
 
+def budget_batches(setup: Setup, batch_size: int) -> list[Any]:
+    """The objective's batch shapes once per NaFlex training budget (drawn uniformly per step), or just once."""
+    batch = setup.objective.init_batch(batch_size)
+    budgets = getattr(setup.objective.data, "naflex", None)
+    if budgets is None:
+        return [batch]
+    return [{**batch, "image": {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in
+                                naflex_data.spec(batch_size, budgets.patch, b).items()}} for b in budgets.train]
+
+
 def step_flops(setup: Setup, phase: int = 0) -> float:
-    """Model FLOPs of one train step in the objective's `phase` (analytic, `scaling.compute`); 0 for a model without
-    an analytic count."""
+    """Model FLOPs of one train step in the objective's `phase` (analytic, `scaling.compute`; under NaFlex the mean
+    over the budgets, each drawn with equal probability); 0 for a model without an analytic count."""
     obj = setup.objective
     try:
-        return compute.train_step_flops(setup.model, obj.init_batch(setup.config.batch_size),
-                                        lambda batch: obj.forward_flops(batch, phase))
+        return float(np.mean([compute.train_step_flops(setup.model, batch, lambda b: obj.forward_flops(b, phase))
+                              for batch in budget_batches(setup, setup.config.batch_size)]))
     except NotImplementedError:
         return 0.0
 
@@ -231,8 +243,8 @@ def phase_flops(setup: Setup) -> list[tuple[int, float]]:
 def forward_gmacs(setup: Setup) -> float:
     """Forward GMACs per example (Cherti et al.'s unit: compute C = this × samples seen); 0 when not analytic."""
     try:
-        return compute.forward_gmacs_per_sample(setup.model, setup.objective.init_batch(setup.config.batch_size),
-                                                setup.objective.forward_flops)
+        return float(np.mean([compute.forward_gmacs_per_sample(setup.model, batch, setup.objective.forward_flops)
+                              for batch in budget_batches(setup, setup.config.batch_size)]))
     except NotImplementedError:
         return 0.0
 
@@ -276,6 +288,8 @@ def matmul_dtype(model: Any) -> str:
 def _log_inputs(events: EventWriter, host_batch: dict[str, Any], n: int = 16) -> None:
     """The first batch's image-shaped inputs (images; rendered text for CLIPPO) as TensorBoard image grids."""
     for key, value in host_batch.items():
+        if isinstance(value, dict):  # NaFlex patch batches and bad-data counters are not pictures
+            continue
         value = np.asarray(value)
         if value.ndim == 4 and value.shape[-1] in (1, 3):
             events.image(0, f"inputs/{key}", grid(value[:n]))

@@ -30,9 +30,10 @@ SPLITS = ("train", "test")
 
 @dataclasses.dataclass(eq=False)
 class VlmTuxpaintConfig(tfds.core.BuilderConfig):
-    """Stored image size."""
+    """Stored image size; `native`: the longer side at that size, the stamp's own aspect ratio (NaFlex)."""
 
     image_size: int = PREPARED_SIZE
+    native: bool = False
 
 
 def png(arr: np.ndarray) -> bytes:
@@ -47,7 +48,8 @@ class VlmTuxpaint(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    BUILDER_CONFIGS = [VlmTuxpaintConfig(name="s64", image_size=PREPARED_SIZE)]
+    BUILDER_CONFIGS = [VlmTuxpaintConfig(name="s64", image_size=PREPARED_SIZE),
+                       VlmTuxpaintConfig(name="n64", image_size=PREPARED_SIZE, native=True)]
 
     @tfds_utils.classproperty
     @classmethod
@@ -58,8 +60,9 @@ class VlmTuxpaint(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         """Features: image, caption, translations (JSON), category, path, id; metadata: source and counts."""
         s = self.builder_config.image_size
+        shape = (None, None, 3) if self.builder_config.native else (s, s, 3)
         features = tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(s, s, 3), encoding_format="png"),
+            "image": tfds.features.Image(shape=shape, encoding_format="png"),
             "caption": tfds.features.Text(),
             "translations": tfds.features.Text(),
             "category": tfds.features.Text(),
@@ -75,7 +78,8 @@ class VlmTuxpaint(tfds.core.GeneratorBasedBuilder):
         stamps, skipped = stamps_lib.scan(root)
         kept = []
         for s in stamps:
-            image = stamps_lib.render(s, self.builder_config.image_size)
+            render = stamps_lib.render_native if self.builder_config.native else stamps_lib.render
+            image = render(s, self.builder_config.image_size)
             if image is None:
                 skipped["picture"] += 1
             else:
@@ -96,10 +100,12 @@ class VlmTuxpaint(tfds.core.GeneratorBasedBuilder):
                       "translations": json.dumps(s.translations, ensure_ascii=False, sort_keys=True)}
 
 
-def builder(data_dir: str | Path, image_size: int = PREPARED_SIZE) -> VlmTuxpaint:
-    """Builder instance (prepared or not)."""
-    config = VlmTuxpaint.BUILDER_CONFIGS[0] if image_size == PREPARED_SIZE else \
-        VlmTuxpaintConfig(name=f"s{image_size}", image_size=image_size)
+def builder(data_dir: str | Path, image_size: int = PREPARED_SIZE, native: bool = False) -> VlmTuxpaint:
+    """Builder instance (prepared or not); `native`: images at their aspect ratio, longer side `image_size`
+    (config "n{image_size}")."""
+    known = {c.name: c for c in VlmTuxpaint.BUILDER_CONFIGS}
+    name = f"{'n' if native else 's'}{image_size}"
+    config = known.get(name) or VlmTuxpaintConfig(name=name, image_size=image_size, native=native)
     return VlmTuxpaint(config=config, data_dir=str(data_dir), file_format="array_record")
 
 
@@ -108,48 +114,52 @@ def tokenizer_path(data_dir: str | Path, image_size: int = PREPARED_SIZE) -> Pat
     return Path(builder(data_dir, image_size).data_dir) / TOKENIZER_FILE
 
 
-def prepare(data_dir: str | Path, image_size: int = PREPARED_SIZE) -> VlmTuxpaint:
+def prepare(data_dir: str | Path, image_size: int = PREPARED_SIZE, native: bool = False) -> VlmTuxpaint:
     """Fetch, build the dataset and tokenizer if missing (idempotent, file-locked); print a one-line summary.
-    Inside `base.read_only()` nothing is fetched, built or written: missing data raises FileNotFoundError."""
+    `native`: the native-aspect images (config n{image_size}; no tokenizer of its own: the s64 one reads every
+    variant's captions). Inside `base.read_only()` nothing is fetched, built or written: missing data raises
+    FileNotFoundError."""
     if base.is_read_only():
-        b, fresh = builder(data_dir, image_size), False
-        how = f"`vlm_jax.data.tuxpaint.prepare({str(data_dir)!r}, {image_size})`"
+        b, fresh = builder(data_dir, image_size, native), False
+        how = f"`vlm_jax.data.tuxpaint.prepare({str(data_dir)!r}, {image_size}, native={native})`"
         if not b.is_prepared():
             raise base.not_prepared(f"vlm_tuxpaint/{b.builder_config.name}", data_dir, how)
-        if not (Path(b.data_dir) / TOKENIZER_FILE).exists():
+        if not native and not (Path(b.data_dir) / TOKENIZER_FILE).exists():
             raise base.not_prepared(f"the vlm_tuxpaint/{b.builder_config.name} tokenizer", data_dir, how)
     else:
-        b, fresh = _build(data_dir, image_size)
+        b, fresh = _build(data_dir, image_size, native)
     tok = Path(b.data_dir) / TOKENIZER_FILE
     n = {s: b.info.splits[s].num_examples for s in SPLITS}
     meta = dict(b.info.metadata)
+    pieces = "" if native else f"; tokenizer {Tokenizer(tok).vocab_size} pieces"
     print(f"vlm_tuxpaint/{b.builder_config.name} {'built' if fresh else 'reused'} at {b.data_dir} from "
           f"{meta.get('deb')}: {n['train'] + n['test']} stamps ({meta.get('pictures')}), {n['train']} train, "
-          f"{n['test']} test; skipped {meta.get('skipped')}; tokenizer {Tokenizer(tok).vocab_size} pieces")
+          f"{n['test']} test; skipped {meta.get('skipped')}{pieces}")
     return b
 
 
-def _build(data_dir: str | Path, image_size: int) -> tuple[VlmTuxpaint, bool]:
+def _build(data_dir: str | Path, image_size: int, native: bool = False) -> tuple[VlmTuxpaint, bool]:
     """The builder once the dataset and tokenizer exist (fetched and built here when missing), and whether it was
     built."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(data_dir) / ".vlm_tuxpaint.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        b = builder(data_dir, image_size)
+        b = builder(data_dir, image_size, native)
         fresh = not b.is_prepared()
         if fresh:
             b.download_and_prepare()
-            b = builder(data_dir, image_size)
+            b = builder(data_dir, image_size, native)
         tok = Path(b.data_dir) / TOKENIZER_FILE
-        if not tok.exists():
+        if not native and not tok.exists():
             captions = [c.decode() for c in read_split(b, "train")["caption"]]
             tokenizer.write_tokenizer(captions, tok, TOKENIZER_VOCAB)
     return b, fresh
 
 
-def data_source(data_dir: str | Path, split: str, image_size: int = PREPARED_SIZE, encoded_images: bool = False):
+def data_source(data_dir: str | Path, split: str, image_size: int = PREPARED_SIZE, encoded_images: bool = False,
+                native: bool = False):
     """Random-access source of examples (numpy image, or PNG bytes with `encoded_images`; bytes texts)."""
-    b = builder(data_dir, image_size)
+    b = builder(data_dir, image_size, native)
     if not b.is_prepared():
         raise FileNotFoundError(f"vlm_tuxpaint/{b.builder_config.name} not prepared in {data_dir}; call prepare()")
     decoders = {"image": tfds.decode.SkipDecoding()} if encoded_images else None
@@ -157,21 +167,25 @@ def data_source(data_dir: str | Path, split: str, image_size: int = PREPARED_SIZ
 
 
 def read_split(b: VlmTuxpaint, split: str) -> dict[str, np.ndarray]:
-    """All examples of a split as stacked numpy arrays, sorted by id (texts as bytes)."""
+    """All examples of a split as stacked numpy arrays, sorted by id (texts as bytes; native-aspect images as a
+    list)."""
     src = b.as_data_source(split=split)
     rows = sorted(src.__getitems__(list(range(len(src)))), key=lambda r: int(r["id"]))
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    native = b.builder_config.native
+    return {k: [r[k] for r in rows] if native and k == "image" else np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def load_split(data_dir: str | Path, split: str, image_size: int = PREPARED_SIZE) -> dict[str, Any]:
-    """Eval arrays sorted by id: image uint8 [N,S,S,3], caption/category/path list[str], translations
-    list[dict], id int64 [N]."""
-    b = builder(data_dir, image_size)
+def load_split(data_dir: str | Path, split: str, image_size: int = PREPARED_SIZE, native: bool = False
+               ) -> dict[str, Any]:
+    """Eval arrays sorted by id: image uint8 [N,S,S,3] (`native`: a list of uint8 [h, w, 3]), caption/category/path
+    list[str], translations list[dict], id int64 [N]."""
+    b = builder(data_dir, image_size, native)
     if not b.is_prepared():
         raise FileNotFoundError(f"vlm_tuxpaint/{b.builder_config.name} not prepared in {data_dir}; call prepare()")
     d = read_split(b, split)
     text = lambda k: [v.decode() for v in d[k]]  # noqa: E731
-    return {"image": d["image"].astype(np.uint8), "caption": text("caption"), "category": text("category"),
+    images = [np.asarray(im, np.uint8) for im in d["image"]] if native else d["image"].astype(np.uint8)
+    return {"image": images, "caption": text("caption"), "category": text("category"),
             "path": text("path"), "translations": [json.loads(t) for t in text("translations")],
             "id": d["id"].astype(np.int64)}
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from vlm_jax.config import check_keys
 from vlm_jax.data import augment, pipeline, robust
+from vlm_jax.data import naflex as naflex_lib
 from vlm_jax.data.base import PIXEL_BASELINE_SIZE, TokenizerText, default_data_dir, prep_images, register
 from vlm_jax.data.tokenizer import Tokenizer
 from vlm_jax.data.tuxpaint import stamps
@@ -56,9 +57,12 @@ class TuxPaintPairs(TokenizerText):
     """Tux Paint stamps with their English descriptions; held-out stamps for image→caption retrieval."""
 
     DEFAULTS = dict(name="tuxpaint", data_dir="", image_size=32, text_len=32, augment={}, num_threads=-1,
-                    languages=("en",))
+                    languages=("en",), naflex={})
     # languages: caption languages drawn per example ("en" or codes of the .txt files, e.g. "de", "pt_BR");
     # a stamp without that translation keeps its English caption. text_len 32 holds 98.6% of the train captions.
+    # naflex: {budgets, patch, eval_budgets} (`data.naflex.CONFIG_DEFAULTS`): train on the stamps at their own
+    # aspect ratio (the n64 images) as NaFlex patch batches, a budget drawn per batch, and evaluate at each
+    # eval budget ("tuxpaint/test@<budget>"); image_size then only sizes the pixel baseline's inputs.
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -68,7 +72,10 @@ class TuxPaintPairs(TokenizerText):
         self.augment = dict(cfg["augment"] or {})
         self.num_threads = int(cfg["num_threads"])
         self.languages = tuple(cfg["languages"])
+        self.naflex = naflex_lib.from_config(cfg["naflex"])
         prepare(self.data_dir, PREPARED_SIZE)
+        if self.naflex is not None:
+            prepare(self.data_dir, PREPARED_SIZE, native=True)
         self.tokenizer = Tokenizer(tokenizer_path(self.data_dir, PREPARED_SIZE))
         if self.languages != ("en",):
             known = {"en"}.union(*self._split("train")["translations"])
@@ -86,14 +93,14 @@ class TuxPaintPairs(TokenizerText):
 
     def train(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         """Shuffled, augmented, tokenised, batched grain dataset of this process's shard of the train stamps."""
-        src = data_source(self.data_dir, "train", PREPARED_SIZE, encoded_images=True)
+        src = data_source(self.data_dir, "train", PREPARED_SIZE, encoded_images=True, native=self.naflex is not None)
         rows = src.__getitems__(list(range(len(src))))
         concepts = stamps.concept_ids([int(r["id"]) for r in rows], [robust.decode_caption(r["caption"]) for r in rows])
         preprocess = _Preprocess(self.tokenizer, self.image_size, self.text_len, self.augment, self.languages,
                                  concepts=concepts)
         return pipeline.train_stream(src, preprocess, batch_size=batch_size, seed=seed, process_index=process_index,
                                      process_count=process_count, num_threads=self.num_threads,
-                                     name=f"vlm_tuxpaint train split in {self.data_dir}")
+                                     name=f"vlm_tuxpaint train split in {self.data_dir}", naflex=self.naflex)
 
     def _split(self, split: str) -> dict[str, Any]:
         return load_split(self.data_dir, split, PREPARED_SIZE)
@@ -108,28 +115,39 @@ class TuxPaintPairs(TokenizerText):
             test, train = self._split("test"), self._split("train")
             categories = np.asarray(test["category"])
             big = [c for c, n in collections.Counter(test["category"]).most_common() if n >= 10]
-            sets["tuxpaint/test"] = EvalSet(
-                images=prep_images(test["image"], self.image_size), labels=np.arange(len(test["caption"])),
+            common = dict(
                 class_names=list(test["caption"]), class_images=None, retrieval=True,
                 subsets={c: categories == c for c in big},
                 pixel_images=prep_images(test["image"], PIXEL_BASELINE_SIZE),
                 references=[[c] for c in test["caption"]],
                 caption_pool_pixels=prep_images(train["image"], PIXEL_BASELINE_SIZE),
                 caption_pool_texts=list(train["caption"]))
+            labels = np.arange(len(test["caption"]))
+            if self.naflex is None:
+                sets["tuxpaint/test"] = EvalSet(images=prep_images(test["image"], self.image_size), labels=labels,
+                                                **common)
+            else:  # the same stamps (both splits sorted by id) at their own aspect ratio, at each eval budget
+                native = load_split(self.data_dir, "test", PREPARED_SIZE, native=True)
+                if native["path"] != test["path"]:
+                    raise ValueError(f"vlm_tuxpaint n{PREPARED_SIZE} and s{PREPARED_SIZE} hold different test stamps "
+                                     f"in {self.data_dir}: delete both and prepare again")
+                for budget in self.naflex.eval:
+                    images = naflex_lib.eval_inputs(native["image"], self.naflex.patch, budget)
+                    sets[f"tuxpaint/test@{budget}"] = EvalSet(images=images, labels=labels, **common)
         return sets
 
-    def _language_sets(self, base: EvalSet, languages: list[str]) -> dict[str, EvalSet]:
-        """The test set again with captions in each language (English where a stamp lacks it)."""
+    def _language_sets(self, sets: dict[str, EvalSet], languages: list[str]) -> dict[str, EvalSet]:
+        """Each test set again with captions in each language (English where a stamp lacks it)."""
         stored = self._split("test")["translations"]
-        return {f"tuxpaint/test/{lang}": dataclasses.replace(
+        return {f"{name}/{lang}": dataclasses.replace(
                     base, class_names=[t.get(lang) or en for t, en in zip(stored, base.class_names)])
-                for lang in languages}
+                for name, base in sets.items() for lang in languages}
 
     def evaluators(self, embedder: Any, config: ml_collections.ConfigDict) -> dict[str, Any]:
         """Zero-shot image→caption (and caption→image) retrieval among the test stamps."""
         sets = self.eval_sets(list(config.get("sets", ["tuxpaint"])))
         languages = [lang for lang in (config.get("languages", []) or []) if lang != "en"]
-        if languages and "tuxpaint/test" in sets:
-            sets.update(self._language_sets(sets["tuxpaint/test"], languages))
+        if languages:
+            sets.update(self._language_sets(dict(sets), languages))
         templates = list(config.get("templates", None) or ["{}"])
         return {"zeroshot": ZeroShotEvaluator(embedder, sets, templates)}

@@ -104,6 +104,29 @@ def render(stamp: Stamp, size: int) -> np.ndarray | None:
     return emoji.to_square_rgb(im, size)
 
 
+def render_native(stamp: Stamp, size: int, margin: float = 0.04) -> np.ndarray | None:
+    """uint8 [h, w, 3] at the stamp's own aspect ratio, longer side `size`: composited on white, cropped to drawn
+    pixels with the margin `emoji.to_square_rgb` adds (NaFlex data; `render` is this centred on a white square)."""
+    try:
+        im = load_rgba(stamp.picture)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    box = im.getchannel("A").getbbox()
+    if box is None:
+        return None
+    im = im.crop(box)
+    w, h = im.size
+    pad = int(round(margin * max(w, h)))
+    canvas = Image.new("RGBA", (w + 2 * pad, h + 2 * pad), (255, 255, 255, 255))
+    canvas.alpha_composite(im, (pad, pad))
+    rgb = canvas.convert("RGB")
+    scale = size / max(rgb.size)
+    target = (max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale)))
+    if target != rgb.size:
+        rgb = rgb.resize(target, Image.Resampling.BOX)
+    return np.asarray(rgb)
+
+
 def caption_key(caption: str) -> str:
     """What makes two captions the same text to the model: its tokenizer's normalisation (nmt_nfkc_cf: NFKC, case
     folded, whitespace runs as one space), so "The letter A." and "The letter a." are one caption."""
