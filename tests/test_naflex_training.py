@@ -1,0 +1,183 @@
+"""NaFlex training: the batched pipeline against an independent PIL patchify, budgets drawn per batch (equal on
+every host, restored on resume), native-aspect Tux Paint stamps, and a run through `python -m vlm_jax.main`
+that evaluates at every eval budget; objectives that read image tokens refuse NaFlex."""
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlm_jax.data import augment, pipeline
+from vlm_jax.data import naflex as prep
+from vlm_jax.data import tuxpaint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pil_patches(image: np.ndarray, patch: int, budget: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Independent reference: the largest grid by brute force over every (rows, cols) whose scale is common to both
+    sides, PIL bilinear resize, then patches cut in row-major order with a Python loop."""
+    h, w = image.shape[:2]
+    best, best_scale = (1, 1), 0.0
+    for rows in range(1, budget + 1):
+        for cols in range(1, budget // rows + 1):
+            # some scale s gives ceil(h s / p) = rows and ceil(w s / p) = cols: the intervals of s overlap
+            lo = max((rows - 1) * patch / h, (cols - 1) * patch / w)
+            hi = min(rows * patch / h, cols * patch / w, 100.0)
+            if lo < hi and hi > best_scale:
+                best, best_scale = (rows, cols), hi
+    rows, cols = best
+    img = np.asarray(Image.fromarray(image).resize((cols * patch, rows * patch), Image.Resampling.BILINEAR))
+    cells = [img[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch].reshape(-1)
+             for r in range(rows) for c in range(cols)]
+    return np.stack(cells), best
+
+
+def _images(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shapes = [(64, 64), (64, 22), (17, 64), (40, 61), (5, 64), (64, 9)]
+    return [rng.integers(0, 256, (*shapes[i % len(shapes)], 3), dtype=np.uint8) for i in range(n)]
+
+
+def test_batched_patches_equal_an_independent_pil_patchify():
+    """No augmentation: the pipeline's NaFlex batch (grids found by a brute-force search, PIL bilinear, patches cut
+    in a loop) within one grey level, padding zero and masked, positions row-major."""
+    images, patch, budget = _images(6), 8, 20
+    elements = [{"image": im, "augment": augment.draw(np.random.default_rng(i), {}, im.shape), "k": np.int32(i)}
+                for i, im in enumerate(images)]
+    got = prep.collate(elements, {}, patch, budget)
+    assert got["k"].tolist() == list(range(6))
+    nf = got["image"]
+    for i, im in enumerate(images):
+        want, (rows, cols) = _pil_patches(im, patch, budget)
+        n = rows * cols
+        assert tuple(nf["grid"][i]) == (rows, cols)
+        assert nf["mask"][i].tolist() == [True] * n + [False] * (budget - n)
+        assert np.abs(nf["patches"][i, :n].astype(int) - want.astype(int)).max() <= 1, i
+        assert not nf["patches"][i, n:].any()
+        assert [tuple(p) for p in nf["positions"][i, :n]] == [(r, c) for r in range(rows) for c in range(cols)]
+
+
+class _Pre(pipeline.AugmentingMap):
+    def __init__(self):
+        self.augment, self.image_size = {"flip": 0.5, "crop": {"scale": (0.6, 1.0)}}, 32
+
+    def random_map(self, ex, rng):
+        return {"image": ex["image"], "augment": augment.draw(rng, self.augment, ex["image"].shape),
+                "id": np.int32(ex["id"])}
+
+
+def _stream(process_index: int, budgets=(4, 9, 16)):
+    src = [{"image": im, "id": i} for i, im in enumerate(_images(24, seed=1))]
+    nf = prep.Budgets(patch=8, train=budgets, eval=budgets)
+    return pipeline.train_stream(src, _Pre(), batch_size=4, seed=3, process_index=process_index, process_count=2,
+                                 num_threads=0, naflex=nf)
+
+
+def test_budget_is_drawn_per_batch_equal_on_every_host_and_restored_on_resume():
+    hosts = [iter(_stream(p)) for p in (0, 1)]
+    batches = [[next(it) for _ in range(12)] for it in hosts]
+    budgets = [[b["image"]["mask"].shape[1] for b in host] for host in batches]
+    assert budgets[0] == budgets[1]  # one global batch shape per step
+    assert set(budgets[0]) == {4, 9, 16}  # every budget is drawn
+    assert budgets[0] == [prep.budget_for(3, i, (4, 9, 16)) for i in range(12)]
+    ids0 = {int(x) for b in batches[0][:3] for x in b["id"]}  # the first epoch: 3 batches × 4 × 2 hosts = 24
+    ids1 = {int(x) for b in batches[1][:3] for x in b["id"]}
+    assert not ids0 & ids1 and len(ids0 | ids1) == 24  # the hosts read disjoint examples
+    for b in batches[0]:  # each image's grid fits the batch's budget
+        assert (b["image"]["grid"].prod(1) <= b["image"]["mask"].shape[1]).all()
+        assert (b["image"]["mask"].sum(1) == b["image"]["grid"].prod(1)).all()
+    it = iter(_stream(0))
+    for _ in range(5):
+        next(it)
+    state = it.get_state()
+    again = iter(_stream(0))
+    again.set_state(state)
+    for k in range(5, 12):
+        a, b = next(again), batches[0][k]
+        np.testing.assert_array_equal(a["image"]["patches"], b["image"]["patches"])
+        np.testing.assert_array_equal(a["id"], b["id"])
+
+
+def test_config_errors_name_the_keys():
+    with pytest.raises(ValueError, match="valid"):
+        prep.from_config({"budget": (16,)})
+    with pytest.raises(ValueError, match="budgets is empty"):
+        prep.from_config({"patch": 8})
+    with pytest.raises(ValueError, match="patch"):
+        prep.from_config({"budgets": (16,)})
+    assert prep.from_config({}) is None
+    assert prep.from_config({"budgets": (9, 16), "patch": 8}).eval == (9, 16)
+
+
+@pytest.fixture(scope="module")
+def tux_dir():
+    d = os.environ["VLM_JAX_DATA_DIR"]
+    tuxpaint.prepare(d)
+    tuxpaint.prepare(d, native=True)
+    return d
+
+
+def test_native_stamps_keep_their_aspect_ratio_and_match_the_squared_ones(tux_dir):
+    """n64: longer side 64, the squared s64 stamp is the native one centred on white (same stamps, same order)."""
+    native = tuxpaint.load_split(tux_dir, "test", native=True)
+    square = tuxpaint.load_split(tux_dir, "test")
+    assert native["path"] == square["path"] and native["caption"] == square["caption"]
+    ratios = []
+    for im, sq in zip(native["image"], square["image"]):
+        h, w = im.shape[:2]
+        assert max(h, w) == 64
+        ratios.append(w / h)
+        canvas = np.full((64, 64, 3), 255, np.uint8)
+        canvas[(64 - h) // 2:(64 - h) // 2 + h, (64 - w) // 2:(64 - w) // 2 + w] = im
+        if min(h, w) >= 48:  # nearly square: the two renders differ only by resampling
+            assert np.abs(canvas.astype(int) - sq.astype(int)).mean() < 12
+    ratios = np.maximum(ratios, 1 / np.asarray(ratios))
+    assert (ratios > 1.5).mean() > 0.1  # many stamps are far from square
+
+
+def _run(workdir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    cfg = "experiments/tuxpaint_naflex.py:size=test,steps=3,batch=16,budgets=4+9,eval_budgets=4+16"
+    return subprocess.run([sys.executable, "-m", "vlm_jax.main", "--config", cfg, "--workdir", str(workdir),
+                           "--config.evals.batch_size=32", "--config.checkpoint.every_steps=3", *overrides],
+                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ), timeout=600)
+
+
+def test_main_trains_naflex_and_evaluates_every_budget(tux_dir, tmp_path):
+    out = _run(tmp_path / "run")
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    evals = results["evals"]
+    for budget in (4, 16):
+        assert 0.0 <= evals[f"zeroshot/tuxpaint/test@{budget}/all/i2t_R@1/model"] <= 1.0
+    assert not any(k.startswith("zeroshot/tuxpaint/test/") for k in evals)  # no fixed-resolution set
+    # FLOPs are the mean over the two budgets: between the 4-patch and the 9-patch step
+    assert results["flops_per_step"] > 0
+
+
+def test_objectives_reading_image_tokens_refuse_naflex(tux_dir, tmp_path):
+    from vlm_jax.train.trainer import Setup
+
+    config = runpy.run_path(str(ROOT / "experiments/tuxpaint_captioning.py"))["get_config"]("size=test")
+    config.data.naflex = dict(budgets=(16,), patch=8)
+    config.data.data_dir = tux_dir
+    with pytest.raises(ValueError, match="does not train on NaFlex"):
+        Setup(_finalized(config))
+    config = runpy.run_path(str(ROOT / "experiments/tuxpaint_naflex.py"))["get_config"]("size=test")
+    config.data.naflex.patch = 4
+    config.data.data_dir = tux_dir
+    with pytest.raises(ValueError, match="differs from the model's patch size"):
+        Setup(_finalized(config))
+
+
+def _finalized(config):
+    from vlm_jax.train.trainer import finalize_config
+
+    return finalize_config(config)
