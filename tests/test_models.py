@@ -245,8 +245,12 @@ def test_text_scan_matches_unrolled(remat: str = "minimal"):
     (l2, o2), g2 = jax.jit(jax.value_and_grad(lambda p: loss(scanned.apply, p), has_aux=True))(vs["params"])
     np.testing.assert_allclose(o2, o1, atol=1e-5)
     g1s = _stack_blocks(g1, 2, "Encoder_0")
-    # float32 gradients up to ~16: the two programs sum in another order (a few ulps apart)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-5), g2, g1s)
+    # float32 gradients up to ~16: the two programs sum in another order, so each entry may differ by
+    # a few ulps of the largest term it accumulates (seen: 1.2e-5 on a 0.67 entry of a leaf whose max
+    # is ~16 on one CPU model); the tolerance scales with each leaf's largest magnitude
+    def close(a, b):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-5 + 4e-6 * float(np.max(np.abs(b))))
+    jax.tree.map(close, g2, g1s)
 
 
 def test_vit_scan_matches_unrolled():
