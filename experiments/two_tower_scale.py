@@ -5,6 +5,10 @@ are used by `python -m vlm_jax.tools.dryrun` and throughput benchmarks.
 
   --config experiments/two_tower_scale.py:variant=B/16,loss=clip,batch=32768       CLIP B/16
   --config experiments/two_tower_scale.py:variant=So400m/14,loss=siglip            SigLIP So400m/14
+  --config experiments/two_tower_scale.py:variant=So400m/16,loss=siglip,naflex=256+1024
+                                              SigLIP 2 NaFlex: native-aspect images, a budget of 256 or 1024 patches
+                                              drawn per batch; the learned position table is (res / patch)² and
+                                              resized per image
 """
 import ml_collections
 
@@ -28,9 +32,10 @@ TEXT_DATA = {"clip": dict(vocab=49_408, text_len=77), "siglip": dict(vocab=32_00
 
 
 def get_config(arg=None):
-    """`arg`: variant=B/16, loss=clip|siglip, batch, steps, res (image px), fsdp (-1: all devices), remat."""
+    """`arg`: variant=B/16, loss=clip|siglip, batch, steps, res (image px), fsdp (-1: all devices), remat,
+    naflex (training budgets in patches, e.g. 256+1024; empty: fixed resolution)."""
     arg = config_args(arg, variant="B/16", loss="clip", batch=32_768, steps=20_000, res=224, fsdp=-1,
-                      remat="minimal")
+                      remat="minimal", naflex="")
     loss = loss_preset(arg.loss)
     image = parse_variant(arg.variant)
     name = arg.variant.partition("/")[0]
@@ -46,8 +51,14 @@ def get_config(arg=None):
     c.mesh = fsdp_mesh(arg.fsdp)
     c.log_every = 50
     c.data = dict(name="synthetic", image_size=arg.res, text_len=lo["text_len"], vocab_size=lo["vocab"])
+    budgets = tuple(int(b) for b in str(arg.naflex).replace("+", ",").split(",") if b)
+    naflex = {}
+    if budgets:
+        patch = image.get("patch_size", (16, 16))[0]
+        c.data.naflex = dict(budgets=budgets, patch=patch)
+        naflex = dict(posemb_grid=arg.res // patch)
     c.model = dict(
-        image=dict(posemb="learn", pool_type="map" if arg.loss == "siglip" else "tok", **image, **common),
+        image=dict(posemb="learn", pool_type="map" if arg.loss == "siglip" else "tok", **image, **common, **naflex),
         text=dict(vocab_size=lo["vocab"], width=tw, depth=td, mlp_dim=tm, num_heads=th, causal=arg.loss == "clip",
                   pool_type="last", max_len=lo["text_len"], **common),
         embed_dim=embed)

@@ -120,3 +120,45 @@ def test_oversize_config_does_not_fit():
     assert any("grad_accum_steps" in h for h in r.hints)
     text = format_report(r)
     assert "DOES NOT FIT" in text and "needs" in text
+
+
+@needs_libtpu
+def test_naflex_config_compiles_with_the_fixed_configs_flops(tiny_report):
+    """A NaFlex budget of 16 patches (any aspect) costs what 64 px squares at patch 16 cost (16 patches): the dry
+    run compiles the NaFlex batch and counts the same model FLOPs, up to the per-image position-table resize."""
+    config = _config(TINY + ",naflex=16", TINY_OVERRIDES)
+    r = dry_run(config, "v5e:2x2")
+    assert r.fits and r.batch_per_chip == 16
+    assert r.model_flops_total == pytest.approx(tiny_report.model_flops_total, rel=0.02)
+    assert r.model_flops_total != tiny_report.model_flops_total  # the resize is counted, so this is NaFlex
+    from vlm_jax.objectives.contrastive import ContrastiveObjective
+    shapes = jax.tree.map(lambda v: v.shape, ContrastiveObjective(config).init_batch(64)["image"])
+    assert shapes == {"patches": (64, 16, 16 * 16 * 3), "positions": (64, 16, 2), "mask": (64, 16), "grid": (64, 2)}
+
+
+def test_synthetic_naflex_stream_keeps_aspect_within_budget():
+    """The synthetic NaFlex stream (dry runs, benchmarks): each batch at one of the budgets, every image's mask
+    covering exactly its grid, grids of many shapes, the same batches on resume."""
+    from vlm_jax.data.synthetic import SyntheticPairs
+    from ml_collections import ConfigDict
+    data = SyntheticPairs(ConfigDict(dict(image_size=64, text_len=8, vocab_size=100,
+                                          naflex=dict(budgets=(9, 16), patch=16))))
+    it = iter(data.train(8, seed=3, process_index=0, process_count=1))
+    batches = [next(it) for _ in range(6)]
+    seen = set()
+    for b in batches:
+        img = b["image"]
+        budget = img["patches"].shape[1]
+        assert budget in (9, 16) and img["patches"].dtype == np.uint8 and b["text"].shape == (8, 8)
+        rows, cols = img["grid"][:, 0], img["grid"][:, 1]
+        assert (rows * cols <= budget).all() and (img["mask"].sum(1) == rows * cols).all()
+        assert (img["positions"][..., 0].max(1) == rows - 1).all() and (img["positions"][..., 1].max(1) == cols - 1).all()
+        assert not img["patches"][~img["mask"]].any()
+        seen |= set(zip(rows.tolist(), cols.tolist()))
+    assert len({b["image"]["patches"].shape[1] for b in batches}) == 2 and len(seen) >= 4
+    it2 = iter(data.train(8, seed=3, process_index=0, process_count=1))
+    next(it2)
+    state = it2.get_state()
+    it3 = iter(data.train(8, seed=3, process_index=0, process_count=1))
+    it3.set_state(state)
+    np.testing.assert_array_equal(next(it3)["image"]["patches"], batches[1]["image"]["patches"])

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 
 from vlm_jax.config import check_keys
+from vlm_jax.data import naflex as naflex_lib
 from vlm_jax.data.base import ImageInputs, register
 from vlm_jax.config_audit import merged
 
@@ -44,14 +45,49 @@ class _Sample(grain.transforms.Map):
         return {"image": image, "text": text}
 
 
+MAX_ASPECT = 3.0  # synthetic NaFlex images: width / height log-uniform in [1/3, 3]
+
+
+class _NaFlexBatch:
+    """(batch index, example indices) → a NaFlex batch of random images: each example a random aspect ratio at
+    `image_size`² pixels, its grid the largest within the batch's budget (drawn from the batch index, as the real
+    pipeline does), random uint8 patches; text as `_Sample`'s."""
+
+    def __init__(self, sample: _Sample, budgets: naflex_lib.Budgets):
+        self.sample, self.budgets = sample, budgets
+
+    def __call__(self, index: int, examples: np.ndarray) -> dict[str, Any]:
+        budget = naflex_lib.budget_for(self.sample.seed, index, self.budgets.train)
+        patch, n = self.budgets.patch, len(examples)
+        image = dict(patches=np.zeros((n, budget, patch * patch * 3), np.uint8),
+                     positions=np.zeros((n, budget, 2), np.int32), mask=np.zeros((n, budget), bool),
+                     grid=np.zeros((n, 2), np.int32))
+        texts = []
+        for row, example in enumerate(np.asarray(examples).tolist()):
+            rng = np.random.default_rng([self.sample.seed, example])
+            aspect = float(np.exp(rng.uniform(-np.log(MAX_ASPECT), np.log(MAX_ASPECT))))
+            side = self.sample.image_size
+            rows, cols = naflex_lib.grid_for(max(1, round(side / aspect ** 0.5)), max(1, round(side * aspect ** 0.5)),
+                                             patch, budget)
+            k = rows * cols
+            image["patches"][row, :k] = rng.integers(0, 256, (k, patch * patch * 3), np.uint8)
+            cells = np.arange(k)
+            image["positions"][row, :k, 0], image["positions"][row, :k, 1] = cells // cols, cells % cols
+            image["mask"][row, :k] = True
+            image["grid"][row] = (rows, cols)
+            texts.append(self.sample._tokens(rng, self.sample.text_len))
+        return {"image": image, "text": np.stack(texts)}
+
+
 @register("synthetic")
 class SyntheticPairs(ImageInputs):
     """Shapes of a real dataset without its content; no evaluation sets."""
 
     DEFAULTS = dict(name="synthetic", image_size=224, text_len=64, vocab_size=32_000, text_format="tokens",
-                    text_image_size=0, prompt_len=0)
+                    text_image_size=0, prompt_len=0, naflex={})
     # text_format "render": text is an image of text_image_size (0: image_size); prompt_len > 0: every example
-    # also has a random task prompt of that many ids.
+    # also has a random task prompt of that many ids; naflex (`vlm_jax.data.naflex.CONFIG_DEFAULTS`): NaFlex
+    # batches of random aspect ratios (image-text pairs only).
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -64,6 +100,10 @@ class SyntheticPairs(ImageInputs):
             raise ValueError(f"data.text_format must be 'tokens' or 'render', got {cfg['text_format']!r}")
         self.text_image_size = (int(cfg["text_image_size"]) or self.image_size) if cfg["text_format"] == "render" else 0
         self.prompt_len = int(cfg["prompt_len"])
+        self.naflex = naflex_lib.from_config(cfg["naflex"])
+        if self.naflex is not None and (self.text_image_size or self.prompt_len):
+            raise ValueError("data.naflex on synthetic data makes image-text pairs only: unset data.text_format="
+                             "'render' / data.prompt_len")
 
     def text_spec(self, batch_size: int) -> tuple[tuple[int, ...], np.dtype]:
         """Shape and dtype of a batch of text inputs: token ids, or text images when rendering."""
@@ -120,6 +160,10 @@ class SyntheticPairs(ImageInputs):
     def train(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         """This process's shard of an endless, resumable stream of random pairs."""
         ds = grain.MapDataset.range(NUM_EXAMPLES)[process_index::process_count]
+        if self.naflex is not None:
+            sample = _Sample(seed, self.image_size, self.text_len, self.vocab_size)
+            ds = ds.batch(batch_size, drop_remainder=True).map_with_index(_NaFlexBatch(sample, self.naflex))
+            return ds.to_iter_dataset()
         ds = ds.map(_Sample(seed, self.image_size, self.text_len, self.vocab_size, text_image_size=self.text_image_size,
                             prompt_len=self.prompt_len))
         return ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
