@@ -47,6 +47,19 @@ ROWS = [  # (name, config, topology, slices, overrides)
      "v5p-256", 1, []),
     ("PaliGemma-like prompted (So400m/14 + 2B), prompt 64 + answer 64",
      "experiments/pali_scale.py:model=paligemma_like", "v5p-128", 1, []),
+    # NaFlex (issue 30): SigLIP 2 So400m/16, native-aspect images at a sequence budget, beside fixed 256 px squares
+    # (256 patches: equal tokens to budget 256); the 16 × 16 learned position table is resized per image
+    ("SigLIP So400m/16 @256 px, fixed resolution (256 patches)",
+     "experiments/two_tower_scale.py:variant=So400m/16,loss=siglip,batch=32768,res=256", "v5p-128", 1, []),
+    ("SigLIP 2 So400m/16 NaFlex, budget 256",
+     "experiments/two_tower_scale.py:variant=So400m/16,loss=siglip,batch=32768,res=256,naflex=256", "v5p-128", 1,
+     []),
+    ("SigLIP 2 So400m/16 NaFlex, budget 1024",
+     "experiments/two_tower_scale.py:variant=So400m/16,loss=siglip,batch=32768,res=256,naflex=1024", "v5p-128", 1,
+     []),
+    ("SigLIP 2 So400m/16 NaFlex, budget 1024, full remat",
+     "experiments/two_tower_scale.py:variant=So400m/16,loss=siglip,batch=32768,res=256,naflex=1024,remat=full",
+     "v5p-128", 1, []),
     # the shard-trained recipes (docs/shards.md "Recipes"), at the papers' batch sizes
     ("CLIP B/32, DataComp-medium recipe", "experiments/clip_datacomp.py:scale=medium,variant=B/32,data=synthetic",
      "v5e-64", 1, []),

@@ -60,7 +60,7 @@ class CrossAttention(nn.Module):
             w = self.param(f"{name}_kernel", qkv_init, (inp.shape[-1], self.num_heads, hd), jnp.float32)
             b = self.param(f"{name}_bias", b_init, (self.num_heads, hd), jnp.float32)
             y = onednn.einsum("bld,dhk->blhk", inp.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
-            return nn.with_logical_constraint((y + b).astype(dt), layers.BSHK)
+            return nn.with_logical_constraint(layers.saveable((y + b).astype(dt)), layers.BSHK)
 
         q = proj("query", x)
         if context is not None:
@@ -88,7 +88,7 @@ class CrossAttention(nn.Module):
                                           ("heads", "kv", "embed")), (self.num_heads, hd, d), jnp.float32)
         bo = self.param("out_bias", _lp(nn.initializers.zeros, ("embed",)), (d,), jnp.float32)
         out = onednn.einsum("bqhk,hkd->bqd", o.astype(dt), wo.astype(dt), preferred_element_type=jnp.float32)
-        return (out + bo).astype(dt)
+        return layers.saveable((out + bo).astype(dt))
 
 
 class DecoderBlock(nn.Module):

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from vlm_jax.kernels import onednn
 
@@ -28,6 +29,15 @@ REMAT_POLICIES = ("none", "full", "minimal")
 # (jax.nn.dot_product_attention; "cudnn" is the fused flash kernel on NVIDIA GPUs, bf16/fp16 only).
 ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
 ACTIVATIONS = ("gelu_tanh", "gelu", "quick_gelu")
+# What remat_policy="minimal" keeps for the backward pass: every projection's output (dense layers, attention
+# q/k/v/out) in the dtype it is computed in (bf16 at scale). Naming these instead of saving matmul results keeps
+# the float32 accumulators (float32 bias add) out of the saved activations, which would double their memory.
+SAVED_ACTIVATION = "projection_out"
+
+
+def saveable(y: Array) -> Array:
+    """`y` marked as an activation remat_policy="minimal" saves."""
+    return checkpoint_name(y, SAVED_ACTIVATION)
 
 
 class Dense(nn.Module):
@@ -52,10 +62,10 @@ class Dense(nn.Module):
         x, kernel_mm = x.astype(dt), kernel.astype(dt)
         if out == jnp.bfloat16 and onednn.can_route(x, kernel_mm):  # bias fused into the kernel, bf16 written once
             y = onednn.linear(x.reshape(-1, x.shape[-1]), kernel_mm, bias)
-            return y.reshape(*x.shape[:-1], self.features)
+            return saveable(y.reshape(*x.shape[:-1], self.features))
         # float32 accumulation (through oneDNN, float32 output, when it routes), bias added in float32
         y = onednn.dot_general(x, kernel_mm, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-        return (y + bias).astype(out)
+        return saveable((y + bias).astype(out))
 
 
 def dense(features: int, names: tuple, dtype_mm: str, *, kernel_init: Callable = nn.initializers.xavier_uniform(),
@@ -146,7 +156,7 @@ class Attention(nn.Module):
             w = self.param(f"{name}_kernel", qkv_init, (inp.shape[-1], self.num_heads, hd), jnp.float32)
             b = self.param(f"{name}_bias", b_init, (self.num_heads, hd), jnp.float32)
             y = onednn.einsum("bld,dhk->blhk", inp.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
-            y = (y + b).astype(dt)
+            y = saveable((y + b).astype(dt))
             return _constrain(y, BSHK)
 
         q, k, v = proj("query", x), proj("key", x_kv), proj("value", x_kv)
@@ -167,7 +177,7 @@ class Attention(nn.Module):
                                           ("heads", "kv", "embed")), (self.num_heads, hd, d), jnp.float32)
         bo = self.param("out_bias", _lp(nn.initializers.zeros, ("embed",)), (d,), jnp.float32)
         out = onednn.einsum("bqhk,hkd->bqd", o.astype(dt), wo.astype(dt), preferred_element_type=jnp.float32)
-        return (out + bo).astype(dt)
+        return saveable((out + bo).astype(dt))
 
     def _update_cache(self, k: Array, v: Array, valid: Array | None = None) -> tuple[Array, Array, Array]:
         """Writes this step's keys/values (and their validity [B, n], default all) at the cache index; returns the
@@ -219,7 +229,7 @@ def _remat_policy(name: str) -> Callable | None:
     """Maps a remat policy name to a jax.checkpoint policy (None = save nothing)."""
     if name not in REMAT_POLICIES:
         raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {name!r}")
-    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable if name == "minimal" else None
+    return jax.checkpoint_policies.save_only_these_names(SAVED_ACTIVATION) if name == "minimal" else None
 
 
 class Encoder(nn.Module):
