@@ -5,6 +5,8 @@ from webdataset / parquet shards of any web-scale image–text set (WebLI itself
   --config experiments/siglip_webli.py:shards=URL,workers=16,samples=40_000_000_000   the released checkpoints' 40B
   --config experiments/siglip_webli.py:data=synthetic                 the same shapes, no shards (dry runs)
   --config experiments/siglip_webli.py:data=synthetic,res=256,text_len=64
+  --config experiments/siglip_webli.py:loss=softmax,shards=URL        the paper's softmax (CLIP) baseline, same setup
+  experiments/sweeps/siglip_batch_study.py                            the batch-size study as a sweep
 
 URL is a shard pattern (`gs://bucket/laion/{000000..231348}.tar`, a folder, a glob; see docs/shards.md).
 Hyper-parameters and where they come from:
@@ -42,9 +44,12 @@ SUITE = "imagenet,cifar10,coco"
 def get_config(arg=None):
     """`arg`: shards=URL, data=shards|synthetic, tokenizer=PATH|sentencepiece, workers=N (grain decode processes),
     variant=B/16, res (image px), text_len, batch, samples, fsdp (-1: all devices), remat, suite_dir (TFDS data
-    dir of the evaluation suite)."""
+    dir of the evaluation suite), loss=sigmoid|softmax (the CLIP baseline of the paper's comparisons)."""
     arg = config_args(arg, variant="B/16", shards="", data="shards", tokenizer="sentencepiece", workers=0,
-                      res=224, text_len=16, batch=BATCH, samples=SAMPLES, fsdp=-1, remat="minimal", suite_dir="")
+                      res=224, text_len=16, batch=BATCH, samples=SAMPLES, fsdp=-1, remat="minimal", suite_dir="",
+                      loss="sigmoid")
+    if arg.loss not in ("sigmoid", "softmax"):
+        raise ValueError(f"loss must be 'sigmoid' or 'softmax', got {arg.loss!r}")
     if arg.data not in ("shards", "synthetic"):
         raise ValueError(f"data must be 'shards' or 'synthetic', got {arg.data!r}")
     if arg.data == "shards" and not arg.shards:
@@ -68,7 +73,7 @@ def get_config(arg=None):
         image=dict(posemb="learn", pool_type="map", **parse_variant(arg.variant), **common),
         text=dict(vocab_size=0, causal=False, pool_type="last", max_len=arg.text_len, **TEXT[size], **common),
         embed_dim=TEXT[size]["width"])
-    loss = apply_loss_preset(c, "siglip")
+    loss = apply_loss_preset(c, "siglip" if arg.loss == "sigmoid" else "clip")
     c.optim = dict(name="adamw", lr=LR, b2=loss["b2"], weight_decay=WD, warmup_steps=min(WARMUP, steps // 10),
                    schedule="cosine", clip_norm=1.0)
     c.checkpoint = dict(every_steps=min(1_000, max(steps // 4, 1)), keep=3)

@@ -162,3 +162,30 @@ def test_synthetic_naflex_stream_keeps_aspect_within_budget():
     it3 = iter(data.train(8, seed=3, process_index=0, process_count=1))
     it3.set_state(state)
     np.testing.assert_array_equal(next(it3)["image"]["patches"], batches[1]["image"]["patches"])
+
+
+@needs_libtpu
+def test_plan_shares_compiles_and_scales_chip_hours_with_steps(tmp_path, tiny_report):
+    """`tools.plan` over a sweep: runs differing only in steps share one compilation and their chip-hours scale
+    with the steps; each run's step time is the dry run's of its own config; a run without a slice is refused."""
+    from vlm_jax.tools import plan
+
+    sweep = tmp_path / "grid.py"
+    sweep.write_text(
+        "def get_sweep(arg=None):\n"
+        f"    return dict(base={TINY!r}, overrides={TINY_OVERRIDES!r},\n"
+        "                axes=dict(steps={'a': ['total_steps=100'], 'b': ['total_steps=300']}),\n"
+        "                slices=[('steps-*', 'v5e:2x2')])\n")
+    log = tmp_path / "log.txt"
+    with open(log, "w") as stream:
+        rows = plan.plan(str(sweep), stream=stream)
+    assert log.read_text().count("FITS") == 1  # one compilation for both runs
+    a, b = rows
+    assert (a["steps"], b["steps"], a["chips"]) == (100, 300, 4) and a["fits"] and b["fits"]
+    assert a["step_s"] == pytest.approx(tiny_report.step_seconds_at_mfu, rel=1e-6)
+    assert b["chip_hours"] == pytest.approx(3 * a["chip_hours"], rel=1e-9) and a["chip_hours"] > 0
+    assert a["chip_hours"] == pytest.approx(100 * tiny_report.step_seconds_at_mfu * 4 / 3600, rel=1e-9)
+    md = plan.markdown(rows, "t", "cmd")
+    assert f"{a['chip_hours'] + b['chip_hours']:,.0f} chip-hours" in md
+    with pytest.raises(ValueError, match="no slice for run 'x'"):
+        plan.slice_for("x", [("steps-*", "v5e:2x2")])

@@ -17,7 +17,7 @@ class ConfigError(ValueError):
     """A config key or value that cannot be used."""
 
 
-def _parse_arg(arg: str | None) -> Any:
+def parse_arg(arg: str | None) -> Any:
     """`variant=B/16,lr=1e-3` → ConfigDict; a bare string stays a string."""
     if not arg:
         return None
@@ -51,7 +51,7 @@ def load_config(spec: str) -> ConfigDict:
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config(arg)")
-    parsed = _parse_arg(arg)
+    parsed = parse_arg(arg)
     config = module.get_config(parsed) if parsed is not None else module.get_config()
     return config
 

@@ -8,6 +8,7 @@ A sweep file (`experiments/sweeps/*.py`) defines `get_sweep(arg)` returning a di
                                             "key=value" config overrides, or {"arg": "k=v,…", "overrides": […]}
                                             where "arg" extends the base experiment's own argument string
   overrides: ["key=value", …]               applied to every run (optional)
+  slices: [(pattern, topology), …]         the TPU slice each run is planned on (`vlm_jax.tools.plan`; optional)
 Run names are "<axis>-<label>" joined by "_" (e.g. "size-s_steps-1k"); each run's workdir is `<dir>/<name>`.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from vlm_jax.config import apply_overrides, load_config
+from vlm_jax.config import apply_overrides, load_config, parse_arg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ def load_sweep(spec: str) -> dict[str, Any]:
         raise FileNotFoundError(f"no sweep file {path}")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    sweep = module.get_sweep(arg or None)
+    sweep = module.get_sweep(parse_arg(arg))  # "k=v,…" → ConfigDict (as configs get it); a bare word stays
     sweep = sweep.to_dict() if hasattr(sweep, "to_dict") else dict(sweep)
     missing = {"base", "axes"} - set(sweep)
     if missing:
