@@ -4,6 +4,8 @@ stamps whose captions never occur in training), by CapPa or CoCa.
   --config experiments/tuxpaint_captioning.py                    CapPa (parallel fraction 0.75)
   --config experiments/tuxpaint_captioning.py:objective=coca     CoCa (contrastive + captioning)
   --config experiments/tuxpaint_captioning.py:size=test          tiny model for tests
+  --config experiments/tuxpaint_captioning.py:naflex=9+16+25      NaFlex: native-aspect stamps, a budget of 9, 16 or
+                                                                  25 patches per batch, evaluated at each (and 36)
 """
 import ml_collections
 
@@ -18,8 +20,9 @@ SIZES = {
 
 
 def get_config(arg=None):
-    """`arg`: objective=cappa|coca, size=small|test, steps=N, batch=N."""
-    arg = config_args(arg, objective="cappa", size="small", steps=600, batch=128)
+    """`arg`: objective=cappa|coca, size=small|test, steps=N, batch=N, naflex=budgets (e.g. 9+16+25; empty: fixed
+    32 px squares), eval_budgets (default: the training budgets and 36)."""
+    arg = config_args(arg, objective="cappa", size="small", steps=600, batch=128, naflex="", eval_budgets="")
     if arg.objective not in ("cappa", "coca"):
         raise ValueError(f"objective must be cappa or coca, got {arg.objective!r}")
     image, (width, mlp, heads), cappa_depth, coca_depth = SIZES[arg.size]
@@ -32,6 +35,12 @@ def get_config(arg=None):
     c.eval_every = 0
     c.data = dict(name="tuxpaint", data_dir="", image_size=32, text_len=32, augment=STYLE_AUGMENT)
     decoder = dict(width=width, mlp_dim=mlp, num_heads=heads)
+    budgets = tuple(int(b) for b in str(arg.naflex).replace("+", ",").split(",") if b)
+    if budgets:  # the 4 × 4 position table (32 px / 8 px patches) resized to each stamp's grid
+        evals = tuple(int(b) for b in str(arg.eval_budgets).replace("+", ",").split(",") if b) \
+            or tuple(sorted(set(budgets) | {36}))
+        c.data.naflex = dict(budgets=budgets, patch=image["patch_size"][0], eval_budgets=evals)
+        image = dict(image, posemb_grid=32 // image["patch_size"][0])
     if arg.objective == "cappa":
         c.model = dict(image=dict(posemb="learn", **image), decoder=dict(depth=cappa_depth, **decoder), cap_queries=0)
         c.loss = dict(parallel_fraction=0.75)

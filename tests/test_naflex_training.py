@@ -162,13 +162,30 @@ def test_main_trains_naflex_and_evaluates_every_budget(tux_dir, tmp_path):
     assert results["flops_per_step"] > 0
 
 
+def test_main_trains_coca_on_naflex_and_captions_at_every_budget(tux_dir, tmp_path):
+    """CoCa (contrastive + captioning, both reading NaFlex tokens) through `vlm_jax.main`: generated-caption
+    metrics, perplexity and zero-shot retrieval at each evaluation budget, none at fixed resolution."""
+    cfg = "experiments/tuxpaint_captioning.py:objective=coca,size=test,steps=2,batch=16,naflex=4+9,eval_budgets=4+16"
+    out = subprocess.run([sys.executable, "-m", "vlm_jax.main", "--config", cfg, "--workdir", str(tmp_path / "run"),
+                          "--config.evals.batch_size=32", "--config.evals.scoring=False"],
+                         cwd=ROOT, capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    evals = json.loads((tmp_path / "run" / "results.json").read_text())["evals"]
+    for budget in (4, 16):
+        assert 0.0 <= evals[f"caption/tuxpaint/test@{budget}/all/CIDEr-D/model"]
+        assert np.isfinite(evals[f"caption/tuxpaint/test@{budget}/perplexity"])
+        assert 0.0 <= evals[f"zeroshot/tuxpaint/test@{budget}/all/i2t_R@1/model"] <= 1.0
+    assert not any("tuxpaint/test/" in k for k in evals)
+
+
 def test_objectives_reading_image_tokens_refuse_naflex(tux_dir, tmp_path):
     from vlm_jax.train.trainer import Setup
 
-    config = runpy.run_path(str(ROOT / "experiments/tuxpaint_captioning.py"))["get_config"]("size=test")
-    config.data.naflex = dict(budgets=(16,), patch=8)
+    config = runpy.run_path(str(ROOT / "experiments/emoji_flava.py"))["get_config"]("parts=contrastive,size=test")
+    config.data = runpy.run_path(str(ROOT / "experiments/tuxpaint_naflex.py"))["get_config"]("size=test").data
     config.data.data_dir = tux_dir
-    with pytest.raises(ValueError, match="does not train on NaFlex"):
+    config.evals = dict(sets=["tuxpaint"])
+    with pytest.raises(ValueError, match="objective 'flava' does not train on NaFlex"):  # MIM reads image tokens
         Setup(_finalized(config))
     config = runpy.run_path(str(ROOT / "experiments/tuxpaint_naflex.py"))["get_config"]("size=test")
     config.data.naflex.patch = 4
@@ -181,3 +198,51 @@ def _finalized(config):
     from vlm_jax.train.trainer import finalize_config
 
     return finalize_config(config)
+
+
+@pytest.mark.parametrize("cap_queries,embed_dim", [(0, 0), (4, 16)])  # CapPa (every token), CoCa (pooled)
+def test_captioner_masks_naflex_padding(cap_queries, embed_dim):
+    """A Captioner on a NaFlex batch: junk in the padding slots (pixels and positions) changes no output, and a
+    batch padded past its grid equals the same patches without padding (the decoder's cross-attention, the
+    caption pooler and CoCa's contrastive pooler all skip the pad); greedy captions agree too."""
+    import jax
+    import jax.numpy as jnp
+
+    from vlm_jax.models import decoder as dec
+    from vlm_jax.models.captioner import Captioner
+    from vlm_jax.models.decoding import greedy
+
+    model = Captioner(image=dict(width=16, depth=1, mlp_dim=32, num_heads=2, patch_size=(4, 4), posemb="learn",
+                                 posemb_grid=3),
+                      decoder=dict(width=16, depth=2, mlp_dim=32, num_heads=2, vocab_size=40, max_len=6,
+                                   **(dict(unimodal_depth=1, cls_token=True) if embed_dim else {})),
+                      cap_queries=cap_queries, embed_dim=embed_dim)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (8, 16, 3), np.uint8), rng.integers(0, 256, (16, 8, 3), np.uint8)]
+    exact = prep.eval_inputs(images, 4, 8)  # 2 × 4 and 4 × 2 grids: all 8 slots real
+    assert exact["mask"].all()
+
+    def padded(junk):
+        out = {k: np.concatenate([v, np.zeros((2, 5) + v.shape[2:], v.dtype)], 1) if v.ndim > 1 and k != "grid"
+               else v for k, v in exact.items()}
+        out["patches"][:, 8:] = junk.uniform(-1, 1, out["patches"][:, 8:].shape)
+        out["positions"][:, 8:] = junk.integers(0, 3, out["positions"][:, 8:].shape)
+        return out
+
+    text = jnp.asarray(rng.integers(3, 40, (2, 6)), jnp.int32)
+    params = model.init(jax.random.key(0), exact, text)["params"]
+    run = jax.jit(lambda img: model.apply({"params": params}, img, text)[0])
+    want = run(exact)
+    for seed in (1, 2):
+        got = run(padded(np.random.default_rng(seed)))
+        for g, w in zip(got, want):
+            if w is not None:
+                np.testing.assert_allclose(g, w, atol=2e-5)
+
+    def captions(img):
+        context, _ = model.apply({"params": params}, img, method="encode")
+        cache, context_cache = dec.start_decoding(model, params, context, 2)
+        step = dec.step_fn(model, params, context_cache)
+        return greedy(step, cache, jnp.full((2,), 1, jnp.int32), max_len=5, eos_id=2, pad_id=0)
+
+    np.testing.assert_array_equal(captions(padded(np.random.default_rng(3))), captions(exact))

@@ -29,9 +29,22 @@ from vlm_jax.models.decoder import start_decoding, step_fn
 CAPTION_METRICS = ("CIDEr-D", "BLEU-1", "BLEU-4", "ROUGE-L")
 
 
-def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
-    """x with its last row repeated up to n rows."""
-    return x if len(x) == n else np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])
+def _pad_rows(x: Any, n: int) -> Any:
+    """x (an array, or a NaFlex dict of arrays) with its last row repeated up to n rows."""
+    return jax.tree.map(lambda v: v if len(v) == n else np.concatenate([v, np.repeat(v[-1:], n - len(v), axis=0)]), x)
+
+
+def _count(images: Any) -> int:
+    """How many images: rows of an array [N, H, W, 3] or of a NaFlex batch (a dict of arrays with leading N)."""
+    return len(jax.tree.leaves(images)[0])
+
+
+def _take(images: Any, rows: Any) -> Any:
+    """Rows (a slice or indices) of images: float32 pixels, or a NaFlex batch with float patches as float32."""
+    def take(v: Any) -> np.ndarray:
+        v = np.asarray(v)[rows]
+        return v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+    return jax.tree.map(take, images)
 
 
 DECODE_OPTIONS = ("max_len", "beam_size", "length_penalty", "sampling")
@@ -93,7 +106,7 @@ class CaptionFns:
         image b's without copies."""
         m, ids = self.model, self.ids
         context, _ = m.apply({"params": params}, images, prompts, method="encode")
-        b, k = images.shape[0], self.beam_size
+        b, k = jax.tree.leaves(images)[0].shape[0], self.beam_size
         cache, context_cache = start_decoding(m, params, context, b)
         step = step_fn(m, params, context_cache)
         bos = jnp.full((b,), ids["bos"], jnp.int32)
@@ -143,11 +156,12 @@ class CaptionFns:
         return self._jitted[key]
 
     @staticmethod
-    def _put(x: np.ndarray, mesh: Any) -> Any:
-        """A host array as a replicated global array (every process holds the same eval inputs)."""
+    def _put(x: Any, mesh: Any) -> Any:
+        """Host arrays as replicated global arrays (every process holds the same eval inputs)."""
         if mesh is None:
             return x
-        return jax.make_array_from_callback(x.shape, shd.replicated(mesh), lambda idx: x[idx])
+        return jax.tree.map(lambda v: jax.make_array_from_callback(v.shape, shd.replicated(mesh),
+                                                                   lambda idx: v[idx]), x)
 
     def prompt_tokens(self, prompts: str | Sequence[str] | None, n: int) -> np.ndarray | None:
         """int32 [n, P] tokens of one prompt per image (a single string is used for all n); None without."""
@@ -169,17 +183,18 @@ class CaptionFns:
         """int32 [N, max_len] generated tokens for float images [N, H, W, 3] in [-1, 1] (and their prompts)."""
         mesh, out = mesh_of(params), []
         fn = self._fn("generate", mesh)
-        ptok = self.prompt_tokens(prompts, len(images))
-        for start in range(0, len(images), self.batch_size):
-            chunk = np.asarray(images[start:start + self.batch_size], np.float32)
+        ptok = self.prompt_tokens(prompts, _count(images))
+        for start in range(0, _count(images), self.batch_size):
+            chunk = _take(images, slice(start, start + self.batch_size))
+            n = _count(chunk)
             res = fn(params, self._put(_pad_rows(chunk, self.batch_size), mesh),
-                     self._rows(ptok, start, len(chunk), self.batch_size, mesh))
-            out.append(np.asarray(jax.device_get(res))[:len(chunk)])
+                     self._rows(ptok, start, n, self.batch_size, mesh))
+            out.append(np.asarray(jax.device_get(res))[:n])
         return np.concatenate(out) if out else np.zeros((0, self.max_len), np.int32)
 
     def generate(self, params: Any, images: np.ndarray, prompts: str | Sequence[str] | None = None) -> list[str]:
         """Captions (answers to the prompts) of images."""
-        return self.detokenize(self.generate_tokens(params, images, prompts)) if len(images) else []
+        return self.detokenize(self.generate_tokens(params, images, prompts)) if _count(images) else []
 
     def pair_scores(self, params: Any, images: np.ndarray, texts: Sequence[str],
                     prompts: str | Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +206,7 @@ class CaptionFns:
         lls, counts = [], []
         for start in range(0, len(texts), self.batch_size):
             n = min(self.batch_size, len(texts) - start)
-            img = _pad_rows(np.asarray(images[start:start + n], np.float32), self.batch_size)
+            img = _pad_rows(_take(images, slice(start, start + n)), self.batch_size)
             tok = _pad_rows(tokens[start:start + n], self.batch_size)
             ll, cnt = jax.device_get(fn(params, self._put(img, mesh), self._put(tok, mesh),
                                         self._rows(ptok, start, n, self.batch_size, mesh)))
@@ -205,12 +220,13 @@ class CaptionFns:
         mesh = mesh_of(params)
         encode, fn = self._fn("encode", mesh), self._fn("class_scores", mesh)
         tokens = self.tokenize(list(texts))
-        ptok = self.prompt_tokens(prompts, len(images))
+        total = _count(images)
+        ptok = self.prompt_tokens(prompts, total)
         bi = max(1, self.batch_size // 8)  # images per call: each is paired with a chunk of class texts
-        out = np.zeros((len(images), len(texts)), np.float64)
-        for i in range(0, len(images), bi):
-            n = min(bi, len(images) - i)
-            img = self._put(_pad_rows(np.asarray(images[i:i + n], np.float32), bi), mesh)
+        out = np.zeros((total, len(texts)), np.float64)
+        for i in range(0, total, bi):
+            n = min(bi, total - i)
+            img = self._put(_pad_rows(_take(images, slice(i, i + n)), bi), mesh)
             context = encode(params, img, self._rows(ptok, i, n, bi, mesh))  # once for every chunk of texts
             for c in range(0, len(texts), self.class_chunk):
                 m = min(self.class_chunk, len(texts) - c)
@@ -268,7 +284,7 @@ class CaptionEvaluator:
                         scores = caption_scores({i: cands[i] for i in idx}, {i: refs[i] for i in idx})
                         out.update({f"{name}/{sub}/{k}/{who}": scores[k] for k in CAPTION_METRICS})
             pairs = [(i, r) for i, rs in refs.items() for r in rs]
-            ll, count = self.fns.pair_scores(params, ev.images[[i for i, _ in pairs]], [r for _, r in pairs])
+            ll, count = self.fns.pair_scores(params, _take(ev.images, [i for i, _ in pairs]), [r for _, r in pairs])
             out[f"{name}/nll_per_token"] = float(-ll.sum() / max(count.sum(), 1))
             out[f"{name}/perplexity"] = float(np.exp(out[f"{name}/nll_per_token"]))
             if self.verbose and jax.process_index() == 0:
@@ -297,7 +313,7 @@ class ScoringClassifier:
 
     def scores(self, params: Any, ev: EvalSet, idx: np.ndarray) -> np.ndarray:
         """[Q, C] prompt log-likelihoods of the chosen queries, averaged over templates."""
-        per = [self.fns.class_scores(params, ev.images[idx], [t.format(c) for c in ev.class_names])
+        per = [self.fns.class_scores(params, _take(ev.images, idx), [t.format(c) for c in ev.class_names])
                for t in self.templates]
         return np.mean(per, axis=0)
 

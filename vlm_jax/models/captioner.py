@@ -48,15 +48,21 @@ class Captioner(TextGenerator):
             if self.bias_init is not None:
                 self.b = self.param("b", init(self.bias_init), (), jnp.float32)
 
-    def encode(self, image: Array, prompt: Array | None = None, train: bool = False) -> tuple[Array, Array | None]:
-        """Decoder context [B, T', D] and, for CoCa, the unit-norm image embedding [B, E] (else None)."""
+    def encode(self, image: Array | dict[str, Array], prompt: Array | None = None,
+               train: bool = False) -> tuple[Any, Array | None]:
+        """Decoder context and, for CoCa, the unit-norm image embedding [B, E] (else None). The context is the
+        (pooled) image tokens [B, T', D]; for NaFlex images read token by token, {"tokens", "mask"} (padding
+        masked out of the decoder's cross-attention; the poolers mask it too)."""
         if prompt is not None:
             raise ValueError("a Captioner takes no prompt (use the 'pali' objective for prompted tasks)")
-        tokens, _ = self.vit(image, train=train)
-        context = self.cap_pooler(tokens) if self.cap_queries else tokens
+        tokens, aux = self.vit(image, train=train)
+        mask = aux.get("mask")  # NaFlex: the real patches
+        context: Any = self.cap_pooler(tokens, mask) if self.cap_queries else tokens
+        if mask is not None and not self.cap_queries:
+            context = {"tokens": tokens, "mask": mask}
         zimg = None
         if self.embed_dim:
-            zimg = l2_normalize(self.img_proj(self.con_pooler(tokens)[:, 0]))
+            zimg = l2_normalize(self.img_proj(self.con_pooler(tokens, mask)[:, 0]))
         return context, zimg
 
     def embed_text(self, tokens: Array) -> Array:
@@ -64,19 +70,25 @@ class Captioner(TextGenerator):
         _, aux = self.text_decoder(tokens, None, unimodal_only=True)
         return l2_normalize(self.txt_proj(aux["cls"]))
 
-    def decoder_inputs(self, context: Array) -> dict[str, Any]:
-        """Decoding cross-attends to the (pooled) image tokens."""
+    def decoder_inputs(self, context: Any) -> dict[str, Any]:
+        """Decoding cross-attends to the (pooled) image tokens (only the real ones of a NaFlex context)."""
+        if isinstance(context, dict):
+            return {"context": context["tokens"], "context_mask": context["mask"]}
         return {"context": context}
 
-    def logits(self, tokens: Array, context: Array) -> Array:
+    def logits(self, tokens: Array, context: Any) -> Array:
         """Teacher-forced logits [B, L, V] of decoder inputs given the image context."""
-        return self.text_decoder(tokens, context)[0]
+        kw = self.decoder_inputs(context)
+        return self.text_decoder(tokens, kw["context"], context_mask=kw.get("context_mask"))[0]
 
     def __call__(self, image: Array, text: Array, *, train: bool = False,
                  parallel: Array | None = None) -> tuple[tuple[Array | None, Array | None, Array], dict[str, Any]]:
-        """image [B, H, W, 3], decoder inputs `text` [B, L] → ((zimg, ztxt, logits [B, L, V]), aux with t (and b))."""
+        """image [B, H, W, 3] (or a NaFlex batch), decoder inputs `text` [B, L] → ((zimg, ztxt, logits [B, L, V]),
+        aux with t (and b))."""
         context, zimg = self.encode(image, train=train)
-        logits, dec_aux = self.text_decoder(text, context, train=train, parallel=parallel)
+        kw = self.decoder_inputs(context)
+        logits, dec_aux = self.text_decoder(text, kw["context"], train=train, parallel=parallel,
+                                            context_mask=kw.get("context_mask"))
         aux: dict[str, Any] = {"context": context}
         ztxt = None
         if self.embed_dim:

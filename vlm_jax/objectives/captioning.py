@@ -141,6 +141,7 @@ class CapPaObjective(CaptionParts, Objective):
 
     CONFIG_DEFAULTS = {"loss": dict(parallel_fraction=0.75, label_smoothing=0.0), "evals": EVAL_DEFAULTS}
     MODEL_KEYS = ("image", "decoder", "cap_queries")
+    NAFLEX = True  # the decoder's cross-attention (and the optional pooler) mask NaFlex padding
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)

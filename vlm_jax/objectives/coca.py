@@ -30,7 +30,7 @@ class CoCaObjective(CaptionParts, ContrastiveObjective):
     (`loss.name`, `loss.impl` = full | gather | ring; GradCache under `grad_accum_steps`), so every kernel applies unchanged.
     """
 
-    NAFLEX = False  # the captioning decoder cross-attends to image tokens
+    NAFLEX = True  # the decoder's cross-attention and both poolers mask NaFlex padding
 
     # CoCa's zero-shot evaluator also reads `languages` (the class-name languages of the multilingual sets)
     # and, with its two towers, the standard benchmark suite (SUITE_DEFAULTS)
