@@ -30,8 +30,8 @@ from vlm_jax.train.trainer import Setup, finalize_config
 OUT = Path(__file__).with_suffix(".md")
 BASE = "experiments/two_tower_scale.py:variant=Ti/16,loss=siglip,batch={batch},res={res},remat=none,fsdp=1{naflex}"
 OVERRIDES = ["data.text_len=16", "model.text.max_len=16", "model.text.depth=2",
-             "model.image.dtype_mm='float32'", "model.text.dtype_mm='float32'",
-             "model.image.residual_dtype='float32'", "model.text.residual_dtype='float32'"]
+             "model.image.dtype_mm=float32", "model.text.dtype_mm=float32",
+             "model.image.residual_dtype=float32", "model.text.residual_dtype=float32"]
 
 
 class Runner:

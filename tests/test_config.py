@@ -14,6 +14,9 @@ def test_load_with_args_and_overrides():
     c = apply_overrides(c, ["optim.lr=3e-4", "total_steps=11", "progress=False", "mesh=[('data', 2)]"])
     assert c.optim.lr == 3e-4 and isinstance(c.optim.lr, float)
     assert c.total_steps == 11 and c.progress is False
+    # a string value quoted as a Python literal (as sweep files write overrides) loses its quotes; bare stays
+    c = apply_overrides(c, ["model.image.pool_type='gap'", 'model.image.posemb="sincos2d"', "optim.name=sgd"])
+    assert (c.model.image.pool_type, c.model.image.posemb, c.optim.name) == ("gap", "sincos2d", "sgd")
 
 
 def test_unknown_override_names_valid_keys():

@@ -96,8 +96,10 @@ def check_keys(section: Any, valid: Iterable[str], prefix: str) -> None:
 def _coerce(value: str, current: Any, key: str) -> Any:
     """Converts a command-line string to the type of the current value."""
     parsed = _literal(value)
-    if current is None or isinstance(current, str):
-        return parsed if current is None else value
+    if current is None:
+        return parsed
+    if isinstance(current, str):  # a quoted literal ("'full'", as sweep files write it) loses its quotes
+        return parsed if isinstance(parsed, str) and value.strip()[:1] in ("'", '"') else value
     if isinstance(current, bool):
         if str(value).lower() in ("true", "1", "yes"):
             return True

@@ -34,8 +34,7 @@ RUNS = [
 # the slice each model is planned on (fnmatch on the run name → TPU topology), with what makes it fit
 SLICES = [("run-B32_*", "v5p-128"), ("run-B16_*", "v5p-256"), ("run-L14_*", "v5p-512"), ("run-H14_*", "v5p-1024"),
           ("run-g14_*", "v5p-1024")]
-OVERRIDES = {"H/14": ["model.image.remat_policy='full'", "model.text.remat_policy='full'"],
-             "g/14": ["model.image.remat_policy='full'", "model.text.remat_policy='full'"]}
+REMAT = {"H/14": "full", "g/14": "full"}  # recompute every activation in the two largest towers
 
 
 def get_sweep(arg=None):
@@ -52,5 +51,5 @@ def get_sweep(arg=None):
                 raise ValueError(f"run {name} needs laion{data.lower()}=URL (or data=synthetic for shapes only)")
             source = f"shards={url}"
         spec = f"variant={model},samples={samples[:-1]}e9,lr={lr},batch={BATCH[batch]},{source}"
-        points[name] = {"arg": spec, "overrides": OVERRIDES.get(model, [])}
+        points[name] = {"arg": f"{spec},remat={REMAT.get(model, 'minimal')}"}
     return dict(base="experiments/clip_laion.py", axes=dict(run=points), slices=SLICES)

@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import ml_collections
+
+from vlm_jax.models import layers
 from vlm_jax.scaling import sweep as sweep_lib
 
 
@@ -54,11 +57,16 @@ def plan(spec: str, only: str = "*", topology: str = "", mfu: float = 0.4,
 
     sweep = sweep_lib.load_sweep(spec)
     runs = [r for r in sweep_lib.expand(sweep) if fnmatch.fnmatch(r.name, only)]
+    configs = [sweep_lib.resolved_config(run) for run in runs]  # every config error before any compile
+    slices = [slice_for(run.name, sweep.get("slices", []), topology) for run in runs]
+    for config in configs:  # the value most often mistyped in a sweep, checked before the first long compile
+        for name, tower in config.model.items():
+            policy = tower.get("remat_policy", "none") if isinstance(tower, ml_collections.ConfigDict) else "none"
+            if policy not in layers.REMAT_POLICIES:
+                raise ValueError(f"model.{name}.remat_policy={policy!r}: use one of {layers.REMAT_POLICIES}")
     reports: dict[str, Any] = {}
     rows = []
-    for i, run in enumerate(runs):
-        config = sweep_lib.resolved_config(run)
-        slice_name = slice_for(run.name, sweep.get("slices", []), topology)
+    for i, (run, config, slice_name) in enumerate(zip(runs, configs, slices)):
         key = _compile_key(config, slice_name)
         if key not in reports:
             topo, count = _parse_topology(slice_name)
