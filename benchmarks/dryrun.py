@@ -60,6 +60,12 @@ ROWS = [  # (name, config, topology, slices, overrides)
     ("SigLIP 2 So400m/16 NaFlex, budget 1024, full remat",
      "experiments/two_tower_scale.py:variant=So400m/16,loss=siglip,batch=32768,res=256,naflex=1024,remat=full",
      "v5p-128", 1, []),
+    ("SigLIP 2 So400m/16 NaFlex, budget 1024",
+     "experiments/two_tower_scale.py:variant=So400m/16,loss=siglip,batch=32768,res=256,naflex=1024", "v5p-256", 1,
+     []),
+    ("SigLIP 2 So400m/16 NaFlex, budget 1024, full remat",
+     "experiments/two_tower_scale.py:variant=So400m/16,loss=siglip,batch=32768,res=256,naflex=1024,remat=full",
+     "v5p-256", 1, []),
     # the shard-trained recipes (docs/shards.md "Recipes"), at the papers' batch sizes
     ("CLIP B/32, DataComp-medium recipe", "experiments/clip_datacomp.py:scale=medium,variant=B/32,data=synthetic",
      "v5e-64", 1, []),

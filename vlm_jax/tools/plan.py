@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
     jax.config.update("jax_platforms", "cpu")  # compile for TPU topologies from the host CPU
     rows = plan(args.sweep, args.only, args.topology, args.mfu)
-    command = "python -m vlm_jax.tools.plan " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m vlm_jax.tools.plan " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = markdown(rows, args.title or f"Pod plan: {args.sweep}", command)
     print(text)
     if args.md:
