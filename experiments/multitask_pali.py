@@ -4,6 +4,9 @@ names and CLDR groups, and text-only name translation (data "multitask"), with p
   --config experiments/multitask_pali.py                        encoder–decoder (PaLI), 1.2k steps
   --config experiments/multitask_pali.py:layout=decoder         decoder-only prefix layout (PaliGemma-style)
   --config experiments/multitask_pali.py:size=test              tiny model for tests
+  --config experiments/multitask_pali.py:naflex=9+16+25          NaFlex: stamps at their own aspect ratio, a budget
+                                                                 of 9, 16 or 25 patches per batch, every task
+                                                                 evaluated at each (and 36)
 """
 from vlm_jax.config import config_args, small_run
 from vlm_jax.data.ops import STYLE_AUGMENT
@@ -19,8 +22,9 @@ SIZES = {
 
 
 def get_config(arg=None):
-    """`arg`: layout=encdec|decoder, size=small|test, steps=N, batch=N."""
-    arg = config_args(arg, layout="encdec", size="small", steps=1200, batch=256)
+    """`arg`: layout=encdec|decoder, size=small|test, steps=N, batch=N, naflex=budgets (e.g. 9+16+25; empty: fixed
+    32 px squares), eval_budgets (default: the training budgets and 36)."""
+    arg = config_args(arg, layout="encdec", size="small", steps=1200, batch=256, naflex="", eval_budgets="")
     image, encoder, decoder, image_size = SIZES[arg.size]
     if arg.layout == "decoder":  # one stack: as deep as the encoder and decoder together
         decoder = dict(decoder, depth=decoder["depth"] + encoder["depth"])
@@ -28,6 +32,12 @@ def get_config(arg=None):
     c.data = dict(name="multitask", data_dir="", image_size=image_size, text_len=32, prompt_len=16,
                   augment=STYLE_AUGMENT,
                   tasks=dict(caption_en=0.3, caption_de=0.15, emoji_name=0.3, emoji_group=0.15, translate_de=0.1))
+    budgets = tuple(int(b) for b in str(arg.naflex).replace("+", ",").split(",") if b)
+    if budgets:  # the 4 × 4 position table (32 px / 8 px patches) resized to each image's grid
+        evals = tuple(int(b) for b in str(arg.eval_budgets).replace("+", ",").split(",") if b) \
+            or tuple(sorted(set(budgets) | {36}))
+        c.data.naflex = dict(budgets=budgets, patch=image["patch_size"][0], eval_budgets=evals)
+        image = dict(image, posemb_grid=image_size // image["patch_size"][0])
     c.model = dict(layout=arg.layout, image=dict(posemb="learn", **image), decoder=decoder)
     if arg.layout == "encdec":
         c.model.encoder = encoder

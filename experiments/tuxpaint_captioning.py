@@ -1,8 +1,9 @@
 """Image captioning on Tux Paint stamps (856 training pictures with one-sentence descriptions; 94 held-out
-stamps whose captions never occur in training), by CapPa or CoCa.
+stamps whose captions never occur in training), by CapPa, CoCa or the decoder-only PrefixLM.
 
   --config experiments/tuxpaint_captioning.py                    CapPa (parallel fraction 0.75)
   --config experiments/tuxpaint_captioning.py:objective=coca     CoCa (contrastive + captioning)
+  --config experiments/tuxpaint_captioning.py:objective=prefixlm PrefixLM (image tokens as a decoder prefix)
   --config experiments/tuxpaint_captioning.py:size=test          tiny model for tests
   --config experiments/tuxpaint_captioning.py:naflex=9+16+25      NaFlex: native-aspect stamps, a budget of 9, 16 or
                                                                   25 patches per batch, evaluated at each (and 36)
@@ -20,11 +21,11 @@ SIZES = {
 
 
 def get_config(arg=None):
-    """`arg`: objective=cappa|coca, size=small|test, steps=N, batch=N, naflex=budgets (e.g. 9+16+25; empty: fixed
+    """`arg`: objective=cappa|coca|prefixlm, size=small|test, steps=N, batch=N, naflex=budgets (e.g. 9+16+25; empty: fixed
     32 px squares), eval_budgets (default: the training budgets and 36)."""
     arg = config_args(arg, objective="cappa", size="small", steps=600, batch=128, naflex="", eval_budgets="")
-    if arg.objective not in ("cappa", "coca"):
-        raise ValueError(f"objective must be cappa or coca, got {arg.objective!r}")
+    if arg.objective not in ("cappa", "coca", "prefixlm"):
+        raise ValueError(f"objective must be cappa, coca or prefixlm, got {arg.objective!r}")
     image, (width, mlp, heads), cappa_depth, coca_depth = SIZES[arg.size]
     c = ml_collections.ConfigDict()
     c.objective = arg.objective
@@ -44,6 +45,9 @@ def get_config(arg=None):
     if arg.objective == "cappa":
         c.model = dict(image=dict(posemb="learn", **image), decoder=dict(depth=cappa_depth, **decoder), cap_queries=0)
         c.loss = dict(parallel_fraction=0.75)
+    elif arg.objective == "prefixlm":  # one stack as deep as CoCa's decoder
+        c.model = dict(image=dict(posemb="learn", **image), decoder=dict(depth=coca_depth, **decoder))
+        c.loss = dict()
     else:
         c.model = dict(image=dict(posemb="learn", **image), embed_dim=width, temperature_init=1 / 0.07,
                        decoder=dict(depth=coca_depth, unimodal_depth=coca_depth // 2, **decoder), cap_queries=16)

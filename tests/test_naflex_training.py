@@ -246,3 +246,110 @@ def test_captioner_masks_naflex_padding(cap_queries, embed_dim):
         return greedy(step, cache, jnp.full((2,), 1, jnp.int32), max_len=5, eos_id=2, pad_id=0)
 
     np.testing.assert_array_equal(captions(padded(np.random.default_rng(3))), captions(exact))
+
+
+@pytest.mark.parametrize("layout", ["encdec", "decoder"])  # PaLI; the decoder-only stack (PaliGemma, PrefixLM)
+def test_prompted_models_mask_naflex_padding(layout):
+    """PaLI and the image prefix-LM on a NaFlex batch with a task prompt: junk in the padding slots (pixels and
+    positions) changes no logit, and a batch padded past its grid equals the same patches without padding (PaLI's
+    encoder and cross-attention, or the prefix-LM's self-attention, teacher-forced and through the decoding cache);
+    greedy answers agree too."""
+    import jax
+    import jax.numpy as jnp
+
+    from vlm_jax.models import decoder as dec
+    from vlm_jax.models.decoding import greedy
+    from vlm_jax.models.pali import PaLI
+    from vlm_jax.models.prefix_lm import ImagePrefixLM
+
+    image = dict(width=16, depth=1, mlp_dim=32, num_heads=2, patch_size=(4, 4), posemb="learn", posemb_grid=3)
+    decoder = dict(width=16, depth=2, mlp_dim=32, num_heads=2, vocab_size=40, max_len=10)
+    if layout == "encdec":
+        model = PaLI(image=image, encoder=dict(width=16, depth=1, num_heads=2), decoder=decoder, prompt_len=4)
+    else:
+        model = ImagePrefixLM(image=image, decoder=decoder)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (8, 16, 3), np.uint8), rng.integers(0, 256, (16, 8, 3), np.uint8)]
+    exact = prep.eval_inputs(images, 4, 8)  # 2 × 4 and 4 × 2 grids: all 8 slots real
+    assert exact["mask"].all()
+
+    def padded(junk):
+        out = {k: np.concatenate([v, np.zeros((2, 5) + v.shape[2:], v.dtype)], 1) if v.ndim > 1 and k != "grid"
+               else v for k, v in exact.items()}
+        out["patches"][:, 8:] = junk.uniform(-1, 1, out["patches"][:, 8:].shape)
+        out["positions"][:, 8:] = junk.integers(0, 3, out["positions"][:, 8:].shape)
+        return out
+
+    prompt = jnp.asarray([[5, 6, 7, 0], [8, 9, 0, 0]], jnp.int32)  # padded prompts: their pads stay hidden too
+    text = jnp.asarray(rng.integers(3, 40, (2, 6)), jnp.int32)
+    params = model.init(jax.random.key(0), exact, text, prompt=prompt)["params"]
+    run = jax.jit(lambda img: model.apply({"params": params}, img, text, prompt=prompt)[0][2])
+    want = run(exact)
+    for seed in (1, 2):
+        np.testing.assert_allclose(run(padded(np.random.default_rng(seed))), want, atol=2e-5)
+
+    def answers(img):
+        context, _ = model.apply({"params": params}, img, prompt, method="encode")
+        cache, context_cache = dec.start_decoding(model, params, context, 2)
+        step = dec.step_fn(model, params, context_cache)
+        return greedy(step, cache, jnp.full((2,), 1, jnp.int32), max_len=5, eos_id=2, pad_id=0)
+
+    np.testing.assert_array_equal(answers(padded(np.random.default_rng(3))), answers(exact))
+    # the test can fail: without the mask the padding's junk reaches the logits
+    unmasked = padded(np.random.default_rng(1))
+    unmasked["mask"] = np.ones_like(unmasked["mask"])
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(run(unmasked), want, atol=2e-5)
+
+
+def test_multitask_naflex_batches_keep_each_images_aspect(tux_dir, data_dir):
+    """The PaLI mixture on NaFlex: every element's grid is the largest one of its source image's aspect within the
+    batch's budget (Tux Paint stamps read at their own aspect ratio, emoji square, the text-only task a grey square),
+    the mask covers exactly rows × cols, and the evaluation tasks come once per eval budget."""
+    import ml_collections
+
+    from vlm_jax.data import multitask
+
+    cfg = ml_collections.ConfigDict(dict(name="multitask", data_dir=data_dir, image_size=32, num_threads=0,
+                                         tasks=dict(caption_en=1.0, emoji_name=1.0, translate_de=1.0),
+                                         naflex=dict(budgets=(9, 16), patch=8, eval_budgets=(4, 16))))
+    data = multitask.MultiTask(cfg)
+    native = tuxpaint.load_split(tux_dir, "train", native=True)
+    tux_shapes = {im.shape[:2] for im in native["image"]}
+    seen_tux, names = set(), data.task_names
+    for i, full in zip(range(3), data.train(24, 0, 0, 1)):
+        budget, batch = prep.budget_for(0, i, (9, 16)), dict(full["image"], task=full["task"])
+        assert batch["patches"].shape == (24, budget, 8 * 8 * 3)
+        for k in range(24):
+            rows, cols = batch["grid"][k]
+            assert batch["mask"][k].sum() == rows * cols and batch["mask"][k, :rows * cols].all()
+            task = names[int(batch["task"][k])]
+            if task == "caption_en":  # some stored stamp's aspect gives this grid
+                fits = {s for s in tux_shapes if prep.grid_for(*s, 8, budget) == (rows, cols)}
+                assert fits, (rows, cols)
+                seen_tux.add((int(rows), int(cols)))
+            else:
+                assert rows == cols == int(budget ** 0.5)  # squares (64 px emoji, 32 px grey)
+            if task == "translate_de":
+                real = batch["patches"][k, :rows * cols].astype(int)
+                assert np.abs(real - 128).max() <= 2  # the grey square (augmentation at most rounds it)
+    assert any(r != c for r, c in seen_tux)  # native aspect, not squared
+    assert sorted(data.prompt_tasks()) == sorted(f"{n}@{b}" for n in names for b in (4, 16))
+
+
+def test_main_trains_pali_on_naflex_and_evaluates_every_task_at_every_budget(tux_dir, data_dir, tmp_path):
+    """PaLI's decoder-only layout (the image prefix-LM) on the NaFlex mixture through `vlm_jax.main`: every task is
+    generated and scored at each evaluation budget, none at fixed resolution."""
+    cfg = "experiments/multitask_pali.py:layout=decoder,size=test,steps=2,batch=16,naflex=4+9,eval_budgets=4+16"
+    out = subprocess.run([sys.executable, "-m", "vlm_jax.main", "--config", cfg, "--workdir", str(tmp_path / "run"),
+                          "--config.evals.batch_size=32", "--config.evals.max_items=8",
+                          "--config.evals.scoring_pairs=64"],
+                         cwd=ROOT, capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    evals = json.loads((tmp_path / "run" / "results.json").read_text())["evals"]
+    for budget in (4, 16):
+        assert evals[f"tasks/emoji_name@{budget}/all/items"] == 8
+        assert 0.0 <= evals[f"tasks/emoji_name@{budget}/all/exact/model"] <= 1.0
+        assert 0.0 <= evals[f"tasks/caption_en@{budget}/all/CIDEr-D/model"]
+        assert f"tasks/emoji_name@{budget}/all/scoring_top@1/model" in evals
+    assert not any(k.startswith("tasks/emoji_name/") for k in evals)

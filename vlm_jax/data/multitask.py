@@ -33,6 +33,7 @@ import numpy as np
 
 from vlm_jax.config import check_keys
 from vlm_jax.data import augment, base, emoji_tfds, multilingual, pipeline, robust, tuxpaint
+from vlm_jax.data import naflex as naflex_lib
 from vlm_jax.data.base import PIXEL_BASELINE_SIZE, TokenizerText, default_data_dir, prep_images, register
 from vlm_jax.data.tokenizer import Tokenizer, write_tokenizer
 from vlm_jax.evals.metrics import pixel_features
@@ -137,9 +138,10 @@ class _Preprocess(pipeline.AugmentingMap):
     """Example → image (blank for text-only) with augmentation parameters, prompt and target tokens (the prompt
     keeps its end; cut fields are listed under `robust.TRUNCATED`); `collate` augments the batch's images together."""
 
-    def __init__(self, tok: Tokenizer, image_size: int, text_len: int, prompt_len: int, augment: dict):
+    def __init__(self, tok: Tokenizer, image_size: int, text_len: int, prompt_len: int, augment: dict,
+                 naflex: bool = False):
         self.tok, self.image_size, self.text_len, self.prompt_len = tok, image_size, text_len, prompt_len
-        self.augment = dict(augment)
+        self.augment, self.naflex = dict(augment), naflex
 
     def random_map(self, ex: Example, rng: np.random.Generator) -> dict[str, Any]:
         if ex.image:
@@ -147,6 +149,9 @@ class _Preprocess(pipeline.AugmentingMap):
             if image is None:
                 return {robust.BAD: reason}
             extra = {"augment": augment.draw(rng, self.augment, image.shape)}  # applied by `collate`
+        elif self.naflex:  # NaFlex batches patchify every image: a grey square (`blank`) like the evaluation's
+            image = blank(1, self.image_size)[0]
+            extra = {"augment": augment.draw(rng, self.augment, image.shape)}
         else:
             image, extra = np.zeros((self.image_size, self.image_size, 3), np.float32), {}
         if not ex.target.strip():
@@ -176,6 +181,11 @@ def group_of(char: str) -> str | None:
     return cldr_groups().get(char.replace("\ufe0f", ""))
 
 
+def blank(n: int, size: int) -> np.ndarray:
+    """The text-only tasks' images on NaFlex: n uint8 grey squares (128: 0.004 in the model's [-1, 1])."""
+    return np.full((n, size, size, 3), 128, np.uint8)
+
+
 def pixel_nn(query: np.ndarray, pool: np.ndarray) -> np.ndarray:
     """Index of each query's most correlated pool image (raw pixels)."""
     return np.argmax(pixel_features(query) @ pixel_features(pool).T, axis=1)
@@ -187,9 +197,12 @@ class MultiTask(TokenizerText):
 
     DEFAULTS = dict(name="multitask", data_dir="", image_size=32, text_len=32, prompt_len=16, augment={},
                     num_threads=-1, tasks=DEFAULT_TASKS, tokenizer_vocab=4096, block=4096,
-                    emoji_styles=("noto", "twitter", "facebook"))
+                    emoji_styles=("noto", "twitter", "facebook"), naflex={})
     # tasks: name → weight (weights need not sum to 1); block: elements per task-schedule block; emoji_styles:
     # the emoji drawings of the image tasks (as the emoji dataset's train_styles; OpenMoji stays held out).
+    # naflex: {budgets, patch, eval_budgets} (`data.naflex.CONFIG_DEFAULTS`): NaFlex patch batches, a budget drawn
+    # per batch; Tux Paint stamps at their own aspect ratio (the n64 images), emoji square, text-only tasks a grey
+    # square of image_size; every task evaluated at each eval budget ("<task>@<budget>").
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -199,6 +212,7 @@ class MultiTask(TokenizerText):
         self.prompt_len, self.augment = int(cfg["prompt_len"]), dict(cfg["augment"] or {})
         self.num_threads, self.block = int(cfg["num_threads"]), int(cfg["block"])
         self.emoji_styles = tuple(cfg["emoji_styles"])
+        self.naflex = naflex_lib.from_config(cfg["naflex"])
         tasks = dict(cfg["tasks"])
         if not tasks:
             raise ValueError("data.tasks is empty; give task → weight, e.g. " + json.dumps(DEFAULT_TASKS))
@@ -208,6 +222,8 @@ class MultiTask(TokenizerText):
             parse_task(name)
         emoji_tfds.prepare(self.data_dir, image_size=PREPARED_SIZE)
         tuxpaint.prepare(self.data_dir, PREPARED_SIZE)
+        if self.naflex is not None:
+            tuxpaint.prepare(self.data_dir, PREPARED_SIZE, native=True)
         self.examples = {n: self._train_examples(n) for n in self.task_names}
         empty = [n for n, ex in self.examples.items() if not ex]
         if empty:
@@ -230,11 +246,21 @@ class MultiTask(TokenizerText):
 
     @functools.cached_property
     def _tux_train(self) -> dict[str, Any]:
-        """Tux Paint training stamps: PNG bytes, English captions, translations."""
+        """Tux Paint training stamps: PNG bytes (squares; "native": at their own aspect ratio, with NaFlex),
+        English captions, translations."""
         src = tuxpaint.data_source(self.data_dir, "train", PREPARED_SIZE, encoded_images=True)
         rows = src.__getitems__(list(range(len(src))))
-        return {"image": [r["image"] for r in rows], "caption": [robust.decode_caption(r["caption"]) for r in rows],
-                "translations": [tuxpaint.translations(r.get("translations")) for r in rows]}
+        out = {"image": [r["image"] for r in rows], "caption": [robust.decode_caption(r["caption"]) for r in rows],
+               "translations": [tuxpaint.translations(r.get("translations")) for r in rows]}
+        if self.naflex is not None:  # the same stamps by id
+            nsrc = tuxpaint.data_source(self.data_dir, "train", PREPARED_SIZE, encoded_images=True, native=True)
+            native = {int(r["id"]): r["image"] for r in nsrc.__getitems__(list(range(len(nsrc))))}
+            ids = [int(r["id"]) for r in rows]
+            if set(ids) != set(native):
+                raise ValueError(f"vlm_tuxpaint n{PREPARED_SIZE} and s{PREPARED_SIZE} hold different train stamps in "
+                                 f"{self.data_dir}: delete both and prepare again")
+            out["native"] = [native[i] for i in ids]
+        return out
 
     @staticmethod
     def _caption_in(lang: str, caption: str | None, translations: dict[str, str]) -> str | None:
@@ -246,7 +272,7 @@ class MultiTask(TokenizerText):
         out: list[Example] = []
         if kind == "caption":
             tux = self._tux_train
-            for img, cap, tr in zip(tux["image"], tux["caption"], tux["translations"]):
+            for img, cap, tr in zip(tux.get("native", tux["image"]), tux["caption"], tux["translations"]):
                 target = self._caption_in(lang, cap, tr)
                 if target:
                     out.append(Example(img, PROMPTS["caption"].format(lang=lang), target))
@@ -306,13 +332,17 @@ class MultiTask(TokenizerText):
 
     def train(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         """The mixture: global element i is drawn from task schedule(i); this process takes i ≡ p (mod P)."""
-        preprocess = _Preprocess(self.tokenizer, self.image_size, self.text_len, self.prompt_len, self.augment)
+        preprocess = _Preprocess(self.tokenizer, self.image_size, self.text_len, self.prompt_len, self.augment,
+                                 naflex=self.naflex is not None)
         streams = [grain.MapDataset.source(self.examples[n]).shuffle(seed=seed + 10 * t).repeat(None)
                    .random_map(preprocess, seed=seed + 10 * t + 1) for t, n in enumerate(self.task_names)]
         ds = grain.MapDataset.source(_Mixture(streams, self.schedule(seed)))[process_index::process_count]
         ds = ds.to_iter_dataset(pipeline.read_options(self.num_threads))
         name = f"multitask ({', '.join(self.task_names)}) in {self.data_dir}"
-        return robust.SkipBad(ds, name).batch(batch_size, drop_remainder=True, batch_fn=preprocess.collate)
+        ds = robust.SkipBad(ds, name)
+        if self.naflex is not None:
+            return pipeline.naflex_batches(ds, batch_size, seed, self.naflex, self.augment)
+        return ds.batch(batch_size, drop_remainder=True, batch_fn=preprocess.collate)
 
     # ------------------------------------------------------------------ held-out evaluation
     def eval_sets(self, names: list[str]) -> dict[str, Any]:
@@ -320,10 +350,19 @@ class MultiTask(TokenizerText):
         return {}
 
     def prompt_tasks(self) -> dict[str, PromptTask]:
-        """Held-out evaluation of every configured task (see the module docstring)."""
-        return {n: self._eval_task(n) for n in self.task_names}
+        """Held-out evaluation of every configured task (see the module docstring); with NaFlex, every task at each
+        eval budget ("<task>@<budget>")."""
+        if self.naflex is None:
+            return {n: self._eval_task(n) for n in self.task_names}
+        return {f"{n}@{b}": self._eval_task(n, b) for n in self.task_names for b in self.naflex.eval}
 
-    def _eval_task(self, name: str) -> PromptTask:
+    def _images(self, images: Any, budget: int | None) -> Any:
+        """uint8 images → the model's inputs: float32 squares of image_size, or a NaFlex batch at `budget`."""
+        if budget is None:
+            return prep_images(images, self.image_size)
+        return naflex_lib.eval_inputs(list(images), self.naflex.patch, budget)
+
+    def _eval_task(self, name: str, budget: int | None = None) -> PromptTask:
         kind, lang = parse_task(name)
         size = self.image_size
         if kind == "caption":
@@ -337,14 +376,24 @@ class MultiTask(TokenizerText):
             query_px = prep_images(test["image"][keep], PIXEL_BASELINE_SIZE)
             nearest = pixel_nn(query_px, pool_px)
             pixel = [self._caption_in(lang, train["caption"][pool[j]], train["translations"][pool[j]]) for j in nearest]
-            return PromptTask(images=prep_images(test["image"][keep], size),
+            if budget is None:
+                query = test["image"][keep]
+            else:  # the same test stamps (sorted by id) at their own aspect ratio
+                native = tuxpaint.load_split(self.data_dir, "test", PREPARED_SIZE, native=True)
+                if native["path"] != test["path"]:
+                    raise ValueError(f"vlm_tuxpaint n{PREPARED_SIZE} and s{PREPARED_SIZE} hold different test stamps in "
+                                     f"{self.data_dir}: delete both and prepare again")
+                query = [native["image"][i] for i in keep]
+            return PromptTask(images=self._images(query, budget),
                               prompts=[PROMPTS["caption"].format(lang=lang)] * len(keep), references=refs,
                               metric="caption", baselines={"pixel": pixel})
         noto, om = self._emoji_eval["noto"], self._emoji_eval["openmoji"]
         if kind == "translate":
             rows = [i for i, s in enumerate(noto["seen"]) if not s and multilingual.name_of(noto["emoji"][i], lang)]
             en = [noto["name"][i] for i in rows]
-            return PromptTask(images=np.zeros((len(rows), size, size, 3), np.float32),
+            images = np.zeros((len(rows), size, size, 3), np.float32) if budget is None else \
+                self._images(blank(len(rows), size), budget)
+            return PromptTask(images=images,
                               prompts=[PROMPTS["translate"].format(lang=lang, text=t) for t in en],
                               references=[[multilingual.name_of(noto["emoji"][i], lang)] for i in rows],
                               metric="exact", baselines={"copy": en})
@@ -361,7 +410,7 @@ class MultiTask(TokenizerText):
         query_px = prep_images(om["image"][rows], PIXEL_BASELINE_SIZE)
         pixel = [answer(seen_cls[j]) for j in pixel_nn(query_px, class_px)]
         baselines = {"pixel": pixel}  # the evaluator adds "chance": each subset's most common answer
-        return PromptTask(images=prep_images(om["image"][rows], size), prompts=[PROMPTS[kind]] * len(rows),
+        return PromptTask(images=self._images(om["image"][rows], budget), prompts=[PROMPTS[kind]] * len(rows),
                           references=[[t] for t in truth], metric="exact", baselines=baselines,
                           classes=classes, labels=np.asarray([index[t] for t in truth]),
                           prefix_sep=" / " if kind == "emoji_group" else None,

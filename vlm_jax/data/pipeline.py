@@ -257,14 +257,21 @@ def train_stream(src: Any, preprocess: grain.transforms.RandomMap, *, batch_size
     ds = ds.to_iter_dataset(read_options(num_threads, prefetch))
     ds = robust.SkipBad(ds, name, max_bad)
     if naflex is not None:
-        cfg = dict(preprocess.augment)
-
-        def naflex_batch(index: int, elements: list[dict[str, Any]]) -> dict[str, Any]:
-            return naflex_lib.collate(elements, cfg, naflex.patch, naflex_lib.budget_for(seed, index, naflex.train))
-
-        return ds.batch(batch_size, drop_remainder=True, batch_fn=list).map_with_index(naflex_batch)
+        return naflex_batches(ds, batch_size, seed, naflex, preprocess.augment)
     collate = getattr(preprocess, "collate", None)  # a batch function, e.g. batched augmentation
     return ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
+
+
+def naflex_batches(ds: grain.IterDataset, batch_size: int, seed: int, naflex: naflex_lib.Budgets,
+                   augment: dict[str, Any]) -> grain.IterDataset:
+    """Preprocessed elements (uint8 "image" + "augment" parameters) → NaFlex patch batches (`naflex.collate`) at a
+    budget drawn per batch from its index (`naflex.budget_for`: equal on every host, restored on resume)."""
+    cfg = dict(augment)
+
+    def naflex_batch(index: int, elements: list[dict[str, Any]]) -> dict[str, Any]:
+        return naflex_lib.collate(elements, cfg, naflex.patch, naflex_lib.budget_for(seed, index, naflex.train))
+
+    return ds.batch(batch_size, drop_remainder=True, batch_fn=list).map_with_index(naflex_batch)
 
 
 def read_options(num_threads: int, prefetch: int = 8) -> grain.ReadOptions:

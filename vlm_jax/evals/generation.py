@@ -34,12 +34,12 @@ def _pad_rows(x: Any, n: int) -> Any:
     return jax.tree.map(lambda v: v if len(v) == n else np.concatenate([v, np.repeat(v[-1:], n - len(v), axis=0)]), x)
 
 
-def _count(images: Any) -> int:
+def count_rows(images: Any) -> int:
     """How many images: rows of an array [N, H, W, 3] or of a NaFlex batch (a dict of arrays with leading N)."""
     return len(jax.tree.leaves(images)[0])
 
 
-def _take(images: Any, rows: Any) -> Any:
+def take_rows(images: Any, rows: Any) -> Any:
     """Rows (a slice or indices) of images: float32 pixels, or a NaFlex batch with float patches as float32."""
     def take(v: Any) -> np.ndarray:
         v = np.asarray(v)[rows]
@@ -183,10 +183,10 @@ class CaptionFns:
         """int32 [N, max_len] generated tokens for float images [N, H, W, 3] in [-1, 1] (and their prompts)."""
         mesh, out = mesh_of(params), []
         fn = self._fn("generate", mesh)
-        ptok = self.prompt_tokens(prompts, _count(images))
-        for start in range(0, _count(images), self.batch_size):
-            chunk = _take(images, slice(start, start + self.batch_size))
-            n = _count(chunk)
+        ptok = self.prompt_tokens(prompts, count_rows(images))
+        for start in range(0, count_rows(images), self.batch_size):
+            chunk = take_rows(images, slice(start, start + self.batch_size))
+            n = count_rows(chunk)
             res = fn(params, self._put(_pad_rows(chunk, self.batch_size), mesh),
                      self._rows(ptok, start, n, self.batch_size, mesh))
             out.append(np.asarray(jax.device_get(res))[:n])
@@ -194,7 +194,7 @@ class CaptionFns:
 
     def generate(self, params: Any, images: np.ndarray, prompts: str | Sequence[str] | None = None) -> list[str]:
         """Captions (answers to the prompts) of images."""
-        return self.detokenize(self.generate_tokens(params, images, prompts)) if _count(images) else []
+        return self.detokenize(self.generate_tokens(params, images, prompts)) if count_rows(images) else []
 
     def pair_scores(self, params: Any, images: np.ndarray, texts: Sequence[str],
                     prompts: str | Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +206,7 @@ class CaptionFns:
         lls, counts = [], []
         for start in range(0, len(texts), self.batch_size):
             n = min(self.batch_size, len(texts) - start)
-            img = _pad_rows(_take(images, slice(start, start + n)), self.batch_size)
+            img = _pad_rows(take_rows(images, slice(start, start + n)), self.batch_size)
             tok = _pad_rows(tokens[start:start + n], self.batch_size)
             ll, cnt = jax.device_get(fn(params, self._put(img, mesh), self._put(tok, mesh),
                                         self._rows(ptok, start, n, self.batch_size, mesh)))
@@ -220,13 +220,13 @@ class CaptionFns:
         mesh = mesh_of(params)
         encode, fn = self._fn("encode", mesh), self._fn("class_scores", mesh)
         tokens = self.tokenize(list(texts))
-        total = _count(images)
+        total = count_rows(images)
         ptok = self.prompt_tokens(prompts, total)
         bi = max(1, self.batch_size // 8)  # images per call: each is paired with a chunk of class texts
         out = np.zeros((total, len(texts)), np.float64)
         for i in range(0, total, bi):
             n = min(bi, total - i)
-            img = self._put(_pad_rows(_take(images, slice(i, i + n)), bi), mesh)
+            img = self._put(_pad_rows(take_rows(images, slice(i, i + n)), bi), mesh)
             context = encode(params, img, self._rows(ptok, i, n, bi, mesh))  # once for every chunk of texts
             for c in range(0, len(texts), self.class_chunk):
                 m = min(self.class_chunk, len(texts) - c)
@@ -284,7 +284,7 @@ class CaptionEvaluator:
                         scores = caption_scores({i: cands[i] for i in idx}, {i: refs[i] for i in idx})
                         out.update({f"{name}/{sub}/{k}/{who}": scores[k] for k in CAPTION_METRICS})
             pairs = [(i, r) for i, rs in refs.items() for r in rs]
-            ll, count = self.fns.pair_scores(params, _take(ev.images, [i for i, _ in pairs]), [r for _, r in pairs])
+            ll, count = self.fns.pair_scores(params, take_rows(ev.images, [i for i, _ in pairs]), [r for _, r in pairs])
             out[f"{name}/nll_per_token"] = float(-ll.sum() / max(count.sum(), 1))
             out[f"{name}/perplexity"] = float(np.exp(out[f"{name}/nll_per_token"]))
             if self.verbose and jax.process_index() == 0:
@@ -313,7 +313,7 @@ class ScoringClassifier:
 
     def scores(self, params: Any, ev: EvalSet, idx: np.ndarray) -> np.ndarray:
         """[Q, C] prompt log-likelihoods of the chosen queries, averaged over templates."""
-        per = [self.fns.class_scores(params, _take(ev.images, idx), [t.format(c) for c in ev.class_names])
+        per = [self.fns.class_scores(params, take_rows(ev.images, idx), [t.format(c) for c in ev.class_names])
                for t in self.templates]
         return np.mean(per, axis=0)
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from vlm_jax.evals.captioning import caption_scores
-from vlm_jax.evals.generation import CAPTION_METRICS, CaptionFns, scoring_queries
+from vlm_jax.evals.generation import CAPTION_METRICS, CaptionFns, scoring_queries, take_rows
 from vlm_jax.evals.metrics import chance_topk, topk_hits
 from vlm_jax.evals.zeroshot import KS
 
@@ -61,7 +61,7 @@ class PromptEvaluator:
         out: dict[str, float] = {}
         for name, task in self.tasks.items():
             idx = self.items[name]
-            images, prompts = task.images[idx], [task.prompts[i] for i in idx]
+            images, prompts = take_rows(task.images, idx), [task.prompts[i] for i in idx]
             refs = [task.references[i] for i in idx]
             answers = self.fns.generate(params, images, prompts)
             self.last_answers[name] = answers
@@ -93,7 +93,8 @@ class PromptEvaluator:
         classes, for evenly spaced queries such that queries × classes ≤ scoring_pairs."""
         q = scoring_queries(len(idx), len(task.classes), self.scoring_pairs)
         rows = idx[q]
-        scores = self.fns.class_scores(params, task.images[rows], task.classes, [task.prompts[i] for i in rows])
+        scores = self.fns.class_scores(params, take_rows(task.images, rows), task.classes,
+                                       [task.prompts[i] for i in rows])
         return q, topk_hits(scores, np.asarray(task.labels)[rows], KS)
 
     @staticmethod

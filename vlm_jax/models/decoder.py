@@ -120,14 +120,16 @@ class DecoderBlock(nn.Module):
 
 
 def self_attention_mask(tokens: Array, pad_id: int, extra: int = 0, parallel: Array | None = None,
-                        prefix: int = 0, prefix_len: Array | None = None) -> Array:
-    """bool [B, 1, N, N] over N = prefix + L + extra positions: `prefix` always-valid leading positions (image
-    tokens), the text, `extra` always-valid appended ones (CoCa's CLS). Causal, pad keys hidden; keys among the
-    leading `prefix` positions and the first `prefix_len` [B] text positions are seen by every query (prefix-LM);
-    rows where `parallel` [B] is true are fully bidirectional (CapPa)."""
+                        prefix: int = 0, prefix_len: Array | None = None, prefix_mask: Array | None = None) -> Array:
+    """bool [B, 1, N, N] over N = prefix + L + extra positions: `prefix` leading positions (image tokens; valid
+    unless `prefix_mask` [B, prefix] says otherwise, e.g. NaFlex padding), the text, `extra` always-valid appended
+    ones (CoCa's CLS). Causal, pad keys hidden; keys among the leading `prefix` positions and the first
+    `prefix_len` [B] text positions are seen by every query (prefix-LM); rows where `parallel` [B] is true are
+    fully bidirectional (CapPa)."""
     b, length = tokens.shape
     valid = tokens != pad_id
-    valid = jnp.concatenate([jnp.ones((b, prefix), bool), valid, jnp.ones((b, extra), bool)], axis=1)
+    lead = jnp.ones((b, prefix), bool) if prefix_mask is None else prefix_mask.astype(bool)
+    valid = jnp.concatenate([lead, valid, jnp.ones((b, extra), bool)], axis=1)
     n = prefix + length + extra
     visible = jnp.broadcast_to(jnp.tril(jnp.ones((n, n), bool))[None, None], (b, 1, n, n))
     if prefix or prefix_len is not None:
@@ -185,14 +187,16 @@ class TextDecoder(nn.Module):
     def __call__(self, tokens: Array | None, context: Array | None = None, *, train: bool = False,
                  decode: bool = False, parallel: Array | None = None, unimodal_only: bool = False,
                  prefix: Array | None = None, prefix_len: Array | None = None,
-                 context_mask: Array | None = None) -> tuple[Array | None, dict[str, Any]]:
+                 context_mask: Array | None = None,
+                 prefix_mask: Array | None = None) -> tuple[Array | None, dict[str, Any]]:
         """tokens [B, L] (decode: [N, 1]); context [B, T, D] image tokens → logits float32 [B, L, V].
 
         parallel: [B] bool, rows that attend bidirectionally (CapPa). unimodal_only: stop after the unimodal
         blocks and return (None, aux) (CoCa's text embedding needs no image). prefix: [B, P, width] embedded
         tokens (e.g. projected image tokens) placed before the text in the same stack, seen by every position,
         with the first `prefix_len` [B] text positions (prefix-LM); logits cover the text only.
-        context_mask: [B, T] bool, the valid context tokens (a padded prompt's pads are not).
+        context_mask: [B, T] bool, the valid context tokens (a padded prompt's pads are not). prefix_mask: [B, P]
+        bool, the valid prefix positions (NaFlex padding is not): hidden as keys, teacher-forced and in the cache.
         Decoding (see the module docstring): `tokens=None` prefills (returns (None, aux)): the prefix (if any)
         into the self-attention cache, the context's keys/values into CONTEXT_CACHE; `tokens` with a prefix
         prefill the prefix and a prompt (all of it bidirectional, its pad positions hidden from later queries);
@@ -231,12 +235,14 @@ class TextDecoder(nn.Module):
             cls = self.param("cls", _lp(nn.initializers.normal(stddev=0.02), (None, None, "embed")),
                              (1, 1, self.width), jnp.float32)
             x = jnp.concatenate([x, jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype)], axis=1)
-        if decode:  # the validity of the new keys: a prompt's pads are hidden, everything else is valid
+        if decode:  # the validity of the new keys: prefix padding and a prompt's pads are hidden, the rest valid
             mask = None
-            if tokens is not None and prefix is not None:
-                mask = jnp.concatenate([jnp.ones((b, n_prefix), bool), tokens != self.pad_id], axis=1)
+            if prefix is not None:
+                lead = jnp.ones((b, n_prefix), bool) if prefix_mask is None else prefix_mask.astype(bool)
+                mask = lead if tokens is None else jnp.concatenate([lead, tokens != self.pad_id], axis=1)
         else:
-            mask = self_attention_mask(tokens, self.pad_id, int(with_cls), parallel, n_prefix, prefix_len)
+            mask = self_attention_mask(tokens, self.pad_id, int(with_cls), parallel, n_prefix, prefix_len,
+                                       prefix_mask)
         aux: dict[str, Any] = {}
         split = self.unimodal_depth if self.cross_attention else self.depth  # blocks below have no cross-attention
         x = self._blocks(0, split, False, x, context, mask, context_mask, not train, decode, aux)
@@ -255,20 +261,20 @@ class TextDecoder(nn.Module):
         return logits.astype(jnp.float32), aux
 
     def prefill(self, context: Array | None = None, context_mask: Array | None = None, prefix: Array | None = None,
-                prompt: Array | None = None) -> None:
+                prompt: Array | None = None, prefix_mask: Array | None = None) -> None:
         """Decoding's first call: the prefix and prompt into the self-attention cache, the context's keys/values
         into CONTEXT_CACHE (both collections mutable)."""
-        self(prompt, context, decode=True, prefix=prefix, context_mask=context_mask)
+        self(prompt, context, decode=True, prefix=prefix, context_mask=context_mask, prefix_mask=prefix_mask)
 
     def decode_step(self, tokens: Array) -> Array:
         """One cached step: tokens [N, 1] → logits [N, 1, V] (the "cache" collection is mutated)."""
         return self(tokens, decode=True)[0]
 
     def init_cache(self, batch_size: int, context: Array | None = None, context_mask: Array | None = None,
-                   prefix: Array | None = None, prompt: Array | None = None) -> Any:
+                   prefix: Array | None = None, prompt: Array | None = None, prefix_mask: Array | None = None) -> Any:
         """An empty "cache" collection for `batch_size` rows: the prefix and `max_len` text positions (a prompt's
         included). Takes `prefill`'s arguments."""
-        del prompt  # its positions are among the max_len
+        del prompt, prefix_mask  # the prompt's positions are among the max_len; validity is written by prefill
         tokens = jnp.zeros((batch_size, self.max_len), jnp.int32)
         return empty_cache(self, tokens, context, decode=True, prefix=prefix, context_mask=context_mask)
 
@@ -289,7 +295,8 @@ class TextGenerator(nn.Module):
     """
 
     def decoder_inputs(self, context: Any) -> dict[str, Any]:
-        """`TextDecoder.prefill`'s arguments (context, context_mask, prefix, prompt) for an encoded context."""
+        """`TextDecoder.prefill`'s arguments (context, context_mask, prefix, prompt, prefix_mask) for an encoded
+        context."""
         raise NotImplementedError
 
     def decode_capacity(self, prompt_len: int = 0) -> int:
@@ -309,7 +316,7 @@ class TextGenerator(nn.Module):
         """Creates the decoding cache at its full length (used through `init_cache`)."""
         kw = self.decoder_inputs(context)
         self.text_decoder(tokens, kw.get("context"), decode=True, prefix=kw.get("prefix"),
-                          context_mask=kw.get("context_mask"))
+                          context_mask=kw.get("context_mask"), prefix_mask=kw.get("prefix_mask"))
 
     def init_cache(self, batch_size: int, context: Any) -> Any:
         """An empty "cache" collection for `batch_size` rows of the encoded `context`."""

@@ -47,12 +47,14 @@ class PaLI(TextGenerator):
         self.mm_encoder = layers.Encoder(**enc, name="encoder")
         self.text_decoder = TextDecoder(**{**self.decoder, "cross_attention": True}, name="decoder")
 
-    def encode(self, image: Array, prompt: Array | None = None, train: bool = False) -> tuple[dict[str, Array], None]:
-        """The decoder's context {"tokens": encoder output [B, T + P, width], "mask": valid positions [B, T + P]}."""
-        x, _ = self.vit(image, train=train)
+    def encode(self, image: Array | dict[str, Array], prompt: Array | None = None,
+               train: bool = False) -> tuple[dict[str, Array], None]:
+        """The decoder's context {"tokens": encoder output [B, T + P, width], "mask": valid positions [B, T + P]}
+        (a NaFlex batch's padding patches and the prompt's pads are not valid: hidden in both stacks)."""
+        x, aux = self.vit(image, train=train)
         x = self.img_proj(x).astype(jnp.float32)
         b, t = x.shape[:2]
-        valid = jnp.ones((b, t), bool)
+        valid = jnp.ones((b, t), bool) if aux.get("mask") is None else aux["mask"].astype(bool)
         if prompt is not None:
             if prompt.shape[1] > self.prompt_len:
                 raise ValueError(f"prompt length {prompt.shape[1]} exceeds prompt_len {self.prompt_len}")
@@ -73,6 +75,7 @@ class PaLI(TextGenerator):
 
     def __call__(self, image: Array, text: Array, *, prompt: Array | None = None,
                  train: bool = False) -> tuple[tuple[None, None, Array], dict[str, Any]]:
-        """image [B, H, W, 3], decoder inputs `text` [B, L], prompt [B, P] → ((None, None, logits), aux)."""
+        """image [B, H, W, 3] (or a NaFlex batch), decoder inputs `text` [B, L], prompt [B, P] → ((None, None,
+        logits), aux)."""
         context, _ = self.encode(image, prompt, train)
         return (None, None, self.logits(text, context, train)), {"context": context}

@@ -32,11 +32,13 @@ class ImagePrefixLM(TextGenerator):
         self.img_proj = layers.dense(width, ("embed", None), self.decoder.get("dtype_mm", "float32"),
                                      name="img_proj")
 
-    def encode(self, image: Array, prompt: Array | None = None, train: bool = False) -> tuple[dict[str, Any], None]:
-        """The decoding context {"image": the image prefix [B, T, width], "prompt": tokens [B, P] or None} (and no
-        embedding)."""
-        tokens, _ = self.vit(image, train=train)
-        return {"image": self.img_proj(tokens).astype(jnp.float32), "prompt": prompt}, None
+    def encode(self, image: Array | dict[str, Array], prompt: Array | None = None,
+               train: bool = False) -> tuple[dict[str, Any], None]:
+        """The decoding context {"image": the image prefix [B, T, width], "prompt": tokens [B, P] or None,
+        "image_mask": the real patches [B, T] of a NaFlex batch, else None} (and no embedding)."""
+        tokens, aux = self.vit(image, train=train)
+        return {"image": self.img_proj(tokens).astype(jnp.float32), "prompt": prompt,
+                "image_mask": aux.get("mask")}, None
 
     @staticmethod
     def _with_prompt(tokens: Array, context: dict[str, Any],
@@ -55,11 +57,12 @@ class ImagePrefixLM(TextGenerator):
         """Teacher-forced logits [B, L, V] of decoder inputs after the image prefix and prompt (and `prefix_len`
         text positions also bidirectional)."""
         text, plen, p = self._with_prompt(tokens, context, prefix_len)
-        return self.text_decoder(text, train=train, prefix=context["image"], prefix_len=plen)[0][:, p:]
+        return self.text_decoder(text, train=train, prefix=context["image"], prefix_len=plen,
+                                 prefix_mask=context.get("image_mask"))[0][:, p:]
 
     def decoder_inputs(self, context: dict[str, Any]) -> dict[str, Any]:
-        """Decoding prefills the image prefix and the prompt (its pads hidden)."""
-        return {"prefix": context["image"], "prompt": context.get("prompt")}
+        """Decoding prefills the image prefix (NaFlex padding hidden) and the prompt (its pads hidden)."""
+        return {"prefix": context["image"], "prompt": context.get("prompt"), "prefix_mask": context.get("image_mask")}
 
     def decode_capacity(self, prompt_len: int = 0) -> int:
         """The prompt shares the decoder's `max_len` text positions with the answer."""

@@ -37,6 +37,7 @@ class PaLIObjective(CaptionParts, Objective):
 
     CONFIG_DEFAULTS = {"loss": dict(label_smoothing=0.0), "evals": PALI_EVAL_DEFAULTS}
     MODEL_KEYS = ("layout", "image", "encoder", "decoder")
+    NAFLEX = True  # the encoder and cross-attention (encdec) or the prefix's self-attention mask NaFlex padding
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)

@@ -25,6 +25,7 @@ class PrefixLMObjective(CaptionParts, Objective):
 
     CONFIG_DEFAULTS = {"loss": dict(label_smoothing=0.0), "evals": EVAL_DEFAULTS}
     MODEL_KEYS = ("image", "decoder")
+    NAFLEX = True  # the image prefix's padding is hidden from every position, teacher-forced and decoding
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
