@@ -353,3 +353,21 @@ def test_main_trains_pali_on_naflex_and_evaluates_every_task_at_every_budget(tux
         assert 0.0 <= evals[f"tasks/caption_en@{budget}/all/CIDEr-D/model"]
         assert f"tasks/emoji_name@{budget}/all/scoring_top@1/model" in evals
     assert not any(k.startswith("tasks/emoji_name/") for k in evals)
+    # the loaded run and the caption tool read a file at its own aspect ratio, at the chosen budget
+    import vlm_jax
+    from vlm_jax.tools import caption
+
+    run = vlm_jax.load(tmp_path / "run")
+    assert run.budget == 16
+    wide = np.full((20, 60, 3), 255, np.uint8)  # a 2 × 5 red bar drawn on white: 1:3 once cropped to the drawing
+    wide[4:16, 6:54] = (200, 30, 30)
+    Image.fromarray(wide).save(tmp_path / "bar.png")
+    batch = run.preprocess([tmp_path / "bar.png"])
+    rows, cols = batch["grid"][0]
+    assert cols >= 3 * rows - 1 and rows * cols <= 16  # kept wide, not squared
+    run.budget = 4
+    assert tuple(run.preprocess([wide])["grid"][0]) == prep.grid_for(20, 60, 8, 4) == (1, 3)
+    fns = run.objective.caption_fns
+    want = fns.generate(run.params, run.preprocess([tmp_path / "bar.png"]), "which group?")
+    assert caption.caption_files(tmp_path / "run", [str(tmp_path / "bar.png")], prompt="which group?",
+                                 budget=4) == want

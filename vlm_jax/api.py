@@ -35,6 +35,10 @@ class TrainedRun:
     def __init__(self, workdir: Path, setup: Any, params: Any, step: int):
         self.workdir, self.setup, self.params, self.step = workdir, setup, params, step
         self.config, self.objective = setup.config, setup.objective
+        naflex = getattr(self.objective.data, "naflex", None)
+        # a NaFlex run reads images at their own aspect ratio within this many patches (set it to another budget
+        # to trade cost for detail); None: a fixed-resolution run
+        self.budget: int | None = max(naflex.eval) if naflex is not None else None
 
     def __repr__(self) -> str:
         return f"TrainedRun({str(self.workdir)!r}, objective={self.config.objective!r}, step={self.step})"
@@ -44,13 +48,16 @@ class TrainedRun:
         """The model's input resolution."""
         return int(self.objective.data.image_size)
 
-    def preprocess(self, images: Any) -> np.ndarray:
+    def preprocess(self, images: Any) -> Any:
         """float32 [N, S, S, 3] in [-1, 1] from file paths, PIL images, uint8 arrays ([H, W, 3|4] or [N, H, W, 3])
         or float arrays already in [-1, 1] at the model's size. Files and PIL images are prepared like the
         training drawings (cropped to the drawn pixels, centred on white), or, for a converted checkpoint, sized as
-        its library sizes them."""
+        its library sizes them. A NaFlex run gets a NaFlex batch at `budget` patches instead: each image at its own
+        aspect ratio (files cropped to the drawn pixels on white, as its training stamps)."""
         from vlm_jax.data import ops
 
+        if self.budget is not None:
+            return self._naflex(images)
         if isinstance(images, np.ndarray) and images.ndim == 4:
             if images.dtype == np.uint8:
                 return np.stack([ops.normalize(ops.resize(im, self.image_size)) for im in images])
@@ -60,6 +67,37 @@ class TrainedRun:
             return images.astype(np.float32)
         return np.stack([self._one(im) for im in images]) if len(images) else \
             np.zeros((0, self.image_size, self.image_size, 3), np.float32)
+
+    def _naflex(self, images: Any) -> dict[str, np.ndarray]:
+        """Images (as `preprocess` takes them; float ones in [-1, 1] of any size) → a NaFlex batch at `budget`."""
+        from PIL import Image
+
+        from vlm_jax.data import naflex
+        from vlm_jax.data.tuxpaint import PREPARED_SIZE
+        from vlm_jax.data.tuxpaint.stamps import native_rgb
+
+        def native(image: Any) -> np.ndarray:
+            if isinstance(image, (str, Path, Image.Image)):
+                if isinstance(image, Image.Image):
+                    rgba = image.convert("RGBA")
+                else:
+                    with Image.open(image) as im:
+                        rgba = im.convert("RGBA")
+                arr = np.asarray(rgba)
+                if arr[..., 3].min() == 255:  # opaque: what is not (near) white is the drawing
+                    drawn = (arr[..., :3] < 250).any(-1)
+                    rgba = Image.fromarray(np.dstack([arr[..., :3], np.where(drawn, 255, 0).astype(np.uint8)])
+                                           if drawn.any() else arr, "RGBA")
+                rgb = native_rgb(rgba, PREPARED_SIZE)
+                return np.asarray(rgba.convert("RGB")) if rgb is None else rgb
+            arr = np.asarray(image)
+            if arr.dtype == np.uint8:
+                return arr[..., :3]
+            return np.clip(np.round((arr[..., :3].astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+        patch, arrays = self.objective.data.naflex.patch, [native(im) for im in images]
+        out = naflex.eval_inputs(arrays or [np.zeros((patch, patch, 3), np.uint8)], patch, int(self.budget))
+        return out if arrays else {k: v[:0] for k, v in out.items()}
 
     def _one(self, image: Any) -> np.ndarray:
         from PIL import Image
@@ -146,8 +184,8 @@ class TrainedRun:
         if prompt is not None:
             self._warn_cut_prompts(prompt, max(len(images), 1))
         fns = fns.with_options(beam_size=beam, sampling=dict(sample) if sample else None)  # the evaluators' stay
-        batch = self.preprocess(images) if len(images) else \
-            np.zeros((1, self.image_size, self.image_size, 3), np.float32)
+        batch = self.preprocess(images) if len(images) else self.preprocess(  # text only: a grey square
+            np.zeros((1, self.image_size, self.image_size, 3), np.float32))
         return fns.generate(self.params, batch, prompt)
 
 

@@ -5,7 +5,8 @@
   python -m vlm_jax.tools.caption --workdir runs/mt_encdec --prompt "translate to de: red apple"   (text only)
 
 Images are cropped to their drawn pixels (transparent or, if opaque, white background removed), centred on a
-white square and resized to the run's resolution: the preparation of the training drawings. Reads the run's config.json and newest checkpoint.
+white square and resized to the run's resolution: the preparation of the training drawings (a NaFlex run keeps
+each image's aspect ratio within `--budget` patches). Reads the run's config.json and newest checkpoint.
 """
 from __future__ import annotations
 
@@ -37,16 +38,21 @@ def load_run(workdir: str | Path, overrides: list[str] | None = None) -> tuple[A
 
 def caption_files(workdir: str | Path, images: list[str], beam: int = 1, sample: bool = False,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                  prompt: str | None = None) -> list[str]:
+                  prompt: str | None = None, budget: int = 0) -> list[str]:
     """Captions of image files (answers to `prompt` for a prompted run; no images: one text-only answer) by the
-    run in `workdir`."""
+    run in `workdir`; `budget`: patches per image for a NaFlex run (0: its largest evaluation budget)."""
     from vlm_jax.api import RunLoadError, load
 
     if not images and prompt is None:
         raise SystemExit("give --image files (or a --prompt for a text-only answer)")
     options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed) if sample else None
     try:
-        return load(workdir).caption(list(images), prompt, beam, options)
+        run = load(workdir)
+        if budget:
+            if run.budget is None:
+                raise ValueError(f"--budget {budget}: the run in {workdir} was trained at a fixed resolution")
+            run.budget = budget
+        return run.caption(list(images), prompt, beam, options)
     except (RunLoadError, TypeError, ValueError) as exc:
         raise SystemExit(str(exc)) from exc
 
@@ -64,9 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top_k", type=int, default=0)
     parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget", type=int, default=0,
+                        help="NaFlex runs: patches per image at its own aspect ratio (default: the largest eval budget)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     captions = caption_files(args.workdir, args.image, args.beam, args.sample, args.temperature, args.top_k,
-                             args.top_p, args.seed, args.prompt)
+                             args.top_p, args.seed, args.prompt, args.budget)
     for path, text in zip(args.image or ["(text only)"], captions):
         print(f"{path}\t{text}")
 

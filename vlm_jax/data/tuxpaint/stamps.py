@@ -111,6 +111,12 @@ def render_native(stamp: Stamp, size: int, margin: float = 0.04) -> np.ndarray |
         im = load_rgba(stamp.picture)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+    return native_rgb(im, size, margin)
+
+
+def native_rgb(im: Image.Image, size: int, margin: float = 0.04) -> np.ndarray | None:
+    """An RGBA picture → uint8 [h, w, 3] at its own aspect ratio, longer side `size` (`render_native`'s layout);
+    None when nothing is drawn."""
     box = im.getchannel("A").getbbox()
     if box is None:
         return None
