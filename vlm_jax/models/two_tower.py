@@ -30,6 +30,9 @@ class TwoTower(nn.Module):
     temperature_init: float = 10.0
     bias_init: float | None = None
     text_tower: str = "transformer"  # TEXT_TOWERS: our TextTransformer, or a BERT encoder (pretrained MiniLM)
+    # further learned scales an objective's loss reads, (name, initial value) pairs: a log-parameter `name`, its
+    # exponential in aux[name] (e.g. OTTER's distillation temperature)
+    scales: tuple[tuple[str, float], ...] = ()
 
     @nn.compact
     def __call__(self, image: Array | None, text: Array | None, *,
@@ -51,6 +54,9 @@ class TwoTower(nn.Module):
             ztxt = l2_normalize(out)
 
         aux.update(temperature_and_bias(self, self.temperature_init, self.bias_init))
+        for name, init in self.scales:
+            log_init = nn.with_logical_partitioning(nn.initializers.constant(math.log(init)), ())
+            aux[name] = jnp.exp(self.param(name, log_init, (), jnp.float32))
         return (zimg, ztxt), aux
 
 

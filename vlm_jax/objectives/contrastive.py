@@ -28,7 +28,9 @@ from vlm_jax.train.objective import (Evaluator, LossOut, Normalizers, Objective,
 
 class Towers(NamedTuple):
     """One (micro-)batch through a contrastive model: unit embeddings, logit scale t and bias b (None without),
-    the weighted sum of the loss terms beside the contrastive one, their metrics, and the new `extra`."""
+    the weighted sum of the loss terms beside the contrastive one, their metrics, and the new `extra`; and what else
+    the contrastive loss reads: `rows`, float arrays with one row per example (e.g. a teacher's embeddings, token
+    features), gathered over micro-batches like the embeddings, and `scalars`, learned scalars shared like t."""
     zimg: jax.Array
     ztxt: jax.Array
     t: jax.Array
@@ -36,6 +38,8 @@ class Towers(NamedTuple):
     local: jax.Array
     metrics: dict[str, jax.Array]
     extra: Any
+    rows: dict[str, jax.Array] = {}
+    scalars: dict[str, jax.Array] = {}
 
 
 MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init", "text_tower")
@@ -134,9 +138,11 @@ class ContrastiveObjective(Objective):
         return zimg, ztxt, aux["t"], aux.get("b")
 
     def _contrastive(self, zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array | None,
-                     labels: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                     labels: jax.Array | None = None, rows: dict[str, jax.Array] | None = None,
+                     scalars: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The configured contrastive loss on (global) embeddings, with t and b among the metrics; `labels`
-        [B] for a loss that takes them (UniCL)."""
+        [B] for a loss that takes them (UniCL). `rows` and `scalars` (`Towers`) are for objectives whose loss
+        reads more than the embeddings; this one reads neither."""
         impl, chunk = self.config.loss.get("impl", "full"), int(self.config.loss.get("chunk_size", 0) or 0)
         if self.config.loss.get("name") in LABEL_LOSSES:
             if labels is None:
@@ -161,7 +167,8 @@ class ContrastiveObjective(Objective):
     def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
              norm: Normalizers | None = None) -> LossOut:
         out = self._towers(params, extra, batch, rng, train, norm)
-        loss, metrics = self._contrastive(out.zimg, out.ztxt, out.t, out.b, batch.get("concept"))
+        loss, metrics = self._contrastive(out.zimg, out.ztxt, out.t, out.b, batch.get("concept"), out.rows,
+                                          out.scalars)
         if not out.metrics:
             return loss, (metrics, out.extra)
         total = self.contrastive_weight * loss + out.local
@@ -208,26 +215,31 @@ class ContrastiveObjective(Objective):
 
         parts = jax.lax.map(lambda xs: towers(params, *xs), (subs, keys))
         has_b = parts.b is not None
-        loss_fn = lambda zimg, ztxt, t, b: self._contrastive(  # noqa: E731
-            zimg, ztxt, t, b if has_b else None, batch.get("concept"))
+        loss_fn = lambda zimg, ztxt, t, b, rows_, scalars: self._contrastive(  # noqa: E731
+            zimg, ztxt, t, b if has_b else None, batch.get("concept"), rows_, scalars)
         b0 = parts.b[0] if has_b else jnp.zeros((), jnp.float32)
+        shared = jax.tree.map(lambda x: x[0], parts.scalars)  # equal in every micro-batch, like t and b
         loss, vjp, metrics = jax.vjp(loss_fn, merge_microbatches(parts.zimg), merge_microbatches(parts.ztxt),
-                                     parts.t[0], b0, has_aux=True)
+                                     parts.t[0], b0, jax.tree.map(merge_microbatches, parts.rows), shared,
+                                     has_aux=True)
         weight = self.contrastive_weight if parts.metrics else 1.0
-        g_img, g_txt, g_t, g_b = vjp(jnp.full_like(loss, weight))
+        g_img, g_txt, g_t, g_b, g_rows, g_scalars = vjp(jnp.full_like(loss, weight))
 
         def backward(acc: Any, xs: tuple) -> tuple[Any, None]:
-            sub, key, gi, gt_ = xs
-            embed = lambda p: (lambda o: (o.zimg, o.ztxt, o.t, o.b if has_b else b0, o.local))(  # noqa: E731
-                towers(p, sub, key))
+            sub, key, gi, gt_, gr = xs
+            embed = lambda p: (lambda o: (o.zimg, o.ztxt, o.t, o.b if has_b else b0, o.local, o.rows,  # noqa: E731
+                                          o.scalars))(towers(p, sub, key))
             _, pull = jax.vjp(embed, params)
-            # t and b are shared, and the whole batch's local term is the mean of the micro-batches': 1/n each
-            (grads,) = pull((gi, gt_, g_t / n, g_b / n, jnp.full((), 1.0 / n, jnp.float32)))
+            # t, b and the scalars are shared, and the whole batch's local term is the mean of the micro-batches':
+            # 1/n each
+            (grads,) = pull((gi, gt_, g_t / n, g_b / n, jnp.full((), 1.0 / n, jnp.float32), gr,
+                             jax.tree.map(lambda g: g / n, g_scalars)))
             return jax.tree.map(jnp.add, acc, grads), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         grads, _ = jax.lax.scan(backward, zeros, (subs, keys, split_microbatches(g_img, n),
-                                                  split_microbatches(g_txt, n)))
+                                                  split_microbatches(g_txt, n),
+                                                  jax.tree.map(lambda g: split_microbatches(g, n), g_rows)))
         new_extra = self.merge_extra(extra, parts.extra)
         if not parts.metrics:
             return (loss, (metrics, new_extra)), grads

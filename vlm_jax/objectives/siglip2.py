@@ -12,7 +12,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import PartitionSpec
 
 from vlm_jax.config import check_keys
 from vlm_jax.data.scenes import compose_scenes
@@ -26,6 +25,7 @@ from vlm_jax.losses.masked import random_masking
 from vlm_jax.models.siglip2 import TEACHER, DistillHead, SigLIP2, image_params_at
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.vit import ViT
+from vlm_jax.objectives import teacher as ema_teacher
 from vlm_jax.objectives.contrastive import LOSS_KEYS, ContrastiveObjective, Towers, check_module_fields
 from vlm_jax.train.objective import Evaluator, Normalizers, register
 from vlm_jax.config_audit import merged
@@ -61,12 +61,6 @@ def random_crops(rng: jax.Array, images: jax.Array, fraction: float, size: int) 
     top_left = jax.random.randint(rng, (b, 2), 0, s - side + 1)
     crop = jax.vmap(lambda im, p: jax.lax.dynamic_slice(im, (p[0], p[1], 0), (side, side, c)))(images, top_left)
     return crop if side == size else jax.image.resize(crop, (b, size, size, c), "linear", antialias=True)
-
-
-def _boxed_like(tree: Any, names: Any) -> Any:
-    """`tree`'s leaves boxed with the logical axis names of `names` (a tree of PartitionSpecs; P(): left bare)."""
-    box = lambda spec, x: nn.LogicallyPartitioned(x, names=tuple(spec)) if spec else x  # noqa: E731
-    return jax.tree.map(box, names, tree, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
 
 
 @register("siglip2")
@@ -177,15 +171,6 @@ class SigLIP2Objective(ContrastiveObjective):
                                                 + (int(self.distill_on) + masked * patches) * head)
         return out
 
-    @functools.cached_property
-    def _param_names(self) -> Any:
-        """The logical axis names of every parameter (a tree of PartitionSpecs), from an abstract init."""
-        dummy = {k: jnp.zeros(v.shape, v.dtype) for k, v in self.init_batch(2).items()}
-        model = self.model()
-        boxed = jax.eval_shape(lambda k: model.init({"params": k, "dropout": k}, **dummy, train=False)["params"],
-                               jax.random.key(0))
-        return nn.get_partition_spec(boxed)
-
     def init_extra(self, params: Any) -> Any:
         """With self-distillation or masked prediction: the EMA teacher (a copy of the student's image tower and
         projection head, boxed with the student's logical axis names so it is sharded like the student), DINO's
@@ -193,8 +178,7 @@ class SigLIP2Objective(ContrastiveObjective):
         if not self.ssl_on:
             return {}
         k = int(self.config.model.get("head", {}).get("prototypes", 256))
-        names = self._param_names
-        teacher = {name: _boxed_like(jax.tree.map(jnp.array, params[name]), names[name]) for name in TEACHER}
+        teacher = ema_teacher.init_teacher(params, ema_teacher.param_names(self.model(), self.init_batch(2)), TEACHER)
         return {"teacher": teacher, "center": jnp.zeros((k,), jnp.float32),
                 "patch_center": jnp.zeros((k,), jnp.float32), "updates": jnp.zeros((), jnp.int32)}
 
@@ -202,9 +186,7 @@ class SigLIP2Objective(ContrastiveObjective):
         """teacher ← m · teacher + (1 − m) · student, after every applied update."""
         if not self.ssl_on:
             return extra
-        m = float(self.loss_cfg["ema"])
-        teacher = {name: jax.tree.map(lambda t, s: m * t + (1.0 - m) * s, extra["teacher"][name], params[name])
-                   for name in TEACHER}
+        teacher = ema_teacher.ema_update(extra["teacher"], params, float(self.loss_cfg["ema"]))
         return dict(extra, teacher=teacher, updates=extra["updates"] + 1)
 
     def _locca_tasks(self, rng: jax.Array, b: int) -> jax.Array:
@@ -252,7 +234,7 @@ class SigLIP2Objective(ContrastiveObjective):
         """(SILC loss, TIPS loss, new centre, new patch centre, hidden patches); the teacher (no dropout) is a
         constant to autodiff. Student views draw their dropout from `rng`."""
         cfg, model = self.loss_cfg, self.model()
-        teacher_params = {**params, **jax.lax.stop_gradient(extra["teacher"])}
+        teacher_params = ema_teacher.with_teacher(params, extra["teacher"])
         teacher = lambda method, *a, **k: model.apply({"params": teacher_params}, *a, method=method, **k)  # noqa: E731
 
         def student(method: Any, *a: Any, p: Any = params, key: int = 0, **k: Any) -> Any:

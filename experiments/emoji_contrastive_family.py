@@ -1,0 +1,32 @@
+"""The contrastive family of the survey on one budget (issue 31): every method is the emoji two-tower run
+(experiments/emoji_two_tower.py: same towers, data, augmentation, schedule and evaluation) with its own objective
+and loss settings, so the comparison table (docs/contrastive_family.md) differs only in the method.
+
+  --config experiments/emoji_contrastive_family.py:method=otter          OTTER (optimal-transport soft targets)
+  --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
+  --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
+
+`steps` (default 1200, the README's shorter column) and `seed` set the budget and the repeat.
+"""
+from vlm_jax.config import config_args, load_config
+
+# method → (objective, loss preset of the two-tower config, loss settings on top)
+METHODS = {
+    "clip": ("contrastive", "clip", {}),
+    "siglip": ("contrastive", "siglip", {}),
+    "otter": ("otter", "clip", {}),  # OTTER's own defaults (objectives/otter.py OTTER_DEFAULTS)
+}
+
+
+def get_config(arg=None):
+    """`arg`: method (METHODS), size=small|test, steps=N, batch=N, seed=N."""
+    arg = config_args(arg, method="clip", size="small", steps=1200, batch=256, seed=0)
+    if arg.method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {arg.method!r}")
+    objective, preset, loss = METHODS[arg.method]
+    c = load_config(f"experiments/emoji_two_tower.py:loss={preset},size={arg.size},steps={arg.steps},"
+                    f"batch={arg.batch}")
+    c.objective = objective
+    c.seed = int(arg.seed)
+    c.loss.update(loss)
+    return c
