@@ -3,6 +3,7 @@
 and loss settings, so the comparison table (docs/contrastive_family.md) differs only in the method.
 
   --config experiments/emoji_contrastive_family.py:method=otter          OTTER (optimal-transport soft targets)
+  --config experiments/emoji_contrastive_family.py:method=filip          FILIP (token-wise late interaction)
   --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
   --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
 
@@ -15,6 +16,7 @@ METHODS = {
     "clip": ("contrastive", "clip", {}),
     "siglip": ("contrastive", "siglip", {}),
     "otter": ("otter", "clip", {}),  # OTTER's own defaults (objectives/otter.py OTTER_DEFAULTS)
+    "filip": ("filip", "clip", {}),  # token-wise late interaction, CLIP's temperature
 }
 
 

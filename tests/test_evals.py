@@ -39,7 +39,8 @@ def test_evaluate_set_known_answers():
     labels = np.array([0, 1, 2])
     ev = EvalSet(images=np.zeros((3, 2, 2, 3)), labels=labels, class_names=["a", "b", "c"],
                  class_images=np.zeros((3, 2, 2, 3)), subsets={"odd": np.array([False, False, True])})
-    out = evaluate_set(ev, img, cls, img, np.stack([cls, np.stack([cls[0], cls[1], q2])]), ks=(1, 2))
+    scores = img @ cls.T  # the model's cosines, both directions
+    out = evaluate_set(ev, (scores, scores), img, np.stack([cls, np.stack([cls[0], cls[1], q2])]), ks=(1, 2))
     assert out["all/top@1/model"] == pytest.approx(2 / 3)  # query 2 ties classes 0 and 2: ties count against
     assert out["odd/top@1/model"] == 0.0 and out["odd/top@2/model"] == 1.0
     assert out["all/i2t_R@1/model"] == pytest.approx(2 / 3) and out["all/t2i_R@1/model"] == 1.0

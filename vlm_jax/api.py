@@ -138,17 +138,16 @@ class TrainedRun:
         return list(getattr(zeroshot, "templates", None) or ["{}"])
 
     def class_embeddings(self, names: Sequence[str], templates: Sequence[str] | None = None) -> np.ndarray:
-        """Prompt-ensembled unit-norm embeddings of class names (the zero-shot evaluator's recipe)."""
-        from vlm_jax.evals.metrics import l2_normalize
-
-        templates = list(templates or self.templates)
-        return l2_normalize(np.mean([self.embed_texts([t.format(n) for n in names]) for t in templates], axis=0))
+        """Prompt-ensembled class representations (the zero-shot evaluator's recipe): unit-norm embeddings, or for
+        a token-wise run (FILIP) one token set per template."""
+        return self._embedder.class_embeddings(self.params, list(names), list(templates or self.templates))
 
     def logits(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
-        """The model's pair logits t·cos (+ b for SigLIP), float64 [N, M]."""
+        """The model's pair logits t·s (+ b for SigLIP), float64 [N, M]; s is the cosine, or FILIP's token-wise
+        image→text similarity."""
         t = float(np.exp(np.float64(self.params["t"]))) if "t" in self.params else 1.0
         b = float(np.asarray(self.params["b"])) if "b" in self.params else 0.0
-        return t * (np.asarray(image_emb, np.float64) @ np.asarray(text_emb, np.float64).T) + b
+        return t * np.asarray(self._embedder.similarity(image_emb, text_emb)[0], np.float64) + b
 
     def classify(self, images: Any, names: Sequence[str], k: int = 5,
                  templates: Sequence[str] | None = None) -> Predictions:
@@ -164,8 +163,8 @@ class TrainedRun:
                            [[float(probs[i, j]) for j in row] for i, row in enumerate(top)], probs)
 
     def retrieve(self, texts: Sequence[str], images: Any, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """Text → image retrieval: (indices [T, k] into `images`, cosine similarities [T, k]), best first."""
-        sims = self.embed_texts(texts) @ self.embed_images(images).T
+        """Text → image retrieval: (indices [T, k] into `images`, similarities [T, k]), best first."""
+        sims = self._embedder.similarity(self.embed_images(images), self.embed_texts(texts))[1].T
         top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         return top, np.take_along_axis(sims, top, 1)
 

@@ -10,6 +10,7 @@ import contextlib
 from typing import Any, Callable, ContextManager
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
@@ -91,3 +92,56 @@ class Embedder:
     def texts(self, params: Any, texts: list[str]) -> np.ndarray:
         """Unit-norm embeddings of strings."""
         return l2_normalize(self._batched("text", params, self.tokenize(list(texts))))
+
+    def class_embeddings(self, params: Any, names: list[str], templates: list[str]) -> np.ndarray:
+        """Prompt-ensembled class representations: the mean of each template's unit embedding, renormalised."""
+        embs = [self.texts(params, [t.format(n) for n in names]) for t in templates]
+        return l2_normalize(np.mean(embs, axis=0))
+
+    def similarity(self, images: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(image→text scores, text→image scores), both [Q, C], of image representations against class (text)
+        representations: for single embeddings both are the cosines; `classes` [S, C, F] (several references
+        per class) takes the best."""
+        from vlm_jax.evals.zeroshot import similarity_scores
+
+        scores = similarity_scores(images, classes)
+        return scores, scores
+
+
+class LateInteractionEmbedder(Embedder):
+    """Token sets instead of single embeddings (FILIP): `images` / `texts` give unit-norm token embeddings
+    [N, T, D] with zero vectors at padding, classes keep one token set per template [S, C, T, D], and `similarity`
+    is FILIP's token-wise late interaction (`losses.filip.filip_similarity`), averaged over the templates."""
+
+    def __init__(self, *args: Any, chunk: int = 64, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.chunk = chunk  # query images per similarity block (memory: chunk × C × Ti × Tt floats)
+
+    def images(self, params: Any, images: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        inputs = images if isinstance(images, dict) else np.asarray(images, np.float32)
+        return self._batched("image", params, inputs)
+
+    def texts(self, params: Any, texts: list[str]) -> np.ndarray:
+        return self._batched("text", params, self.tokenize(list(texts)))
+
+    def class_embeddings(self, params: Any, names: list[str], templates: list[str]) -> np.ndarray:
+        return np.stack([self.texts(params, [t.format(n) for n in names]) for t in templates])
+
+    @staticmethod
+    @jax.jit
+    def _block(queries: jax.Array, classes: jax.Array) -> tuple[jax.Array, jax.Array]:
+        from vlm_jax.losses.filip import filip_similarity
+
+        qmask, cmask = jnp.any(queries != 0, axis=-1), jnp.any(classes != 0, axis=-1)
+        return filip_similarity(queries, classes, cmask, qmask)
+
+    def similarity(self, images: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(s^I, s^T) [Q, C] averaged over the class templates (`classes` [S, C, T, D] or one set [C, T, D])."""
+        sets = classes if classes.ndim == 4 else classes[None]
+        i2t, t2i = np.zeros((len(images), sets.shape[1])), np.zeros((len(images), sets.shape[1]))
+        for template in sets:
+            for start in range(0, len(images), self.chunk):
+                s_i, s_t = self._block(images[start:start + self.chunk], template)
+                i2t[start:start + self.chunk] += np.asarray(s_i) / len(sets)
+                t2i[start:start + self.chunk] += np.asarray(s_t) / len(sets)
+        return i2t, t2i

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlm_jax.evals.embedder import Embedder
-from vlm_jax.evals.metrics import chance_topk, l2_normalize, pixel_features, topk_hits
+from vlm_jax.evals.metrics import chance_topk, pixel_features, topk_hits
 
 KS = (1, 5)
 
@@ -46,22 +46,23 @@ def similarity_scores(queries: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.max(np.einsum("qf,scf->sqc", queries, classes), axis=0)
 
 
-def evaluate_set(ev: EvalSet, img_emb: np.ndarray, class_emb: np.ndarray,
-                 pixel_query: np.ndarray, pixel_class: np.ndarray | None, ks: Sequence[int] = KS) -> dict[str, float]:
-    """Model, pixel-baseline (when the set has class images) and chance numbers for one EvalSet."""
+def evaluate_set(ev: EvalSet, model_scores: tuple[np.ndarray, np.ndarray], pixel_query: np.ndarray,
+                 pixel_class: np.ndarray | None, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Model (its (image→text, text→image) scores [Q, C], `Embedder.similarity`), pixel-baseline (when the set
+    has class images) and chance numbers for one EvalSet."""
     subsets = {"all": np.ones(len(ev.labels), bool), **ev.subsets}
     out: dict[str, float] = {}
     n_cls = len(ev.class_names)
-    for who, q, c in (("model", img_emb, class_emb), ("pixel", pixel_query, pixel_class)):
-        if c is None:
+    pixel = None if pixel_class is None else (similarity_scores(pixel_query, pixel_class),) * 2
+    for who, pair in (("model", model_scores), ("pixel", pixel)):
+        if pair is None:
             continue
-        scores = similarity_scores(q, c)
+        scores, scores_t2i = pair
         res = mean_hits(topk_hits(scores, ev.labels, ks), subsets, "top")
         if ev.retrieval:  # pool of aligned (image i, caption of label i) pairs
             pool = np.arange(len(ev.labels))
-            i2t = scores[:, ev.labels]
-            res.update(mean_hits(topk_hits(i2t, pool, ks), subsets, "i2t_R"))
-            res.update(mean_hits(topk_hits(i2t.T, pool, ks), subsets, "t2i_R"))
+            res.update(mean_hits(topk_hits(scores[:, ev.labels], pool, ks), subsets, "i2t_R"))
+            res.update(mean_hits(topk_hits(scores_t2i[:, ev.labels].T, pool, ks), subsets, "t2i_R"))
         out.update({f"{k}/{who}": v for k, v in res.items()})
     for sub in subsets:
         for k in ks:
@@ -94,9 +95,8 @@ class ZeroShotEvaluator:
                         for name, s in sets.items()}
 
     def class_embeddings(self, params: Any, names: list[str]) -> np.ndarray:
-        """Prompt-ensembled, unit-norm text embeddings of class names."""
-        embs = [self.embedder.texts(params, [t.format(n) for n in names]) for t in self.templates]
-        return l2_normalize(np.mean(embs, axis=0))
+        """Prompt-ensembled class representations (`Embedder.class_embeddings`)."""
+        return self.embedder.class_embeddings(params, names, self.templates)
 
     def __call__(self, params: Any, extra: Any = None) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -106,7 +106,8 @@ class ZeroShotEvaluator:
             cls = self.class_embeddings(params, ev.class_names)
             self._last[name] = (img, cls)
             px_q, px_c = self._pixels[name]
-            out.update({f"{name}/{k}": v for k, v in evaluate_set(ev, img, cls, px_q, px_c).items()})
+            scores = self.embedder.similarity(img, cls)
+            out.update({f"{name}/{k}": v for k, v in evaluate_set(ev, scores, px_q, px_c).items()})
         return out
 
     def summary_images(self, rows: int = 6, k: int = 6) -> dict[str, np.ndarray]:
@@ -116,8 +117,9 @@ class ZeroShotEvaluator:
             ev = self.sets[name]
             queries = np.linspace(0, len(ev.labels) - 1, min(rows, len(ev.labels))).astype(int)
             shown = ev.images if ev.pixel_images is None else ev.pixel_images
+            _, t2i = self.embedder.similarity(img, cls)
             out[f"{name}/retrieval"] = retrieval_grid(shown, ev.labels, ev.labels[queries],
-                                                      cls[ev.labels[queries]] @ img.T, k)
+                                                      t2i[:, ev.labels[queries]].T, k)
         return out
 
 

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlm_jax.models import layers
 from vlm_jax.models.bert import BertEncoder
 from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.vit import ViT
@@ -33,6 +34,9 @@ class TwoTower(nn.Module):
     # further learned scales an objective's loss reads, (name, initial value) pairs: a log-parameter `name`, its
     # exponential in aux[name] (e.g. OTTER's distillation temperature)
     scales: tuple[tuple[str, float], ...] = ()
+    # FILIP: also project every output token of both towers (own linear heads) to unit token embeddings,
+    # aux["img/token_z"] [B, N, D] and aux["txt/token_z"] [B, L, D], zero vectors at padding
+    token_embeddings: bool = False
 
     @nn.compact
     def __call__(self, image: Array | None, text: Array | None, *,
@@ -44,6 +48,8 @@ class TwoTower(nn.Module):
             aux.update({f"img/{k}": v for k, v in tower_aux.items()})
             aux["img/unnormed"] = out
             zimg = l2_normalize(out)
+            if self.token_embeddings:
+                aux["img/token_z"] = self._tokens("img_token_head", tower_aux["encoded"], tower_aux.get("mask"))
         if text is not None:
             if self.text_tower not in TEXT_TOWERS:
                 raise ValueError(f"text_tower must be one of {sorted(TEXT_TOWERS)}, got {self.text_tower!r}")
@@ -52,12 +58,23 @@ class TwoTower(nn.Module):
             aux.update({f"txt/{k}": v for k, v in tower_aux.items()})
             aux["txt/unnormed"] = out
             ztxt = l2_normalize(out)
+            if self.token_embeddings:
+                aux["txt/token_z"] = self._tokens("txt_token_head", tower_aux["encoded"],
+                                                  text != self.text.get("pad_id", 0))
 
         aux.update(temperature_and_bias(self, self.temperature_init, self.bias_init))
         for name, init in self.scales:
             log_init = nn.with_logical_partitioning(nn.initializers.constant(math.log(init)), ())
             aux[name] = jnp.exp(self.param(name, log_init, (), jnp.float32))
         return (zimg, ztxt), aux
+
+
+    def _tokens(self, name: str, tokens: Array, valid: Array | None) -> Array:
+        """Unit token embeddings [B, N, embed_dim] by a linear head, zero where `valid` [B, N] is false."""
+        z = l2_normalize(layers.dense(self.embed_dim, ("embed", None), self.image.get("dtype_mm", "float32")
+                                      if name.startswith("img") else self.text.get("dtype_mm", "float32"),
+                                      out_dtype="float32", name=name)(tokens))
+        return z if valid is None else jnp.where(valid[..., None], z, 0.0)
 
 
 def temperature_and_bias(module: nn.Module, temperature_init: float, bias_init: float | None) -> dict[str, Array]:
