@@ -147,7 +147,8 @@ class TrainedRun:
         image→text similarity."""
         t = float(np.exp(np.float64(self.params["t"]))) if "t" in self.params else 1.0
         b = float(np.asarray(self.params["b"])) if "b" in self.params else 0.0
-        return t * np.asarray(self._embedder.similarity(image_emb, text_emb)[0], np.float64) + b
+        scores, _ = self._embedder.similarity(np.asarray(image_emb, np.float64), np.asarray(text_emb, np.float64))
+        return t * np.asarray(scores, np.float64) + b
 
     def classify(self, images: Any, names: Sequence[str], k: int = 5,
                  templates: Sequence[str] | None = None) -> Predictions:
