@@ -2,33 +2,41 @@
 (experiments/emoji_two_tower.py: same towers, data, augmentation, schedule and evaluation) with its own objective
 and loss settings, so the comparison table (docs/contrastive_family.md) differs only in the method.
 
+  --config experiments/emoji_contrastive_family.py:method=align          ALIGN's loss (label smoothing, temperature)
   --config experiments/emoji_contrastive_family.py:method=otter          OTTER (optimal-transport soft targets)
   --config experiments/emoji_contrastive_family.py:method=filip          FILIP (token-wise late interaction)
   --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
   --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
 
-`steps` (default 1200, the README's shorter column) and `seed` set the budget and the repeat.
+`steps` (default 1200, the README's shorter column) and `seed` set the budget and the repeat; `noise` (0–1) replaces
+that share of the training captions with another concept's name (the caption-noise study).
 """
 from vlm_jax.config import config_args, load_config
 
-# method → (objective, loss preset of the two-tower config, loss settings on top)
+# method → (objective, loss preset of the two-tower config, loss settings on top, model settings on top)
 METHODS = {
-    "clip": ("contrastive", "clip", {}),
-    "siglip": ("contrastive", "siglip", {}),
-    "otter": ("otter", "clip", {}),  # OTTER's own defaults (objectives/otter.py OTTER_DEFAULTS)
-    "filip": ("filip", "clip", {}),  # token-wise late interaction, CLIP's temperature
+    "clip": ("contrastive", "clip", {}, {}),
+    "siglip": ("contrastive", "siglip", {}, {}),
+    # ALIGN (Jia et al. 2021): InfoNCE with label smoothing 0.1 and a learned temperature from 1 (the released
+    # checkpoints' config and loss, as transformers' AlignModel carries them)
+    "align": ("contrastive", "clip", {"contrastive_smoothing": 0.1}, {"temperature_init": 1.0}),
+    "otter": ("otter", "clip", {}, {}),  # OTTER's own defaults (objectives/otter.py OTTER_DEFAULTS)
+    "filip": ("filip", "clip", {}, {}),  # token-wise late interaction, CLIP's temperature
 }
 
 
 def get_config(arg=None):
-    """`arg`: method (METHODS), size=small|test, steps=N, batch=N, seed=N."""
-    arg = config_args(arg, method="clip", size="small", steps=1200, batch=256, seed=0)
+    """`arg`: method (METHODS), size=small|test, steps=N, batch=N, seed=N, noise=caption noise (0–1)."""
+    arg = config_args(arg, method="clip", size="small", steps=1200, batch=256, seed=0, noise=0.0)
     if arg.method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {arg.method!r}")
-    objective, preset, loss = METHODS[arg.method]
+    objective, preset, loss, model = METHODS[arg.method]
     c = load_config(f"experiments/emoji_two_tower.py:loss={preset},size={arg.size},steps={arg.steps},"
                     f"batch={arg.batch}")
     c.objective = objective
     c.seed = int(arg.seed)
     c.loss.update(loss)
+    c.model.update(model)
+    if float(arg.noise):
+        c.data.caption_noise = float(arg.noise)
     return c

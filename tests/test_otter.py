@@ -107,8 +107,9 @@ def test_teacher_is_an_ema_and_gradcache_equals_the_big_batch(setup):
     # the teacher differs from the student, so the rows and the distillation temperature carry real gradients
     extra = {"teacher": jax.tree.map(lambda x: x * 0.9, extra["teacher"])}
     rng = jax.random.key(3)
-    (big, (metrics, _)), g_big = obj.value_and_grad(params, extra, batch, rng, 1)
-    (acc, _), g_acc = obj.value_and_grad(params, extra, batch, rng, 2)
+    step = jax.jit(obj.value_and_grad, static_argnums=4)  # compiled: faster than running the scans op by op
+    (big, (metrics, _)), g_big = step(params, extra, batch, rng, 1)
+    (acc, _), g_acc = step(params, extra, batch, rng, 2)
     np.testing.assert_allclose(float(acc), float(big), rtol=1e-5)
     assert float(metrics["target_diagonal"]) < 1e-6 and float(metrics["distill_loss"]) > 0
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), g_acc, g_big)
@@ -120,7 +121,7 @@ def test_otter_through_train(tmp_path):
 
     config = apply_overrides(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3,batch=16")),
-        ["evals.sets=['emoji']", "checkpoint.every_steps=3"])
+        ["evals.sets=[]", "checkpoint.every_steps=3"])  # the zero-shot evaluator is CLIP's (tested elsewhere)
     out = train(config, tmp_path / "run")
     import json
 
@@ -130,6 +131,5 @@ def test_otter_through_train(tmp_path):
     assert all(r["target_diagonal"] < 1e-6 for r in train_rows)
     # the distillation temperature is a learned parameter: it moved from e^3.9
     assert train_rows[-1]["t_distill"] != pytest.approx(train_rows[0]["t_distill"], rel=1e-6)
-    assert 0.0 <= out["evals"]["zeroshot/emoji/cross/nonflag/top@1/model"] <= 1.0
     teacher = out["state"].extra["teacher"]
     assert set(teacher) == {"img", "txt"}

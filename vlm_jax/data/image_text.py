@@ -53,7 +53,7 @@ class EmojiPairs(TokenizerText):
     DEFAULTS = dict(name="emoji", data_dir="", image_size=32, text_len=16, augment={}, templates=None,
                     max_concepts=0, num_threads=-1, train_styles=("noto",), languages=("en",),
                     text_format="tokens", text_image_size=0, font_size=16, max_chars=0, sampling="examples",
-                    tokenizer="sentencepiece", shards=None)
+                    tokenizer="sentencepiece", shards=None, caption_noise=0.0)
     # tokenizer: "sentencepiece" (trained on the captions, data/tokenizer.py) or "minilm" (the packaged MiniLM's
     # uncased WordPiece, for its pretrained text tower). text_format "tokens": token ids [text_len]; "render": text drawn with GNU Unifont as an image
     # [text_image_size (0: image_size)]² × 3 in [-1, 1] (CLIPPO). languages: caption languages drawn per example.
@@ -61,6 +61,9 @@ class EmojiPairs(TokenizerText):
     # epoch in one random style, so no batch counts another drawing of its own concept as a negative.
     # shards: train from webdataset / parquet shards (`python -m vlm_jax.tools.make_shards --dataset emoji`) instead
     # of the prepared TFDS data, with the same captions, templates and augmentation (`data/shards/config.py`).
+    # caption_noise: the share of training captions that name another (seen) concept instead of the image's, drawn
+    # per example (ALIGN's noisy alt-text, simulated; the noise study of docs/contrastive_family.md); evaluation
+    # sets stay clean.
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -82,6 +85,12 @@ class EmojiPairs(TokenizerText):
         if self.text_format not in ("tokens", "render"):
             raise ValueError(f"data.text_format must be 'tokens' or 'render', got {self.text_format!r}")
         self.shards = shard_config.section(config)
+        self.caption_noise = float(cfg["caption_noise"] or 0.0)
+        if not 0.0 <= self.caption_noise < 1.0:
+            raise ValueError(f"data.caption_noise is a probability in [0, 1), got {self.caption_noise}")
+        if self.caption_noise and (shard_config.enabled(self.shards) or cfg["text_format"] != "tokens"):
+            raise ValueError("data.caption_noise replaces the captions of the prepared TFDS data: it needs "
+                             "data.text_format='tokens' and no data.shards")
         if shard_config.enabled(self.shards) and (self.sampling != "examples" or self.languages != ("en",)):
             raise ValueError("data.shards trains on each shard sample once per epoch with its English caption: "
                              "data.sampling='concepts' and data.languages other than ('en',) need the TFDS data "
@@ -122,7 +131,7 @@ class EmojiPairs(TokenizerText):
             batch_size=batch_size, seed=seed, augment=self.augment, templates=self.templates,
             process_index=process_index, process_count=process_count, prepared_size=PREPARED_SIZE,
             max_concepts=self.max_concepts, num_threads=self.num_threads, styles=self.train_styles,
-            sampling=self.sampling)
+            sampling=self.sampling, caption_noise=self.caption_noise)
 
     def _split(self, split: str) -> dict[str, Any]:
         return emoji_tfds.load_split(self.data_dir, split, image_size=PREPARED_SIZE, max_concepts=self.max_concepts)

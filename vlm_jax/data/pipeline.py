@@ -66,7 +66,8 @@ class _Preprocess(AugmentingMap):
 
     def __init__(self, tokenizer: Tokenizer | Callable[[list[str]], np.ndarray], image_size: int, text_len: int,
                  augment: dict, templates: Sequence[str], max_pixels: int = MAX_PIXELS,
-                 languages: Sequence[str] = ("en",)):
+                 languages: Sequence[str] = ("en",), noise: float = 0.0,
+                 noise_names: dict[int, str] | None = None):
         # `tokenizer`: a Tokenizer, or any texts → model-input function (e.g. a text renderer for CLIPPO)
         self.encode = (lambda texts: tokenizer.encode(texts, text_len)) if isinstance(tokenizer, Tokenizer) \
             else tokenizer
@@ -76,6 +77,13 @@ class _Preprocess(AugmentingMap):
         self.languages = tuple(languages)
         self.images = MemoCache(DECODED_CACHE_BYTES, lambda a: a.nbytes)  # decoding is a pure function of the bytes
         self.captions = MemoCache(100_000, lambda a: 1)
+        # caption noise (ALIGN's noisy alt-text, simulated): with probability `noise` an example's caption names
+        # another concept, drawn uniformly from `noise_names` (concept id → English name) other than its own
+        self.noise = float(noise)
+        self.noise_concepts = sorted(noise_names or {})
+        self.noise_names = [noise_names[c] for c in self.noise_concepts] if noise_names else []
+        if self.noise and len(self.noise_names) < 2:
+            raise ValueError("caption noise needs the names of at least two concepts")
 
     def _image(self, data: Any) -> tuple[np.ndarray | None, str | None]:
         """Decoded image (read-only, memoised by its encoded bytes) or (None, reason)."""
@@ -112,7 +120,12 @@ class _Preprocess(AugmentingMap):
             if lang != "en":
                 name = multilingual.name_of(robust.decode_caption(ex["emoji"]) or "", lang) or name
         params = augment.draw(rng, self.augment, image.shape)
-        caption = self.templates[int(rng.integers(len(self.templates)))].format(name)
+        template = self.templates[int(rng.integers(len(self.templates)))]
+        if self.noise and rng.random() < self.noise:  # drawn last: the other draws are those of a clean run
+            own = int(np.searchsorted(self.noise_concepts, int(ex["concept"])))
+            pick = int(rng.integers(len(self.noise_names) - 1))
+            name = self.noise_names[pick + (pick >= own)]  # any concept but its own
+        caption = template.format(name)
         return {"image": image, "augment": params, "text": self._tokens(caption), "concept": np.int32(ex["concept"])}
 
 
@@ -210,6 +223,7 @@ def make_train_dataset(
     max_pixels: int = MAX_PIXELS,
     languages: Sequence[str] = ("en",),
     sampling: str = "examples",
+    caption_noise: float = 0.0,
 ) -> grain.IterDataset:
     """Infinite, shuffled, augmented, batched per-process training stream (drop_remainder).
 
@@ -217,6 +231,7 @@ def make_train_dataset(
     `sampling`: "examples" shuffles all (concept, style) examples, so a batch can hold one concept in several
     styles (false negatives for a contrastive loss); "concepts" shuffles concepts and draws one style each, so
     a concept appears at most once per batch (except in a batch spanning two epochs).
+    `caption_noise`: the probability that an example's caption names another of the source's concepts instead.
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -225,10 +240,18 @@ def make_train_dataset(
     else:
         split_src = emoji_tfds.data_source(data_dir, split, prepared_size, max_concepts, encoded_images=True)
         src = _Rows([(split_src, np.arange(len(split_src)))])
+    noise_names = None
+    if caption_noise:  # every concept of the source with its English name
+        noise_names = {}
+        for part, idx in src.parts:
+            for row in part.__getitems__([int(i) for i in idx]):
+                noise_names.setdefault(int(row["concept"]), robust.decode_caption(row["name"]) or "")
+        noise_names = {c: n for c, n in noise_names.items() if n}
     pick = None
     if sampling == "concepts":
         src, pick = _ConceptGroups(src), _PickExample(src)
-    preprocess = _Preprocess(tokenizer, image_size, text_len, augment or {}, templates, max_pixels, languages)
+    preprocess = _Preprocess(tokenizer, image_size, text_len, augment or {}, templates, max_pixels, languages,
+                             caption_noise, noise_names)
     name = f"vlm_emoji {'styles ' + '+'.join(styles) if styles else 'split ' + split} in {data_dir}"
     return train_stream(src, preprocess, batch_size=batch_size, seed=seed, process_index=process_index,
                         process_count=process_count, num_threads=num_threads, prefetch=prefetch, pick=pick, name=name)

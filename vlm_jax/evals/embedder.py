@@ -138,10 +138,14 @@ class LateInteractionEmbedder(Embedder):
     def similarity(self, images: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(s^I, s^T) [Q, C] averaged over the class templates (`classes` [S, C, T, D] or one set [C, T, D])."""
         sets = classes if classes.ndim == 4 else classes[None]
-        i2t, t2i = np.zeros((len(images), sets.shape[1])), np.zeros((len(images), sets.shape[1]))
+        n = len(images)
+        i2t, t2i = np.zeros((n, sets.shape[1])), np.zeros((n, sets.shape[1]))
+        size = min(self.chunk, n)
+        padded = np.concatenate([images, np.repeat(images[-1:], -n % size, axis=0)]) if n else images
         for template in sets:
-            for start in range(0, len(images), self.chunk):
-                s_i, s_t = self._block(images[start:start + self.chunk], template)
-                i2t[start:start + self.chunk] += np.asarray(s_i) / len(sets)
-                t2i[start:start + self.chunk] += np.asarray(s_t) / len(sets)
+            for start in range(0, n, size):  # equal blocks (the last one padded): one compilation
+                s_i, s_t = self._block(padded[start:start + size], template)
+                stop = min(start + size, n)
+                i2t[start:stop] += np.asarray(s_i)[:stop - start] / len(sets)
+                t2i[start:stop] += np.asarray(s_t)[:stop - start] / len(sets)
         return i2t, t2i

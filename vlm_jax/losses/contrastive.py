@@ -16,12 +16,15 @@ def _retrieval_accuracy(logits: jax.Array) -> Metrics:
 
 
 @jax.jit
-def infonce_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array) -> tuple[jax.Array, Metrics]:
-    """Symmetric cross-entropy over the B×B similarity matrix scaled by temperature `t`."""
+def infonce_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array,
+                 label_smoothing: float | jax.Array = 0.0) -> tuple[jax.Array, Metrics]:
+    """Symmetric cross-entropy over the B×B similarity matrix scaled by temperature `t`; with `label_smoothing` ε
+    each row's target is (1 − ε) on its pair and ε/B on every column (ALIGN uses 0.1)."""
     logits = t * jnp.einsum("id,jd->ij", zimg.astype(jnp.float32), ztxt.astype(jnp.float32))
     diag = jnp.diagonal(logits)
-    loss_i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - diag)
-    loss_t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - diag)
+    eps = jnp.asarray(label_smoothing, jnp.float32)
+    loss_i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - (1 - eps) * diag - eps * jnp.mean(logits, axis=1))
+    loss_t2i = jnp.mean(jax.nn.logsumexp(logits, axis=0) - (1 - eps) * diag - eps * jnp.mean(logits, axis=0))
     loss = 0.5 * (loss_i2t + loss_t2i)
     return loss, {"loss/i2t": loss_i2t, "loss/t2i": loss_t2i, **_retrieval_accuracy(logits)}
 

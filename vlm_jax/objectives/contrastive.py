@@ -43,7 +43,7 @@ class Towers(NamedTuple):
 
 
 MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init", "text_tower")
-LOSS_KEYS = ("name", "impl", "chunk_size", "temperature_max")
+LOSS_KEYS = ("name", "impl", "chunk_size", "temperature_max", "contrastive_smoothing")
 # Paper settings by short name: loss, initial temperature (and bias), Adam b2 (CLIP: Radford et al. 2021;
 # SigLIP: Zhai et al. 2023; UniCL, CLIP's settings with label-sharing positives: Yang et al. 2022).
 LOSS_PRESETS = {
@@ -98,14 +98,37 @@ class ContrastiveObjective(Objective):
     # temperature_max: the logit scale t is clamped to at most this after every update (CLIP: 100; 0: unbounded).
     # evals: the zero-shot sets (data.evaluators), the image-only probes (PROBE_DEFAULTS; off unless probe_sets) and
     # the standard benchmark suite (SUITE_DEFAULTS; off unless suite names datasets)
-    CONFIG_DEFAULTS = {"loss": dict(name="infonce", impl="full", chunk_size=0, temperature_max=100.0),
+    # contrastive_smoothing: InfoNCE's targets (1 − ε) on the pair and ε spread over the batch (ALIGN's label
+    # smoothing, 0.1)
+    CONFIG_DEFAULTS = {"loss": dict(name="infonce", impl="full", chunk_size=0, temperature_max=100.0,
+                                    contrastive_smoothing=0.0),
                        "evals": {**PROBE_DEFAULTS, **SUITE_DEFAULTS}}
+
+    # Whether `_contrastive` honours loss.contrastive_smoothing (objectives with a loss of their own set False)
+    CONTRASTIVE_SMOOTHING: bool = True
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         self.check_config(config)
+        self._check_smoothing(config)
         self.loss_fn = contrastive_loss_fn(config.loss)
         self.data = datasets.get(config.data)
+
+    def _check_smoothing(self, config: ml_collections.ConfigDict) -> None:
+        """loss.contrastive_smoothing only where InfoNCE runs whole (name 'infonce', impl 'full', no chunks)."""
+        smoothing = float(config.loss.get("contrastive_smoothing", 0.0) or 0.0)
+        if not smoothing:
+            return
+        if not self.CONTRASTIVE_SMOOTHING:
+            raise ValueError(f"objective {config.get('objective')!r} has a contrastive loss of its own that does not "
+                             f"smooth targets: unset loss.contrastive_smoothing ({smoothing})")
+        if config.loss.get("name", "infonce") != "infonce" or config.loss.get("impl", "full") != "full" \
+                or config.loss.get("chunk_size", 0):
+            raise ValueError(f"loss.contrastive_smoothing {smoothing} smooths InfoNCE's targets over the whole batch: "
+                             f"it needs loss.name 'infonce' and loss.impl 'full' with no chunk_size, got "
+                             f"name={config.loss.get('name')!r}, impl={config.loss.get('impl')!r}")
+        if not 0.0 < smoothing < 1.0:
+            raise ValueError(f"loss.contrastive_smoothing must be in [0, 1), got {smoothing}")
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         """Raises on unknown model / loss keys, naming the valid ones."""
@@ -149,6 +172,8 @@ class ContrastiveObjective(Objective):
                 raise ValueError(f"loss {self.config.loss.name!r} needs the batch's labels (batch['concept']); "
                                  f"this dataset's batches have none")
             loss, metrics = self.loss_fn(zimg, ztxt, t, labels)
+        elif float(self.config.loss.get("contrastive_smoothing", 0.0) or 0.0):
+            loss, metrics = self.loss_fn(zimg, ztxt, t, float(self.config.loss.contrastive_smoothing))
         elif impl == "full" and not chunk:
             loss, metrics = self.loss_fn(zimg, ztxt, t, *(() if b is None else (b,)))
         else:

@@ -22,6 +22,8 @@ from vlm_jax.train.objective import Evaluator, Normalizers, register
 class FILIPObjective(ContrastiveObjective):
     """Token-wise late-interaction InfoNCE; evaluators score by the same token-wise similarity."""
 
+    CONTRASTIVE_SMOOTHING = False
+
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         super().check_config(config)
         name, impl = config.loss.get("name", "infonce"), config.loss.get("impl", "full")

@@ -32,6 +32,8 @@ TEACHER = ("img", "txt")  # the towers the EMA teacher copies
 class OTTERObjective(ContrastiveObjective):
     """InfoNCE + KL to Sinkhorn soft targets from an EMA teacher's in-batch similarities."""
 
+    CONTRASTIVE_SMOOTHING = False
+
     CONFIG_DEFAULTS = {"loss": dict(ContrastiveObjective.CONFIG_DEFAULTS["loss"], **OTTER_DEFAULTS),
                        "evals": ContrastiveObjective.CONFIG_DEFAULTS["evals"]}
 
