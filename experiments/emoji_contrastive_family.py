@@ -5,6 +5,7 @@ and loss settings, so the comparison table (docs/contrastive_family.md) differs 
   --config experiments/emoji_contrastive_family.py:method=align          ALIGN's loss (label smoothing, temperature)
   --config experiments/emoji_contrastive_family.py:method=otter          OTTER (optimal-transport soft targets)
   --config experiments/emoji_contrastive_family.py:method=filip          FILIP (token-wise late interaction)
+  --config experiments/emoji_contrastive_family.py:method=nlip           NLIP (pairs weighed by their noise probability)
   --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
   --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
 
@@ -22,6 +23,7 @@ METHODS = {
     "align": ("contrastive", "clip", {"contrastive_smoothing": 0.1}, {"temperature_init": 1.0}),
     "otter": ("otter", "clip", {}, {}),  # OTTER's own defaults (objectives/otter.py OTTER_DEFAULTS)
     "filip": ("filip", "clip", {}, {}),  # token-wise late interaction, CLIP's temperature
+    "nlip": ("nlip", "clip", {}, {}),  # noise harmonisation (objectives/nlip.py NLIP_DEFAULTS); needs example ids
 }
 
 
@@ -37,6 +39,8 @@ def get_config(arg=None):
     c.seed = int(arg.seed)
     c.loss.update(loss)
     c.model.update(model)
+    if objective == "nlip":
+        c.data.example_ids = True
     if float(arg.noise):
         c.data.caption_noise = float(arg.noise)
     return c

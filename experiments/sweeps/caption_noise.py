@@ -1,14 +1,14 @@
-"""Issue 31's caption-noise study: how CLIP, SigLIP and ALIGN's recipe degrade when 0, 20 or 50% of the training
+"""Issue 31's caption-noise study: how CLIP, SigLIP, ALIGN's recipe and NLIP degrade when 0, 20 or 50% of the training
 captions name another concept (`data.caption_noise`), at the contrastive family's budget (emoji two-tower,
 1,200 steps), 3 seeds; evaluation sets stay clean.
 
   scripts/vlm python -m vlm_jax.tools.sweep experiments/sweeps/caption_noise.py --dir runs/noise run
 
-`:quick` trains 60 steps. NLIP, which the issue also names, joins when it is built.
+`:quick` trains 60 steps.
 """
 from vlm_jax.config import config_args
 
-METHODS = ("clip", "siglip", "align")
+METHODS = ("clip", "siglip", "align", "nlip")
 NOISE = (0.0, 0.2, 0.5)
 SEEDS = (0, 1, 2)
 

@@ -53,7 +53,7 @@ class EmojiPairs(TokenizerText):
     DEFAULTS = dict(name="emoji", data_dir="", image_size=32, text_len=16, augment={}, templates=None,
                     max_concepts=0, num_threads=-1, train_styles=("noto",), languages=("en",),
                     text_format="tokens", text_image_size=0, font_size=16, max_chars=0, sampling="examples",
-                    tokenizer="sentencepiece", shards=None, caption_noise=0.0)
+                    tokenizer="sentencepiece", shards=None, caption_noise=0.0, example_ids=False)
     # tokenizer: "sentencepiece" (trained on the captions, data/tokenizer.py) or "minilm" (the packaged MiniLM's
     # uncased WordPiece, for its pretrained text tower). text_format "tokens": token ids [text_len]; "render": text drawn with GNU Unifont as an image
     # [text_image_size (0: image_size)]² × 3 in [-1, 1] (CLIPPO). languages: caption languages drawn per example.
@@ -63,7 +63,8 @@ class EmojiPairs(TokenizerText):
     # of the prepared TFDS data, with the same captions, templates and augmentation (`data/shards/config.py`).
     # caption_noise: the share of training captions that name another (seen) concept instead of the image's, drawn
     # per example (ALIGN's noisy alt-text, simulated; the noise study of docs/contrastive_family.md); evaluation
-    # sets stay clean.
+    # sets stay clean. example_ids: training batches carry "example", each example's stable id (0 … the number of
+    # training examples − 1, `num_train_examples`), for objectives with per-example state (NLIP).
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -86,6 +87,9 @@ class EmojiPairs(TokenizerText):
             raise ValueError(f"data.text_format must be 'tokens' or 'render', got {self.text_format!r}")
         self.shards = shard_config.section(config)
         self.caption_noise = float(cfg["caption_noise"] or 0.0)
+        self.example_ids = bool(cfg["example_ids"])
+        if self.example_ids and shard_config.enabled(self.shards):
+            raise ValueError("data.example_ids numbers the prepared TFDS examples: unset data.shards.urls")
         if not 0.0 <= self.caption_noise < 1.0:
             raise ValueError(f"data.caption_noise is a probability in [0, 1), got {self.caption_noise}")
         if self.caption_noise and (shard_config.enabled(self.shards) or cfg["text_format"] != "tokens"):
@@ -131,7 +135,14 @@ class EmojiPairs(TokenizerText):
             batch_size=batch_size, seed=seed, augment=self.augment, templates=self.templates,
             process_index=process_index, process_count=process_count, prepared_size=PREPARED_SIZE,
             max_concepts=self.max_concepts, num_threads=self.num_threads, styles=self.train_styles,
-            sampling=self.sampling, caption_noise=self.caption_noise)
+            sampling=self.sampling, caption_noise=self.caption_noise, example_ids=self.example_ids)
+
+    def num_train_examples(self) -> int:
+        """How many examples one epoch of the (TFDS) training stream holds: the range of its example ids."""
+        styles = self.train_styles
+        if styles:
+            return len(pipeline.train_source(self.data_dir, styles, PREPARED_SIZE, self.max_concepts))
+        return len(emoji_tfds.data_source(self.data_dir, "train", PREPARED_SIZE, self.max_concepts))
 
     def _split(self, split: str) -> dict[str, Any]:
         return emoji_tfds.load_split(self.data_dir, split, image_size=PREPARED_SIZE, max_concepts=self.max_concepts)

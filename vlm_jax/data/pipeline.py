@@ -126,7 +126,10 @@ class _Preprocess(AugmentingMap):
             pick = int(rng.integers(len(self.noise_names) - 1))
             name = self.noise_names[pick + (pick >= own)]  # any concept but its own
         caption = template.format(name)
-        return {"image": image, "augment": params, "text": self._tokens(caption), "concept": np.int32(ex["concept"])}
+        out = {"image": image, "augment": params, "text": self._tokens(caption), "concept": np.int32(ex["concept"])}
+        if "example" in ex:  # a stable id per training example (`make_train_dataset(example_ids=True)`)
+            out["example"] = np.int32(ex["example"])
+        return out
 
 
 class _Rows:
@@ -148,6 +151,19 @@ class _Rows:
             row = src[int(rows[index - self.offsets[part]])]
             self.cache.put(index, row)
         return row
+
+
+class _Indexed:
+    """A random-access source whose rows also carry their index ("example"): a stable id per training example."""
+
+    def __init__(self, src: Any):
+        self.src = src
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def __getitem__(self, index: int) -> Any:
+        return {**self.src[index], "example": index}
 
 
 def _record_bytes(row: Any) -> int:
@@ -224,6 +240,7 @@ def make_train_dataset(
     languages: Sequence[str] = ("en",),
     sampling: str = "examples",
     caption_noise: float = 0.0,
+    example_ids: bool = False,
 ) -> grain.IterDataset:
     """Infinite, shuffled, augmented, batched per-process training stream (drop_remainder).
 
@@ -232,6 +249,8 @@ def make_train_dataset(
     styles (false negatives for a contrastive loss); "concepts" shuffles concepts and draws one style each, so
     a concept appears at most once per batch (except in a batch spanning two epochs).
     `caption_noise`: the probability that an example's caption names another of the source's concepts instead.
+    `example_ids`: elements carry "example", the example's row in the source (0 … `len` − 1), for objectives that
+    keep per-example state (NLIP); with sampling "examples" only.
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -248,6 +267,10 @@ def make_train_dataset(
                 noise_names.setdefault(int(row["concept"]), robust.decode_caption(row["name"]) or "")
         noise_names = {c: n for c, n in noise_names.items() if n}
     pick = None
+    if example_ids:
+        if sampling != "examples":
+            raise ValueError("example ids need data.sampling='examples' (every example once per epoch)")
+        src = _Indexed(src)
     if sampling == "concepts":
         src, pick = _ConceptGroups(src), _PickExample(src)
     preprocess = _Preprocess(tokenizer, image_size, text_len, augment or {}, templates, max_pixels, languages,
