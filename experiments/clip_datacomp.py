@@ -27,9 +27,7 @@ docs/shards.md). Hyper-parameters, from DataComp's fixed training code (github.c
 
 Host CPU cores per chip needed by the input pipeline: docs/shards.md "Recipes" and benchmarks/dryrun.md.
 """
-import ml_collections
-
-from vlm_jax.config import config_args
+from vlm_jax.config import config_args, pod_run
 from vlm_jax.data.shards.config import recipe_data
 from vlm_jax.objectives.contrastive import apply_loss_preset
 from vlm_jax.sharding import fsdp_mesh
@@ -57,15 +55,8 @@ def get_config(arg=None):
                          ", or data=synthetic for shapes only")
     samples = int(arg.samples or SCALES[arg.scale])
     steps = max(samples // arg.batch, 1)
-    common = dict(scan=True, remat_policy=arg.remat, dtype_mm="bfloat16", residual_dtype="bfloat16")
 
-    c = ml_collections.ConfigDict()
-    c.objective = "contrastive"
-    c.seed = 0
-    c.total_steps = steps
-    c.batch_size = arg.batch
-    c.mesh = fsdp_mesh(arg.fsdp)
-    c.log_every = 50
+    c, common = pod_run("contrastive", steps, arg.batch, fsdp_mesh(arg.fsdp), arg.remat)
     c.data = recipe_data(arg.data, RES, TEXT_LEN, VOCAB, arg.tokenizer, arg.shards, arg.workers)
     c.model = dict(
         image=dict(posemb="learn", pool_type="tok", **parse_variant(arg.variant), **common),

@@ -21,9 +21,7 @@ Where the settings come from:
 
 Evaluation is the standard zero-shot suite from prepared TFDS data (`suite_dir`); data=synthetic evaluates nothing.
 """
-import ml_collections
-
-from vlm_jax.config import config_args
+from vlm_jax.config import config_args, pod_run
 from vlm_jax.data.shards.config import recipe_data
 from vlm_jax.objectives.contrastive import apply_loss_preset
 from vlm_jax.sharding import fsdp_mesh
@@ -51,16 +49,8 @@ def get_config(arg=None):
                          "data=synthetic for shapes only")
     steps = max(int(float(arg.samples)) // arg.batch, 1)
     width, depth, heads, embed = TEXT[size]
-    common = dict(scan=True, remat_policy=arg.remat, dtype_mm="bfloat16", residual_dtype="bfloat16")
 
-    c = ml_collections.ConfigDict()
-    c.objective = "contrastive"
-    c.seed = 0
-    c.total_steps = steps
-    c.batch_size = arg.batch
-    c.grad_accum_steps = arg.grad_accum
-    c.mesh = fsdp_mesh(arg.fsdp)
-    c.log_every = 50
+    c, common = pod_run("contrastive", steps, arg.batch, fsdp_mesh(arg.fsdp), arg.remat, arg.grad_accum)
     c.data = recipe_data(arg.data, RES, TEXT_LEN, VOCAB, arg.tokenizer, arg.shards, arg.workers)
     c.model = dict(
         image=dict(posemb="learn", pool_type="tok", **parse_variant(arg.variant), **common),

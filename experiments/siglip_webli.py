@@ -27,9 +27,7 @@ Hyper-parameters and where they come from:
 
 Host CPU cores per chip needed by the input pipeline: docs/shards.md "Recipes" and benchmarks/dryrun.md.
 """
-import ml_collections
-
-from vlm_jax.config import config_args
+from vlm_jax.config import config_args, pod_run
 from vlm_jax.data.shards.config import recipe_data
 from vlm_jax.objectives.contrastive import apply_loss_preset
 from vlm_jax.sharding import fsdp_mesh
@@ -59,15 +57,8 @@ def get_config(arg=None):
     if size not in TEXT:
         raise ValueError(f"variant must be one of {[f'{k}/16' for k in TEXT]}, got {arg.variant!r}")
     steps = max(int(arg.samples) // arg.batch, 1)
-    common = dict(scan=True, remat_policy=arg.remat, dtype_mm="bfloat16", residual_dtype="bfloat16")
 
-    c = ml_collections.ConfigDict()
-    c.objective = "contrastive"
-    c.seed = 0
-    c.total_steps = steps
-    c.batch_size = arg.batch
-    c.mesh = fsdp_mesh(arg.fsdp)
-    c.log_every = 50
+    c, common = pod_run("contrastive", steps, arg.batch, fsdp_mesh(arg.fsdp), arg.remat)
     c.data = recipe_data(arg.data, arg.res, arg.text_len, VOCAB, arg.tokenizer, arg.shards, arg.workers)
     c.model = dict(
         image=dict(posemb="learn", pool_type="map", **parse_variant(arg.variant), **common),

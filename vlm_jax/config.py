@@ -215,3 +215,19 @@ def small_run(objective: str, steps: int, batch: int, b2: float = 0.98) -> Confi
                    schedule="cosine", clip_norm=1.0)
     c.checkpoint = dict(every_steps=max(steps // 4, 1), keep=2)
     return c
+
+
+def pod_run(objective: str, steps: int, batch: int, mesh: list, remat: str,
+            grad_accum: int | None = None) -> tuple[ConfigDict, dict]:
+    """The run header the web-scale recipes share (seed 0, progress every 50 steps, the given mesh) and the tower
+    settings they share (scanned layers, bf16 matmuls and residual stream, `remat`), as (config, tower settings)."""
+    c = ConfigDict()
+    c.objective = objective
+    c.seed = 0
+    c.total_steps = steps
+    c.batch_size = batch
+    if grad_accum is not None:
+        c.grad_accum_steps = grad_accum
+    c.mesh = mesh
+    c.log_every = 50
+    return c, dict(scan=True, remat_policy=remat, dtype_mm="bfloat16", residual_dtype="bfloat16")
