@@ -165,9 +165,12 @@ def test_synthetic_naflex_stream_keeps_aspect_within_budget():
 
 
 @needs_libtpu
-def test_plan_shares_compiles_and_scales_chip_hours_with_steps(tmp_path, tiny_report):
-    """`tools.plan` over a sweep: runs differing only in steps share one compilation and their chip-hours scale
-    with the steps; each run's step time is the dry run's of its own config; a run without a slice is refused."""
+def test_plan_shares_compiles_and_scales_chip_hours_with_steps(tmp_path, tiny_report, capsys):
+    """`python -m vlm_jax.tools.plan` over a sweep: runs differing only in steps share one compilation and their
+    chip-hours scale with the steps; each run's step time is the dry run's of its own config; the markdown's total
+    is the JSONL rows' sum; a run without a slice is refused."""
+    import json
+
     from vlm_jax.tools import plan
 
     sweep = tmp_path / "grid.py"
@@ -176,16 +179,18 @@ def test_plan_shares_compiles_and_scales_chip_hours_with_steps(tmp_path, tiny_re
         f"    return dict(base={TINY!r}, overrides={TINY_OVERRIDES!r},\n"
         "                axes=dict(steps={'a': ['total_steps=100'], 'b': ['total_steps=300']}),\n"
         "                slices=[('steps-*', 'v5e:2x2')])\n")
-    log = tmp_path / "log.txt"
-    with open(log, "w") as stream:
-        rows = plan.plan(str(sweep), stream=stream)
-    assert log.read_text().count("FITS") == 1  # one compilation for both runs
-    a, b = rows
+    plan.main([str(sweep), "--md", str(tmp_path / "plan.md"), "--jsonl", str(tmp_path / "plan.jsonl")])
+    assert capsys.readouterr().out.count("FITS") == 1  # one compilation for both runs
+    a, b = [json.loads(line) for line in (tmp_path / "plan.jsonl").read_text().splitlines()]
     assert (a["steps"], b["steps"], a["chips"]) == (100, 300, 4) and a["fits"] and b["fits"]
     assert a["step_s"] == pytest.approx(tiny_report.step_seconds_at_mfu, rel=1e-6)
     assert b["chip_hours"] == pytest.approx(3 * a["chip_hours"], rel=1e-9) and a["chip_hours"] > 0
-    assert a["chip_hours"] == pytest.approx(100 * tiny_report.step_seconds_at_mfu * 4 / 3600, rel=1e-9)
-    md = plan.markdown(rows, "t", "cmd")
+    md = (tmp_path / "plan.md").read_text()
     assert f"{a['chip_hours'] + b['chip_hours']:,.0f} chip-hours" in md
+    # a model error in a later run surfaces before the first compilation (none is printed)
+    sweep.write_text(sweep.read_text().replace("'total_steps=300'", "'total_steps=300', 'model.image.remat_policy=fulll'"))
+    with pytest.raises(ValueError, match="fulll"):
+        plan.main([str(sweep)])
+    assert "FITS" not in capsys.readouterr().out
     with pytest.raises(ValueError, match="no slice for run 'x'"):
         plan.slice_for("x", [("steps-*", "v5e:2x2")])

@@ -23,7 +23,6 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from vlm_jax.models import layers
 from vlm_jax.scaling import sweep as sweep_lib
 
 
@@ -52,19 +51,22 @@ def _compile_key(config: Any, topology: str) -> str:
 
 
 def plan(spec: str, only: str = "*", topology: str = "", mfu: float = 0.4,
-         stream: Any = sys.stdout) -> list[dict[str, Any]]:
+         stream: Any = None) -> list[dict[str, Any]]:
     """One row per run of the sweep `spec`: its slice, fit, memory, predicted step time and chip-hours."""
     from vlm_jax.tools.dryrun import dry_run, format_report
+
+    stream = stream if stream is not None else sys.stdout
 
     sweep = sweep_lib.load_sweep(spec)
     runs = [r for r in sweep_lib.expand(sweep) if fnmatch.fnmatch(r.name, only)]
     configs = [sweep_lib.resolved_config(run) for run in runs]  # every config error before any compile
     slices = [slice_for(run.name, sweep.get("slices", []), topology) for run in runs]
-    for config in configs:  # the value most often mistyped in a sweep, checked before the first long compile
-        for name, tower in config.model.items():
-            policy = tower.get("remat_policy", "none") if isinstance(tower, ml_collections.ConfigDict) else "none"
-            if policy not in layers.REMAT_POLICIES:
-                raise ValueError(f"model.{name}.remat_policy={policy!r}: use one of {layers.REMAT_POLICIES}")
+    checked: set[str] = set()
+    for config in configs:  # every model built abstractly before the first long compile
+        key = _compile_key(config, "")
+        if key not in checked:
+            checked.add(key)
+            _check_model(config)
     reports: dict[str, Any] = {}
     rows = []
     for i, (run, config, slice_name) in enumerate(zip(runs, configs, slices)):
@@ -107,6 +109,20 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, command: str) -> str:
     if missing:
         lines.append(f"Not fitting as configured (see the dry-run hints): {', '.join(missing)}.")
     return "\n".join(lines) + "\n"
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+    """Builds the run's objective and initialises its model abstractly (shapes only): a config error (a mistyped
+    remat policy, an unknown key, a bad size) surfaces here in seconds instead of after hours of compiles."""
+    import jax
+    import jax.numpy as jnp
+
+    from vlm_jax.train.objective import get_objective
+
+    objective = get_objective(config)
+    batch = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), objective.init_batch(2))
+    jax.eval_shape(lambda k: objective.model().init({"params": k, "dropout": k}, **batch, train=False),
+                   jax.random.key(0))
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
