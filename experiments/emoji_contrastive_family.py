@@ -6,6 +6,7 @@ and loss settings, so the comparison table (docs/contrastive_family.md) differs 
   --config experiments/emoji_contrastive_family.py:method=otter          OTTER (optimal-transport soft targets)
   --config experiments/emoji_contrastive_family.py:method=filip          FILIP (token-wise late interaction)
   --config experiments/emoji_contrastive_family.py:method=nlip           NLIP (pairs weighed by their noise probability)
+  --config experiments/emoji_contrastive_family.py:method=laclip         LaCLIP (captions rewritten with other names)
   --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
   --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
 
@@ -24,6 +25,9 @@ METHODS = {
     "otter": ("otter", "clip", {}, {}),  # OTTER's own defaults (objectives/otter.py OTTER_DEFAULTS)
     "filip": ("filip", "clip", {}, {}),  # token-wise late interaction, CLIP's temperature
     "nlip": ("nlip", "clip", {}, {}),  # noise harmonisation (objectives/nlip.py NLIP_DEFAULTS); needs example ids
+    # LaCLIP (Fan et al. 2023): CLIP with each caption rewritten with probability 0.5 (data.caption_rewrites: the
+    # emoji's other names from packaged tables, in place of the paper's language-model rewrites)
+    "laclip": ("contrastive", "clip", {}, {}),
 }
 
 
@@ -41,6 +45,8 @@ def get_config(arg=None):
     c.model.update(model)
     if objective == "nlip":
         c.data.example_ids = True
+    if arg.method == "laclip":
+        c.data.caption_rewrites = 0.5
     if float(arg.noise):
         c.data.caption_noise = float(arg.noise)
     return c

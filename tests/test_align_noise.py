@@ -90,3 +90,35 @@ def test_align_with_caption_noise_through_train(tmp_path):
         Setup(apply_overrides(finalize_config(load_config(
             "experiments/emoji_contrastive_family.py:method=otter,size=test,steps=2,batch=16")),
             ["loss.contrastive_smoothing=0.1"]))
+
+
+def test_caption_rewrites_use_only_the_concepts_other_names(data_dir):
+    """LaCLIP's rewrites: at rate 1 every caption of a concept with other names is its template refilled with one of
+    them (tokens as the model sees them), never with its own name; images and concepts as the clean stream's."""
+    from vlm_jax.data import emoji_tfds, image_text
+    from vlm_jax.data.rewrites import rewrites_of
+    from vlm_jax.data.tokenizer import TRAIN_TEMPLATES
+
+    assert "western sahara" in rewrites_of("🇪🇭", "flag: Western Sahara")
+    assert "kangaroo" not in rewrites_of("🦘", "kangaroo")
+    base = dict(name="emoji", data_dir=data_dir, num_threads=0, train_styles=("noto",))
+    data = image_text.get(ml_collections.ConfigDict(base))
+    clean = data.train(256, 5, 0, 1)
+    rewritten = image_text.get(ml_collections.ConfigDict(dict(base, caption_rewrites=1.0))).train(256, 5, 0, 1)
+    split = emoji_tfds.load_split(data_dir, "train", 64)
+    info = {int(c): (n, e) for c, n, e in zip(split["concept"], split["name"], split["emoji"])}
+    checked = 0
+    for _, a, b in zip(range(2), clean, rewritten):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        for row in range(len(a["text"])):
+            name, char = info[int(a["concept"][row])]
+            pool = rewrites_of(char, name)
+            template = next(t for t in TRAIN_TEMPLATES
+                            if np.array_equal(data.tokenize([t.format(name)])[0], a["text"][row]))
+            if not pool:
+                np.testing.assert_array_equal(a["text"][row], b["text"][row])
+                continue
+            allowed = data.tokenize([template.format(r) for r in pool])
+            assert any(np.array_equal(b["text"][row], x) for x in allowed), (name, pool)
+            checked += 1
+    assert checked > 100

@@ -53,7 +53,8 @@ class EmojiPairs(TokenizerText):
     DEFAULTS = dict(name="emoji", data_dir="", image_size=32, text_len=16, augment={}, templates=None,
                     max_concepts=0, num_threads=-1, train_styles=("noto",), languages=("en",),
                     text_format="tokens", text_image_size=0, font_size=16, max_chars=0, sampling="examples",
-                    tokenizer="sentencepiece", shards=None, caption_noise=0.0, example_ids=False)
+                    tokenizer="sentencepiece", shards=None, caption_noise=0.0, example_ids=False,
+                    caption_rewrites=0.0)
     # tokenizer: "sentencepiece" (trained on the captions, data/tokenizer.py) or "minilm" (the packaged MiniLM's
     # uncased WordPiece, for its pretrained text tower). text_format "tokens": token ids [text_len]; "render": text drawn with GNU Unifont as an image
     # [text_image_size (0: image_size)]² × 3 in [-1, 1] (CLIPPO). languages: caption languages drawn per example.
@@ -63,7 +64,9 @@ class EmojiPairs(TokenizerText):
     # of the prepared TFDS data, with the same captions, templates and augmentation (`data/shards/config.py`).
     # caption_noise: the share of training captions that name another (seen) concept instead of the image's, drawn
     # per example (ALIGN's noisy alt-text, simulated; the noise study of docs/contrastive_family.md); evaluation
-    # sets stay clean. example_ids: training batches carry "example", each example's stable id (0 … the number of
+    # sets stay clean. caption_rewrites: the share of training captions that use another English name of their
+    # emoji from the packaged tables (`data/rewrites.py`; LaCLIP's text augmentation without a language model).
+    # example_ids: training batches carry "example", each example's stable id (0 … the number of
     # training examples − 1, `num_train_examples`), for objectives with per-example state (NLIP).
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -88,6 +91,13 @@ class EmojiPairs(TokenizerText):
         self.shards = shard_config.section(config)
         self.caption_noise = float(cfg["caption_noise"] or 0.0)
         self.example_ids = bool(cfg["example_ids"])
+        self.caption_rewrites = float(cfg["caption_rewrites"] or 0.0)
+        if not 0.0 <= self.caption_rewrites <= 1.0:
+            raise ValueError(f"data.caption_rewrites is a probability in [0, 1], got {self.caption_rewrites}")
+        if self.caption_rewrites and (shard_config.enabled(self.shards) or cfg["text_format"] != "tokens"
+                                      or self.languages != ("en",)):
+            raise ValueError("data.caption_rewrites draws English names for the prepared TFDS captions: it needs "
+                             "data.text_format='tokens', data.languages=('en',) and no data.shards")
         if self.example_ids and shard_config.enabled(self.shards):
             raise ValueError("data.example_ids numbers the prepared TFDS examples: unset data.shards.urls")
         if not 0.0 <= self.caption_noise < 1.0:
@@ -135,7 +145,8 @@ class EmojiPairs(TokenizerText):
             batch_size=batch_size, seed=seed, augment=self.augment, templates=self.templates,
             process_index=process_index, process_count=process_count, prepared_size=PREPARED_SIZE,
             max_concepts=self.max_concepts, num_threads=self.num_threads, styles=self.train_styles,
-            sampling=self.sampling, caption_noise=self.caption_noise, example_ids=self.example_ids)
+            sampling=self.sampling, caption_noise=self.caption_noise, example_ids=self.example_ids,
+            caption_rewrites=self.caption_rewrites)
 
     def num_train_examples(self) -> int:
         """How many examples one epoch of the (TFDS) training stream holds: the range of its example ids."""

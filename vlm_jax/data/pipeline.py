@@ -67,7 +67,8 @@ class _Preprocess(AugmentingMap):
     def __init__(self, tokenizer: Tokenizer | Callable[[list[str]], np.ndarray], image_size: int, text_len: int,
                  augment: dict, templates: Sequence[str], max_pixels: int = MAX_PIXELS,
                  languages: Sequence[str] = ("en",), noise: float = 0.0,
-                 noise_names: dict[int, str] | None = None):
+                 noise_names: dict[int, str] | None = None, rewrite: float = 0.0,
+                 rewrites: dict[int, list[str]] | None = None):
         # `tokenizer`: a Tokenizer, or any texts → model-input function (e.g. a text renderer for CLIPPO)
         self.encode = (lambda texts: tokenizer.encode(texts, text_len)) if isinstance(tokenizer, Tokenizer) \
             else tokenizer
@@ -84,6 +85,9 @@ class _Preprocess(AugmentingMap):
         self.noise_names = [noise_names[c] for c in self.noise_concepts] if noise_names else []
         if self.noise and len(self.noise_names) < 2:
             raise ValueError("caption noise needs the names of at least two concepts")
+        # caption rewrites (LaCLIP's text augmentation from offline names): with probability `rewrite` the caption
+        # uses one of the concept's other names (`rewrites`: concept id → names; concepts without any keep theirs)
+        self.rewrite, self.rewrites = float(rewrite), dict(rewrites or {})
 
     def _image(self, data: Any) -> tuple[np.ndarray | None, str | None]:
         """Decoded image (read-only, memoised by its encoded bytes) or (None, reason)."""
@@ -121,10 +125,15 @@ class _Preprocess(AugmentingMap):
                 name = multilingual.name_of(robust.decode_caption(ex["emoji"]) or "", lang) or name
         params = augment.draw(rng, self.augment, image.shape)
         template = self.templates[int(rng.integers(len(self.templates)))]
-        if self.noise and rng.random() < self.noise:  # drawn last: the other draws are those of a clean run
+        noisy = bool(self.noise) and rng.random() < self.noise  # drawn last: the other draws are a clean run's
+        if noisy:
             own = int(np.searchsorted(self.noise_concepts, int(ex["concept"])))
             pick = int(rng.integers(len(self.noise_names) - 1))
             name = self.noise_names[pick + (pick >= own)]  # any concept but its own
+        elif self.rewrite and rng.random() < self.rewrite:
+            pool = self.rewrites.get(int(ex["concept"]))
+            if pool:
+                name = pool[int(rng.integers(len(pool)))]
         caption = template.format(name)
         out = {"image": image, "augment": params, "text": self._tokens(caption), "concept": np.int32(ex["concept"])}
         if "example" in ex:  # a stable id per training example (`make_train_dataset(example_ids=True)`)
@@ -241,6 +250,7 @@ def make_train_dataset(
     sampling: str = "examples",
     caption_noise: float = 0.0,
     example_ids: bool = False,
+    caption_rewrites: float = 0.0,
 ) -> grain.IterDataset:
     """Infinite, shuffled, augmented, batched per-process training stream (drop_remainder).
 
@@ -249,6 +259,7 @@ def make_train_dataset(
     styles (false negatives for a contrastive loss); "concepts" shuffles concepts and draws one style each, so
     a concept appears at most once per batch (except in a batch spanning two epochs).
     `caption_noise`: the probability that an example's caption names another of the source's concepts instead.
+    `caption_rewrites`: the probability that a caption uses another name of its concept (`data.rewrites`).
     `example_ids`: elements carry "example", the example's row in the source (0 … `len` − 1), for objectives that
     keep per-example state (NLIP); with sampling "examples" only.
     """
@@ -259,13 +270,18 @@ def make_train_dataset(
     else:
         split_src = emoji_tfds.data_source(data_dir, split, prepared_size, max_concepts, encoded_images=True)
         src = _Rows([(split_src, np.arange(len(split_src)))])
-    noise_names = None
-    if caption_noise:  # every concept of the source with its English name
-        noise_names = {}
+    noise_names, rewrites = None, None
+    if caption_noise or caption_rewrites:  # every concept of the source with its English name (and emoji)
+        named: dict[int, tuple[str, str]] = {}
         for part, idx in src.parts:
             for row in part.__getitems__([int(i) for i in idx]):
-                noise_names.setdefault(int(row["concept"]), robust.decode_caption(row["name"]) or "")
-        noise_names = {c: n for c, n in noise_names.items() if n}
+                named.setdefault(int(row["concept"]), (robust.decode_caption(row["name"]) or "",
+                                                       robust.decode_caption(row["emoji"]) or ""))
+        noise_names = {c: n for c, (n, _) in named.items() if n}
+        if caption_rewrites:
+            from vlm_jax.data.rewrites import rewrites_of
+
+            rewrites = {c: rewrites_of(e, n) for c, (n, e) in named.items() if n and e}
     pick = None
     if example_ids:
         if sampling != "examples":
@@ -274,7 +290,7 @@ def make_train_dataset(
     if sampling == "concepts":
         src, pick = _ConceptGroups(src), _PickExample(src)
     preprocess = _Preprocess(tokenizer, image_size, text_len, augment or {}, templates, max_pixels, languages,
-                             caption_noise, noise_names)
+                             caption_noise, noise_names, caption_rewrites, rewrites)
     name = f"vlm_emoji {'styles ' + '+'.join(styles) if styles else 'split ' + split} in {data_dir}"
     return train_stream(src, preprocess, batch_size=batch_size, seed=seed, process_index=process_index,
                         process_count=process_count, num_threads=num_threads, prefetch=prefetch, pick=pick, name=name)
