@@ -45,18 +45,19 @@ def test_late_interaction_similarity_against_loops():
 
 
 @pytest.fixture(scope="module")
-def setup():
-    from vlm_jax.train.trainer import Setup, finalize_config
+def objective():
+    from vlm_jax.train.objective import get_objective
+    from vlm_jax.train.trainer import finalize_config
 
-    return Setup(finalize_config(load_config(
+    return get_objective(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=filip,size=test,steps=3,batch=16")))
 
 
-def test_gradcache_with_token_rows_equals_the_big_batch(setup):
+def test_gradcache_with_token_rows_equals_the_big_batch(objective):
     import jax
     import jax.numpy as jnp
 
-    obj = setup.objective
+    obj = objective
     first = next(iter(obj.train_data(16, 0, 0, 1)))
     batch = {k: jnp.asarray(first[k]) for k in ("image", "text")}
     params = obj.model().init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
@@ -73,7 +74,7 @@ def test_gradcache_with_token_rows_equals_the_big_batch(setup):
     assert float(jnp.abs(g_big["txt"]["head"]["kernel"]).max()) == 0.0
 
 
-def test_filip_through_train(tmp_path, setup):
+def test_filip_through_train(tmp_path):
     from vlm_jax.evals.embedder import LateInteractionEmbedder
     from vlm_jax.train.trainer import finalize_config, train
 

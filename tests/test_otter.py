@@ -76,19 +76,19 @@ def test_targets_and_loss_against_float64():
 
 
 @pytest.fixture(scope="module")
-def setup():
-    from vlm_jax.train.trainer import Setup, finalize_config
+def objective():
+    from vlm_jax.train.objective import get_objective
+    from vlm_jax.train.trainer import finalize_config
 
-    config = finalize_config(load_config("experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3,"
-                                         "batch=16"))
-    return Setup(config)
+    return get_objective(finalize_config(load_config(
+        "experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3,batch=16")))
 
 
-def test_teacher_is_an_ema_and_gradcache_equals_the_big_batch(setup):
+def test_teacher_is_an_ema_and_gradcache_equals_the_big_batch(objective):
     import jax
     import jax.numpy as jnp
 
-    obj = setup.objective
+    obj = objective
     first = next(iter(obj.train_data(16, 0, 0, 1)))
     batch = {k: jnp.asarray(first[k]) for k in ("image", "text")}
     params = obj.model().init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
