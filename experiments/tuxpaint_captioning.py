@@ -47,7 +47,6 @@ def get_config(arg=None):
         c.loss = dict(parallel_fraction=0.75)
     elif arg.objective == "prefixlm":  # one stack as deep as CoCa's decoder
         c.model = dict(image=dict(posemb="learn", **image), decoder=dict(depth=coca_depth, **decoder))
-        c.loss = dict()
     else:
         c.model = dict(image=dict(posemb="learn", **image), embed_dim=width, temperature_init=1 / 0.07,
                        decoder=dict(depth=coca_depth, unimodal_depth=coca_depth // 2, **decoder), cap_queries=16)

@@ -67,7 +67,11 @@ class NLIPObjective(ContrastiveObjective):
     def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
              norm: Normalizers | None = None) -> LossOut:
         zimg, ztxt, t, _ = self._embed(params, batch["image"], batch["text"], rng, train)
-        ids = batch["example"]
+        # the data's example ids (refused at construction when the data has none); batches traced from `init_batch`
+        # shapes alone (FLOP counts, dry runs) carry none, and read pair 0's history in their place
+        ids = batch.get("example")
+        if ids is None:
+            ids = jnp.zeros(zimg.shape[:1], jnp.int32)
         w, noise = self.weights(extra, ids)
         loss, per_pair, metrics = weighted_infonce(zimg, ztxt, t, w)
         metrics = dict(metrics, t=t, weight_mean=jnp.mean(w), noise_probability_mean=jnp.mean(noise),
