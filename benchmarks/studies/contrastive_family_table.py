@@ -18,8 +18,10 @@ METRICS = (("emoji/cross/nonflag/top@1", "cross top-1"), ("emoji/cross/nonflag/t
 
 
 def _mean_std(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
+    """Mean ± std over seeds in percent; one seed: its value alone."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def main(directory: str) -> str:
