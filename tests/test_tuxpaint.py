@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from vlm_jax.data import image_text, ops, robust, tuxpaint
+from vlm_jax.evals.embedder import Embedder
 from vlm_jax.data.tokenizer import PAD_ID
 
 MEASURED_DEB = "tuxpaint-stamps-default_2022.06.04-1_all.deb"
@@ -320,8 +321,12 @@ def test_eval_sets(data, splits):
         data.eval_sets(["emoji"])
 
 
-class _PixelEmbedder:
-    """Images → their pixels; texts → a fixed random vector per text (enough to run the evaluator)."""
+class _PixelEmbedder(Embedder):
+    """Images → their pixels; texts → a fixed random vector per text (enough to run the evaluator); prompt
+    ensembling and scoring are the base Embedder's."""
+
+    def __init__(self):
+        pass
 
     def images(self, params, images):
         return images.reshape(len(images), -1)[:, :64]
