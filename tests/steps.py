@@ -31,3 +31,41 @@ def random_pairs(setup, n, batch=16):
     return [{"image": rng.uniform(-1, 1, (batch, s, s, 3)).astype(np.float32),
              "text": rng.integers(3, setup.objective.data.vocab_size, (batch, length)).astype(np.int32)}
             for _ in range(n)]
+
+
+def unbox(tree):
+    """`tree` with flax's partitioning boxes removed (plain arrays, as the objective's functions take them)."""
+    return jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x, tree, is_leaf=lambda x: hasattr(x, "unbox"))
+
+
+def family_objective(method: str, **arg):
+    """The objective of `experiments/emoji_contrastive_family.py` for `method` at test size (3 steps, batch 16)."""
+    from vlm_jax.config import load_config
+    from vlm_jax.train.objective import get_objective
+    from vlm_jax.train.trainer import finalize_config
+
+    extra = "".join(f",{k}={v}" for k, v in arg.items())
+    return get_objective(finalize_config(load_config(
+        f"experiments/emoji_contrastive_family.py:method={method},size=test,steps=3,batch=16{extra}")))
+
+
+def first_batch_and_params(obj, keys=("image", "text")):
+    """The objective's first training batch (the `keys` fields, as jax arrays) and parameters initialised on it."""
+    import jax.numpy as jnp
+
+    first = next(iter(obj.train_data(16, 0, 0, 1)))
+    batch = {k: jnp.asarray(first[k]) for k in keys}
+    params = obj.model().init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
+                              **{k: v[:2] for k, v in batch.items()})["params"]
+    return batch, unbox(params)
+
+
+def big_batch_and_gradcache(obj, params, extra, batch, rng, micro: int = 2):
+    """value_and_grad of the whole batch and of `micro` GradCache micro-batches (compiled: faster than op by op),
+    asserted equal; returns (loss, metrics, gradients) of the whole batch."""
+    step = jax.jit(obj.value_and_grad, static_argnums=4)
+    (big, (metrics, _)), g_big = step(params, extra, batch, rng, 1)
+    (acc, _), g_acc = step(params, extra, batch, rng, micro)
+    np.testing.assert_allclose(float(acc), float(big), rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), g_acc, g_big)
+    return big, metrics, g_big

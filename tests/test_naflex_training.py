@@ -200,6 +200,23 @@ def _finalized(config):
     return finalize_config(config)
 
 
+def _two_exact_images(rng: np.random.Generator) -> dict:
+    """Two NaFlex inputs at budget 8 whose 2 × 4 and 4 × 2 grids fill every slot (no padding)."""
+    images = [rng.integers(0, 256, (8, 16, 3), np.uint8), rng.integers(0, 256, (16, 8, 3), np.uint8)]
+    exact = prep.eval_inputs(images, 4, 8)
+    assert exact["mask"].all()
+    return exact
+
+
+def _padded(exact: dict, junk: np.random.Generator) -> dict:
+    """`exact` padded with 5 more slots holding junk pixels and positions (masked out)."""
+    out = {k: np.concatenate([v, np.zeros((2, 5) + v.shape[2:], v.dtype)], 1) if v.ndim > 1 and k != "grid"
+           else v for k, v in exact.items()}
+    out["patches"][:, 8:] = junk.uniform(-1, 1, out["patches"][:, 8:].shape)
+    out["positions"][:, 8:] = junk.integers(0, 3, out["positions"][:, 8:].shape)
+    return out
+
+
 @pytest.mark.parametrize("cap_queries,embed_dim", [(0, 0), (4, 16)])  # CapPa (every token), CoCa (pooled)
 def test_captioner_masks_naflex_padding(cap_queries, embed_dim):
     """A Captioner on a NaFlex batch: junk in the padding slots (pixels and positions) changes no output, and a
@@ -218,23 +235,14 @@ def test_captioner_masks_naflex_padding(cap_queries, embed_dim):
                                    **(dict(unimodal_depth=1, cls_token=True) if embed_dim else {})),
                       cap_queries=cap_queries, embed_dim=embed_dim)
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (8, 16, 3), np.uint8), rng.integers(0, 256, (16, 8, 3), np.uint8)]
-    exact = prep.eval_inputs(images, 4, 8)  # 2 × 4 and 4 × 2 grids: all 8 slots real
-    assert exact["mask"].all()
-
-    def padded(junk):
-        out = {k: np.concatenate([v, np.zeros((2, 5) + v.shape[2:], v.dtype)], 1) if v.ndim > 1 and k != "grid"
-               else v for k, v in exact.items()}
-        out["patches"][:, 8:] = junk.uniform(-1, 1, out["patches"][:, 8:].shape)
-        out["positions"][:, 8:] = junk.integers(0, 3, out["positions"][:, 8:].shape)
-        return out
+    exact = _two_exact_images(rng)
 
     text = jnp.asarray(rng.integers(3, 40, (2, 6)), jnp.int32)
     params = model.init(jax.random.key(0), exact, text)["params"]
     run = jax.jit(lambda img: model.apply({"params": params}, img, text)[0])
     want = run(exact)
     for seed in (1, 2):
-        got = run(padded(np.random.default_rng(seed)))
+        got = run(_padded(exact, np.random.default_rng(seed)))
         for g, w in zip(got, want):
             if w is not None:
                 np.testing.assert_allclose(g, w, atol=2e-5)
@@ -245,7 +253,7 @@ def test_captioner_masks_naflex_padding(cap_queries, embed_dim):
         step = dec.step_fn(model, params, context_cache)
         return greedy(step, cache, jnp.full((2,), 1, jnp.int32), max_len=5, eos_id=2, pad_id=0)
 
-    np.testing.assert_array_equal(captions(padded(np.random.default_rng(3))), captions(exact))
+    np.testing.assert_array_equal(captions(_padded(exact, np.random.default_rng(3))), captions(exact))
 
 
 @pytest.mark.parametrize("layout", ["encdec", "decoder"])  # PaLI; the decoder-only stack (PaliGemma, PrefixLM)
@@ -269,16 +277,7 @@ def test_prompted_models_mask_naflex_padding(layout):
     else:
         model = ImagePrefixLM(image=image, decoder=decoder)
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (8, 16, 3), np.uint8), rng.integers(0, 256, (16, 8, 3), np.uint8)]
-    exact = prep.eval_inputs(images, 4, 8)  # 2 × 4 and 4 × 2 grids: all 8 slots real
-    assert exact["mask"].all()
-
-    def padded(junk):
-        out = {k: np.concatenate([v, np.zeros((2, 5) + v.shape[2:], v.dtype)], 1) if v.ndim > 1 and k != "grid"
-               else v for k, v in exact.items()}
-        out["patches"][:, 8:] = junk.uniform(-1, 1, out["patches"][:, 8:].shape)
-        out["positions"][:, 8:] = junk.integers(0, 3, out["positions"][:, 8:].shape)
-        return out
+    exact = _two_exact_images(rng)
 
     prompt = jnp.asarray([[5, 6, 7, 0], [8, 9, 0, 0]], jnp.int32)  # padded prompts: their pads stay hidden too
     text = jnp.asarray(rng.integers(3, 40, (2, 6)), jnp.int32)
@@ -286,7 +285,7 @@ def test_prompted_models_mask_naflex_padding(layout):
     run = jax.jit(lambda img: model.apply({"params": params}, img, text, prompt=prompt)[0][2])
     want = run(exact)
     for seed in (1, 2):
-        np.testing.assert_allclose(run(padded(np.random.default_rng(seed))), want, atol=2e-5)
+        np.testing.assert_allclose(run(_padded(exact, np.random.default_rng(seed))), want, atol=2e-5)
 
     def answers(img):
         context, _ = model.apply({"params": params}, img, prompt, method="encode")
@@ -294,9 +293,9 @@ def test_prompted_models_mask_naflex_padding(layout):
         step = dec.step_fn(model, params, context_cache)
         return greedy(step, cache, jnp.full((2,), 1, jnp.int32), max_len=5, eos_id=2, pad_id=0)
 
-    np.testing.assert_array_equal(answers(padded(np.random.default_rng(3))), answers(exact))
+    np.testing.assert_array_equal(answers(_padded(exact, np.random.default_rng(3))), answers(exact))
     # the test can fail: without the mask the padding's junk reaches the logits
-    unmasked = padded(np.random.default_rng(1))
+    unmasked = _padded(exact, np.random.default_rng(1))
     unmasked["mask"] = np.ones_like(unmasked["mask"])
     with pytest.raises(AssertionError):
         np.testing.assert_allclose(run(unmasked), want, atol=2e-5)

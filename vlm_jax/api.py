@@ -73,21 +73,13 @@ class TrainedRun:
         from PIL import Image
 
         from vlm_jax.data import naflex
+        from vlm_jax.data.emoji import drawing_rgba
         from vlm_jax.data.tuxpaint import PREPARED_SIZE
         from vlm_jax.data.tuxpaint.stamps import native_rgb
 
         def native(image: Any) -> np.ndarray:
             if isinstance(image, (str, Path, Image.Image)):
-                if isinstance(image, Image.Image):
-                    rgba = image.convert("RGBA")
-                else:
-                    with Image.open(image) as im:
-                        rgba = im.convert("RGBA")
-                arr = np.asarray(rgba)
-                if arr[..., 3].min() == 255:  # opaque: what is not (near) white is the drawing
-                    drawn = (arr[..., :3] < 250).any(-1)
-                    rgba = Image.fromarray(np.dstack([arr[..., :3], np.where(drawn, 255, 0).astype(np.uint8)])
-                                           if drawn.any() else arr, "RGBA")
+                rgba = drawing_rgba(image)
                 rgb = native_rgb(rgba, PREPARED_SIZE)
                 return np.asarray(rgba.convert("RGB")) if rgb is None else rgb
             arr = np.asarray(image)

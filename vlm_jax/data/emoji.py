@@ -219,6 +219,12 @@ def prepare_drawing(image: str | Path | Image.Image, size: int, prepared_size: i
     with a margin at the stored size, then resized to the model's."""
     from vlm_jax.data import ops
 
+    return ops.normalize(ops.resize(to_square_rgb(drawing_rgba(image), prepared_size), size))
+
+
+def drawing_rgba(image: str | Path | Image.Image) -> Image.Image:
+    """An image file or PIL image as RGBA whose alpha marks the drawing: its own alpha, or for an opaque image its
+    non-white pixels (kept opaque when it is all white)."""
     if isinstance(image, Image.Image):
         rgba = image.convert("RGBA")
     else:
@@ -229,4 +235,4 @@ def prepare_drawing(image: str | Path | Image.Image, size: int, prepared_size: i
         alpha = np.where((arr[..., :3] < 250).any(-1), 255, 0).astype(np.uint8)
         if alpha.any():
             rgba = Image.fromarray(np.dstack([arr[..., :3], alpha]), "RGBA")
-    return ops.normalize(ops.resize(to_square_rgb(rgba, prepared_size), size))
+    return rgba

@@ -106,6 +106,10 @@ class ContrastiveObjective(Objective):
 
     # Whether `_contrastive` honours loss.contrastive_smoothing (objectives with a loss of their own set False)
     CONTRASTIVE_SMOOTHING: bool = True
+    # An objective's own loss keys, accepted beside LOSS_KEYS
+    OWN_LOSS_KEYS: tuple[str, ...] = ()
+    # Set (to the reason) by objectives whose loss needs InfoNCE over the whole batch in one piece
+    WHOLE_BATCH_INFONCE: str = ""
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
@@ -133,7 +137,12 @@ class ContrastiveObjective(Objective):
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         """Raises on unknown model / loss keys, naming the valid ones."""
         check_keys(config.model, MODEL_KEYS, "model")
-        check_keys(config.loss, LOSS_KEYS, "loss")
+        check_keys(config.loss, (*LOSS_KEYS, *self.OWN_LOSS_KEYS), "loss")
+        name, impl = config.loss.get("name", "infonce"), config.loss.get("impl", "full")
+        chunk = config.loss.get("chunk_size", 0)
+        if self.WHOLE_BATCH_INFONCE and (name != "infonce" or impl != "full" or chunk):
+            raise ValueError(f"{self.WHOLE_BATCH_INFONCE}: loss.name must be 'infonce' and loss.impl 'full' with no "
+                             f"chunk_size, got name={name!r}, impl={impl!r}, chunk_size={chunk}")
         check_module_fields(config.model.get("image", {}), ViT, "model.image")
         tower = config.model.get("text_tower", "transformer")
         if tower not in TEXT_TOWERS:

@@ -10,10 +10,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlm_jax.config import check_keys
 from vlm_jax.config_audit import merged
 from vlm_jax.losses.nlip import gmm_noise_probability, weighted_infonce
-from vlm_jax.objectives.contrastive import LOSS_KEYS, ContrastiveObjective
+from vlm_jax.objectives.contrastive import ContrastiveObjective
 from vlm_jax.train.objective import LossOut, Normalizers, register
 
 # history_momentum: each visit moves a pair's history by (1 − m) towards its current loss (the first visit sets it);
@@ -26,6 +25,8 @@ class NLIPObjective(ContrastiveObjective):
     """InfoNCE with per-pair weights 1 − p(noisy | loss history)."""
 
     CONTRASTIVE_SMOOTHING = False
+    OWN_LOSS_KEYS = tuple(NLIP_DEFAULTS)
+    WHOLE_BATCH_INFONCE = "NLIP weighs the pairs of one InfoNCE over the whole batch"
     CONFIG_DEFAULTS = {"loss": dict(ContrastiveObjective.CONFIG_DEFAULTS["loss"], **NLIP_DEFAULTS),
                        "evals": ContrastiveObjective.CONFIG_DEFAULTS["evals"]}
 
@@ -39,15 +40,6 @@ class NLIPObjective(ContrastiveObjective):
                              "from it: grad_accum_steps must be 1")
         self.num_examples = int(self.data.num_train_examples())
         self.start = int(round(float(self.cfg["warmup"]) * int(config.get("total_steps", 0))))
-
-    def check_config(self, config: ml_collections.ConfigDict) -> None:
-        super().check_config(ml_collections.ConfigDict(dict(config.to_dict(), loss={
-            k: v for k, v in config.loss.items() if k not in NLIP_DEFAULTS})))
-        check_keys(config.loss, (*LOSS_KEYS, *NLIP_DEFAULTS), "loss")
-        name, impl = config.loss.get("name", "infonce"), config.loss.get("impl", "full")
-        if name != "infonce" or impl != "full" or config.loss.get("chunk_size", 0):
-            raise ValueError(f"NLIP weighs the pairs of one InfoNCE over the whole batch: loss.name must be 'infonce' "
-                             f"and loss.impl 'full' with no chunk_size, got name={name!r}, impl={impl!r}")
 
     def init_extra(self, params: Any) -> Any:
         """Every pair's loss history, whether it was visited, and the count of applied updates."""

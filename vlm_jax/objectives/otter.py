@@ -11,12 +11,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlm_jax.config import check_keys
 from vlm_jax.config_audit import merged
 from vlm_jax.losses.otter import otter_loss, otter_targets
 from vlm_jax.models import TwoTower
 from vlm_jax.objectives import teacher as ema_teacher
-from vlm_jax.objectives.contrastive import LOSS_KEYS, ContrastiveObjective, Towers
+from vlm_jax.objectives.contrastive import ContrastiveObjective, Towers
 from vlm_jax.train.objective import Normalizers, register
 
 # The released OTTER recipe (facebookresearch/OTTER, launch_scripts/train_OTTER.sh and train.py): α 0.5, Sinkhorn
@@ -33,7 +32,8 @@ class OTTERObjective(ContrastiveObjective):
     """InfoNCE + KL to Sinkhorn soft targets from an EMA teacher's in-batch similarities."""
 
     CONTRASTIVE_SMOOTHING = False
-
+    OWN_LOSS_KEYS = tuple(OTTER_DEFAULTS)
+    WHOLE_BATCH_INFONCE = "OTTER mixes InfoNCE with transport targets over the whole batch"
     CONFIG_DEFAULTS = {"loss": dict(ContrastiveObjective.CONFIG_DEFAULTS["loss"], **OTTER_DEFAULTS),
                        "evals": ContrastiveObjective.CONFIG_DEFAULTS["evals"]}
 
@@ -42,14 +42,7 @@ class OTTERObjective(ContrastiveObjective):
         self.cfg = merged(self.CONFIG_DEFAULTS["loss"], config.loss)
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
-        super().check_config(ml_collections.ConfigDict(dict(config.to_dict(), loss={
-            k: v for k, v in config.loss.items() if k not in OTTER_DEFAULTS})))
-        check_keys(config.loss, (*LOSS_KEYS, *OTTER_DEFAULTS), "loss")
-        name, impl = config.loss.get("name", "infonce"), config.loss.get("impl", "full")
-        if name != "infonce" or impl != "full" or config.loss.get("chunk_size", 0):
-            raise ValueError(f"OTTER mixes InfoNCE with transport targets over the whole batch: loss.name must be "
-                             f"'infonce' and loss.impl 'full' with no chunk_size, got name={name!r}, impl={impl!r}, "
-                             f"chunk_size={config.loss.get('chunk_size', 0)}")
+        super().check_config(config)
         if not 0.0 <= float(config.loss.get("alpha", 0.5)) <= 1.0:
             raise ValueError(f"loss.alpha is the weight of InfoNCE in [0, 1], got {config.loss.alpha}")
 
