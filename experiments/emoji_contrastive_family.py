@@ -7,6 +7,7 @@ and loss settings, so the comparison table (docs/contrastive_family.md) differs 
   --config experiments/emoji_contrastive_family.py:method=filip          FILIP (token-wise late interaction)
   --config experiments/emoji_contrastive_family.py:method=nlip           NLIP (pairs weighed by their noise probability)
   --config experiments/emoji_contrastive_family.py:method=laclip         LaCLIP (captions rewritten with other names)
+  --config experiments/emoji_contrastive_family.py:method=llip           Llip (mixture tokens pooled per caption)
   --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
   --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
 
@@ -28,6 +29,9 @@ METHODS = {
     # LaCLIP (Fan et al. 2023): CLIP with each caption rewritten with probability 0.5 (data.caption_rewrites: the
     # emoji's other names from packaged tables, in place of the paper's language-model rewrites)
     "laclip": ("contrastive", "clip", {}, {}),
+    # Llip (Lavoie et al. 2024): 16 visual mixture tokens pooled per caption (objectives/llip.py), SigLIP's loss and
+    # initial temperature and bias as in the paper
+    "llip": ("llip", "siglip", {}, {"mixture_tokens": 16}),
 }
 
 

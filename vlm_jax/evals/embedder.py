@@ -7,6 +7,7 @@ so every process reads the full result.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable, ContextManager
 
 import jax
@@ -149,3 +150,42 @@ class LateInteractionEmbedder(Embedder):
                 i2t[start:stop] += np.asarray(s_i)[:stop - start] / len(sets)
                 t2i[start:stop] += np.asarray(s_t)[:stop - start] / len(sets)
         return i2t, t2i
+
+
+class MixtureEmbedder(Embedder):
+    """Caption-conditioned image embeddings (Llip): `images` gives each image's mixture-token keys and values
+    concatenated [N, K, 2D], `texts` each text's unit embedding and its query [N, 2D], and `similarity` pools an
+    image's values with each text's query (`losses.llip.llip_similarity`). The query is linear in the unit
+    embedding, so a prompt-ensembled class (the templates' mean embedding, renormalised) keeps an exact query."""
+
+    def __init__(self, *args: Any, tau: float, chunk: int = 64, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.tau, self.chunk = float(tau), chunk  # chunk: query images per similarity block
+
+    def images(self, params: Any, images: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        inputs = images if isinstance(images, dict) else np.asarray(images, np.float32)
+        return self._batched("image", params, inputs)
+
+    def texts(self, params: Any, texts: list[str]) -> np.ndarray:
+        return self._batched("text", params, self.tokenize(list(texts)))
+
+    def class_embeddings(self, params: Any, names: list[str], templates: list[str]) -> np.ndarray:
+        mean = np.mean([self.texts(params, [t.format(n) for n in names]) for t in templates], axis=0)
+        d = mean.shape[-1] // 2
+        return mean / np.maximum(np.linalg.norm(mean[:, :d], axis=-1, keepdims=True), 1e-12)
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def _block(self, queries: jax.Array, classes: jax.Array) -> jax.Array:
+        from vlm_jax.losses.llip import llip_similarity
+
+        d = classes.shape[-1] // 2
+        return llip_similarity(queries[..., :d], queries[..., d:], classes[:, d:], classes[:, :d], self.tau)
+
+    def similarity(self, images: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The [Q, C] scores, the same in both directions (each pair's image pooled by its text)."""
+        n = len(images)
+        size = max(min(self.chunk, n), 1)
+        padded = np.concatenate([images, np.repeat(images[-1:], -n % size, axis=0)]) if n else images
+        blocks = [np.asarray(self._block(padded[s:s + size], classes)) for s in range(0, n, size)]
+        scores = np.concatenate(blocks)[:n] if blocks else np.zeros((0, len(classes)), np.float32)
+        return scores, scores

@@ -21,6 +21,11 @@ def infonce_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array,
     """Symmetric cross-entropy over the B×B similarity matrix scaled by temperature `t`; with `label_smoothing` ε
     each row's target is (1 − ε) on its pair and ε/B on every column (ALIGN uses 0.1)."""
     logits = t * jnp.einsum("id,jd->ij", zimg.astype(jnp.float32), ztxt.astype(jnp.float32))
+    return infonce_from_logits(logits, label_smoothing)
+
+
+def infonce_from_logits(logits: jax.Array, label_smoothing: float | jax.Array = 0.0) -> tuple[jax.Array, Metrics]:
+    """Symmetric InfoNCE on a [B, B] logit matrix whose diagonal holds the pairs (see `infonce_loss`)."""
     diag = jnp.diagonal(logits)
     eps = jnp.asarray(label_smoothing, jnp.float32)
     loss_i2t = jnp.mean(jax.nn.logsumexp(logits, axis=1) - (1 - eps) * diag - eps * jnp.mean(logits, axis=1))
@@ -33,6 +38,11 @@ def infonce_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array,
 def sigmoid_loss(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array) -> tuple[jax.Array, Metrics]:
     """SigLIP: −Σ_ij log σ(±(t·x_i·y_j + b)) / B, positives on the diagonal."""
     logits = t * jnp.einsum("id,jd->ij", zimg.astype(jnp.float32), ztxt.astype(jnp.float32)) + b
+    return sigmoid_from_logits(logits)
+
+
+def sigmoid_from_logits(logits: jax.Array) -> tuple[jax.Array, Metrics]:
+    """SigLIP's loss on a [B, B] logit matrix (bias included) whose diagonal holds the pairs."""
     n = logits.shape[0]
     signs = 2.0 * jnp.eye(n, dtype=logits.dtype) - 1.0
     loss = -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / n

@@ -37,15 +37,26 @@ class TwoTower(nn.Module):
     # FILIP: also project every output token of both towers (own linear heads) to unit token embeddings,
     # aux["img/token_z"] [B, N, D] and aux["txt/token_z"] [B, L, D], zero vectors at padding
     token_embeddings: bool = False
+    # Llip: the image tower outputs this many mixture tokens (ViT pool_type "mixture"), projected to attention keys
+    # aux["img/mixture_keys"] and values aux["img/mixture_values"] [B, K, embed_dim]; the text embedding to a query
+    # aux["txt/mixture_query"] [B, embed_dim] (`losses.llip` pools the values per caption). The caption-free image
+    # embedding is the values' uniform mean, normalised.
+    mixture_tokens: int = 0
 
     @nn.compact
     def __call__(self, image: Array | None, text: Array | None, *,
                  train: bool = False) -> tuple[tuple[Array | None, Array | None], dict[str, Any]]:
         aux: dict[str, Any] = {}
         zimg = ztxt = None
+        mix = dict(pool_type="mixture", mixture_tokens=self.mixture_tokens) if self.mixture_tokens else {}
         if image is not None:
-            out, tower_aux = ViT(**{"num_classes": self.embed_dim, **self.image}, name="img")(image, train=train)
+            out, tower_aux = ViT(**{"num_classes": self.embed_dim, **self.image, **mix}, name="img")(image,
+                                                                                                  train=train)
             aux.update({f"img/{k}": v for k, v in tower_aux.items()})
+            if self.mixture_tokens:
+                aux["img/mixture_keys"] = self._project("mixture_key", out)
+                aux["img/mixture_values"] = out = self._project("mixture_value", out)
+                out = jnp.mean(out, axis=1)
             aux["img/unnormed"] = out
             zimg = l2_normalize(out)
             if self.token_embeddings:
@@ -58,6 +69,8 @@ class TwoTower(nn.Module):
             aux.update({f"txt/{k}": v for k, v in tower_aux.items()})
             aux["txt/unnormed"] = out
             ztxt = l2_normalize(out)
+            if self.mixture_tokens:
+                aux["txt/mixture_query"] = self._project("mixture_query", ztxt)
             if self.token_embeddings:
                 aux["txt/token_z"] = self._tokens("txt_token_head", tower_aux["encoded"],
                                                   text != self.text.get("pad_id", 0))
@@ -68,6 +81,11 @@ class TwoTower(nn.Module):
             aux[name] = jnp.exp(self.param(name, log_init, (), jnp.float32))
         return (zimg, ztxt), aux
 
+
+    def _project(self, name: str, x: Array) -> Array:
+        """A bias-free linear map of embeddings onto embed_dim, in float32 (Llip's key / value / query)."""
+        return layers.dense(self.embed_dim, ("embed", None), "float32", use_bias=False, out_dtype="float32",
+                            name=name)(x)
 
     def _tokens(self, name: str, tokens: Array, valid: Array | None) -> Array:
         """Unit token embeddings [B, N, embed_dim] by a linear head, zero where `valid` [B, N] is false."""

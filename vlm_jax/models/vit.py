@@ -12,7 +12,7 @@ from vlm_jax.variants import VARIANTS, parse_variant  # noqa: F401  (re-exported
 
 Array = jax.Array
 
-POOL_TYPES = ("gap", "map", "tok", "none")
+POOL_TYPES = ("gap", "map", "tok", "none", "mixture")
 
 
 class ViT(nn.Module):
@@ -43,6 +43,8 @@ class ViT(nn.Module):
     posemb_grid: int | None = None  # side G of a learned G×G position table resized to each input's patch grid
     # (antialiased bilinear, as SigLIP 2): needed for NaFlex inputs (models/naflex.py); None: the table has the
     # fixed input's grid
+    mixture_tokens: int = 0  # pool_type "mixture": this many learned tokens join the patches and are the output,
+    # [B, K, width] (Llip's visual mixture tokens; the projection head maps each)
     locked: bool = False  # LiT: the encoder's output is a constant to autodiff (no backward pass through the
     # stem, positions and transformer; freeze them with optim.freeze so weight decay leaves them alone too)
 
@@ -126,6 +128,16 @@ class ViT(nn.Module):
         aux["with_posemb"] = x
         if keep is not None:  # positions are already added, so the encoder knows where each kept patch was
             x = jnp.take_along_axis(x, keep[:, :, None], axis=1)
+        if (self.pool_type == "mixture") != (self.mixture_tokens > 0):
+            raise ValueError(f"pool_type 'mixture' and mixture_tokens > 0 go together, got pool_type="
+                             f"{self.pool_type!r}, mixture_tokens={self.mixture_tokens}")
+        if self.pool_type == "mixture":
+            k = int(self.mixture_tokens)
+            tokens = self.param("mixture", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                        (None, None, "embed")), (1, k, d), jnp.float32)
+            x = jnp.concatenate([jnp.broadcast_to(tokens, (b, k, d)).astype(x.dtype), x], axis=1)
+            if valid is not None:
+                valid = jnp.concatenate([jnp.ones((b, k), bool), valid], axis=1)
         if self.pool_type == "tok":
             cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
                              (1, 1, d), jnp.float32)
@@ -158,6 +170,8 @@ class ViT(nn.Module):
             x = jnp.mean(x, axis=1)
         elif self.pool_type == "tok":
             x = x[:, 0]
+        elif self.pool_type == "mixture":
+            x = x[:, :self.mixture_tokens]
         aux["pre_logits"] = x
         if self.num_classes is None:
             return x, aux

@@ -30,7 +30,8 @@ class Towers(NamedTuple):
     """One (micro-)batch through a contrastive model: unit embeddings, logit scale t and bias b (None without),
     the weighted sum of the loss terms beside the contrastive one, their metrics, and the new `extra`; and what else
     the contrastive loss reads: `rows`, float arrays with one row per example (e.g. a teacher's embeddings, token
-    features), gathered over micro-batches like the embeddings, and `scalars`, learned scalars shared like t."""
+    features), gathered over micro-batches like the embeddings, and `shared`, learned parameters the loss reads
+    directly (scalars such as OTTER's distillation temperature, or arrays), the same in every micro-batch like t."""
     zimg: jax.Array
     ztxt: jax.Array
     t: jax.Array
@@ -39,7 +40,7 @@ class Towers(NamedTuple):
     metrics: dict[str, jax.Array]
     extra: Any
     rows: dict[str, jax.Array] = {}
-    scalars: dict[str, jax.Array] = {}
+    shared: dict[str, jax.Array] = {}
 
 
 MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init", "text_tower")
@@ -106,8 +107,9 @@ class ContrastiveObjective(Objective):
 
     # Whether `_contrastive` honours loss.contrastive_smoothing (objectives with a loss of their own set False)
     CONTRASTIVE_SMOOTHING: bool = True
-    # An objective's own loss keys, accepted beside LOSS_KEYS
+    # An objective's own loss and model keys, accepted beside LOSS_KEYS and MODEL_KEYS
     OWN_LOSS_KEYS: tuple[str, ...] = ()
+    OWN_MODEL_KEYS: tuple[str, ...] = ()
     # Set (to the reason) by objectives whose loss needs InfoNCE over the whole batch in one piece
     WHOLE_BATCH_INFONCE: str = ""
 
@@ -136,7 +138,7 @@ class ContrastiveObjective(Objective):
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         """Raises on unknown model / loss keys, naming the valid ones."""
-        check_keys(config.model, MODEL_KEYS, "model")
+        check_keys(config.model, (*MODEL_KEYS, *self.OWN_MODEL_KEYS), "model")
         check_keys(config.loss, (*LOSS_KEYS, *self.OWN_LOSS_KEYS), "loss")
         name, impl = config.loss.get("name", "infonce"), config.loss.get("impl", "full")
         chunk = config.loss.get("chunk_size", 0)
@@ -171,9 +173,9 @@ class ContrastiveObjective(Objective):
 
     def _contrastive(self, zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array | None,
                      labels: jax.Array | None = None, rows: dict[str, jax.Array] | None = None,
-                     scalars: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                     shared: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The configured contrastive loss on (global) embeddings, with t and b among the metrics; `labels`
-        [B] for a loss that takes them (UniCL). `rows` and `scalars` (`Towers`) are for objectives whose loss
+        [B] for a loss that takes them (UniCL). `rows` and `shared` (`Towers`) are for objectives whose loss
         reads more than the embeddings; this one reads neither."""
         impl, chunk = self.config.loss.get("impl", "full"), int(self.config.loss.get("chunk_size", 0) or 0)
         if self.config.loss.get("name") in LABEL_LOSSES:
@@ -202,7 +204,7 @@ class ContrastiveObjective(Objective):
              norm: Normalizers | None = None) -> LossOut:
         out = self._towers(params, extra, batch, rng, train, norm)
         loss, metrics = self._contrastive(out.zimg, out.ztxt, out.t, out.b, batch.get("concept"), out.rows,
-                                          out.scalars)
+                                          out.shared)
         if not out.metrics:
             return loss, (metrics, out.extra)
         total = self.contrastive_weight * loss + out.local
@@ -249,25 +251,25 @@ class ContrastiveObjective(Objective):
 
         parts = jax.lax.map(lambda xs: towers(params, *xs), (subs, keys))
         has_b = parts.b is not None
-        loss_fn = lambda zimg, ztxt, t, b, rows_, scalars: self._contrastive(  # noqa: E731
-            zimg, ztxt, t, b if has_b else None, batch.get("concept"), rows_, scalars)
+        loss_fn = lambda zimg, ztxt, t, b, rows_, shared_: self._contrastive(  # noqa: E731
+            zimg, ztxt, t, b if has_b else None, batch.get("concept"), rows_, shared_)
         b0 = parts.b[0] if has_b else jnp.zeros((), jnp.float32)
-        shared = jax.tree.map(lambda x: x[0], parts.scalars)  # equal in every micro-batch, like t and b
+        shared = jax.tree.map(lambda x: x[0], parts.shared)  # equal in every micro-batch, like t and b
         loss, vjp, metrics = jax.vjp(loss_fn, merge_microbatches(parts.zimg), merge_microbatches(parts.ztxt),
                                      parts.t[0], b0, jax.tree.map(merge_microbatches, parts.rows), shared,
                                      has_aux=True)
         weight = self.contrastive_weight if parts.metrics else 1.0
-        g_img, g_txt, g_t, g_b, g_rows, g_scalars = vjp(jnp.full_like(loss, weight))
+        g_img, g_txt, g_t, g_b, g_rows, g_shared = vjp(jnp.full_like(loss, weight))
 
         def backward(acc: Any, xs: tuple) -> tuple[Any, None]:
             sub, key, gi, gt_, gr = xs
             embed = lambda p: (lambda o: (o.zimg, o.ztxt, o.t, o.b if has_b else b0, o.local, o.rows,  # noqa: E731
-                                          o.scalars))(towers(p, sub, key))
+                                          o.shared))(towers(p, sub, key))
             _, pull = jax.vjp(embed, params)
-            # t, b and the scalars are shared, and the whole batch's local term is the mean of the micro-batches':
+            # t, b and the shared parameters are common to all, and the whole batch's local term is the mean of the micro-batches':
             # 1/n each
             (grads,) = pull((gi, gt_, g_t / n, g_b / n, jnp.full((), 1.0 / n, jnp.float32), gr,
-                             jax.tree.map(lambda g: g / n, g_scalars)))
+                             jax.tree.map(lambda g: g / n, g_shared)))
             return jax.tree.map(jnp.add, acc, grads), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)

@@ -52,7 +52,7 @@ class FILIPObjective(ContrastiveObjective):
 
     def _contrastive(self, zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array | None,
                      labels: jax.Array | None = None, rows: dict[str, jax.Array] | None = None,
-                     scalars: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                     shared: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """FILIP's loss over the whole batch; padding is where a token embedding is the zero vector."""
         img, txt = rows["img_tokens"], rows["txt_tokens"]
         valid = lambda x: jnp.any(jax.lax.stop_gradient(x) != 0, axis=-1)  # noqa: E731

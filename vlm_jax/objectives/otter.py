@@ -78,17 +78,17 @@ class OTTERObjective(ContrastiveObjective):
         (timg, ttxt), _ = model.apply({"params": ema_teacher.with_teacher(params, extra["teacher"])},
                                       batch["image"], batch["text"], train=False)
         return Towers(zimg, ztxt, aux["t"], aux.get("b"), jnp.zeros((), jnp.float32), {}, extra,
-                      rows={"teacher_img": timg, "teacher_txt": ttxt}, scalars={"t_distill": aux["t_distill"]})
+                      rows={"teacher_img": timg, "teacher_txt": ttxt}, shared={"t_distill": aux["t_distill"]})
 
     def _contrastive(self, zimg: jax.Array, ztxt: jax.Array, t: jax.Array, b: jax.Array | None,
                      labels: jax.Array | None = None, rows: dict[str, jax.Array] | None = None,
-                     scalars: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                     shared: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Transport targets over the whole (global) batch from the teacher's embeddings, then `otter_loss`."""
         cfg = self.cfg
         i2t, t2i = otter_targets(rows["teacher_img"], rows["teacher_txt"], eps=float(cfg["sinkhorn_eps"]),
                                  iterations=int(cfg["sinkhorn_iterations"]), image_coef=float(cfg["image_coef"]),
                                  text_coef=float(cfg["text_coef"]), diag_penalty=float(cfg["diag_penalty"]))
-        loss, metrics = otter_loss(zimg, ztxt, t, scalars["t_distill"], i2t, t2i, float(cfg["alpha"]))
+        loss, metrics = otter_loss(zimg, ztxt, t, shared["t_distill"], i2t, t2i, float(cfg["alpha"]))
         return loss, dict(metrics, t=t)
 
     def forward_flops(self, batch: dict[str, Any], phase: int = 0) -> dict[str, float]:

@@ -58,10 +58,11 @@ def vit(fields: Mapping[str, Any], image_size: tuple[int, int], channels: int = 
     (ph, pw), d = c["patch_size"], c["width"]
     patches = num_patches or (image_size[0] // ph) * (image_size[1] // pw)
     pool = fields.get("pool_type", "gap")
-    tokens = patches + (pool == "tok")
+    mixture = int(fields.get("mixture_tokens", 0) or 0) if pool == "mixture" else 0  # Llip's K output tokens
+    tokens = patches + (pool == "tok") + mixture
     head = pooler(1, tokens, d, c["num_heads"], c["mlp_dim"]) if pool == "map" else 0.0
     if fields.get("num_classes"):
-        head += dense(1, d, int(fields["num_classes"]))
+        head += dense(max(mixture, 1), d, int(fields["num_classes"]))
     return {"patch_embed": dense(patches, ph * pw * channels, d), "head": head, "tokens": tokens,
             "encoder": encoder_stack(tokens, d, c["depth"], c["mlp_dim"], c["num_heads"])}
 
@@ -135,7 +136,9 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
         return part
 
     if isinstance(model, TwoTower):
-        image_tower({"num_classes": model.embed_dim, **model.image}, "image", (h, w), ch)
+        k, e = model.mixture_tokens, model.embed_dim
+        mix = dict(pool_type="mixture", mixture_tokens=k) if k else {}
+        image_tower({"num_classes": model.embed_dim, **model.image, **mix}, "image", (h, w), ch)
         text = {"num_classes": model.embed_dim, **model.text}
         if model.text.get("locked"):  # a locked tower runs forward only; its head trains
             out["forward_only"] = bsz * text_encoder({**text, "num_classes": None}, _shape(batch, "text")[1])
@@ -143,6 +146,10 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
         else:
             out["text"] = bsz * text_encoder(text, _shape(batch, "text")[1])
         out["similarity"] = dense(bsz, model.embed_dim, bsz)
+        if k:  # Llip: keys and values of the mixture, the caption's query; per pair the K scores and the pooling
+            out["image"] += bsz * 2 * dense(k, e, e)
+            out["text"] += bsz * dense(1, e, e)
+            out["similarity"] += 2 * dense(bsz * k, e, bsz)
     elif isinstance(model, OneTower):
         heads = {"num_classes": None if model.separate_heads else model.embed_dim}
         fields = {**model.image, **heads}
