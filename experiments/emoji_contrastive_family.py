@@ -8,6 +8,7 @@ and loss settings, so the comparison table (docs/contrastive_family.md) differs 
   --config experiments/emoji_contrastive_family.py:method=nlip           NLIP (pairs weighed by their noise probability)
   --config experiments/emoji_contrastive_family.py:method=laclip         LaCLIP (captions rewritten with other names)
   --config experiments/emoji_contrastive_family.py:method=llip           Llip (mixture tokens pooled per caption)
+  --config experiments/emoji_contrastive_family.py:method=kelip          KELIP (English + Korean captions, multi-crop)
   --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
   --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
 
@@ -32,6 +33,9 @@ METHODS = {
     # Llip (Lavoie et al. 2024): 16 visual mixture tokens pooled per caption (objectives/llip.py), SigLIP's loss and
     # initial temperature and bias as in the paper
     "llip": ("llip", "siglip", {}, {"mixture_tokens": 16}),
+    # KELIP (Ko & Gu 2022): bilingual captions, English or Korean names drawn per example (in the same templates),
+    # and multi-crop (objectives/kelip.py: 2 local crops of half the side at 16 px), CLIP's loss; evaluated in both
+    "kelip": ("kelip", "clip", {}, {}),
 }
 
 
@@ -51,6 +55,9 @@ def get_config(arg=None):
         c.data.example_ids = True
     if arg.method == "laclip":
         c.data.caption_rewrites = 0.5
+    if arg.method == "kelip":
+        c.data.languages = ("en", "ko")
+        c.evals.languages = ["en", "ko"]
     if float(arg.noise):
         c.data.caption_noise = float(arg.noise)
     return c

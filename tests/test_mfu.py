@@ -31,6 +31,7 @@ ONE_DEVICE = ["mesh=[('data', 1)]", "batch_size=8"]
     ("emoji_lit.py:size=test,tower=image,init=unused", []),  # the locked ViT encoder runs forward only
     ("emoji_siglip2.py:size=test", ["loss.distill_start=0.0"]),  # self-distillation from the first step
     ("emoji_contrastive_family.py:method=llip,size=test", []),  # mixture tokens pooled per caption
+    ("emoji_contrastive_family.py:method=kelip,size=test", []),  # two local crops at half the resolution
 ])
 def test_analytic_step_flops_equal_the_jaxpr_of_the_train_step(data_dir, experiment, overrides):
     """The meter's FLOPs per step (analytic, from the model config) vs the matmul FLOPs of the jitted train step

@@ -27,6 +27,7 @@ from vlm_jax.models.text import TextTransformer
 from vlm_jax.models.vit import ViT
 from vlm_jax.objectives import teacher as ema_teacher
 from vlm_jax.objectives.contrastive import LOSS_KEYS, ContrastiveObjective, Towers, check_module_fields
+from vlm_jax.objectives.views import local_geometry, random_crops
 from vlm_jax.train.objective import Evaluator, Normalizers, register
 from vlm_jax.config_audit import merged
 
@@ -53,16 +54,6 @@ def soft_cross_entropy(teacher_probs: jax.Array, student_logits: jax.Array, temp
     return -jnp.sum(teacher_probs * jax.nn.log_softmax(student_logits / temperature, axis=-1), axis=-1)
 
 
-def random_crops(rng: jax.Array, images: jax.Array, fraction: float, size: int) -> jax.Array:
-    """A square crop of `fraction` of the side at a random place in each image, at `size` × `size` pixels (resized
-    only when the crop has another size)."""
-    b, s, _, c = images.shape
-    side = max(1, int(round(fraction * s)))
-    top_left = jax.random.randint(rng, (b, 2), 0, s - side + 1)
-    crop = jax.vmap(lambda im, p: jax.lax.dynamic_slice(im, (p[0], p[1], 0), (side, side, c)))(images, top_left)
-    return crop if side == size else jax.image.resize(crop, (b, size, size, c), "linear", antialias=True)
-
-
 @register("siglip2")
 class SigLIP2Objective(ContrastiveObjective):
     """SigLIP + LocCa decoder loss + (late) SILC self-distillation and TIPS masked prediction."""
@@ -87,11 +78,9 @@ class SigLIP2Objective(ContrastiveObjective):
         s, patch = self.data.image_size, tuple(ViT(**dict(config.model.image))._cfg()["patch_size"])
         self.grid = (s // patch[0], s // patch[1])
         self.local_side = int(round(float(loss["local_size"]) * s))
-        if self.distill_on and (self.local_side < max(patch) or any(self.local_side % p for p in patch)):
-            raise ValueError(f"loss.local_size {loss['local_size']} gives {self.local_side}-pixel local views of the "
-                             f"{s}-pixel input: their side must be a positive multiple of the patch size {patch} "
-                             f"(e.g. local_size={max(patch) * max(1, s // 2 // max(patch)) / s})")
         self.local_grid = (self.local_side // patch[0], self.local_side // patch[1])
+        if self.distill_on:
+            self.grid, self.local_side, self.local_grid = local_geometry(s, patch, loss["local_size"])
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         check_keys(config.model, MODEL_KEYS, "model")
