@@ -9,6 +9,7 @@ and loss settings, so the comparison table (docs/contrastive_family.md) differs 
   --config experiments/emoji_contrastive_family.py:method=laclip         LaCLIP (captions rewritten with other names)
   --config experiments/emoji_contrastive_family.py:method=llip           Llip (mixture tokens pooled per caption)
   --config experiments/emoji_contrastive_family.py:method=kelip          KELIP (English + Korean captions, multi-crop)
+  --config experiments/emoji_contrastive_family.py:method=zerovl         ZeroVL (one style per batch, coin-flip mixup)
   --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
   --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
 
@@ -36,6 +37,9 @@ METHODS = {
     # KELIP (Ko & Gu 2022): bilingual captions, English or Korean names drawn per example (in the same templates),
     # and multi-crop (objectives/kelip.py: 2 local crops of half the side at 16 px), CLIP's loss; evaluated in both
     "kelip": ("kelip", "clip", {}, {}),
+    # ZeroVL (Cui et al. 2022): each batch from one training style (noto / twitter / facebook, in proportion to their
+    # sizes) and coin-flipping mixup (objectives/zerovl.py, β 0.1), CLIP's loss and temperature
+    "zerovl": ("zerovl", "clip", {}, {}),
 }
 
 
@@ -55,6 +59,8 @@ def get_config(arg=None):
         c.data.example_ids = True
     if arg.method == "laclip":
         c.data.caption_rewrites = 0.5
+    if arg.method == "zerovl":
+        c.data.sampling = "sources"
     if arg.method == "kelip":
         c.data.languages = ("en", "ko")
         c.evals.languages = ["en", "ko"]

@@ -18,7 +18,7 @@ from vlm_jax.data import naflex as naflex_lib
 from vlm_jax.data.tokenizer import TRAIN_TEMPLATES, Tokenizer
 
 
-SAMPLINGS = ("examples", "concepts")
+SAMPLINGS = ("examples", "concepts", "sources")
 MAX_PIXELS = 4096 * 4096  # larger images are skipped (decompression bombs, broken headers)
 
 
@@ -262,9 +262,26 @@ def make_train_dataset(
     `caption_rewrites`: the probability that a caption uses another name of its concept (`data.rewrites`).
     `example_ids`: elements carry "example", the example's row in the source (0 … `len` − 1), for objectives that
     keep per-example state (NLIP); with sampling "examples" only.
+    "sources" (ZeroVL's debiased sampling, needs several `styles`): every batch comes from one style, each style its
+    own shuffled stream, the styles interleaved in proportion to their example counts (the same order on every
+    process, so a global batch is one style; exactly resumable).
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if sampling == "sources":
+        if not styles or len(styles) < 2 or example_ids:
+            raise ValueError("data.sampling='sources' draws each batch from one training style: it needs two or more "
+                             f"data.train_styles (got {list(styles or [])}) and no data.example_ids")
+        streams, sizes = {}, {}
+        for k, style in enumerate(styles):
+            kw = dict(image_size=image_size, text_len=text_len, batch_size=batch_size, seed=seed + 7919 * k,
+                      augment=augment, templates=templates, process_index=process_index, process_count=process_count,
+                      num_threads=num_threads, prefetch=prefetch, prepared_size=prepared_size,
+                      max_concepts=max_concepts, styles=(style,), max_pixels=max_pixels, languages=languages,
+                      sampling="examples", caption_noise=caption_noise, caption_rewrites=caption_rewrites)
+            streams[style] = make_train_dataset(data_dir, split, tokenizer, **kw)
+            sizes[style] = float(len(train_source(data_dir, (style,), prepared_size, max_concepts)))
+        return grain.IterDataset.mix(streams, sizes)
     if styles:
         src = train_source(data_dir, styles, prepared_size, max_concepts)
     else:
