@@ -10,6 +10,7 @@ and loss settings, so the comparison table (docs/contrastive_family.md) differs 
   --config experiments/emoji_contrastive_family.py:method=llip           Llip (mixture tokens pooled per caption)
   --config experiments/emoji_contrastive_family.py:method=kelip          KELIP (English + Korean captions, multi-crop)
   --config experiments/emoji_contrastive_family.py:method=zerovl         ZeroVL (one style per batch, coin-flip mixup)
+  --config experiments/emoji_contrastive_family.py:method=declip         DeCLIP (views, SimSiam, MLM, NN queue)
   --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
   --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
 
@@ -40,6 +41,9 @@ METHODS = {
     # ZeroVL (Cui et al. 2022): each batch from one training style (noto / twitter / facebook, in proportion to their
     # sizes) and coin-flipping mixup (objectives/zerovl.py, β 0.1), CLIP's loss and temperature
     "zerovl": ("zerovl", "clip", {}, {}),
+    # DeCLIP (Li et al. 2022): multi-view InfoNCE, SimSiam, MLM (a bidirectional text tower, so masked words see
+    # both sides) and nearest-neighbour positives from a text queue (objectives/declip.py), CLIP's temperature
+    "declip": ("declip", "clip", {}, {"text": {"causal": False}}),
 }
 
 
@@ -54,7 +58,11 @@ def get_config(arg=None):
     c.objective = objective
     c.seed = int(arg.seed)
     c.loss.update(loss)
-    c.model.update(model)
+    for key, value in model.items():  # sub-sections (e.g. the text tower) are updated, not replaced
+        if isinstance(value, dict):
+            c.model[key].update(value)
+        else:
+            c.model[key] = value
     if objective == "nlip":
         c.data.example_ids = True
     if arg.method == "laclip":

@@ -42,6 +42,9 @@ class TwoTower(nn.Module):
     # aux["txt/mixture_query"] [B, embed_dim] (`losses.llip` pools the values per caption). The caption-free image
     # embedding is the values' uniform mean, normalised.
     mixture_tokens: int = 0
+    # SimSiam's predictor (DeCLIP): hidden width of a two-layer MLP (ReLU between) on the projected image embedding,
+    # aux["img/predicted"] [B, embed_dim]; 0: none
+    predictor: int = 0
 
     @nn.compact
     def __call__(self, image: Array | None, text: Array | None, *,
@@ -59,6 +62,9 @@ class TwoTower(nn.Module):
                 out = jnp.mean(out, axis=1)
             aux["img/unnormed"] = out
             zimg = l2_normalize(out)
+            if self.predictor:
+                hidden = nn.relu(self._project("predictor_hidden", out, self.predictor, bias=True))
+                aux["img/predicted"] = self._project("predictor_out", hidden, bias=True)
             if self.token_embeddings:
                 aux["img/token_z"] = self._tokens("img_token_head", tower_aux["encoded"], tower_aux.get("mask"))
         if text is not None:
@@ -82,10 +88,11 @@ class TwoTower(nn.Module):
         return (zimg, ztxt), aux
 
 
-    def _project(self, name: str, x: Array) -> Array:
-        """A bias-free linear map of embeddings onto embed_dim, in float32 (Llip's key / value / query)."""
-        return layers.dense(self.embed_dim, ("embed", None), "float32", use_bias=False, out_dtype="float32",
-                            name=name)(x)
+    def _project(self, name: str, x: Array, features: int = 0, bias: bool = False) -> Array:
+        """A linear map of embeddings onto `features` (0: embed_dim) in float32 (Llip's key / value / query, bias-free;
+        the SimSiam predictor's layers)."""
+        return layers.dense(features or self.embed_dim, ("embed", None), "float32", use_bias=bias,
+                            out_dtype="float32", name=name)(x)
 
     def _tokens(self, name: str, tokens: Array, valid: Array | None) -> Array:
         """Unit token embeddings [B, N, embed_dim] by a linear head, zero where `valid` [B, N] is false."""

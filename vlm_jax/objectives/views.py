@@ -15,6 +15,17 @@ def random_crops(rng: jax.Array, images: jax.Array, fraction: float, size: int) 
     return crop if side == size else jax.image.resize(crop, (b, size, size, c), "linear", antialias=True)
 
 
+def resized_crops(rng: jax.Array, images: jax.Array, fraction: float) -> jax.Array:
+    """A random square crop of `fraction` of each image's side, scaled back to the image's size by nearest
+    neighbour (no interpolation matmuls), and flipped left–right with probability 1/2 (a second view)."""
+    b, s, _, c = images.shape
+    k_crop, k_flip = jax.random.split(rng)
+    crops = random_crops(k_crop, images, fraction, max(1, int(round(fraction * s))))
+    crops = crops if crops.shape[1] == s else jax.image.resize(crops, (b, s, s, c), "nearest")
+    flip = jax.random.bernoulli(k_flip, 0.5, (b, 1, 1, 1))
+    return jax.numpy.where(flip, crops[:, :, ::-1], crops)
+
+
 def local_geometry(image_size: int, patch: tuple[int, int], local_size: float,
                    key: str = "loss.local_size") -> tuple[tuple[int, int], int, tuple[int, int]]:
     """(the input's patch grid, the local views' side in pixels, their patch grid) for views `local_size` of the

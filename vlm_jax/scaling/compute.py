@@ -146,6 +146,8 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
         else:
             out["text"] = bsz * text_encoder(text, _shape(batch, "text")[1])
         out["similarity"] = dense(bsz, model.embed_dim, bsz)
+        if model.predictor:  # SimSiam's predictor on the image embedding
+            out["image"] += bsz * (dense(1, e, model.predictor) + dense(1, model.predictor, e))
         if k:  # Llip: keys and values of the mixture, the caption's query; per pair the K scores and the pooling
             out["image"] += bsz * 2 * dense(k, e, e)
             out["text"] += bsz * dense(1, e, e)
