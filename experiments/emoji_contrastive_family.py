@@ -11,6 +11,7 @@ and loss settings, so the comparison table (docs/contrastive_family.md) differs 
   --config experiments/emoji_contrastive_family.py:method=kelip          KELIP (English + Korean captions, multi-crop)
   --config experiments/emoji_contrastive_family.py:method=zerovl         ZeroVL (one style per batch, coin-flip mixup)
   --config experiments/emoji_contrastive_family.py:method=declip         DeCLIP (views, SimSiam, MLM, NN queue)
+  --config experiments/emoji_contrastive_family.py:method=alip           ALIP (raw + clean captions, gated)
   --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
   --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
 
@@ -44,6 +45,9 @@ METHODS = {
     # DeCLIP (Li et al. 2022): multi-view InfoNCE, SimSiam, MLM (a bidirectional text tower, so masked words see
     # both sides) and nearest-neighbour positives from a text queue (objectives/declip.py), CLIP's temperature
     "declip": ("declip", "clip", {}, {"text": {"causal": False}}),
+    # ALIP (Yang et al. 2023): a second, clean caption per image (another name of the emoji, data.alt_captions, in
+    # place of a captioner's) beside the raw one, with ALIP's sample and pair gates (objectives/alip.py)
+    "alip": ("alip", "clip", {}, {}),
 }
 
 
@@ -67,6 +71,8 @@ def get_config(arg=None):
         c.data.example_ids = True
     if arg.method == "laclip":
         c.data.caption_rewrites = 0.5
+    if arg.method == "alip":
+        c.data.alt_captions = True
     if arg.method == "zerovl":
         c.data.sampling = "sources"
     if arg.method == "kelip":

@@ -50,13 +50,14 @@ def family_objective(method: str, **arg):
 
 
 def first_batch_and_params(obj, keys=("image", "text")):
-    """The objective's first training batch (the `keys` fields, as jax arrays) and parameters initialised on it."""
+    """The objective's first training batch (the `keys` fields, as jax arrays) and parameters initialised on its
+    image and text."""
     import jax.numpy as jnp
 
     first = next(iter(obj.train_data(16, 0, 0, 1)))
     batch = {k: jnp.asarray(first[k]) for k in keys}
     params = obj.model().init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
-                              **{k: v[:2] for k, v in batch.items()})["params"]
+                              **{k: batch[k][:2] for k in ("image", "text")})["params"]
     return batch, unbox(params)
 
 

@@ -68,7 +68,7 @@ class _Preprocess(AugmentingMap):
                  augment: dict, templates: Sequence[str], max_pixels: int = MAX_PIXELS,
                  languages: Sequence[str] = ("en",), noise: float = 0.0,
                  noise_names: dict[int, str] | None = None, rewrite: float = 0.0,
-                 rewrites: dict[int, list[str]] | None = None):
+                 rewrites: dict[int, list[str]] | None = None, alt_captions: bool = False):
         # `tokenizer`: a Tokenizer, or any texts → model-input function (e.g. a text renderer for CLIPPO)
         self.encode = (lambda texts: tokenizer.encode(texts, text_len)) if isinstance(tokenizer, Tokenizer) \
             else tokenizer
@@ -88,6 +88,9 @@ class _Preprocess(AugmentingMap):
         # caption rewrites (LaCLIP's text augmentation from offline names): with probability `rewrite` the caption
         # uses one of the concept's other names (`rewrites`: concept id → names; concepts without any keep theirs)
         self.rewrite, self.rewrites = float(rewrite), dict(rewrites or {})
+        # a second caption per example ("caption": ALIP's synthetic caption, from the name tables): one of the
+        # concept's other names, or its own, in another draw of the templates; never noised
+        self.alt_captions = bool(alt_captions)
 
     def _image(self, data: Any) -> tuple[np.ndarray | None, str | None]:
         """Decoded image (read-only, memoised by its encoded bytes) or (None, reason)."""
@@ -119,6 +122,7 @@ class _Preprocess(AugmentingMap):
         name = robust.decode_caption(ex["name"])
         if name is None:
             return {robust.BAD: "caption"}
+        true_name = name
         if self.languages != ("en",):  # caption language drawn per example (no draw for English-only runs)
             lang = self.languages[int(rng.integers(len(self.languages)))]
             if lang != "en":
@@ -136,6 +140,10 @@ class _Preprocess(AugmentingMap):
                 name = pool[int(rng.integers(len(pool)))]
         caption = template.format(name)
         out = {"image": image, "augment": params, "text": self._tokens(caption), "concept": np.int32(ex["concept"])}
+        if self.alt_captions:  # drawn after everything else, so the rest equals a run without it
+            pool = self.rewrites.get(int(ex["concept"])) or [true_name]
+            alt = pool[int(rng.integers(len(pool)))]
+            out["caption"] = self._tokens(self.templates[int(rng.integers(len(self.templates)))].format(alt))
         if "example" in ex:  # a stable id per training example (`make_train_dataset(example_ids=True)`)
             out["example"] = np.int32(ex["example"])
         return out
@@ -251,6 +259,7 @@ def make_train_dataset(
     caption_noise: float = 0.0,
     example_ids: bool = False,
     caption_rewrites: float = 0.0,
+    alt_captions: bool = False,
 ) -> grain.IterDataset:
     """Infinite, shuffled, augmented, batched per-process training stream (drop_remainder).
 
@@ -260,6 +269,8 @@ def make_train_dataset(
     a concept appears at most once per batch (except in a batch spanning two epochs).
     `caption_noise`: the probability that an example's caption names another of the source's concepts instead.
     `caption_rewrites`: the probability that a caption uses another name of its concept (`data.rewrites`).
+    `alt_captions`: elements also carry "caption", a second caption of the true concept with another of its names
+    (or its own) in another template, never noised (ALIP's synthetic-caption path, from the name tables).
     `example_ids`: elements carry "example", the example's row in the source (0 … `len` − 1), for objectives that
     keep per-example state (NLIP); with sampling "examples" only.
     "sources" (ZeroVL's debiased sampling, needs several `styles`): every batch comes from one style, each style its
@@ -278,7 +289,8 @@ def make_train_dataset(
                       augment=augment, templates=templates, process_index=process_index, process_count=process_count,
                       num_threads=num_threads, prefetch=prefetch, prepared_size=prepared_size,
                       max_concepts=max_concepts, styles=(style,), max_pixels=max_pixels, languages=languages,
-                      sampling="examples", caption_noise=caption_noise, caption_rewrites=caption_rewrites)
+                      sampling="examples", caption_noise=caption_noise, caption_rewrites=caption_rewrites,
+                      alt_captions=alt_captions)
             streams[style] = make_train_dataset(data_dir, split, tokenizer, **kw)
             sizes[style] = float(len(train_source(data_dir, (style,), prepared_size, max_concepts)))
         return grain.IterDataset.mix(streams, sizes)
@@ -288,14 +300,14 @@ def make_train_dataset(
         split_src = emoji_tfds.data_source(data_dir, split, prepared_size, max_concepts, encoded_images=True)
         src = _Rows([(split_src, np.arange(len(split_src)))])
     noise_names, rewrites = None, None
-    if caption_noise or caption_rewrites:  # every concept of the source with its English name (and emoji)
+    if caption_noise or caption_rewrites or alt_captions:  # every concept of the source: English name (and emoji)
         named: dict[int, tuple[str, str]] = {}
         for part, idx in src.parts:
             for row in part.__getitems__([int(i) for i in idx]):
                 named.setdefault(int(row["concept"]), (robust.decode_caption(row["name"]) or "",
                                                        robust.decode_caption(row["emoji"]) or ""))
         noise_names = {c: n for c, (n, _) in named.items() if n}
-        if caption_rewrites:
+        if caption_rewrites or alt_captions:
             from vlm_jax.data.rewrites import rewrites_of
 
             rewrites = {c: rewrites_of(e, n) for c, (n, e) in named.items() if n and e}
@@ -307,7 +319,7 @@ def make_train_dataset(
     if sampling == "concepts":
         src, pick = _ConceptGroups(src), _PickExample(src)
     preprocess = _Preprocess(tokenizer, image_size, text_len, augment or {}, templates, max_pixels, languages,
-                             caption_noise, noise_names, caption_rewrites, rewrites)
+                             caption_noise, noise_names, caption_rewrites, rewrites, alt_captions)
     name = f"vlm_emoji {'styles ' + '+'.join(styles) if styles else 'split ' + split} in {data_dir}"
     return train_stream(src, preprocess, batch_size=batch_size, seed=seed, process_index=process_index,
                         process_count=process_count, num_threads=num_threads, prefetch=prefetch, pick=pick, name=name)

@@ -22,7 +22,8 @@ def mix_with_reversed(x: jax.Array, alpha: jax.Array) -> jax.Array:
     return a * x + (1 - a) * jnp.flip(x, axis=0)
 
 
-def mixup_infonce(zimg: jax.Array, ztxt: jax.Array, t: jax.Array, alpha: jax.Array) -> tuple[jax.Array, Metrics]:
+def mixup_infonce(zimg: jax.Array, ztxt: jax.Array, t: jax.Array,
+                  alpha: jax.Array) -> tuple[jax.Array, Metrics]:
     """Symmetric InfoNCE on t·zimg·ztxtᵀ with targets α on i and 1 − α on B − 1 − i (each row and each column)."""
     logits = t * jnp.einsum("id,jd->ij", zimg.astype(jnp.float32), ztxt.astype(jnp.float32))
     diag, anti = jnp.diagonal(logits), jnp.diagonal(jnp.flip(logits, axis=1))

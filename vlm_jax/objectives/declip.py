@@ -53,7 +53,8 @@ class DeCLIPObjective(ContrastiveObjective):
         if int(self.cfg["queue_size"]) < 1:
             raise ValueError(f"loss.queue_size must be >= 1, got {self.cfg['queue_size']}")
         if int(config.get("grad_accum_steps", 1) or 1) > 1:
-            raise ValueError("DeCLIP's views, masks and queue are drawn for the whole batch: grad_accum_steps must be 1")
+            raise ValueError("DeCLIP's views, masks and queue are drawn for the whole batch: "
+                             "grad_accum_steps must be 1")
         if not hasattr(self.data, "special_ids"):
             raise ValueError("DeCLIP's masked language modelling needs a tokenizer with a mask id (token text)")
 
