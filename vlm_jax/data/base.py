@@ -6,8 +6,11 @@ first time the name is asked for, so no module imports the datasets just to regi
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
+import functools
+import hashlib
 import importlib
 import os
 from pathlib import Path
@@ -85,6 +88,30 @@ def not_prepared(what: str, data_dir: str | Path, how: str) -> FileNotFoundError
                              f"$VLM_JAX_DATA_DIR) at the data the run was trained on")
 
 
+def memo_by_content(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """`fn(array, *args)` computed once per process for equal array bytes and args (a few recent results kept);
+    the results are read-only. Evaluation sets are rebuilt by every run and test from the same images."""
+    cache: collections.OrderedDict = collections.OrderedDict()
+
+    @functools.wraps(fn)
+    def wrapped(array: np.ndarray, *args: Any, **kwargs: Any) -> np.ndarray:
+        array = np.asarray(array)
+        key = (hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8).ravel(), digest_size=16).digest(),
+               array.shape, str(array.dtype), args, tuple(sorted(kwargs.items())))
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        out = fn(array, *args, **kwargs)
+        out.flags.writeable = False
+        cache[key] = out
+        if len(cache) > 16:
+            cache.popitem(last=False)
+        return out
+
+    return wrapped
+
+
+@memo_by_content
 def prep_images(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 [N,h,w,3] → float32 [N,size,size,3] in [-1, 1]."""
     return np.stack([ops.normalize(ops.resize(im, size)) for im in images]) if len(images) else \

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import io
 from pathlib import Path
 from typing import Any
@@ -210,16 +211,26 @@ def read_split(b: VlmEmoji, split: str, images: bool = True) -> dict[str, np.nda
 def load_split(
     data_dir: str | Path, split: str, image_size: int = 64, max_concepts: int | None = None
 ) -> dict[str, Any]:
-    """Eval arrays: image uint8 [N,S,S,3], name list[str], emoji list[str], concept int64, is_flag/seen bool."""
+    """Eval arrays: image uint8 [N,S,S,3], name list[str], emoji list[str], concept int64, is_flag/seen bool.
+    Decoded once per process and prepared dataset (the arrays are read-only; each call gets its own lists)."""
     b = builder(data_dir, image_size, max_concepts)
     if not b.is_prepared():
         raise FileNotFoundError(f"vlm_emoji/{b.builder_config.name} not prepared in {data_dir}; call prepare()")
-    d = read_split(b, split)
-    return {
-        "image": d["image"].astype(np.uint8),
-        "name": [n.decode() for n in d["name"]],
-        "emoji": [e.decode() for e in d["emoji"]],
-        "concept": d["concept"].astype(np.int64),
-        "is_flag": d["is_flag"].astype(bool),
-        "seen": d["seen"].astype(bool),
-    }
+    info = Path(b.data_dir) / "dataset_info.json"
+    stamp = info.stat().st_mtime_ns if info.exists() else 0
+    d = _decoded_split(str(data_dir), stamp, split, image_size, max_concepts)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _decoded_split(data_dir: str, stamp: int, split: str, image_size: int,
+                   max_concepts: int | None) -> dict[str, Any]:
+    """`load_split`'s arrays for one prepared dataset (a rebuilt one has another `stamp`)."""
+    d = read_split(builder(data_dir, image_size, max_concepts), split)
+    out = {"image": d["image"].astype(np.uint8), "name": tuple(n.decode() for n in d["name"]),
+           "emoji": tuple(e.decode() for e in d["emoji"]), "concept": d["concept"].astype(np.int64),
+           "is_flag": d["is_flag"].astype(bool), "seen": d["seen"].astype(bool)}
+    for v in out.values():
+        if isinstance(v, np.ndarray):
+            v.flags.writeable = False
+    return out

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vlm_jax.data.base import memo_by_content
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASS_NAMES: tuple[str, ...] = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
@@ -37,6 +39,7 @@ def load_fashion_mnist(split: str = "test", root: str | Path = FASHION_MNIST_DIR
     return x, y
 
 
+@memo_by_content
 def to_rgb(images: np.ndarray, size: int, invert: bool = True) -> np.ndarray:
     """uint8 [N, 28, 28] -> uint8 [N, size, size, 3]; `invert` gives a dark object on white (emoji style)."""
     out = np.empty((len(images), size, size, 3), np.uint8)
