@@ -109,14 +109,13 @@ class Embedder:
         return scores, scores
 
 
-class LateInteractionEmbedder(Embedder):
-    """Token sets instead of single embeddings (FILIP): `images` / `texts` give unit-norm token embeddings
-    [N, T, D] with zero vectors at padding, classes keep one token set per template [S, C, T, D], and `similarity`
-    is FILIP's token-wise late interaction (`losses.filip.filip_similarity`), averaged over the templates."""
+class RawEmbedder(Embedder):
+    """Representations that are not single unit vectors (token sets, mixtures): `images` and `texts` return the
+    tower functions' outputs as they are, and `similarity` works on them in blocks of `chunk` query images."""
 
     def __init__(self, *args: Any, chunk: int = 64, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.chunk = chunk  # query images per similarity block (memory: chunk × C × Ti × Tt floats)
+        self.chunk = chunk  # query images per similarity block
 
     def images(self, params: Any, images: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         inputs = images if isinstance(images, dict) else np.asarray(images, np.float32)
@@ -124,6 +123,12 @@ class LateInteractionEmbedder(Embedder):
 
     def texts(self, params: Any, texts: list[str]) -> np.ndarray:
         return self._batched("text", params, self.tokenize(list(texts)))
+
+
+class LateInteractionEmbedder(RawEmbedder):
+    """Token sets instead of single embeddings (FILIP): `images` / `texts` give unit-norm token embeddings
+    [N, T, D] with zero vectors at padding, classes keep one token set per template [S, C, T, D], and `similarity`
+    is FILIP's token-wise late interaction (`losses.filip.filip_similarity`), averaged over the templates."""
 
     def class_embeddings(self, params: Any, names: list[str], templates: list[str]) -> np.ndarray:
         return np.stack([self.texts(params, [t.format(n) for n in names]) for t in templates])
@@ -152,22 +157,15 @@ class LateInteractionEmbedder(Embedder):
         return i2t, t2i
 
 
-class MixtureEmbedder(Embedder):
+class MixtureEmbedder(RawEmbedder):
     """Caption-conditioned image embeddings (Llip): `images` gives each image's mixture-token keys and values
     concatenated [N, K, 2D], `texts` each text's unit embedding and its query [N, 2D], and `similarity` pools an
     image's values with each text's query (`losses.llip.llip_similarity`). The query is linear in the unit
     embedding, so a prompt-ensembled class (the templates' mean embedding, renormalised) keeps an exact query."""
 
-    def __init__(self, *args: Any, tau: float, chunk: int = 64, **kwargs: Any):
+    def __init__(self, *args: Any, tau: float, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.tau, self.chunk = float(tau), chunk  # chunk: query images per similarity block
-
-    def images(self, params: Any, images: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
-        inputs = images if isinstance(images, dict) else np.asarray(images, np.float32)
-        return self._batched("image", params, inputs)
-
-    def texts(self, params: Any, texts: list[str]) -> np.ndarray:
-        return self._batched("text", params, self.tokenize(list(texts)))
+        self.tau = float(tau)
 
     def class_embeddings(self, params: Any, names: list[str], templates: list[str]) -> np.ndarray:
         mean = np.mean([self.texts(params, [t.format(n) for n in names]) for t in templates], axis=0)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax.config import check_keys
+from vlm_jax.config_audit import merged
 from vlm_jax.evals.embedder import Embedder
 from vlm_jax.evals.probe import PROBE_DEFAULTS, probe_evaluator
 from vlm_jax.evals.standard import SUITE_DEFAULTS
@@ -107,14 +108,22 @@ class ContrastiveObjective(Objective):
 
     # Whether `_contrastive` honours loss.contrastive_smoothing (objectives with a loss of their own set False)
     CONTRASTIVE_SMOOTHING: bool = True
-    # An objective's own loss and model keys, accepted beside LOSS_KEYS and MODEL_KEYS
-    OWN_LOSS_KEYS: tuple[str, ...] = ()
+    # An objective's own loss keys with their defaults (accepted beside LOSS_KEYS, added to CONFIG_DEFAULTS["loss"],
+    # read through `self.cfg`) and its own model keys (accepted beside MODEL_KEYS)
+    OWN_LOSS_DEFAULTS: dict[str, Any] = {}
     OWN_MODEL_KEYS: tuple[str, ...] = ()
     # Set (to the reason) by objectives whose loss needs InfoNCE over the whole batch in one piece
     WHOLE_BATCH_INFONCE: str = ""
 
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("OWN_LOSS_DEFAULTS")
+        if own:
+            cls.CONFIG_DEFAULTS = {**cls.CONFIG_DEFAULTS, "loss": dict(cls.CONFIG_DEFAULTS["loss"], **own)}
+
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
+        self.cfg = merged(self.CONFIG_DEFAULTS["loss"], config.loss)  # the loss section with its defaults
         self.check_config(config)
         self._check_smoothing(config)
         self.loss_fn = contrastive_loss_fn(config.loss)
@@ -139,7 +148,7 @@ class ContrastiveObjective(Objective):
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         """Raises on unknown model / loss keys, naming the valid ones."""
         check_keys(config.model, (*MODEL_KEYS, *self.OWN_MODEL_KEYS), "model")
-        check_keys(config.loss, (*LOSS_KEYS, *self.OWN_LOSS_KEYS), "loss")
+        check_keys(config.loss, (*LOSS_KEYS, *self.OWN_LOSS_DEFAULTS), "loss")
         name, impl = config.loss.get("name", "infonce"), config.loss.get("impl", "full")
         chunk = config.loss.get("chunk_size", 0)
         if self.WHOLE_BATCH_INFONCE and (name != "infonce" or impl != "full" or chunk):

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlm_jax.config_audit import merged
 from vlm_jax.losses.contrastive import infonce_loss
 from vlm_jax.losses.declip import delete_tokens, enqueue, nearest_neighbours, simsiam_loss
 from vlm_jax.losses.generative import token_cross_entropy
@@ -37,15 +36,12 @@ class DeCLIPObjective(ContrastiveObjective):
 
     NAFLEX = False  # the second view crops square pixel images
     CONTRASTIVE_SMOOTHING = False
-    OWN_LOSS_KEYS = tuple(DECLIP_DEFAULTS)
+    OWN_LOSS_DEFAULTS = DECLIP_DEFAULTS
     OWN_MODEL_KEYS = ("predictor",)
     WHOLE_BATCH_INFONCE = "DeCLIP's terms are computed over the whole batch"
-    CONFIG_DEFAULTS = {"loss": dict(ContrastiveObjective.CONFIG_DEFAULTS["loss"], **DECLIP_DEFAULTS),
-                       "evals": ContrastiveObjective.CONFIG_DEFAULTS["evals"]}
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        self.cfg = merged(self.CONFIG_DEFAULTS["loss"], config.loss)
         extra = sum(float(self.cfg[k]) for k in ("ssl_weight", "mlm_weight", "nn_weight"))
         if any(float(self.cfg[k]) < 0 for k in ("ssl_weight", "mlm_weight", "nn_weight")) or extra >= 1.0:
             raise ValueError(f"DeCLIP's loss.ssl_weight, mlm_weight and nn_weight are >= 0 and sum below 1 (the "

@@ -15,7 +15,6 @@ from vlm_jax.models.vit import ViT
 from vlm_jax.objectives.contrastive import ContrastiveObjective, Towers
 from vlm_jax.objectives.views import local_geometry, random_crops
 from vlm_jax.train.objective import Normalizers, register
-from vlm_jax.config_audit import merged
 
 # local_crops views per image besides the global one; crop_fraction: a crop's side over the image's; local_size: the
 # views' side over the input's (0.5 of 32 px: 16 px, 2 × 2 patches of 8)
@@ -27,13 +26,10 @@ class KELIPObjective(ContrastiveObjective):
     """The configured contrastive loss averaged over the global view and the local crops."""
 
     NAFLEX = False  # crops are cut from square pixel images
-    OWN_LOSS_KEYS = tuple(KELIP_DEFAULTS)
-    CONFIG_DEFAULTS = {"loss": dict(ContrastiveObjective.CONFIG_DEFAULTS["loss"], **KELIP_DEFAULTS),
-                       "evals": ContrastiveObjective.CONFIG_DEFAULTS["evals"]}
+    OWN_LOSS_DEFAULTS = KELIP_DEFAULTS
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        self.cfg = merged(self.CONFIG_DEFAULTS["loss"], config.loss)
         if int(self.cfg["local_crops"]) < 0 or not 0.0 < float(self.cfg["crop_fraction"]) <= 1.0:
             raise ValueError(f"loss.local_crops must be >= 0 and loss.crop_fraction in (0, 1], got "
                              f"{self.cfg['local_crops']}, {self.cfg['crop_fraction']}")

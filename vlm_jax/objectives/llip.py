@@ -27,10 +27,8 @@ class LlipObjective(ContrastiveObjective):
     """Sigmoid (or InfoNCE) loss on caption-conditioned pooled image embeddings."""
 
     CONTRASTIVE_SMOOTHING = False
-    OWN_LOSS_KEYS = tuple(LLIP_DEFAULTS)
+    OWN_LOSS_DEFAULTS = LLIP_DEFAULTS
     OWN_MODEL_KEYS = ("mixture_tokens",)
-    CONFIG_DEFAULTS = {"loss": dict(ContrastiveObjective.CONFIG_DEFAULTS["loss"], **LLIP_DEFAULTS),
-                       "evals": ContrastiveObjective.CONFIG_DEFAULTS["evals"]}
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         super().check_config(config)
@@ -40,15 +38,15 @@ class LlipObjective(ContrastiveObjective):
                              f"'infonce' and loss.impl 'full' with no chunk_size, got name={name!r}, impl={impl!r}")
         if int(config.model.get("mixture_tokens", 0) or 0) < 1:
             raise ValueError(f"Llip needs model.mixture_tokens >= 1, got {config.model.get('mixture_tokens')}")
-        if float(config.loss.get("mixture_temperature", 5.0)) <= 0:
-            raise ValueError(f"loss.mixture_temperature must be > 0, got {config.loss.mixture_temperature}")
+        if float(self.cfg["mixture_temperature"]) <= 0:
+            raise ValueError(f"loss.mixture_temperature must be > 0, got {self.cfg['mixture_temperature']}")
         if config.get("evals", {}).get("suite"):
             raise ValueError("Llip scores an image pooled by each caption; the standard suite compares single "
                              "embeddings: leave evals.suite empty")
 
     @property
     def tau(self) -> float:
-        return float(self.config.loss.get("mixture_temperature", LLIP_DEFAULTS["mixture_temperature"]))
+        return float(self.cfg["mixture_temperature"])
 
     def model(self) -> nn.Module:
         base = super().model()

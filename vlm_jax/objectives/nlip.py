@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlm_jax.config_audit import merged
 from vlm_jax.losses.nlip import gmm_noise_probability, weighted_infonce
 from vlm_jax.objectives.contrastive import ContrastiveObjective
 from vlm_jax.train.objective import LossOut, Normalizers, register
@@ -25,14 +24,11 @@ class NLIPObjective(ContrastiveObjective):
     """InfoNCE with per-pair weights 1 − p(noisy | loss history)."""
 
     CONTRASTIVE_SMOOTHING = False
-    OWN_LOSS_KEYS = tuple(NLIP_DEFAULTS)
+    OWN_LOSS_DEFAULTS = NLIP_DEFAULTS
     WHOLE_BATCH_INFONCE = "NLIP weighs the pairs of one InfoNCE over the whole batch"
-    CONFIG_DEFAULTS = {"loss": dict(ContrastiveObjective.CONFIG_DEFAULTS["loss"], **NLIP_DEFAULTS),
-                       "evals": ContrastiveObjective.CONFIG_DEFAULTS["evals"]}
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        self.cfg = merged(self.CONFIG_DEFAULTS["loss"], config.loss)
         if not getattr(self.data, "example_ids", False):
             raise ValueError("NLIP keeps a loss history per training pair: set data.example_ids=True (emoji data)")
         if int(config.get("grad_accum_steps", 1) or 1) > 1:

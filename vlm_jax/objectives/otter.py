@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlm_jax.config_audit import merged
 from vlm_jax.losses.otter import otter_loss, otter_targets
 from vlm_jax.models import TwoTower
 from vlm_jax.objectives import teacher as ema_teacher
@@ -32,14 +31,11 @@ class OTTERObjective(ContrastiveObjective):
     """InfoNCE + KL to Sinkhorn soft targets from an EMA teacher's in-batch similarities."""
 
     CONTRASTIVE_SMOOTHING = False
-    OWN_LOSS_KEYS = tuple(OTTER_DEFAULTS)
+    OWN_LOSS_DEFAULTS = OTTER_DEFAULTS
     WHOLE_BATCH_INFONCE = "OTTER mixes InfoNCE with transport targets over the whole batch"
-    CONFIG_DEFAULTS = {"loss": dict(ContrastiveObjective.CONFIG_DEFAULTS["loss"], **OTTER_DEFAULTS),
-                       "evals": ContrastiveObjective.CONFIG_DEFAULTS["evals"]}
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        self.cfg = merged(self.CONFIG_DEFAULTS["loss"], config.loss)
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         super().check_config(config)

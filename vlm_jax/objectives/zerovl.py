@@ -25,14 +25,12 @@ class ZeroVLObjective(ContrastiveObjective):
 
     NAFLEX = False  # pixel mixup needs equal image shapes
     CONTRASTIVE_SMOOTHING = False
-    OWN_LOSS_KEYS = tuple(ZEROVL_DEFAULTS)
+    OWN_LOSS_DEFAULTS = ZEROVL_DEFAULTS
     WHOLE_BATCH_INFONCE = "ZeroVL mixes each pair with its partner in the reversed batch"
-    CONFIG_DEFAULTS = {"loss": dict(ContrastiveObjective.CONFIG_DEFAULTS["loss"], **ZEROVL_DEFAULTS),
-                       "evals": ContrastiveObjective.CONFIG_DEFAULTS["evals"]}
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        self.beta = float(config.loss.get("mixup_beta", ZEROVL_DEFAULTS["mixup_beta"]))
+        self.beta = float(self.cfg["mixup_beta"])
         if self.beta <= 0:
             raise ValueError(f"loss.mixup_beta must be > 0, got {self.beta}")
         if int(config.get("grad_accum_steps", 1) or 1) > 1:
