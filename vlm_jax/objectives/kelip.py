@@ -1,7 +1,8 @@
 """KELIP (Ko & Gu 2022) on the two-tower trainer: bilingual captions (the data's `languages`, e.g. English and
 Korean CLDR names, drawn per example) and multi-crop augmentation: besides the augmented image, `local_crops` random
 crops of `crop_fraction` of its side, seen at `local_size` of the input resolution (the learned position table
-resampled), each contrasted with the captions; the loss is the mean over the views."""
+resampled), each contrasted with the captions; the loss is the mean over the views. Under GradCache each
+micro-batch draws its own crop positions (the same distribution, other draws than one big batch would make)."""
 from __future__ import annotations
 
 from typing import Any
