@@ -72,3 +72,12 @@ def mlm_masking(rng: Array, tokens: Array, maskable: Array, mask_id: int, random
     random_ids = jax.random.randint(k_rand, tokens.shape, random_range[0], random_range[1], tokens.dtype)
     replaced = jnp.where(rule < 0.8, jnp.asarray(mask_id, tokens.dtype), jnp.where(rule < 0.9, random_ids, tokens))
     return jnp.where(chosen, replaced, tokens), chosen
+
+
+def caption_mlm(rng: Array, text: Array, special_ids: dict[str, int], vocab_size: int,
+                ratio: float = 0.15) -> tuple[Array, Array]:
+    """`mlm_masking` of tokenized captions: padding, EOS and BOS are never chosen, the mask id is the tokenizer's,
+    random ids are its pieces [3, vocab_size)."""
+    ids = special_ids
+    maskable = (text != ids["pad"]) & (text != ids["eos"]) & (text != ids["bos"])
+    return mlm_masking(rng, text, maskable, ids["mask"], (3, vocab_size), ratio)

@@ -23,13 +23,12 @@ class ALIPObjective(ContrastiveObjective):
     NAFLEX = False  # the recipe's data (emoji TFDS captions) is square
     CONTRASTIVE_SMOOTHING = False
     WHOLE_BATCH_INFONCE = "ALIP weighs the pairs of InfoNCE over the whole batch"
+    WHOLE_BATCH_STEP = "ALIP's gates use the whole batch's mean similarities"
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         if not getattr(self.data, "alt_captions", False):
             raise ValueError("ALIP contrasts a second caption per image: set data.alt_captions=True (emoji data)")
-        if int(config.get("grad_accum_steps", 1) or 1) > 1:
-            raise ValueError("ALIP's gates use the whole batch's mean similarities: grad_accum_steps must be 1")
 
     def init_extra(self, params: Any) -> Any:
         """The gates' running mean similarities, starting at 1 as in the released code."""

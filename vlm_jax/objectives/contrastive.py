@@ -114,6 +114,8 @@ class ContrastiveObjective(Objective):
     OWN_MODEL_KEYS: tuple[str, ...] = ()
     # Set (to the reason) by objectives whose loss needs InfoNCE over the whole batch in one piece
     WHOLE_BATCH_INFONCE: str = ""
+    # Set (to the reason) by objectives whose step draws or updates state over the whole batch: no GradCache
+    WHOLE_BATCH_STEP: str = ""
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
@@ -154,6 +156,9 @@ class ContrastiveObjective(Objective):
         if self.WHOLE_BATCH_INFONCE and (name != "infonce" or impl != "full" or chunk):
             raise ValueError(f"{self.WHOLE_BATCH_INFONCE}: loss.name must be 'infonce' and loss.impl 'full' with no "
                              f"chunk_size, got name={name!r}, impl={impl!r}, chunk_size={chunk}")
+        accum = int(config.get("grad_accum_steps", 1) or 1)
+        if self.WHOLE_BATCH_STEP and accum > 1:
+            raise ValueError(f"{self.WHOLE_BATCH_STEP}: grad_accum_steps must be 1, got {accum}")
         check_module_fields(config.model.get("image", {}), ViT, "model.image")
         tower = config.model.get("text_tower", "transformer")
         if tower not in TEXT_TOWERS:

@@ -18,7 +18,7 @@ import ml_collections
 from vlm_jax.losses.contrastive import infonce_loss
 from vlm_jax.losses.declip import delete_tokens, enqueue, nearest_neighbours, simsiam_loss
 from vlm_jax.losses.generative import token_cross_entropy
-from vlm_jax.losses.masked import mlm_masking
+from vlm_jax.losses.masked import caption_mlm
 from vlm_jax.models import TwoTower
 from vlm_jax.objectives.contrastive import ContrastiveObjective
 from vlm_jax.objectives.views import resized_crops
@@ -39,6 +39,7 @@ class DeCLIPObjective(ContrastiveObjective):
     OWN_LOSS_DEFAULTS = DECLIP_DEFAULTS
     OWN_MODEL_KEYS = ("predictor",)
     WHOLE_BATCH_INFONCE = "DeCLIP's terms are computed over the whole batch"
+    WHOLE_BATCH_STEP = "DeCLIP's views, masks and queue are drawn for the whole batch"
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
@@ -48,9 +49,6 @@ class DeCLIPObjective(ContrastiveObjective):
                              f"multi-view InfoNCE takes the rest), got sum {extra}")
         if int(self.cfg["queue_size"]) < 1:
             raise ValueError(f"loss.queue_size must be >= 1, got {self.cfg['queue_size']}")
-        if int(config.get("grad_accum_steps", 1) or 1) > 1:
-            raise ValueError("DeCLIP's views, masks and queue are drawn for the whole batch: "
-                             "grad_accum_steps must be 1")
         if not hasattr(self.data, "special_ids"):
             raise ValueError("DeCLIP's masked language modelling needs a tokenizer with a mask id (token text)")
 
@@ -78,10 +76,8 @@ class DeCLIPObjective(ContrastiveObjective):
                 delete_tokens(k_txt, text, ids["pad"], keep, float(self.cfg["word_deletion"])))
 
     def mlm_inputs(self, rng: jax.Array, text: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """BERT-masked captions and the chosen positions (never padding, BOS or EOS)."""
-        ids = self.data.special_ids
-        maskable = (text != ids["pad"]) & (text != ids["eos"]) & (text != ids["bos"])
-        return mlm_masking(rng, text, maskable, ids["mask"], (3, self.data.vocab_size), float(self.cfg["mlm_ratio"]))
+        """BERT-masked captions and the chosen positions (`caption_mlm`)."""
+        return caption_mlm(rng, text, self.data.special_ids, self.data.vocab_size, float(self.cfg["mlm_ratio"]))
 
     def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
              norm: Normalizers | None = None) -> LossOut:

@@ -23,7 +23,7 @@ from vlm_jax.evals.probe import PROBE_DEFAULTS
 from vlm_jax.evals.standard import SUITE_DEFAULTS
 from vlm_jax.losses.generative import token_cross_entropy
 from vlm_jax.losses.itm import itm_loss, sample_hard_negatives
-from vlm_jax.losses.masked import masked_patch_loss, mlm_masking, num_masked, pixel_targets, random_masking
+from vlm_jax.losses.masked import caption_mlm, masked_patch_loss, num_masked, pixel_targets, random_masking
 from vlm_jax.models.flava import FLAVA
 from vlm_jax.models.mae import vit_grid
 from vlm_jax.models.text import TextTransformer
@@ -99,10 +99,8 @@ class FlavaObjective(ContrastiveObjective):
                      temperature_init=m.get("temperature_init", 10.0), bias_init=m.get("bias_init", None))
 
     def _mlm_inputs(self, rng: jax.Array, text: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """BERT-masked text and the chosen positions; EOS and padding are never chosen, random ids are pieces."""
-        ids = self.data.special_ids
-        maskable = (text != ids["pad"]) & (text != self.data.tokenizer.eos_id)
-        return mlm_masking(rng, text, maskable, ids["mask"], (3, self.data.vocab_size),
+        """BERT-masked text and the chosen positions (`caption_mlm`)."""
+        return caption_mlm(rng, text, self.data.special_ids, self.data.vocab_size,
                            float(self.config.loss.get("mlm_ratio", 0.15)))
 
     def masks(self, rng: jax.Array, text: jax.Array, batch_size: int) -> dict[str, jax.Array]:

@@ -26,14 +26,12 @@ class NLIPObjective(ContrastiveObjective):
     CONTRASTIVE_SMOOTHING = False
     OWN_LOSS_DEFAULTS = NLIP_DEFAULTS
     WHOLE_BATCH_INFONCE = "NLIP weighs the pairs of one InfoNCE over the whole batch"
+    WHOLE_BATCH_STEP = "NLIP weighs pairs inside one InfoNCE over the whole batch and updates their history from it"
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         if not getattr(self.data, "example_ids", False):
             raise ValueError("NLIP keeps a loss history per training pair: set data.example_ids=True (emoji data)")
-        if int(config.get("grad_accum_steps", 1) or 1) > 1:
-            raise ValueError("NLIP weighs pairs inside one InfoNCE over the whole batch and updates their history "
-                             "from it: grad_accum_steps must be 1")
         self.num_examples = int(self.data.num_train_examples())
         self.start = int(round(float(self.cfg["warmup"]) * int(config.get("total_steps", 0))))
 

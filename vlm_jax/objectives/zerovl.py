@@ -27,15 +27,13 @@ class ZeroVLObjective(ContrastiveObjective):
     CONTRASTIVE_SMOOTHING = False
     OWN_LOSS_DEFAULTS = ZEROVL_DEFAULTS
     WHOLE_BATCH_INFONCE = "ZeroVL mixes each pair with its partner in the reversed batch"
+    WHOLE_BATCH_STEP = "ZeroVL mixes each example with its partner in the whole batch reversed"
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         self.beta = float(self.cfg["mixup_beta"])
         if self.beta <= 0:
             raise ValueError(f"loss.mixup_beta must be > 0, got {self.beta}")
-        if int(config.get("grad_accum_steps", 1) or 1) > 1:
-            raise ValueError("ZeroVL mixes each example with its partner in the whole batch reversed: "
-                             "grad_accum_steps must be 1")
 
     def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
              norm: Normalizers | None = None) -> LossOut:
