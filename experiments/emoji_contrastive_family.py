@@ -12,6 +12,7 @@ and loss settings, so the comparison table (docs/contrastive_family.md) differs 
   --config experiments/emoji_contrastive_family.py:method=zerovl         ZeroVL (one style per batch, coin-flip mixup)
   --config experiments/emoji_contrastive_family.py:method=declip         DeCLIP (views, SimSiam, MLM, NN queue)
   --config experiments/emoji_contrastive_family.py:method=alip           ALIP (raw + clean captions, gated)
+  --config experiments/emoji_contrastive_family.py:method=pyramidclip    PyramidCLIP (3 visual × 3 text levels)
   --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
   --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
 
@@ -48,6 +49,9 @@ METHODS = {
     # ALIP (Yang et al. 2023): a second, clean caption per image (another name of the emoji, data.alt_captions, in
     # place of a captioner's) beside the raw one, with ALIP's sample and pair gates (objectives/alip.py)
     "alip": ("alip", "clip", {}, {}),
+    # PyramidCLIP (Gao et al. 2022): global / local / object-level views against caption / summary / tags (the
+    # names alone, data.name_texts; objects from composed scenes), six softened InfoNCE terms (objectives/pyramidclip.py)
+    "pyramidclip": ("pyramidclip", "clip", {}, {}),
 }
 
 
@@ -73,6 +77,8 @@ def get_config(arg=None):
         c.data.caption_rewrites = 0.5
     if arg.method == "alip":
         c.data.alt_captions = True
+    if arg.method == "pyramidclip":
+        c.data.name_texts = True
     if arg.method == "zerovl":
         c.data.sampling = "sources"
     if arg.method == "kelip":

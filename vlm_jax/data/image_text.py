@@ -54,7 +54,7 @@ class EmojiPairs(TokenizerText):
                     max_concepts=0, num_threads=-1, train_styles=("noto",), languages=("en",),
                     text_format="tokens", text_image_size=0, font_size=16, max_chars=0, sampling="examples",
                     tokenizer="sentencepiece", shards=None, caption_noise=0.0, example_ids=False,
-                    caption_rewrites=0.0, alt_captions=False)
+                    caption_rewrites=0.0, alt_captions=False, name_texts=False)
     # tokenizer: "sentencepiece" (trained on the captions, data/tokenizer.py) or "minilm" (the packaged MiniLM's
     # uncased WordPiece, for its pretrained text tower). text_format "tokens": token ids [text_len]; "render": text drawn with GNU Unifont as an image
     # [text_image_size (0: image_size)]² × 3 in [-1, 1] (CLIPPO). languages: caption languages drawn per example.
@@ -68,7 +68,9 @@ class EmojiPairs(TokenizerText):
     # emoji from the packaged tables (`data/rewrites.py`; LaCLIP's text augmentation without a language model).
     # alt_captions: training batches carry "caption", a second caption of each image's true concept (another of its
     # English names when the tables have one) in an independently drawn template, never noised (ALIP's
-    # synthetic-caption path; needs the TFDS data, tokens, English).
+    # synthetic-caption path; needs the TFDS data, tokens, English). name_texts: training batches carry "summary"
+    # (the name the caption uses, alone, noised with it) and "tags" (the image's own name, alone): PyramidCLIP's
+    # summarised text and detector tags (same needs).
     # example_ids: training batches carry "example", each example's stable id (0 … the number of
     # training examples − 1, `num_train_examples`), for objectives with per-example state (NLIP).
 
@@ -96,10 +98,12 @@ class EmojiPairs(TokenizerText):
         self.example_ids = bool(cfg["example_ids"])
         self.caption_rewrites = float(cfg["caption_rewrites"] or 0.0)
         self.alt_captions = bool(cfg["alt_captions"])
-        if self.alt_captions and (shard_config.enabled(self.shards) or cfg["text_format"] != "tokens"
-                                  or self.languages != ("en",)):
-            raise ValueError("data.alt_captions draws English names for the prepared TFDS captions: it needs "
-                             "data.text_format='tokens', data.languages=('en',) and no data.shards")
+        self.name_texts = bool(cfg["name_texts"])
+        for key in ("alt_captions", "name_texts"):
+            if getattr(self, key) and (shard_config.enabled(self.shards) or cfg["text_format"] != "tokens"
+                                       or self.languages != ("en",)):
+                raise ValueError(f"data.{key} draws English names for the prepared TFDS captions: it needs "
+                                 "data.text_format='tokens', data.languages=('en',) and no data.shards")
         if not 0.0 <= self.caption_rewrites <= 1.0:
             raise ValueError(f"data.caption_rewrites is a probability in [0, 1], got {self.caption_rewrites}")
         if self.caption_rewrites and (shard_config.enabled(self.shards) or cfg["text_format"] != "tokens"
@@ -154,7 +158,7 @@ class EmojiPairs(TokenizerText):
             process_index=process_index, process_count=process_count, prepared_size=PREPARED_SIZE,
             max_concepts=self.max_concepts, num_threads=self.num_threads, styles=self.train_styles,
             sampling=self.sampling, caption_noise=self.caption_noise, example_ids=self.example_ids,
-            caption_rewrites=self.caption_rewrites, alt_captions=self.alt_captions)
+            caption_rewrites=self.caption_rewrites, alt_captions=self.alt_captions, name_texts=self.name_texts)
 
     def num_train_examples(self) -> int:
         """How many examples one epoch of the (TFDS) training stream holds: the range of its example ids."""

@@ -68,7 +68,7 @@ class _Preprocess(AugmentingMap):
                  augment: dict, templates: Sequence[str], max_pixels: int = MAX_PIXELS,
                  languages: Sequence[str] = ("en",), noise: float = 0.0,
                  noise_names: dict[int, str] | None = None, rewrite: float = 0.0,
-                 rewrites: dict[int, list[str]] | None = None, alt_captions: bool = False):
+                 rewrites: dict[int, list[str]] | None = None, alt_captions: bool = False, name_texts: bool = False):
         # `tokenizer`: a Tokenizer, or any texts → model-input function (e.g. a text renderer for CLIPPO)
         self.encode = (lambda texts: tokenizer.encode(texts, text_len)) if isinstance(tokenizer, Tokenizer) \
             else tokenizer
@@ -91,6 +91,9 @@ class _Preprocess(AugmentingMap):
         # a second caption per example ("caption": ALIP's synthetic caption, from the name tables): one of the
         # concept's other names, or its own, in another draw of the templates; never noised
         self.alt_captions = bool(alt_captions)
+        # the bare names ("summary": the name the caption uses, noised or rewritten with it; "tags": the image's
+        # own name), PyramidCLIP's summarised text and object tags; no draws, so the stream is otherwise unchanged
+        self.name_texts = bool(name_texts)
 
     def _image(self, data: Any) -> tuple[np.ndarray | None, str | None]:
         """Decoded image (read-only, memoised by its encoded bytes) or (None, reason)."""
@@ -144,6 +147,8 @@ class _Preprocess(AugmentingMap):
             pool = self.rewrites.get(int(ex["concept"])) or [true_name]
             alt = pool[int(rng.integers(len(pool)))]
             out["caption"] = self._tokens(self.templates[int(rng.integers(len(self.templates)))].format(alt))
+        if self.name_texts:
+            out["summary"], out["tags"] = self._tokens(name), self._tokens(true_name)
         if "example" in ex:  # a stable id per training example (`make_train_dataset(example_ids=True)`)
             out["example"] = np.int32(ex["example"])
         return out
@@ -260,6 +265,7 @@ def make_train_dataset(
     example_ids: bool = False,
     caption_rewrites: float = 0.0,
     alt_captions: bool = False,
+    name_texts: bool = False,
 ) -> grain.IterDataset:
     """Infinite, shuffled, augmented, batched per-process training stream (drop_remainder).
 
@@ -271,6 +277,8 @@ def make_train_dataset(
     `caption_rewrites`: the probability that a caption uses another name of its concept (`data.rewrites`).
     `alt_captions`: elements also carry "caption", a second caption of the true concept with another of its names
     (or its own) in another template, never noised (ALIP's synthetic-caption path, from the name tables).
+    `name_texts`: elements also carry "summary" (the name the caption uses, alone) and "tags" (the image's own
+    English name, alone): PyramidCLIP's summarised text and object tags.
     `example_ids`: elements carry "example", the example's row in the source (0 … `len` − 1), for objectives that
     keep per-example state (NLIP); with sampling "examples" only.
     "sources" (ZeroVL's debiased sampling, needs several `styles`): every batch comes from one style, each style its
@@ -290,7 +298,7 @@ def make_train_dataset(
                       num_threads=num_threads, prefetch=prefetch, prepared_size=prepared_size,
                       max_concepts=max_concepts, styles=(style,), max_pixels=max_pixels, languages=languages,
                       sampling="examples", caption_noise=caption_noise, caption_rewrites=caption_rewrites,
-                      alt_captions=alt_captions)
+                      alt_captions=alt_captions, name_texts=name_texts)
             streams[style] = make_train_dataset(data_dir, split, tokenizer, **kw)
             sizes[style] = float(len(train_source(data_dir, (style,), prepared_size, max_concepts)))
         return grain.IterDataset.mix(streams, sizes)
@@ -319,7 +327,7 @@ def make_train_dataset(
     if sampling == "concepts":
         src, pick = _ConceptGroups(src), _PickExample(src)
     preprocess = _Preprocess(tokenizer, image_size, text_len, augment or {}, templates, max_pixels, languages,
-                             caption_noise, noise_names, caption_rewrites, rewrites, alt_captions)
+                             caption_noise, noise_names, caption_rewrites, rewrites, alt_captions, name_texts)
     name = f"vlm_emoji {'styles ' + '+'.join(styles) if styles else 'split ' + split} in {data_dir}"
     return train_stream(src, preprocess, batch_size=batch_size, seed=seed, process_index=process_index,
                         process_count=process_count, num_threads=num_threads, prefetch=prefetch, pick=pick, name=name)

@@ -30,6 +30,16 @@ def compose_scenes(rng: Array, images: Array, scale: float = 0.5,
     """(scenes [R, S, S, C], boxes [R, 4] of each scene's own image as (top, left, bottom, right) / S, partner [R])
     for the batch rows `rows` (int [R]; None: every row). Scene i shows image rows[i] (on top, never occluded) and
     image partner[i] ≠ rows[i] of the whole batch, each resized to round(scale · S)."""
+    canvas, pos, partner = compose_scene_layout(rng, images, scale, rows)
+    s, size = images.shape[1], max(1, int(round(scale * images.shape[1])))
+    own = pos[:, 0].astype(jnp.float32)
+    return canvas, jnp.concatenate([own, own + size], axis=1) / s, partner
+
+
+def compose_scene_layout(rng: Array, images: Array, scale: float = 0.5,
+                         rows: Array | None = None) -> tuple[Array, Array, Array]:
+    """`compose_scenes` with both objects' places: (scenes [R, S, S, C], top-left pixels int [R, 2 (own, partner),
+    2 (top, left)] of the round(scale · S)-pixel objects, partner [R])."""
     b, s, _, c = images.shape
     rows = jnp.arange(b) if rows is None else jnp.asarray(rows, jnp.int32)
     r = rows.shape[0]
@@ -41,9 +51,18 @@ def compose_scenes(rng: Array, images: Array, scale: float = 0.5,
     canvas = jnp.full((r, s, s, c), WHITE, images.dtype)
     canvas = jax.vmap(_paste)(canvas, small[partner], pos[:, 1, 0], pos[:, 1, 1])
     canvas = jax.vmap(_paste)(canvas, small[rows], pos[:, 0, 0], pos[:, 0, 1])
-    own = pos[:, 0].astype(jnp.float32)
-    boxes = jnp.concatenate([own, own + size], axis=1) / s
-    return canvas, boxes, partner
+    return canvas, pos, partner
+
+
+def box_patches(top_left: Array, side: int, patch: int, grid: int) -> Array:
+    """Row-major indices int [R, (side/patch)²] of the patches of a grid × grid patch grid whose centres lie in the
+    side × side pixel box at `top_left` int [R, 2]; `side` a multiple of `patch`, so every box holds that many."""
+    n = side // patch
+    first = -(-(2 * top_left - patch) // (2 * patch))  # the first i with (i + 1/2) · patch ≥ top, exactly in integers
+    first = jnp.maximum(first, 0)
+    rows = first[:, 0, None] + jnp.arange(n)[None, :]
+    cols = first[:, 1, None] + jnp.arange(n)[None, :]
+    return (rows[:, :, None] * grid + cols[:, None, :]).reshape(top_left.shape[0], n * n)
 
 
 def scenes_with_labels(objects: np.ndarray, classes: np.ndarray, count: int, size: int, grid: tuple[int, int],

@@ -47,14 +47,15 @@ class TwoTower(nn.Module):
     predictor: int = 0
 
     @nn.compact
-    def __call__(self, image: Array | None, text: Array | None, *,
-                 train: bool = False) -> tuple[tuple[Array | None, Array | None], dict[str, Any]]:
+    def __call__(self, image: Array | None, text: Array | None, *, train: bool = False,
+                 keep: Array | None = None) -> tuple[tuple[Array | None, Array | None], dict[str, Any]]:
+        """`keep` int [B, K]: the image tower encodes only these patch positions (ViT's `keep`; None: all)."""
         aux: dict[str, Any] = {}
         zimg = ztxt = None
         mix = dict(pool_type="mixture", mixture_tokens=self.mixture_tokens) if self.mixture_tokens else {}
         if image is not None:
-            out, tower_aux = ViT(**{"num_classes": self.embed_dim, **self.image, **mix}, name="img")(image,
-                                                                                                  train=train)
+            vit = ViT(**{"num_classes": self.embed_dim, **self.image, **mix}, name="img")
+            out, tower_aux = vit(image, train=train, keep=keep)
             aux.update({f"img/{k}": v for k, v in tower_aux.items()})
             if self.mixture_tokens:
                 aux["img/mixture_keys"] = self._project("mixture_key", out)
