@@ -13,6 +13,7 @@ and loss settings, so the comparison table (docs/contrastive_family.md) differs 
   --config experiments/emoji_contrastive_family.py:method=declip         DeCLIP (views, SimSiam, MLM, NN queue)
   --config experiments/emoji_contrastive_family.py:method=alip           ALIP (raw + clean captions, gated)
   --config experiments/emoji_contrastive_family.py:method=pyramidclip    PyramidCLIP (3 visual × 3 text levels)
+  --config experiments/emoji_contrastive_family.py:method=raclip         RA-CLIP (retrieved reference pairs)
   --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
   --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
 
@@ -52,6 +53,9 @@ METHODS = {
     # PyramidCLIP (Gao et al. 2022): global / local / object-level views against caption / summary / tags (the
     # names alone, data.name_texts; objects from composed scenes), six softened InfoNCE terms (objectives/pyramidclip.py)
     "pyramidclip": ("pyramidclip", "clip", {}, {}),
+    # RA-CLIP (Xie et al. 2023): the Facebook drawings held out of training as the reference set; each image's 8
+    # nearest reference images (pixel correlation) and their names (MiniLM) enrich its embedding (objectives/raclip.py)
+    "raclip": ("raclip", "clip", {}, {}),
 }
 
 
@@ -79,6 +83,8 @@ def get_config(arg=None):
         c.data.alt_captions = True
     if arg.method == "pyramidclip":
         c.data.name_texts = True
+    if arg.method == "raclip":
+        c.data.train_styles = ("noto", "twitter")  # Facebook's drawings are the reference set
     if arg.method == "zerovl":
         c.data.sampling = "sources"
     if arg.method == "kelip":

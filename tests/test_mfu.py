@@ -36,6 +36,7 @@ ONE_DEVICE = ["mesh=[('data', 1)]", "batch_size=8"]
     ("emoji_contrastive_family.py:method=zerovl,size=test", []),  # mixup adds no matmul
     ("emoji_contrastive_family.py:method=alip,size=test", []),  # two captions per image, two similarity matrices
     ("emoji_contrastive_family.py:method=pyramidclip,size=test", []),  # two views, the scenes' kept patches, 3 texts
+    ("emoji_contrastive_family.py:method=raclip,size=test", []),  # retrieval (forward only) and the attention module
 ])
 def test_analytic_step_flops_equal_the_jaxpr_of_the_train_step(data_dir, experiment, overrides):
     """The meter's FLOPs per step (analytic, from the model config) vs the matmul FLOPs of the jitted train step

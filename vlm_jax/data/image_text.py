@@ -167,6 +167,17 @@ class EmojiPairs(TokenizerText):
             return len(pipeline.train_source(self.data_dir, styles, PREPARED_SIZE, self.max_concepts))
         return len(emoji_tfds.data_source(self.data_dir, "train", PREPARED_SIZE, self.max_concepts))
 
+    def held_out_pairs(self, style: str) -> tuple[np.ndarray, list[str]]:
+        """(images float32 [R, S, S, 3] in [-1, 1] at the model's size, English names) of the seen concepts of a
+        drawing style the training stream does not use (RA-CLIP's reference set); raises for a trained style."""
+        if style in self.train_styles or style not in emoji_tfds.EXTRA_STYLES:
+            raise ValueError(f"the reference style must be one of {list(emoji_tfds.EXTRA_STYLES)} and not among "
+                             f"data.train_styles {list(self.train_styles)}, got {style!r}")
+        split = self._split(style)
+        seen = np.asarray(split["seen"], bool)
+        images = prep_images(np.asarray(split["image"])[seen], self.image_size)
+        return images, [n for n, s in zip(split["name"], seen) if s]
+
     def _split(self, split: str) -> dict[str, Any]:
         return emoji_tfds.load_split(self.data_dir, split, image_size=PREPARED_SIZE, max_concepts=self.max_concepts)
 

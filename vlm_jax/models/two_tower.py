@@ -45,11 +45,18 @@ class TwoTower(nn.Module):
     # SimSiam's predictor (DeCLIP): hidden width of a two-layer MLP (ReLU between) on the projected image embedding,
     # aux["img/predicted"] [B, embed_dim]; 0: none
     predictor: int = 0
+    # RA-CLIP's retrieval-augmented module: (key features, value features) widths of the retrieved reference pairs
+    # (e.g. pixel features of the reference images, sentence embeddings of their captions); () none. With
+    # `retrieved` = (keys [B, k, ·], values [B, k, ·]) the image embedding before normalisation gains
+    # W_o · Σ_j softmax_j(⟨W_q x, W_k key_j⟩ / √D) W_v value_j, W_o zero at init (so the model starts as without)
+    retrieval_dims: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, image: Array | None, text: Array | None, *, train: bool = False,
-                 keep: Array | None = None) -> tuple[tuple[Array | None, Array | None], dict[str, Any]]:
-        """`keep` int [B, K]: the image tower encodes only these patch positions (ViT's `keep`; None: all)."""
+                 keep: Array | None = None, retrieved: tuple[Array, Array] | None = None
+                 ) -> tuple[tuple[Array | None, Array | None], dict[str, Any]]:
+        """`keep` int [B, K]: the image tower encodes only these patch positions (ViT's `keep`; None: all).
+        `retrieved`: the reference pairs that enrich each image embedding (`retrieval_dims`; None: not enriched)."""
         aux: dict[str, Any] = {}
         zimg = ztxt = None
         mix = dict(pool_type="mixture", mixture_tokens=self.mixture_tokens) if self.mixture_tokens else {}
@@ -61,6 +68,9 @@ class TwoTower(nn.Module):
                 aux["img/mixture_keys"] = self._project("mixture_key", out)
                 aux["img/mixture_values"] = out = self._project("mixture_value", out)
                 out = jnp.mean(out, axis=1)
+            if self.retrieval_dims and (retrieved is not None or self.is_initializing()):
+                enriched = self._retrieval_augment(out, retrieved)
+                out = out if retrieved is None else enriched  # initialising without retrieval: parameters only
             aux["img/unnormed"] = out
             zimg = l2_normalize(out)
             if self.predictor:
@@ -94,6 +104,22 @@ class TwoTower(nn.Module):
         the SimSiam predictor's layers)."""
         return layers.dense(features or self.embed_dim, ("embed", None), "float32", use_bias=bias,
                             out_dtype="float32", name=name)(x)
+
+    def _retrieval_augment(self, x: Array, retrieved: tuple[Array, Array] | None) -> Array:
+        """x [B, D] plus the attention read-out of its retrieved (keys, values) (zeros of width `retrieval_dims`
+        when None, at initialisation)."""
+        if retrieved is None:
+            retrieved = tuple(jnp.zeros((x.shape[0], 1, int(w)), jnp.float32) for w in self.retrieval_dims)
+        keys, values = (jnp.asarray(r, jnp.float32) for r in retrieved)
+        d = self.embed_dim
+        q = self._project("retrieval_query", x)
+        k = self._project("retrieval_key", keys)
+        v = self._project("retrieval_value", values)
+        weights = jax.nn.softmax(jnp.einsum("bd,bkd->bk", q, k) / math.sqrt(d), axis=-1)
+        read = jnp.einsum("bk,bkd->bd", weights, v)
+        out = layers.dense(d, ("embed", None), "float32", out_dtype="float32", kernel_init=nn.initializers.zeros,
+                           use_bias=False, name="retrieval_out")(read)
+        return x + out
 
     def _tokens(self, name: str, tokens: Array, valid: Array | None) -> Array:
         """Unit token embeddings [B, N, embed_dim] by a linear head, zero where `valid` [B, N] is false."""
