@@ -1,4 +1,6 @@
 """Helpers shared by the tests that compare runs: a few train steps from a fixed init, float64 cross-entropy."""
+import os
+
 import jax
 import numpy as np
 
@@ -70,3 +72,13 @@ def big_batch_and_gradcache(obj, params, extra, batch, rng, micro: int = 2):
     np.testing.assert_allclose(float(acc), float(big), rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), g_acc, g_big)
     return big, metrics, g_big
+
+
+def cli_env(cache_dir) -> dict:
+    """The environment for a test's CLI runs of one-device configs: the process sees one CPU device (not the suite's
+    simulated eight) and shares a persistent compilation cache in `cache_dir` with the test's other runs, so later
+    runs load what the first compiled (one-device executables only: loading cached multi-device CPU executables is
+    what aborted, tests/conftest.py)."""
+    flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "").strip()
+    return dict(os.environ, XLA_FLAGS=flags, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")

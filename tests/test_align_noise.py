@@ -78,7 +78,7 @@ def test_align_with_caption_noise_through_train(tmp_path):
 
     config = apply_overrides(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=align,noise=0.5,size=test,steps=2,batch=16")),
-        ["evals.sets=[]", "checkpoint.every_steps=2"])
+        ["mesh=[('data', 1)]", "evals.sets=[]", "checkpoint.every_steps=2"])
     assert config.loss.contrastive_smoothing == 0.1 and config.data.caption_noise == 0.5
     train(config, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

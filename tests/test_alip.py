@@ -115,7 +115,7 @@ def test_alip_through_train_keeps_the_running_means(tmp_path):
 
     config = apply_overrides(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=alip,noise=0.5,size=test,steps=3,batch=16")),
-        ["evals.sets=[]", "checkpoint.every_steps=3", "log_every=1"])
+        ["mesh=[('data', 1)]", "evals.sets=[]", "checkpoint.every_steps=3", "log_every=1"])
     out = train(config, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r.get("split") == "train"]

@@ -12,6 +12,7 @@ import vlm_jax
 from vlm_jax.interop import hf, layout, open_clip
 from vlm_jax.interop.layout import ConversionError
 from vlm_jax.tools import convert
+from vlm_jax.train.trainer import finalize_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "weights"
 CASES = {"hf_clip": "hf", "hf_siglip": "hf", "open_clip_clip": "open_clip", "open_clip_siglip": "open_clip"}
@@ -145,8 +146,8 @@ def test_clip_benchmark_scores_an_exported_vlm_jax_model_as_vlm_jax_does(tmp_pat
     from vlm_jax.data import fashion_mnist
     from vlm_jax.train.trainer import train
 
-    config = apply_overrides(load_config("experiments/emoji_two_tower.py:size=test,arch=open_clip,steps=150,batch=64"),
-                             ["evals.sets=[]"])
+    config = apply_overrides(finalize_config(load_config("experiments/emoji_two_tower.py:size=test,arch=open_clip,steps=150,batch=64")),
+                             ["evals.sets=[]", "mesh=[('data', 1)]"])
     train(config, tmp_path / "run")
     assert convert.main(["--to", "open_clip", "--in", str(tmp_path / "run"), "--out", str(tmp_path / "oc")]) == 0
 
@@ -215,8 +216,8 @@ def test_a_trained_run_exports_to_open_clip_with_its_tokenizer(tmp_path):
     from vlm_jax.data.checkpoint_tokenizers import CheckpointTokenizer
     from vlm_jax.train.trainer import train
 
-    config = apply_overrides(load_config("experiments/emoji_two_tower.py:size=test,arch=open_clip,steps=2,batch=16"),
-                             ["evals.sets=[]"])
+    config = apply_overrides(finalize_config(load_config("experiments/emoji_two_tower.py:size=test,arch=open_clip,steps=2,batch=16")),
+                             ["evals.sets=[]", "mesh=[('data', 1)]"])
     train(config, tmp_path / "run")
     assert convert.main(["--to", "open_clip", "--in", str(tmp_path / "run"), "--out", str(tmp_path / "oc")]) == 0
     cfg = json.loads((tmp_path / "oc" / open_clip.CONFIG).read_text())["model_cfg"]["text_cfg"]

@@ -122,7 +122,7 @@ def test_declip_resumes_its_queue_exactly(tmp_path):
 
     config = apply_overrides(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=declip,size=test,steps=4,batch=16")),
-        ["evals.sets=[]", "checkpoint.every_steps=2", "loss.queue_size=24"])  # wraps at the second step
+        ["mesh=[('data', 1)]", "evals.sets=[]", "checkpoint.every_steps=2", "loss.queue_size=24"])  # wraps at the second step
     full = train(config, tmp_path / "full")
     train(config, tmp_path / "cut", stop_after=2)
     resumed = train(config, tmp_path / "cut")

@@ -67,7 +67,7 @@ def test_filip_through_train(tmp_path):
 
     config = apply_overrides(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=filip,size=test,steps=3,batch=16")),
-        ["evals.sets=['emoji']", "checkpoint.every_steps=3"])
+        ["mesh=[('data', 1)]", "evals.sets=['emoji']", "checkpoint.every_steps=3"])
     out = train(config, tmp_path / "run")
     ev = out["evals"]
     assert 0.0 <= ev["zeroshot/emoji/cross/all/top@1/model"] <= 1.0

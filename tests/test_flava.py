@@ -285,7 +285,8 @@ def test_flava_trains_with_every_loss_and_evaluator(data_dir, tmp_path):
     """Through train(): each step's loss is the weighted sum of its five parts (MMM: text + image); zero-shot top-1,
     held-out matching (hard negatives) and masked-token accuracies equal references recomputed from the final
     parameters (probes: the contrastive objective's, tested in test_probe.py, left out)."""
-    out = train(_config("size=test", "total_steps=3", "loss.mim_weight=2.0", "evals.probe_sets=[]"), tmp_path / "run")
+    out = train(_config("size=test", "total_steps=3", "loss.mim_weight=2.0", "evals.probe_sets=[]", "mesh=[('data', 1)]"),
+                tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r.get("split") == "train"]
     assert len(steps) == 3

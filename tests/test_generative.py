@@ -478,7 +478,7 @@ def test_cappa_through_train_evaluators_and_caption_tool(tmp_path, data_dir, cap
     from vlm_jax.train.trainer import train
 
     c = apply_overrides(finalize_config(load_config("experiments/emoji_cappa.py:size=test,steps=3,batch=16")),
-                        ["evals.scoring_pairs=20000", "checkpoint.every_steps=3"])
+                        ["evals.scoring_pairs=20000", "checkpoint.every_steps=3", "mesh=[('data', 1)]"])
     out = train(c, tmp_path / "run")
     ev = out["evals"]
     setup, params = out["setup"], out["state"].params
@@ -512,7 +512,8 @@ def test_coca_on_tux_paint_through_train(tmp_path, data_dir):
     from vlm_jax.evals.metrics import pixel_features
     from vlm_jax.train.trainer import train
 
-    c = load_config("experiments/tuxpaint_captioning.py:objective=coca,size=test,steps=2,batch=16")
+    c = apply_overrides(finalize_config(load_config("experiments/tuxpaint_captioning.py:objective=coca,size=test,steps=2,batch=16")),
+                        ["mesh=[('data', 1)]"])
     ev = train(c, tmp_path / "run")["evals"]
     test, tr = tuxpaint.load_split(data_dir, "test"), tuxpaint.load_split(data_dir, "train")
     from vlm_jax.data.image_text import PIXEL_BASELINE_SIZE, _prep_images

@@ -78,7 +78,7 @@ def test_bilingual_kelip_through_train(tmp_path):
 
     config = apply_overrides(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=kelip,size=test,steps=3,batch=16")),
-        ["evals.sets=['emoji']", "checkpoint.every_steps=3", "log_every=1"])
+        ["mesh=[('data', 1)]", "evals.sets=['emoji']", "checkpoint.every_steps=3", "log_every=1"])
     assert tuple(config.data.languages) == ("en", "ko")
     out = train(config, tmp_path / "run")
     ev = out["evals"]

@@ -17,6 +17,8 @@ from vlm_jax.pretrained import bert_fields, minilm, minilm_dir, read_safetensors
 from vlm_jax.train.init_from import InitFromError, active, load_source, merge
 from vlm_jax.train.trainer import Setup, finalize_config, train
 
+ONE = "mesh=[('data', 1)]"  # these runs test no sharding: one device compiles faster
+
 TRICKY = ["Flag: Côte d’Ivoire", "man_technologist 👨‍💻", "日本語のテキスト", "don't STOP-believing!!", "",
           "supercalifragilisticexpialidocious", "naïve café résumé", "a\tb\nc", "x" * 120, "ＦＵＬＬ width ½"]
 
@@ -91,7 +93,7 @@ def test_imported_minilm_equals_a_float64_numpy_bert(tokenizer):
 
 def test_lit_keeps_the_locked_tower_bit_identical(data_dir, tmp_path):
     config = apply_overrides(finalize_config(load_config("experiments/emoji_lit.py:size=test")),
-                             ["total_steps=3", "batch_size=16", "progress=False", "evals.sets=['emoji']",
+                             ["total_steps=3", "batch_size=16", "progress=False", "evals.sets=['emoji']", ONE,
                               "evals.probe_sets=[]", "evals.batch_size=128", "checkpoint.every_steps=100"])
     out = train(config, tmp_path / "lit")
     params = traverse_util.flatten_dict(jax.device_get(out["state"].params), sep="/")

@@ -87,7 +87,7 @@ def test_llip_through_train_scores_like_float64(tmp_path):
 
     config = apply_overrides(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=llip,size=test,steps=3,batch=16")),
-        ["evals.sets=['emoji']", "checkpoint.every_steps=3"])
+        ["mesh=[('data', 1)]", "evals.sets=['emoji']", "checkpoint.every_steps=3"])
     out = train(config, tmp_path / "run")
     assert 0.0 <= out["evals"]["zeroshot/emoji/cross/all/top@1/model"] <= 1.0
     objective = out["setup"].objective

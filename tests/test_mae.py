@@ -97,7 +97,8 @@ def test_loss_is_the_float64_mean_squared_error_over_hidden_patches(mae):
 def pretrained(tmp_path_factory, data_dir):
     """An MAE run trained through `train()`; its evaluators are the probes and reconstruction error."""
     workdir = tmp_path_factory.mktemp("mae") / "run"
-    out = train(_config("emoji_mae.py:size=test", "total_steps=4", "evals.probe_sets=['emoji']"), workdir)
+    out = train(_config("emoji_mae.py:size=test", "total_steps=4", "evals.probe_sets=['emoji']", "mesh=[('data', 1)]"),
+                workdir)
     return workdir, out
 
 

@@ -146,7 +146,8 @@ def test_native_stamps_keep_their_aspect_ratio_and_match_the_squared_ones(tux_di
 def _run(workdir: Path, *overrides: str) -> subprocess.CompletedProcess:
     cfg = "experiments/tuxpaint_naflex.py:size=test,steps=3,batch=16,budgets=4+9,eval_budgets=4+16"
     return subprocess.run([sys.executable, "-m", "vlm_jax.main", "--config", cfg, "--workdir", str(workdir),
-                           "--config.evals.batch_size=32", "--config.checkpoint.every_steps=3", *overrides],
+                           "--config.evals.batch_size=32", "--config.checkpoint.every_steps=3", "--config.mesh=[('data', 1)]",
+                           *overrides],
                           cwd=ROOT, capture_output=True, text=True, env=dict(os.environ), timeout=600)
 
 

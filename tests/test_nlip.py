@@ -78,7 +78,7 @@ def test_nlip_through_train(tmp_path):
 
     config = apply_overrides(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=nlip,size=test,steps=3,batch=16")),
-        ["evals.sets=[]", "checkpoint.every_steps=3", "loss.warmup=0.0"])
+        ["mesh=[('data', 1)]", "evals.sets=[]", "checkpoint.every_steps=3", "loss.warmup=0.0"])
     out = train(config, tmp_path / "run")
     extra = out["state"].extra
     stream = out["setup"].objective.train_data(16, config.seed, 0, 1)

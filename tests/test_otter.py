@@ -106,7 +106,7 @@ def test_otter_through_train(tmp_path):
 
     config = apply_overrides(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3,batch=16")),
-        ["evals.sets=[]", "checkpoint.every_steps=3"])  # the zero-shot evaluator is CLIP's (tested elsewhere)
+        ["mesh=[('data', 1)]", "evals.sets=[]", "checkpoint.every_steps=3"])  # the zero-shot evaluator is CLIP's (tested elsewhere)
     out = train(config, tmp_path / "run")
     import json
 

@@ -251,7 +251,7 @@ def test_pali_through_train_evaluators_and_prompted_caption_tool(tmp_path, data_
     from vlm_jax.train.trainer import train
 
     c = apply_overrides(finalize_config(load_config("experiments/multitask_pali.py:size=test,steps=3,batch=16")),
-                        ["checkpoint.every_steps=3", "model.encoder.num_heads=2"])
+                        ["checkpoint.every_steps=3", "model.encoder.num_heads=2", "mesh=[('data', 1)]"])
     out = train(c, tmp_path / "run")
     ev, setup, params = out["evals"], out["setup"], out["state"].params
     tasks = setup.objective.data.prompt_tasks()

@@ -16,6 +16,7 @@ import pytest
 from vlm_jax.config import apply_overrides, load_config
 from vlm_jax.train.checkpoint import Checkpointer
 from vlm_jax.train.trainer import Setup, finalize_config
+from steps import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "experiments/emoji_two_tower.py:size=test,steps=12"
@@ -36,9 +37,10 @@ def _steps_logged(workdir: Path) -> list[int]:
 
 
 def _run(workdir: Path, interrupt: int | None = None, at_step: int = 0) -> subprocess.CompletedProcess | int:
-    """Runs to completion, or sends `interrupt` once step `at_step` is logged; returns the exit code then."""
-    proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    """Runs to completion, or sends `interrupt` once step `at_step` is logged; returns the exit code then. The
+    module's runs share a compilation cache (`steps.cli_env`) in the session's temporary folder."""
+    proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=cli_env(workdir.parent / "preemption_jit_cache"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if interrupt is None:
         out = proc.communicate(timeout=300)[0]
         assert proc.returncode == 0, out[-3000:]

@@ -173,7 +173,7 @@ def test_pyramidclip_through_train(tmp_path):
 
     config = apply_overrides(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=pyramidclip,size=test,steps=2,batch=16")),
-        ["evals.sets=[]", "checkpoint.every_steps=2", "log_every=1", "loss.global_cross=0.2",
+        ["mesh=[('data', 1)]", "evals.sets=[]", "checkpoint.every_steps=2", "log_every=1", "loss.global_cross=0.2",
          "loss.local_cross=0.5"])
     train(config, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

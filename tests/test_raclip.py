@@ -103,7 +103,7 @@ def test_raclip_through_train_evaluates_with_retrieval(tmp_path, objective):
 
     config = apply_overrides(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=raclip,size=test,steps=2,batch=16")),
-        ["evals.sets=[]", "checkpoint.every_steps=2", "log_every=1"])
+        ["mesh=[('data', 1)]", "evals.sets=[]", "checkpoint.every_steps=2", "log_every=1"])
     out = train(config, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in rows if r.get("split") == "train"]) == 2

@@ -24,6 +24,7 @@ from vlm_jax.data import robust
 from vlm_jax.data.shards import config as shard_config
 from vlm_jax.data.shards.stream import SourceStream, decode_crop
 from vlm_jax.data.shards.order import EpochOrder
+from steps import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -288,7 +289,7 @@ def test_cli_run_from_shards_killed_and_resumed_logs_the_same_losses(tmp_path, d
     overrides = ["--config.mesh=[('data', 1)]", "--config.batch_size=32", "--config.log_every=1",
                  "--config.checkpoint.every_steps=3", "--config.evals.sets=[]", "--config.optim.warmup_steps=2",
                  f"--config.data.data_dir={data_dir}"]
-    env = dict(os.environ)
+    env = cli_env(tmp_path / "jit_cache")
 
     def cmd(workdir):
         return [sys.executable, "-m", "vlm_jax.main", "--config", spec, "--workdir", str(workdir), *overrides]

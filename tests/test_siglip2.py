@@ -31,6 +31,7 @@ from vlm_jax.objectives.siglip2 import random_crops
 from vlm_jax.train.checkpoint import Checkpointer
 from vlm_jax.train.optim import path_str
 from vlm_jax.train.trainer import Setup, finalize_config, train
+from steps import cli_env
 
 QUIET = ["progress=False", "batch_size=16", "evals.batch_size=128", "log_every=1", "checkpoint.every_steps=100",
          "evals.probe_sets=[]", "evals.locca_sets=[]"]
@@ -250,7 +251,7 @@ def test_teacher_is_sharded_like_the_student(data_dir, tmp_path, mesh, overrides
 
 
 def test_auxiliary_losses_switch_on_for_the_last_fifth(data_dir, tmp_path):
-    out = train(_config("size=test", "total_steps=5", "evals.sets=['emoji']"), tmp_path / "run")
+    out = train(_config("size=test", "total_steps=5", "evals.sets=['emoji']", ONE), tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r for r in records if r.get("split") == "train"]
     assert [r["distill_active"] for r in train_steps] == [0, 0, 0, 0, 1]  # updates ≥ round(0.8 · 5)
@@ -457,11 +458,12 @@ CLI_OVERRIDES = ["mesh=[('data', 1)]", "batch_size=16", "log_every=1", "checkpoi
 
 
 def _cli(workdir, kill_at=None):
-    """Runs the CLI to the end, or SIGKILLs it once step `kill_at` is logged; returns its output."""
+    """Runs the CLI to the end, or SIGKILLs it once step `kill_at` is logged; returns its output (the test's runs
+    share a compilation cache, `steps.cli_env`)."""
     cmd = [sys.executable, "-m", "vlm_jax.main", "--config", CLI_CONFIG, "--workdir", str(workdir),
            *[f"--config.{o}" for o in CLI_OVERRIDES]]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(workdir.parent / "jit_cache"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     if kill_at is None:
         out = proc.communicate(timeout=600)[0]
         assert proc.returncode == 0, out[-3000:]

@@ -523,6 +523,7 @@ def trained_run(tmp_path_factory, tfds_dir, data_dir):
     workdir = tmp_path_factory.mktemp("suite") / "run"
     config = apply_overrides(finalize_config(load_config(str(ROOT / "experiments/emoji_two_tower.py:size=test"))), [
         "total_steps=2", "batch_size=16", "evals.sets=['emoji']", "evals.batch_size=1024", "checkpoint.every_steps=2",
+        "mesh=[('data', 1)]",
         "progress=False", "evals.suite=imagenet,cifar10,coco", f"evals.suite_data_dir={d}"])
     out = train(config, workdir)
     return workdir, out

@@ -125,7 +125,7 @@ def test_zerovl_through_train(tmp_path):
 
     config = apply_overrides(finalize_config(load_config(
         "experiments/emoji_contrastive_family.py:method=zerovl,size=test,steps=3,batch=16")),
-        ["evals.sets=[]", "checkpoint.every_steps=3", "log_every=1"])
+        ["mesh=[('data', 1)]", "evals.sets=[]", "checkpoint.every_steps=3", "log_every=1"])
     assert config.data.sampling == "sources"
     train(config, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
