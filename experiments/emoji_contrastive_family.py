@@ -14,6 +14,7 @@ and loss settings, so the comparison table (docs/contrastive_family.md) differs 
   --config experiments/emoji_contrastive_family.py:method=alip           ALIP (raw + clean captions, gated)
   --config experiments/emoji_contrastive_family.py:method=pyramidclip    PyramidCLIP (3 visual × 3 text levels)
   --config experiments/emoji_contrastive_family.py:method=raclip         RA-CLIP (retrieved reference pairs)
+  --config experiments/emoji_contrastive_family.py:method=oner           OneR (one tower, cross-modal mixups)
   --config experiments/emoji_contrastive_family.py:method=clip           the CLIP baseline (also siglip)
   --config experiments/emoji_contrastive_family.py:method=otter,size=test,steps=3   tiny, for tests
 
@@ -56,6 +57,9 @@ METHODS = {
     # RA-CLIP (Xie et al. 2023): the Facebook drawings held out of training as the reference set; each image's 8
     # nearest reference images (pixel correlation) and their names (MiniLM) enrich its embedding (objectives/raclip.py)
     "raclip": ("raclip", "clip", {}, {}),
+    # OneR (Jang et al. 2023): one transformer for patches, tokens and both in one sequence, as many blocks as the two
+    # towers together, trained with image–text, cross-modal mixup and contextual mixup contrast (objectives/oner.py)
+    "oner": ("oner", "clip", {}, {}),
 }
 
 
@@ -85,6 +89,11 @@ def get_config(arg=None):
         c.data.name_texts = True
     if arg.method == "raclip":
         c.data.train_styles = ("noto", "twitter")  # Facebook's drawings are the reference set
+    if arg.method == "oner":  # one encoder sized like the image tower, with both towers' blocks
+        image, text = c.model.image, c.model.text
+        c.model.image = dict(width=image.width, depth=image.depth + text.depth, mlp_dim=image.mlp_dim,
+                             num_heads=image.num_heads, patch_size=tuple(image.patch_size), dtype_mm=image.dtype_mm)
+        c.model.text = dict(vocab_size=text.vocab_size, max_len=text.max_len)
     if arg.method == "zerovl":
         c.data.sampling = "sources"
     if arg.method == "kelip":

@@ -37,6 +37,7 @@ ONE_DEVICE = ["mesh=[('data', 1)]", "batch_size=8"]
     ("emoji_contrastive_family.py:method=alip,size=test", []),  # two captions per image, two similarity matrices
     ("emoji_contrastive_family.py:method=pyramidclip,size=test", []),  # two views, the scenes' kept patches, 3 texts
     ("emoji_contrastive_family.py:method=raclip,size=test", []),  # retrieval (forward only) and the attention module
+    ("emoji_contrastive_family.py:method=oner,size=test", []),  # one encoder over four sequences, five similarities
 ])
 def test_analytic_step_flops_equal_the_jaxpr_of_the_train_step(data_dir, experiment, overrides):
     """The meter's FLOPs per step (analytic, from the model config) vs the matmul FLOPs of the jitted train step

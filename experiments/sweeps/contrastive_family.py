@@ -10,7 +10,7 @@ Seeds vary slowest, so an interrupted study has whole seeds first. `:quick` trai
 from vlm_jax.config import config_args
 
 METHODS = ("clip", "siglip", "align", "otter", "filip", "nlip", "laclip", "llip", "kelip", "zerovl", "declip", "alip",
-           "pyramidclip", "raclip")
+           "pyramidclip", "raclip", "oner")
 SEEDS = (0, 1, 2)
 
 

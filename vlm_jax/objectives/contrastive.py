@@ -150,6 +150,15 @@ class ContrastiveObjective(Objective):
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         """Raises on unknown model / loss keys, naming the valid ones."""
         check_keys(config.model, (*MODEL_KEYS, *self.OWN_MODEL_KEYS), "model")
+        self.check_loss_and_step(config)
+        check_module_fields(config.model.get("image", {}), ViT, "model.image")
+        tower = config.model.get("text_tower", "transformer")
+        if tower not in TEXT_TOWERS:
+            raise ValueError(f"model.text_tower must be one of {sorted(TEXT_TOWERS)}, got {tower!r}")
+        check_module_fields(config.model.get("text", {}), TEXT_TOWERS[tower], "model.text")
+
+    def check_loss_and_step(self, config: ml_collections.ConfigDict) -> None:
+        """The loss section's keys, and what WHOLE_BATCH_INFONCE / WHOLE_BATCH_STEP refuse (any model)."""
         check_keys(config.loss, (*LOSS_KEYS, *self.OWN_LOSS_DEFAULTS), "loss")
         name, impl = config.loss.get("name", "infonce"), config.loss.get("impl", "full")
         chunk = config.loss.get("chunk_size", 0)
@@ -159,11 +168,6 @@ class ContrastiveObjective(Objective):
         accum = int(config.get("grad_accum_steps", 1) or 1)
         if self.WHOLE_BATCH_STEP and accum > 1:
             raise ValueError(f"{self.WHOLE_BATCH_STEP}: grad_accum_steps must be 1, got {accum}")
-        check_module_fields(config.model.get("image", {}), ViT, "model.image")
-        tower = config.model.get("text_tower", "transformer")
-        if tower not in TEXT_TOWERS:
-            raise ValueError(f"model.text_tower must be one of {sorted(TEXT_TOWERS)}, got {tower!r}")
-        check_module_fields(config.model.get("text", {}), TEXT_TOWERS[tower], "model.text")
 
     def model(self) -> nn.Module:
         m = self.config.model
