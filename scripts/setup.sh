@@ -23,19 +23,22 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# Tux Paint stamps (GPL pictures + descriptions, the "tuxpaint" dataset): the .deb is only downloaded, into the
-# git-ignored data cache, and unpacked there by vlm_jax.data.tuxpaint.fetch. `apt-get download` needs no root
-# but needs apt's package lists: on failure, update them and retry.
+# Data packages that are only downloaded, into the git-ignored data cache, and unpacked there by
+# vlm_jax.data.debs: the Tux Paint stamps (GPL pictures + descriptions, the "tuxpaint" dataset) and WordNet (glosses
+# for the text corpus, vlm_jax.data.text_corpus). `apt-get download` needs no root but needs apt's package lists:
+# on failure, update them and retry.
 debs="${VLM_JAX_DATA_DIR:-data_cache}/debs"
-if ! ls "$debs"/tuxpaint-stamps-default_*.deb >/dev/null 2>&1; then
-  mkdir -p "$debs"
-  echo "[setup] apt-get download tuxpaint-stamps-default into $debs"
-  if ! (cd "$debs" && apt-get download -qq tuxpaint-stamps-default 2>/dev/null); then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    (cd "$debs" && apt-get download -qq tuxpaint-stamps-default)
+for pkg in tuxpaint-stamps-default wordnet-base; do
+  if ! ls "$debs/${pkg}"_*.deb >/dev/null 2>&1; then
+    mkdir -p "$debs"
+    echo "[setup] apt-get download $pkg into $debs"
+    if ! (cd "$debs" && apt-get download -qq "$pkg" 2>/dev/null); then
+      SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+      $SUDO apt-get update -qq
+      (cd "$debs" && apt-get download -qq "$pkg")
+    fi
   fi
-fi
+done
 
 # venv with exact pins; reinstalled only when the requirement files change.
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
