@@ -31,6 +31,7 @@ DATASETS = {  # name → the module that registers it (imported on first use)
     "multitask": "vlm_jax.data.multitask",
     "shards": "vlm_jax.data.shards.dataset",
     "checkpoint": "vlm_jax.data.checkpoint_text",
+    "text_corpus": "vlm_jax.data.text_lm",
 }
 _REGISTRY: dict[str, type] = {}
 _READ_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("vlm_jax_data_read_only", default=False)

@@ -6,9 +6,9 @@ from typing import Mapping
 
 WHO = ("model", "pixel", "chance")
 # further baseline columns, shown when some result has them: "copy" (a translation task's input unchanged), "mean"
-# (MAE: each hidden patch predicted by its own mean)
-EXTRA = ("copy", "mean")
-RAW = ("mse",)  # metrics printed as numbers, not percent
+# (MAE: each hidden patch predicted by its own mean), "unigram" (a language model's: training token frequencies)
+EXTRA = ("copy", "mean", "unigram")
+RAW = ("mse", "perplexity", "nll")  # metrics printed as numbers, not percent
 
 
 def rows(results: Mapping[str, float]) -> list[tuple[str, str, str, dict[str, float]]]:
