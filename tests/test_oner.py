@@ -100,6 +100,8 @@ def test_oner_through_train(tmp_path):
     assert any(k.startswith("zeroshot") or "top1" in k for k in out["evals"])
     with pytest.raises(ValueError, match="grad_accum_steps"):
         Setup(apply_overrides(config, ["grad_accum_steps=2"]))
+    with pytest.raises((ConfigError, ValueError), match="temperature_init"):  # InfoNCE only: no logit bias
+        Setup(apply_overrides(config, ["model.bias_init=-10.0"]))
     with pytest.raises((ConfigError, ValueError), match="max_len"):  # the valid text keys are named
         with config.unlocked():
             config.model.text.width = 64

@@ -35,7 +35,6 @@ class OneR(nn.Module):
     embed_dim: int
     image_size: int
     temperature_init: float = 10.0
-    bias_init: float | None = None
 
     def setup(self):
         c = ViT(**{k: v for k, v in self.image.items() if k != "dtype_mm"})._cfg()
@@ -54,7 +53,7 @@ class OneR(nn.Module):
         self.cls = self.param("cls", kind, (1, w), jnp.float32)
         self.encoder = layers.Encoder(depth=c["depth"], mlp_dim=c["mlp_dim"], num_heads=c["num_heads"], dtype_mm=dt)
         self.head = layers.dense(self.embed_dim, ("embed", None), dt, out_dtype="float32")
-        self.t_and_b = temperature_and_bias(self, self.temperature_init, self.bias_init)
+        self.t_and_b = temperature_and_bias(self, self.temperature_init, None)  # InfoNCE: no logit bias
 
     def image_tokens(self, image: Array) -> Array:
         """[B, N, W] embedded patches of [B, H, W, C] images."""
@@ -76,12 +75,12 @@ class OneR(nn.Module):
         return l2_normalize(self.head(x[:, 0])), {"pre_logits": x[:, 0], "encoded": x[:, 1:]}
 
     def temperature(self) -> dict[str, Array]:
-        """{"t": exp(log t)} and, with a bias, {"b"}."""
-        return {k: v for k, v in self.t_and_b.items() if k in ("t", "b")}
+        """{"t": exp(log t)}."""
+        return {"t": self.t_and_b["t"]}
 
     def __call__(self, image: Array | None, text: Array | None, *,
                  train: bool = False) -> tuple[tuple[Array | None, Array | None], dict[str, Any]]:
-        """Each modality alone through the one tower: ((zimg, ztxt), aux with t (and b) and the image's features)."""
+        """Each modality alone through the one tower: ((zimg, ztxt), aux with t and the image's features)."""
         aux: dict[str, Any] = dict(self.t_and_b)
         zimg = ztxt = None
         if image is not None:

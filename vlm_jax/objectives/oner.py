@@ -20,7 +20,7 @@ from vlm_jax.train.objective import LossOut, Normalizers, register
 # xmc_weight / cmc_weight: the two mixup terms beside image–text contrast (weight 1); mixup_beta: λ ~ Beta(β, β)
 # per batch for the contextual mixup (β 1: uniform). All three are our choices.
 ONER_DEFAULTS = dict(xmc_weight=1.0, cmc_weight=1.0, mixup_beta=1.0)
-MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init", "bias_init")
+MODEL_KEYS = ("image", "text", "embed_dim", "temperature_init")  # no bias: every term is InfoNCE
 
 
 @register("oner")
@@ -52,7 +52,7 @@ class OneRObjective(ContrastiveObjective):
         if not text.get("vocab_size"):
             text["vocab_size"] = self.data.vocab_size  # 0 → the dataset tokenizer's vocabulary
         return OneR(image=dict(m.image), text=text, embed_dim=m.embed_dim, image_size=self.data.image_size,
-                    temperature_init=m.get("temperature_init", 10.0), bias_init=m.get("bias_init", None))
+                    temperature_init=m.get("temperature_init", 10.0))
 
     def embeddings(self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
                    lam: jax.Array | None = None) -> tuple[tuple[dict[str, jax.Array], jax.Array], jax.Array]:
