@@ -59,3 +59,25 @@ def test_unknown_model_field_names_valid_ones():
         c.model.image.widht = 3
     with pytest.raises(ConfigError, match="Did you mean 'width'"):
         get_objective(c)
+
+
+@pytest.mark.parametrize("preset,bias,needle", [
+    ("clip", -10.0, "bias_init is set but loss.name is 'infonce'"),
+    ("clip", None, None),  # control: the CLIP preset as shipped
+    ("siglip", None, "needs a learned logit bias"),
+])
+def test_logit_bias_only_with_the_sigmoid_loss(preset, bias, needle):
+    """InfoNCE's full kernel takes label smoothing as its fourth argument: a learned bias must never reach it."""
+    from vlm_jax.train.objective import get_objective
+
+    c = finalize_config(load_config(f"{EXP}:size=test,loss={preset}"))
+    with c.unlocked():
+        c.model.bias_init = bias  # as an experiment file (or an imported SigLIP's fields) may set it
+    if needle is None:
+        get_objective(c)
+        return
+    with pytest.raises(ValueError, match=needle):
+        get_objective(c)
+    c2 = apply_overrides(finalize_config(load_config(f"experiments/emoji_siglip2.py:size=test")), ["loss.name=infonce"])
+    with pytest.raises(ValueError, match="bias_init is set"):  # SigLIP 2 creates its bias by default
+        get_objective(c2)

@@ -5,7 +5,7 @@
 #   bash benchmarks/studies/contrastive_family.sh [RUN_DIR] [SWEEP_ARG]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-dir="${1:-runs/family}"
+dir="${1:-benchmarks/studies/contrastive_family_runs}"
 scripts/vlm python -m vlm_jax.tools.sweep "experiments/sweeps/contrastive_family.py${2:+:$2}" run --dir "$dir"
 scripts/vlm python benchmarks/studies/contrastive_family_table.py "$dir" > benchmarks/studies/contrastive_family.md
 cat benchmarks/studies/contrastive_family.md

@@ -3,7 +3,7 @@ the OpenMoji drawings (emoji/cross, non-flag concepts) and zero-shot on the unse
 mean ± std over seeds, with each method's training compute (forward GMACs × samples seen) and wall time on this
 shared machine.
 
-  scripts/vlm python benchmarks/studies/contrastive_family_table.py runs/family > benchmarks/studies/contrastive_family.md
+  scripts/vlm python benchmarks/studies/contrastive_family_table.py benchmarks/studies/contrastive_family_runs > benchmarks/studies/contrastive_family.md
 """
 from __future__ import annotations
 
@@ -46,4 +46,4 @@ def main(directory: str) -> str:
 
 
 if __name__ == "__main__":
-    print(main(sys.argv[1] if len(sys.argv) > 1 else "runs/family"), end="")
+    print(main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/studies/contrastive_family_runs"), end="")

@@ -2,7 +2,7 @@
 captions name another concept (`data.caption_noise`), at the contrastive family's budget (emoji two-tower,
 1,200 steps), 3 seeds; evaluation sets stay clean.
 
-  scripts/vlm python -m vlm_jax.tools.sweep experiments/sweeps/caption_noise.py --dir runs/noise run
+  scripts/vlm python -m vlm_jax.tools.sweep experiments/sweeps/caption_noise.py --dir benchmarks/studies/caption_noise_runs run
 
 `:quick` trains 60 steps.
 """

@@ -1,7 +1,7 @@
 """Issue 31's comparison: every method of experiments/emoji_contrastive_family.py (the CLIP and SigLIP baselines and
 the family's methods) at one budget — the emoji two-tower small run, 1,200 steps at batch 256 — 3 seeds each.
 
-  scripts/vlm python -m vlm_jax.tools.sweep experiments/sweeps/contrastive_family.py --dir runs/family run
+  scripts/vlm python -m vlm_jax.tools.sweep experiments/sweeps/contrastive_family.py --dir benchmarks/studies/contrastive_family_runs run
   bash benchmarks/studies/contrastive_family.sh              (run, collect and table)
 
 Seeds vary slowest, so an interrupted study has whole seeds first. `:quick` trains 60 steps (a smoke test);

@@ -31,7 +31,7 @@ FASHION_EMOJI = {"t-shirt/top": "👕", "trouser": "👖", "pullover": "🧥", "
                  "sandal": "👡", "shirt": "👔", "sneaker": "👟", "bag": "👜", "ankle boot": "👢"}
 
 
-TOKENIZERS = ("sentencepiece", "minilm")
+TOKENIZERS = ("sentencepiece", "minilm", "text_corpus")
 
 
 def text_tokenizer(name: str, data_dir: str, max_concepts: int | None) -> Any:
@@ -43,6 +43,10 @@ def text_tokenizer(name: str, data_dir: str, max_concepts: int | None) -> Any:
         from vlm_jax.pretrained import minilm_dir
 
         return WordPieceTokenizer(minilm_dir() / "vocab.txt")
+    if name == "text_corpus":
+        from vlm_jax.data import text_corpus
+
+        return Tokenizer(text_corpus.build(data_dir) / "tokenizer.model")
     raise ValueError(f"data.tokenizer must be one of {TOKENIZERS}, got {name!r}")
 
 
@@ -55,8 +59,9 @@ class EmojiPairs(TokenizerText):
                     text_format="tokens", text_image_size=0, font_size=16, max_chars=0, sampling="examples",
                     tokenizer="sentencepiece", shards=None, caption_noise=0.0, example_ids=False,
                     caption_rewrites=0.0, alt_captions=False, name_texts=False)
-    # tokenizer: "sentencepiece" (trained on the captions, data/tokenizer.py) or "minilm" (the packaged MiniLM's
-    # uncased WordPiece, for its pretrained text tower). text_format "tokens": token ids [text_len]; "render": text drawn with GNU Unifont as an image
+    # tokenizer: "sentencepiece" (trained on the captions, data/tokenizer.py), "minilm" (the packaged MiniLM's
+    # uncased WordPiece, for its pretrained text tower) or "text_corpus" (the language model's, data/text_corpus.py,
+    # for captioning through a frozen LM). text_format "tokens": token ids [text_len]; "render": text drawn with GNU Unifont as an image
     # [text_image_size (0: image_size)]² × 3 in [-1, 1] (CLIPPO). languages: caption languages drawn per example.
     # sampling "examples": every (concept, style) example once per epoch; "concepts": every concept once per
     # epoch in one random style, so no batch counts another drawing of its own concept as a negative.

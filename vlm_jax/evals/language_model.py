@@ -13,6 +13,7 @@ import numpy as np
 
 from vlm_jax.losses.generative import shift_right
 from vlm_jax.models import decoding
+from vlm_jax.models.decoder import step_fn
 
 
 def nll_sums(model: Any, params: Any, tokens: jax.Array, bos_id: int, pad_id: int) -> tuple[jax.Array, jax.Array]:
@@ -29,20 +30,13 @@ def continue_greedy(model: Any, params: Any, prompts: np.ndarray, prompt_len: in
     """Greedy continuations [N, max_new] of each row's first `prompt_len` tokens (fed through the cache after BOS),
     stopping at EOS (later positions pad)."""
     n = prompts.shape[0]
-    step = functools.partial(_step, model)
+    step = step_fn(model, params, {})  # a text-only model: no image context
     cache = model.init_cache(n)
     tokens = jnp.full((n,), ids["bos"], jnp.int32)
     for i in range(prompt_len):  # the prompt, teacher-forced through the cache
-        _, cache = step(params, tokens, cache)
+        _, cache = step(tokens, cache, jnp.int32(i))
         tokens = jnp.asarray(prompts[:, i], jnp.int32)
-    step_fn = lambda tok, c, pos: step(params, tok, c)  # noqa: E731
-    return np.asarray(decoding.greedy(step_fn, cache, tokens, max_len=max_new, eos_id=ids["eos"], pad_id=ids["pad"]))
-
-
-def _step(model: Any, params: Any, tokens: jax.Array, cache: Any) -> tuple[jax.Array, Any]:
-    logits, state = model.apply({"params": params, "cache": cache}, tokens[:, None], method="decode_step",
-                                mutable=["cache"])
-    return logits[:, 0], state["cache"]
+    return np.asarray(decoding.greedy(step, cache, tokens, max_len=max_new, eos_id=ids["eos"], pad_id=ids["pad"]))
 
 
 def unigram_log_probs(tokens: np.ndarray, vocab: int, pad_id: int) -> np.ndarray:

@@ -10,6 +10,14 @@ import jax.numpy as jnp
 from vlm_jax.losses.contrastive import Metrics
 
 
+def mixup_beta(loss_cfg: dict) -> float:
+    """loss.mixup_beta as the β of a symmetric Beta(β, β) mixing weight, refusing β <= 0 (no such distribution)."""
+    beta = float(loss_cfg["mixup_beta"])
+    if beta <= 0:
+        raise ValueError(f"loss.mixup_beta must be > 0, got {beta}")
+    return beta
+
+
 def draw_mixup(rng: jax.Array, beta: float) -> tuple[jax.Array, jax.Array]:
     """(α ~ Beta(β, β), whether the images are mixed: True with probability 1/2, else the texts)."""
     k_alpha, k_coin = jax.random.split(rng)

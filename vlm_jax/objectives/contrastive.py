@@ -83,6 +83,16 @@ def contrastive_loss_fn(loss: ml_collections.ConfigDict) -> Any:
     return LABEL_LOSSES[name]
 
 
+def _check_bias(loss_name: str, has_bias: bool) -> None:
+    """A learned logit bias belongs to the sigmoid loss alone: InfoNCE's softmax cancels it, and the full InfoNCE
+    kernel's fourth argument is label smoothing, so a bias passed there would silently become smoothing."""
+    if has_bias and loss_name != "sigmoid":
+        raise ValueError(f"model.bias_init is set but loss.name is {loss_name!r}: a learned logit bias is read only "
+                         f"by the sigmoid loss; unset model.bias_init or use loss.name='sigmoid'")
+    if loss_name == "sigmoid" and not has_bias:
+        raise ValueError("loss.name='sigmoid' needs a learned logit bias: set model.bias_init (SigLIP: -10)")
+
+
 def check_module_fields(section: Any, module: type, prefix: str, exclude: tuple[str, ...] = ()) -> None:
     """Raises on keys that are not settable fields of the Flax module (less `exclude`), naming the valid ones."""
     fields = tuple(f.name for f in dataclasses.fields(module) if f.name not in ("parent", "name", *exclude))
@@ -112,6 +122,8 @@ class ContrastiveObjective(Objective):
     # read through `self.cfg`) and its own model keys (accepted beside MODEL_KEYS)
     OWN_LOSS_DEFAULTS: dict[str, Any] = {}
     OWN_MODEL_KEYS: tuple[str, ...] = ()
+    # the logit bias the model creates when model.bias_init is unset (None: no bias parameter)
+    DEFAULT_BIAS_INIT: float | None = None
     # Set (to the reason) by objectives whose loss needs InfoNCE over the whole batch in one piece
     WHOLE_BATCH_INFONCE: str = ""
     # Set (to the reason) by objectives whose step draws or updates state over the whole batch: no GradCache
@@ -128,6 +140,7 @@ class ContrastiveObjective(Objective):
         self.cfg = merged(self.CONFIG_DEFAULTS["loss"], config.loss)  # the loss section with its defaults
         self.check_config(config)
         self._check_smoothing(config)
+        _check_bias(self.cfg.get("name", "infonce"), config.model.get("bias_init", self.DEFAULT_BIAS_INIT) is not None)
         self.loss_fn = contrastive_loss_fn(config.loss)
         self.data = datasets.get(config.data)
 
@@ -196,6 +209,7 @@ class ContrastiveObjective(Objective):
         [B] for a loss that takes them (UniCL). `rows` and `shared` (`Towers`) are for objectives whose loss
         reads more than the embeddings; this one reads neither."""
         impl, chunk = self.config.loss.get("impl", "full"), int(self.config.loss.get("chunk_size", 0) or 0)
+        _check_bias(self.config.loss.get("name", "infonce"), b is not None)  # a model's own default bias too
         if self.config.loss.get("name") in LABEL_LOSSES:
             if labels is None:
                 raise ValueError(f"loss {self.config.loss.name!r} needs the batch's labels (batch['concept']); "
@@ -265,7 +279,7 @@ class ContrastiveObjective(Objective):
         norm = mean_normalizers(jax.vmap(lambda sb, k: self.normalizers(sb, k, True))(subs, keys)) or None
 
         def towers(p: Any, sub: dict[str, jax.Array], key: jax.Array) -> Towers:
-            return self._towers(p, extra, sub, key, True, norm)
+            return self._towers(self.differentiable(p), extra, sub, key, True, norm)
 
         parts = jax.lax.map(lambda xs: towers(params, *xs), (subs, keys))
         has_b = parts.b is not None

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax.config import check_keys
+from vlm_jax.losses.mixup import mixup_beta
 from vlm_jax.losses.oner import mixup_token_masks, oner_loss
 from vlm_jax.models.oner import IMAGE_KEYS, TEXT_KEYS, OneR
 from vlm_jax.objectives.contrastive import ContrastiveObjective
@@ -35,9 +36,7 @@ class OneRObjective(ContrastiveObjective):
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        self.beta = float(self.cfg["mixup_beta"])
-        if self.beta <= 0:
-            raise ValueError(f"loss.mixup_beta must be > 0, got {self.beta}")
+        self.beta = mixup_beta(self.cfg)
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         """OneR's model keys (one encoder: the image section sizes it, the text section names the vocabulary)."""

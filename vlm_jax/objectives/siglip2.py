@@ -59,6 +59,7 @@ class SigLIP2Objective(ContrastiveObjective):
     """SigLIP + LocCa decoder loss + (late) SILC self-distillation and TIPS masked prediction."""
 
     NAFLEX = False  # LocCa, SILC and TIPS read image tokens
+    DEFAULT_BIAS_INIT = -10.0  # SigLIP's initial logit bias
 
     CONFIG_DEFAULTS = {"loss": LOSS_DEFAULTS, "evals": EVAL_DEFAULTS}
 
@@ -108,7 +109,7 @@ class SigLIP2Objective(ContrastiveObjective):
                        head=dict(m.get("head", {})) if self.ssl_on else None,
                        embed_dim=int(m.embed_dim), decoder_vocab=ids["vocab"] + 3 + bins,
                        decoder_len=self.data.text_len + 1 + BOX_TOKENS, pad_id=ids["pad"], mask_token=self.masked_on,
-                       temperature_init=m.get("temperature_init", 10.0), bias_init=m.get("bias_init", -10.0))
+                       temperature_init=m.get("temperature_init", 10.0), bias_init=m.get("bias_init", self.DEFAULT_BIAS_INIT))
 
     def flop_phases(self) -> tuple[int, ...]:
         """Before and from the step the self-supervised losses switch on (one phase without them, or from step 0)."""

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vlm_jax.losses.mixup import draw_mixup, mix_with_reversed, mixup_infonce
+from vlm_jax.losses.mixup import draw_mixup, mix_with_reversed, mixup_beta, mixup_infonce
 from vlm_jax.models.two_tower import l2_normalize
 from vlm_jax.objectives.contrastive import ContrastiveObjective
 from vlm_jax.train.objective import LossOut, Normalizers, register
@@ -31,9 +31,7 @@ class ZeroVLObjective(ContrastiveObjective):
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        self.beta = float(self.cfg["mixup_beta"])
-        if self.beta <= 0:
-            raise ValueError(f"loss.mixup_beta must be > 0, got {self.beta}")
+        self.beta = mixup_beta(self.cfg)
 
     def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
              norm: Normalizers | None = None) -> LossOut:

@@ -51,6 +51,8 @@ class Objective(abc.ABC):
     # The dataset (`data.image_text` registry) an objective reads, when it reads one: its `tokenize` fingerprints
     # the tokenizer for resume checks.
     data: Any = None
+    # Boolean tree over the parameters, True where `optim.freeze` holds them fixed (the trainer sets it; None: none).
+    frozen: Any = None
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -95,7 +97,7 @@ class Objective(abc.ABC):
         them in order, and the mean terms divide by the whole batch's `normalizers`, so the result is the
         big-batch gradient. Count metrics (named `tokens` or `*_tokens`) are summed, the rest averaged. Objectives
         whose loss couples examples across the batch (contrastive negatives) override this (GradCache)."""
-        grad = jax.value_and_grad(self.loss, has_aux=True)
+        grad = jax.value_and_grad(lambda p, *args: self.loss(self.differentiable(p), *args), has_aux=True)
         if micro_batches == 1:
             return grad(params, extra, batch, rng, True)
         micro = split_microbatches(batch, micro_batches)
@@ -115,6 +117,13 @@ class Objective(abc.ABC):
         (total, extra), _ = jax.lax.scan(body, (zeros, extra), (micro, keys))
         loss, metrics, grads = jax.tree.map(lambda x: x / micro_batches, total)
         return (loss, (sum_counts(metrics, micro_batches), extra)), grads
+
+    def differentiable(self, params: Any) -> Any:
+        """`params` with the leaves `optim.freeze` holds fixed (`self.frozen`, set by the trainer) behind
+        stop_gradient, so the step computes no gradient for them (only the activations' gradients flow through)."""
+        if self.frozen is None:
+            return params
+        return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, self.frozen)
 
     def project(self, params: Any) -> Any:
         """Maps updated parameters back into their allowed set (e.g. a clamped logit scale); inside the step."""

@@ -28,7 +28,7 @@ from vlm_jax.train import init_from
 from vlm_jax.train.checkpoint import Checkpointer
 from vlm_jax.train.defaults import OPEN_SECTIONS, trainer_defaults
 from vlm_jax.train.objective import Objective, check_naflex, get_objective, objective_class
-from vlm_jax.train.optim import make_optimizer
+from vlm_jax.train.optim import make_optimizer, path_mask
 from vlm_jax.train.progress import JsonlWriter, Progress
 from vlm_jax.train import resume
 from vlm_jax.train.resume import trim_jsonl
@@ -116,6 +116,8 @@ class Setup:
         self.param_shardings = shd.tree_shardings(boxed, self.mesh, self.rules, **fsdp)
         abstract_params = shd.unbox_abstract(boxed)
         self.tx, self.schedule = make_optimizer(config.optim, config.total_steps, abstract_params)
+        # optim.freeze: those parameters get no update and, behind stop_gradient in the loss, no gradient either
+        self.objective.frozen = path_mask(abstract_params, config.optim.freeze) if config.optim.freeze else None
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
         replicated = shd.replicated(self.mesh)
         # frozen groups (optim.freeze) hold MaskedNode placeholders where a parameter has no optimizer state

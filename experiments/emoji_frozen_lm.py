@@ -1,0 +1,49 @@
+"""Captioning emoji through the project's frozen language model (issue 32's bridges): a ViT and a mapper train, the
+LM of an `experiments/text_lm.py` run is loaded (`init_from`, its `decoder/…`) and frozen (`optim.freeze`: no
+update and no gradient). Captions use the LM's tokenizer. Evaluated like PrefixLM / CapPa on held-out OpenMoji.
+
+  --config experiments/emoji_frozen_lm.py:lm=runs/text_lm                   ClipCap's MLP mapper (4 embeddings)
+  --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=frozen     Frozen: a linear map to 2 embeddings
+  --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=clipcap_transformer
+  --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=llava      every ViT token through a 2-layer MLP
+  --config experiments/emoji_frozen_lm.py:lm=<workdir>,size=test            tiny (the LM: text_lm.py:size=test)
+
+The LM's decoder and position table are read from `text_lm.py` at the same size: the LM run must use that config.
+"""
+from pathlib import Path
+
+from vlm_jax.config import config_args, load_config, small_run
+from vlm_jax.data.ops import STYLE_AUGMENT
+
+IMAGES = {"test": dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=(8, 8)),
+          "small": dict(width=128, depth=4, mlp_dim=512, num_heads=4, patch_size=(8, 8))}
+BRIDGES = {  # model.mapper
+    "frozen": dict(kind="linear", prefix_len=2),  # Tsimpoukelli et al. 2021
+    "clipcap": dict(kind="mlp", prefix_len=4),  # Mokady et al. 2021 (10 embeddings for GPT-2; 4 at this scale)
+    "clipcap_transformer": dict(kind="transformer", prefix_len=4, depth=2, num_heads=4),
+    "llava": dict(kind="tokens"),  # LLaVA-1.5's projector
+}
+
+
+def get_config(arg=None):
+    """`arg`: lm=<workdir of a text_lm run> (required), bridge=frozen|clipcap|clipcap_transformer|llava,
+    size=small|test, steps=N, batch=N, seed=N."""
+    arg = config_args(arg, lm="", bridge="clipcap", size="small", steps=1200, batch=256, seed=0)
+    if not arg.lm:
+        raise ValueError("pass lm=<workdir of an experiments/text_lm.py run of the same size> (the frozen LM)")
+    if arg.bridge not in BRIDGES:
+        raise ValueError(f"bridge must be one of {sorted(BRIDGES)}, got {arg.bridge!r}")
+    lm = load_config(f"{Path(__file__).with_name('text_lm.py')}:size={arg.size}")  # the LM run's own config
+    c = small_run("vision_prefix", int(arg.steps), int(arg.batch))
+    c.seed = int(arg.seed)
+    c.data = dict(name="emoji", data_dir="", image_size=32, text_len=16, tokenizer="text_corpus",
+                  train_styles=("noto", "twitter", "facebook"), sampling="examples", augment=STYLE_AUGMENT)
+    c.model = dict(image=dict(posemb="learn", **IMAGES[arg.size]), lm_max_len=lm.data.text_len,
+                   decoder=dict(lm.model.decoder), mapper=dict(BRIDGES[arg.bridge]))
+    c.init_from = dict(workdir=str(arg.lm), include="^decoder/")
+    c.optim.freeze = "^decoder/"
+    c.evals = dict(batch_size=256, sets=["emoji", "fashion_mnist"])
+    if arg.size == "test":
+        c.log_every = 1
+        c.evals = dict(batch_size=64, sets=["emoji"], scoring_pairs=2048, examples=1)
+    return c

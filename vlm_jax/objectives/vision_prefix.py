@@ -1,0 +1,59 @@
+"""Captioning through a frozen language model with a trained vision prefix (Frozen, ClipCap, the LLaVA / MiniGPT-4
+projection; `models/vision_prefix.py`): teacher-forced caption loss on every caption token after the prefix. The
+LM comes from an `lm` run (`init_from.workdir`, its `decoder/…` parameters) and stays fixed (`optim.freeze`), so
+the captions must use the LM's tokenizer (`data.tokenizer='text_corpus'`)."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vlm_jax.config import check_keys
+from vlm_jax.models.vision_prefix import MAPPER_DEFAULTS, MAPPERS, VisionPrefixLM
+from vlm_jax.objectives.prefix_lm import PrefixLMObjective
+from vlm_jax.train.objective import register
+
+
+@register("vision_prefix")
+class VisionPrefixObjective(PrefixLMObjective):
+    """Plain captioning (no text in the bidirectional prefix) of an image prefix made by `model.mapper`."""
+
+    MODEL_KEYS = ("image", "decoder", "mapper", "lm_max_len")
+    NAFLEX = False  # the pooled mappers average the tokens; NaFlex padding would enter the mean
+    # lm_max_len: the LM's position table (its run's data.text_len); captions use its first data.text_len positions
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        mapper = dict(config.model.get("mapper", {}))
+        check_keys(mapper, MAPPER_DEFAULTS, "model.mapper")
+        kind = mapper.get("kind", MAPPER_DEFAULTS["kind"])
+        if kind not in MAPPERS:
+            raise ValueError(f"model.mapper.kind must be one of {MAPPERS}, got {kind!r}")
+        if self.config.data.get("tokenizer") != "text_corpus":
+            raise ValueError("the frozen LM reads its own tokenizer's ids: set data.tokenizer='text_corpus' (the "
+                             "language model's SentencePiece), got data.tokenizer="
+                             f"{self.config.data.get('tokenizer', 'sentencepiece')!r}")
+        if self.lm_max_len < self.data.text_len:
+            raise ValueError(f"model.lm_max_len ({self.lm_max_len}) is shorter than data.text_len "
+                             f"({self.data.text_len}): the LM has no position for the caption's last tokens")
+
+    @property
+    def lm_max_len(self) -> int:
+        """The LM's text positions (model.lm_max_len; 0: the data's text_len)."""
+        return int(self.config.model.get("lm_max_len", 0) or self.data.text_len)
+
+    def decoder_fields(self) -> dict[str, Any]:
+        """The LM's decoder fields: the data's vocabulary and padding id, the LM's position table."""
+        return dict(super().decoder_fields(), max_len=self.lm_max_len)
+
+    def model(self) -> nn.Module:
+        m = self.config.model
+        return VisionPrefixLM(image=dict(m.image), decoder=self.decoder_fields(), mapper=dict(m.get("mapper", {})),
+                              text_len=self.data.text_len)
+
+    def split_points(self, text: jax.Array, rng: jax.Array, train: bool) -> jax.Array:
+        """No caption token joins the prefix: plain captioning, in training as at evaluation."""
+        return jnp.zeros(text.shape[:1], jnp.int32)
