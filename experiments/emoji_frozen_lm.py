@@ -6,6 +6,7 @@ update and no gradient). Captions use the LM's tokenizer. Evaluated like PrefixL
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=frozen     Frozen: a linear map to 2 embeddings
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=clipcap_transformer
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=llava      every ViT token through a 2-layer MLP
+  --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=flamingo   Perceiver resampler + gated cross-attention
   --config experiments/emoji_frozen_lm.py:lm=<workdir>,size=test            tiny (the LM: text_lm.py:size=test)
 
 The LM's decoder and position table are read from `text_lm.py` at the same size: the LM run must use that config.
@@ -23,25 +24,27 @@ BRIDGES = {  # model.mapper
     "clipcap_transformer": dict(kind="transformer", prefix_len=4, depth=2, num_heads=4),
     "llava": dict(kind="tokens"),  # LLaVA-1.5's projector
 }
+FLAMINGO = dict(resampler=dict(num_latents=8, depth=2), gated_every=1)  # Alayrac et al. 2022 (3B: every block)
 
 
 def get_config(arg=None):
-    """`arg`: lm=<workdir of a text_lm run> (required), bridge=frozen|clipcap|clipcap_transformer|llava,
+    """`arg`: lm=<workdir of a text_lm run> (required), bridge=frozen|clipcap|clipcap_transformer|llava|flamingo,
     size=small|test, steps=N, batch=N, seed=N."""
     arg = config_args(arg, lm="", bridge="clipcap", size="small", steps=1200, batch=256, seed=0)
     if not arg.lm:
         raise ValueError("pass lm=<workdir of an experiments/text_lm.py run of the same size> (the frozen LM)")
-    if arg.bridge not in BRIDGES:
-        raise ValueError(f"bridge must be one of {sorted(BRIDGES)}, got {arg.bridge!r}")
+    if arg.bridge not in (*BRIDGES, "flamingo"):
+        raise ValueError(f"bridge must be one of {sorted(BRIDGES) + ['flamingo']}, got {arg.bridge!r}")
+    flamingo = arg.bridge == "flamingo"
     lm = load_config(f"{Path(__file__).with_name('text_lm.py')}:size={arg.size}")  # the LM run's own config
-    c = small_run("vision_prefix", int(arg.steps), int(arg.batch))
+    c = small_run("flamingo" if flamingo else "vision_prefix", int(arg.steps), int(arg.batch))
     c.seed = int(arg.seed)
     c.data = dict(name="emoji", data_dir="", image_size=32, text_len=16, tokenizer="text_corpus",
                   train_styles=("noto", "twitter", "facebook"), sampling="examples", augment=STYLE_AUGMENT)
     c.model = dict(image=dict(posemb="learn", **IMAGES[arg.size]), lm_max_len=lm.data.text_len,
-                   decoder=dict(lm.model.decoder), mapper=dict(BRIDGES[arg.bridge]))
+                   decoder=dict(lm.model.decoder), **(FLAMINGO if flamingo else dict(mapper=BRIDGES[arg.bridge])))
     c.init_from = dict(workdir=str(arg.lm), include="^decoder/")
-    c.optim.freeze = "^decoder/"
+    c.optim.freeze = "^decoder/(?!.*gated_xattn)"  # the LM; Flamingo's gated layers inside it train
     c.evals = dict(batch_size=256, sets=["emoji", "fashion_mnist"])
     if arg.size == "test":
         c.log_every = 1

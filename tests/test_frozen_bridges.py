@@ -1,7 +1,9 @@
 """Issue 32's bridges into a frozen language model, through train(): a language-model run is the source, the
 bridge run loads its decoder (`init_from`) and freezes it (`optim.freeze`). The LM's parameters come out
 bit-identical, and the compiled step holds no weight-gradient matmul for them (counted against the same step with
-nothing frozen); the mapper's prefix has the configured shape and is what the logits depend on."""
+nothing frozen); the mapper's prefix has the configured shape and is what the logits depend on. Flamingo: with its
+gates at 0 the logits are the LM run's own model's, bit for bit; the resampler's output count does not depend on
+the number of input tokens (nor on their order); cached greedy captions equal a brute-force argmax loop."""
 from __future__ import annotations
 
 import re
@@ -36,16 +38,28 @@ def _bridge_config(workdir, *overrides):
                                "checkpoint.async_save=False", *overrides])
 
 
+def _flamingo_config(workdir, *overrides):
+    from vlm_jax.config import apply_overrides, load_config
+    from vlm_jax.train.trainer import finalize_config
+
+    c = finalize_config(load_config(f"experiments/emoji_frozen_lm.py:lm={workdir},size=test,steps=3,batch=16,"
+                                    "bridge=flamingo"))
+    return apply_overrides(c, [ONE, "progress=False", "evals.sets=[]", "checkpoint.every_steps=0",
+                               "checkpoint.async_save=False", *overrides])
+
+
 def _dots(hlo: str) -> int:
     """Matmul instructions in an optimised HLO module (fused computations included)."""
     return len(re.findall(r"= [a-z0-9\[\]{},:]+ dot\(", hlo))
 
 
-def test_frozen_lm_is_bit_identical_and_gets_no_weight_gradient(lm_run, tmp_path):
+@pytest.mark.parametrize("bridge", ["clipcap", "flamingo"])
+def test_frozen_lm_is_bit_identical_and_gets_no_weight_gradient(bridge, lm_run, tmp_path):
+    from vlm_jax.config import apply_overrides
     from vlm_jax.train.trainer import Setup, train
 
     lm_dir, lm_params = lm_run
-    config = _bridge_config(lm_dir)
+    config = _bridge_config(lm_dir) if bridge == "clipcap" else _flamingo_config(lm_dir)
     out = train(config, tmp_path / "bridge")
     params = traverse.flatten_dict(jax.device_get(out["state"].params), sep="/")
     lm_paths = sorted(p for p in lm_params)  # the LM run's parameters, all under decoder/
@@ -60,7 +74,7 @@ def test_frozen_lm_is_bit_identical_and_gets_no_weight_gradient(lm_run, tmp_path
     # the compiled step: each LM kernel's weight-gradient matmul is gone, nothing else changed
     kernels = [p for p in lm_paths if p.endswith("kernel")]
     frozen_hlo = out["setup"].train_step.compiled().as_text()
-    free = Setup(_bridge_config(lm_dir, "optim.freeze=''"))
+    free = Setup(apply_overrides(config, ["optim.freeze=''"]))
     free_hlo = free.train_step.compile(free.abstract_state(), free.abstract_batch()).as_text()
     assert _dots(free_hlo) - _dots(frozen_hlo) == len(kernels), (len(kernels), _dots(free_hlo), _dots(frozen_hlo))
     # the logged gradient norm is the trainable parameters' alone
@@ -85,3 +99,65 @@ def test_prefix_shapes_and_the_logits_depend_on_the_image(kind, expect, lm_run):
     (_, _, logits), _ = model.apply({"params": params}, image, obj.decoder_inputs(text))
     assert logits.shape == (2, text.shape[1], obj.ids["vocab"])
     assert not np.allclose(logits[0], logits[1], atol=1e-6)  # same caption, different images
+
+
+def test_resampler_output_count_is_independent_of_the_input_tokens():
+    from vlm_jax.models.flamingo import PerceiverResampler
+
+    model = PerceiverResampler(num_latents=5, depth=2, num_heads=2)
+    rng = np.random.default_rng(0)
+    params = model.init(jax.random.key(0), np.zeros((1, 3, 16), np.float32))["params"]
+    for t in (1, 3, 50):
+        x = rng.normal(size=(2, t, 16)).astype(np.float32)
+        out = np.asarray(model.apply({"params": params}, x))
+        assert out.shape == (2, 5, 16)
+        perm = rng.permutation(t)
+        np.testing.assert_allclose(np.asarray(model.apply({"params": params}, x[:, perm])), out, atol=2e-6)
+        x2 = x.copy()
+        x2[:, 0] = rng.normal(size=(2, 16))  # (a constant shift would vanish in the LayerNorm)
+        assert not np.allclose(np.asarray(model.apply({"params": params}, x2)), out, atol=1e-4)  # it reads them
+
+
+def test_flamingo_gates_at_zero_are_the_frozen_lm_and_cached_greedy_is_exact(lm_run):
+    import flax
+
+    from vlm_jax.models.decoder import start_decoding, step_fn
+    from vlm_jax.models.decoding import greedy
+    from vlm_jax.models.language_model import LanguageModel
+    from vlm_jax.train.init_from import merge
+    from vlm_jax.train.objective import get_objective
+
+    lm_dir, lm_params = lm_run
+    obj = get_objective(_flamingo_config(lm_dir))
+    model = obj.model()
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    text = obj.decoder_inputs(np.asarray(obj.data.tokenize(["a red apple", "two cats"])))
+    fresh = flax.core.meta.unbox(model.init(jax.random.key(1), image, text)["params"])
+    params, _ = merge(fresh, traverse.unflatten_dict(lm_params, sep="/"), "^decoder/")
+    (_, _, logits), _ = model.apply({"params": params}, image, text)
+    lm = LanguageModel(decoder=obj.decoder_fields())  # the LM run's model, alone, on its own parameters
+    want, _ = lm.apply({"params": traverse.unflatten_dict(lm_params, sep="/")}, text)
+    np.testing.assert_array_equal(np.asarray(logits), np.asarray(want))
+    # open the gates: the image now matters, and cached greedy decoding equals the brute-force loop
+    flat = traverse.flatten_dict(params, sep="/")
+    flat = {k: (np.float32(0.7) if k.endswith("_gate") else v) for k, v in flat.items()}
+    params = traverse.unflatten_dict(flat, sep="/")
+    (_, _, open_logits), _ = model.apply({"params": params}, image, text)
+    assert not np.allclose(np.asarray(open_logits), np.asarray(want), atol=1e-4)
+    context, _ = model.apply({"params": params}, image, method="encode")
+    cache, ctx_cache = start_decoding(model, params, context, 2)
+    ids = obj.ids
+    got = np.asarray(greedy(step_fn(model, params, ctx_cache), cache, np.full((2,), ids["bos"], np.int32),
+                            max_len=6, eos_id=ids["eos"], pad_id=ids["pad"]))
+    for row in range(2):
+        seq, want_row = [ids["bos"]], []
+        for _ in range(6):
+            (_, _, lg), _ = model.apply({"params": params}, image[row:row + 1], np.asarray([seq], np.int32))
+            nxt = int(np.argmax(np.asarray(lg[0, -1])))
+            want_row.append(nxt)
+            if nxt == ids["eos"]:
+                break
+            seq.append(nxt)
+        want_row += [ids["pad"]] * (6 - len(want_row))
+        assert got[row].tolist() == want_row

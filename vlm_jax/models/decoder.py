@@ -91,13 +91,35 @@ class CrossAttention(nn.Module):
         return layers.saveable((out + bo).astype(dt))
 
 
+class GatedCrossAttention(nn.Module):
+    """Flamingo's gated cross-attention dense layer (Alayrac et al. 2022), placed before a (frozen) LM block:
+    x + tanh(α_attn)·CrossAttention(LN(x), context), then + tanh(α_mlp)·MLP(LN(·)). Both gates start at 0, so at
+    initialisation the layer is the identity and the LM computes exactly what it computed alone."""
+    mlp_dim: int
+    num_heads: int
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array, context: Array | None, context_mask: Array | None = None,
+                 decode: bool = False) -> Array:
+        residual = x.dtype
+        gate = lambda name: jnp.tanh(self.param(name, _lp(nn.initializers.zeros, ()), (), jnp.float32))  # noqa: E731
+        y = CrossAttention(self.num_heads, self.dtype_mm, name="cross_attn")(
+            layers.layer_norm("ln_cross")(x), context, context_mask, decode)
+        x = (x + gate("attn_gate") * y.astype(jnp.float32)).astype(residual)
+        y = layers.MlpBlock(self.mlp_dim, dtype_mm=self.dtype_mm, name="mlp")(layers.layer_norm("ln_mlp")(x))
+        return (x + gate("mlp_gate") * y.astype(jnp.float32)).astype(residual)
+
+
 class DecoderBlock(nn.Module):
-    """Pre-LN block: self-attention (masked by the caller; KV-cached when decoding), cross-attention, MLP."""
+    """Pre-LN block: self-attention (masked by the caller; KV-cached when decoding), cross-attention, MLP; with
+    `gated_xattn`, Flamingo's gated cross-attention layer before it all."""
     mlp_dim: int
     num_heads: int
     cross_attention: bool = True
     dropout: float = 0.0
     dtype_mm: str = "float32"
+    gated_xattn: bool = False
 
     @nn.compact
     def __call__(self, x: Array, context: Array | None, self_mask: Array | None = None,
@@ -106,6 +128,9 @@ class DecoderBlock(nn.Module):
         residual = x.dtype
         drop = nn.Dropout(self.dropout)
         x = nn.with_logical_constraint(x, layers.BSE)
+        if self.gated_xattn:
+            x = GatedCrossAttention(self.mlp_dim, self.num_heads, self.dtype_mm, name="gated_xattn")(
+                x, context, context_mask, decode)
         y = layers.Attention(self.num_heads, dtype_mm=self.dtype_mm, name="self_attn")(
             layers.layer_norm("ln_self")(x), mask=self_mask, decode=decode)
         x = (x + drop(y, deterministic=deterministic)).astype(residual)
@@ -155,6 +180,7 @@ class TextDecoder(nn.Module):
     pad_id: int = 0
     dropout: float = 0.0
     scan: bool = False  # nn.scan over each run of identical blocks (unimodal, then multimodal): fast compiles
+    gated_every: int = 0  # Flamingo: a gated cross-attention layer before every n-th block (0: none; scan: 1)
     remat_policy: str = "none"
     dtype_mm: str = "float32"
     residual_dtype: str = "float32"
@@ -169,13 +195,18 @@ class TextDecoder(nn.Module):
                              prevent_cse=not self.scan)
         kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, cross_attention=cross, dropout=self.dropout,
                   dtype_mm=self.dtype_mm)
+        if self.scan and self.gated_every > 1:
+            raise ValueError(f"a scanned decoder repeats one block: gated_every must be 0 or 1, got {self.gated_every}")
         if not self.scan:
             for i in range(start, stop):
-                x, _ = block(name=f"block_{i:02d}", **kw)(x, context, mask, context_mask, deterministic, decode)
+                gated = bool(self.gated_every) and i % self.gated_every == 0
+                x, _ = block(name=f"block_{i:02d}", gated_xattn=gated, **kw)(x, context, mask, context_mask,
+                                                                            deterministic, decode)
                 aux[f"block{i:02d}"] = x
             return x
         if stop == start:
             return x
+        kw["gated_xattn"] = self.gated_every == 1
         scanned = nn.scan(block, variable_axes={"params": 0, "cache": 1, CONTEXT_CACHE: 1},
                           split_rngs={"params": True, "dropout": True}, length=stop - start,
                           in_axes=(nn.broadcast,) * 5, metadata_params={nn.PARTITION_NAME: "layers"})

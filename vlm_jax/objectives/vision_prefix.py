@@ -1,7 +1,8 @@
 """Captioning through a frozen language model with a trained vision prefix (Frozen, ClipCap, the LLaVA / MiniGPT-4
 projection; `models/vision_prefix.py`): teacher-forced caption loss on every caption token after the prefix. The
 LM comes from an `lm` run (`init_from.workdir`, its `decoder/…` parameters) and stays fixed (`optim.freeze`), so
-the captions must use the LM's tokenizer (`data.tokenizer='text_corpus'`)."""
+the captions must use the LM's tokenizer (`data.tokenizer='text_corpus'`). Flamingo (`models/flamingo.py`) shares it
+all but the model: its image enters through gated cross-attention layers inside the LM instead of a prefix."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,9 +13,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax.config import check_keys
+from vlm_jax.models.flamingo import RESAMPLER_DEFAULTS, Flamingo
 from vlm_jax.models.vision_prefix import MAPPER_DEFAULTS, MAPPERS, VisionPrefixLM
 from vlm_jax.objectives.prefix_lm import PrefixLMObjective
-from vlm_jax.train.objective import register
+from vlm_jax.train.objective import LossOut, Normalizers, register
 
 
 @register("vision_prefix")
@@ -27,11 +29,7 @@ class VisionPrefixObjective(PrefixLMObjective):
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        mapper = dict(config.model.get("mapper", {}))
-        check_keys(mapper, MAPPER_DEFAULTS, "model.mapper")
-        kind = mapper.get("kind", MAPPER_DEFAULTS["kind"])
-        if kind not in MAPPERS:
-            raise ValueError(f"model.mapper.kind must be one of {MAPPERS}, got {kind!r}")
+        self.check_bridge(config.model)
         if self.config.data.get("tokenizer") != "text_corpus":
             raise ValueError("the frozen LM reads its own tokenizer's ids: set data.tokenizer='text_corpus' (the "
                              "language model's SentencePiece), got data.tokenizer="
@@ -39,6 +37,14 @@ class VisionPrefixObjective(PrefixLMObjective):
         if self.lm_max_len < self.data.text_len:
             raise ValueError(f"model.lm_max_len ({self.lm_max_len}) is shorter than data.text_len "
                              f"({self.data.text_len}): the LM has no position for the caption's last tokens")
+
+    def check_bridge(self, model: ml_collections.ConfigDict) -> None:
+        """The mapper section's keys and kind."""
+        mapper = dict(model.get("mapper", {}))
+        check_keys(mapper, MAPPER_DEFAULTS, "model.mapper")
+        kind = mapper.get("kind", MAPPER_DEFAULTS["kind"])
+        if kind not in MAPPERS:
+            raise ValueError(f"model.mapper.kind must be one of {MAPPERS}, got {kind!r}")
 
     @property
     def lm_max_len(self) -> int:
@@ -57,3 +63,31 @@ class VisionPrefixObjective(PrefixLMObjective):
     def split_points(self, text: jax.Array, rng: jax.Array, train: bool) -> jax.Array:
         """No caption token joins the prefix: plain captioning, in training as at evaluation."""
         return jnp.zeros(text.shape[:1], jnp.int32)
+
+    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
+             norm: Normalizers | None = None) -> LossOut:
+        """Teacher-forced caption loss on every caption token (EOS included) given the image."""
+        text = batch["text"]
+        (_, _, logits), _ = self.model().apply({"params": params}, batch["image"], self.decoder_inputs(text),
+                                               train=train, rngs={"dropout": rng})
+        loss, metrics = self.caption_loss(logits, text, self.target_mask(batch, rng, train), norm)
+        return loss, (metrics, extra)
+
+
+@register("flamingo")
+class FlamingoObjective(VisionPrefixObjective):
+    """Captioning through the frozen LM with a Perceiver resampler and tanh-gated cross-attention layers."""
+
+    MODEL_KEYS = ("image", "decoder", "resampler", "gated_every", "lm_max_len")
+
+    def check_bridge(self, model: ml_collections.ConfigDict) -> None:
+        """The resampler section's keys; gated_every >= 1 (a Flamingo without gated layers never sees the image)."""
+        check_keys(dict(model.get("resampler", {})), RESAMPLER_DEFAULTS, "model.resampler")
+        every = int(model.get("gated_every", 1))
+        if every < 1:
+            raise ValueError(f"model.gated_every must be >= 1 (a gated layer before every n-th LM block), got {every}")
+
+    def model(self) -> nn.Module:
+        m = self.config.model
+        return Flamingo(image=dict(m.image), decoder=self.decoder_fields(), resampler=dict(m.get("resampler", {})),
+                        gated_every=int(m.get("gated_every", 1)), text_len=self.data.text_len)

@@ -1,0 +1,87 @@
+"""Flamingo (Alayrac et al. 2022) on the project's frozen language model: a Perceiver resampler turns the ViT's
+tokens into a fixed number of visual latents, and gated cross-attention layers (tanh gates at 0) before every
+`gated_every`-th block of the frozen LM read them. The LM's parameters keep `LanguageModel`'s paths
+(`decoder/block_NN/…`); the new layers sit at `decoder/block_NN/gated_xattn/…`, so `init_from` loads the LM and
+`optim.freeze='^decoder/(?!.*gated_xattn)'` freezes all of it but them."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlm_jax.models import layers
+from vlm_jax.models.decoder import TextDecoder, TextGenerator
+from vlm_jax.models.vit import ViT
+
+Array = jax.Array
+
+RESAMPLER_DEFAULTS = dict(num_latents=8, depth=2, num_heads=4, mlp_dim=0)
+# num_latents: visual tokens per image whatever the ViT's token count; depth / num_heads / mlp_dim (0: 4·width)
+
+
+class PerceiverResampler(nn.Module):
+    """Learned latents [n, D] that attend to the media tokens and to themselves, `depth` times: [B, T, D] →
+    [B, n, D] for any T. No positions enter, so the output does not depend on the tokens' order."""
+    num_latents: int = 8
+    depth: int = 2
+    num_heads: int = 4
+    mlp_dim: int = 0
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, _, d = x.shape
+        latents = self.param("latents", nn.initializers.normal(0.02), (self.num_latents, d), jnp.float32)
+        lat = jnp.broadcast_to(latents, (b, self.num_latents, d))
+        x = x.astype(jnp.float32)
+        for i in range(self.depth):
+            q = layers.layer_norm(f"ln_latents_{i}")(lat)
+            kv = jnp.concatenate([layers.layer_norm(f"ln_media_{i}")(x), q], axis=1)
+            lat = lat + layers.Attention(self.num_heads, dtype_mm=self.dtype_mm, name=f"attn_{i}")(q, kv)
+            lat = lat + layers.MlpBlock(self.mlp_dim or 4 * d, dtype_mm=self.dtype_mm, name=f"mlp_{i}")(
+                layers.layer_norm(f"ln_mlp_{i}")(lat))
+        return layers.layer_norm("ln_out")(lat)
+
+
+class Flamingo(TextGenerator):
+    """ViT → Perceiver resampler → latents cross-attended by gated layers inside the frozen LM."""
+    image: dict[str, Any]
+    decoder: dict[str, Any]  # the LM's TextDecoder fields
+    resampler: dict[str, Any] | None = None
+    gated_every: int = 1
+    text_len: int = 0  # generated tokens at most (0: the LM's max_len)
+
+    def setup(self) -> None:
+        self.vit = ViT(**{**self.image, "pool_type": "none", "num_classes": None}, name="img")
+        self.perceiver = PerceiverResampler(**{**RESAMPLER_DEFAULTS, **dict(self.resampler or {})},
+                                            dtype_mm=self.decoder.get("dtype_mm", "float32"), name="resampler")
+        self.text_decoder = TextDecoder(**{**self.decoder, "cross_attention": False, "gated_every": self.gated_every},
+                                        name="decoder")
+
+    def encode(self, image: Array | dict[str, Array], prompt: Array | None = None,
+               train: bool = False) -> tuple[dict[str, Array], None]:
+        """The decoding context {"latents": [B, n, D]}; prompts are not supported (captioning)."""
+        if prompt is not None:
+            raise ValueError("Flamingo here captions without a task prompt")
+        tokens, _ = self.vit(image, train=train)
+        return {"latents": self.perceiver(tokens)}, None
+
+    def logits(self, tokens: Array, context: dict[str, Array], train: bool = False) -> Array:
+        """Teacher-forced logits [B, L, V] of decoder inputs, the LM's gated layers reading the latents."""
+        return self.text_decoder(tokens, context["latents"], train=train)[0]
+
+    def decoder_inputs(self, context: dict[str, Array]) -> dict[str, Any]:
+        """Decoding: the gated layers' keys/values of the latents go into the context cache at prefill."""
+        return {"context": context["latents"]}
+
+    def decode_capacity(self, prompt_len: int = 0) -> int:
+        """The caption length the data allows (the LM's position table may be longer)."""
+        return (self.text_len or int(self.decoder.get("max_len", 64))) - prompt_len
+
+    def __call__(self, image: Array, text: Array, *,
+                 train: bool = False) -> tuple[tuple[None, None, Array], dict[str, Any]]:
+        """image, decoder inputs `text` [B, L] → ((None, None, logits [B, L, V]), aux)."""
+        context, _ = self.encode(image, None, train)
+        return (None, None, self.logits(text, context, train)), {"context": context}
