@@ -187,3 +187,19 @@ class MixtureEmbedder(RawEmbedder):
         blocks = [np.asarray(self._block(padded[s:s + size], classes)) for s in range(0, n, size)]
         scores = np.concatenate(blocks)[:n] if blocks else np.zeros((0, len(classes)), np.float32)
         return scores, scores
+
+
+class QueryMaxEmbedder(RawEmbedder):
+    """Several unit embeddings per image (BLIP-2's query outputs, [N, Q, D]) against one unit embedding per text:
+    the score of an image and a text is the best of its queries' cosines (BLIP-2's image–text similarity).
+    `texts` returns unit vectors (the text function normalises), so prompt ensembling is the base class's."""
+
+    def class_embeddings(self, params: Any, names: list[str], templates: list[str]) -> np.ndarray:
+        return Embedder.class_embeddings(self, params, names, templates)
+
+    def similarity(self, images: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(max over queries of images [N, Q, D] · classes [C, D]) [N, C], both directions; classes [S, C, D]
+        (several references per class) take the best reference too."""
+        refs = classes if classes.ndim == 3 else classes[None]
+        scores = np.max(np.einsum("nqd,scd->ncsq", images, refs), axis=(2, 3))
+        return scores, scores
