@@ -56,7 +56,7 @@ def _dots(hlo: str) -> int:
 @pytest.mark.parametrize("bridge", ["clipcap", "flamingo"])
 def test_frozen_lm_is_bit_identical_and_gets_no_weight_gradient(bridge, lm_run, tmp_path):
     from vlm_jax.config import apply_overrides
-    from vlm_jax.train.trainer import Setup, train
+    from vlm_jax.train.trainer import Setup, traced_step_flops, train
 
     lm_dir, lm_params = lm_run
     config = _bridge_config(lm_dir) if bridge == "clipcap" else _flamingo_config(lm_dir)
@@ -77,7 +77,13 @@ def test_frozen_lm_is_bit_identical_and_gets_no_weight_gradient(bridge, lm_run, 
     free = Setup(apply_overrides(config, ["optim.freeze=''"]))
     free_hlo = free.train_step.compile(free.abstract_state(), free.abstract_batch()).as_text()
     assert _dots(free_hlo) - _dots(frozen_hlo) == len(kernels), (len(kernels), _dots(free_hlo), _dots(frozen_hlo))
-    # the logged gradient norm is the trainable parameters' alone
+    # and in FLOPs: the traced steps differ by exactly the LM's weight gradients, 2·rows·|kernel| each (rows: the
+    # batch × the positions the kernel sees — prefix + caption in the blocks, the caption alone in the head)
+    b, length = config.batch_size, config.data.text_len
+    prefix = 0 if bridge == "flamingo" else config.model.mapper.prefix_len
+    want = sum(2 * b * (length if p.startswith("decoder/head") else prefix + length) * lm_params[p].size
+               for p in kernels)
+    assert traced_step_flops(free) - traced_step_flops(out["setup"]) == want
     assert out["setup"].objective.frozen is not None and free.objective.frozen is None
 
 

@@ -108,7 +108,10 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> dict[str, float]:
     from vlm_jax.models.pali import PaLI
     from vlm_jax.models.prefix_lm import ImagePrefixLM
 
-    if not isinstance(model, (TwoTower, OneTower, Captioner, PaLI, ImagePrefixLM)):
+    from vlm_jax.models.vision_prefix import VisionPrefixLM
+
+    if not isinstance(model, (TwoTower, OneTower, Captioner, PaLI, ImagePrefixLM)) or isinstance(model, VisionPrefixLM):
+        # (VisionPrefixLM: its mappers and the frozen LM's skipped weight gradients are not modelled here)
         raise NotImplementedError(f"no analytic FLOP count for {type(model).__name__}")
     image = batch["image"]
     naflex = isinstance(image, Mapping)  # NaFlex: patches [B, L, p·p·3]

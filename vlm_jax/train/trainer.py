@@ -228,13 +228,22 @@ def budget_batches(setup: Setup, batch_size: int) -> list[Any]:
 
 def step_flops(setup: Setup, phase: int = 0) -> float:
     """Model FLOPs of one train step in the objective's `phase` (analytic, `scaling.compute`; under NaFlex the mean
-    over the budgets, each drawn with equal probability); 0 for a model without an analytic count."""
+    over the budgets, each drawn with equal probability); for a model without an analytic count, the traced step's
+    (`traced_step_flops`)."""
     obj = setup.objective
     try:
         return float(np.mean([compute.train_step_flops(setup.model, batch, lambda b: obj.forward_flops(b, phase))
                               for batch in budget_batches(setup, setup.config.batch_size)]))
     except NotImplementedError:
-        return 0.0
+        return traced_step_flops(setup)
+
+
+def traced_step_flops(setup: Setup) -> float:
+    """The matmul FLOPs of the jitted train step's jaxpr at the configured batch: exact for what the step computes
+    (frozen parameters' skipped weight gradients included), with any rematerialised recomputation counted too."""
+    from vlm_jax.scaling.flops import jaxpr_flops
+
+    return float(jaxpr_flops(setup.train_step.jaxpr(setup.abstract_state(), setup.abstract_batch())))
 
 
 def phase_flops(setup: Setup) -> list[tuple[int, float]]:
