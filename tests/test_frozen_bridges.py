@@ -6,6 +6,7 @@ gates at 0 the logits are the LM run's own model's, bit for bit; the resampler's
 the number of input tokens (nor on their order); cached greedy captions equal a brute-force argmax loop."""
 from __future__ import annotations
 
+import json
 import re
 
 import flax.traverse_util as traverse
@@ -92,9 +93,11 @@ def test_prefix_shapes_and_the_logits_depend_on_the_image(kind, expect, lm_run):
     from vlm_jax.config import apply_overrides
     from vlm_jax.train.objective import get_objective
 
-    prefix = {"linear": 2, "mlp": 4, "transformer": 3}.get(kind, 4)
-    obj = get_objective(apply_overrides(_bridge_config(lm_run[0]), [f"model.mapper.kind={kind}",
-                                                                     f"model.mapper.prefix_len={prefix}"]))
+    sizes = {"linear": 2, "mlp": 4, "transformer": 3}
+    config = _bridge_config(lm_run[0])
+    with config.unlocked():
+        config.model.mapper = dict(kind=kind, **({"prefix_len": sizes[kind]} if kind in sizes else {}))
+    obj = get_objective(config)
     model = obj.model()
     rng = np.random.default_rng(0)
     image = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
@@ -167,3 +170,35 @@ def test_flamingo_gates_at_zero_are_the_frozen_lm_and_cached_greedy_is_exact(lm_
             seq.append(nxt)
         want_row += [ids["pad"]] * (6 - len(want_row))
         assert got[row].tolist() == want_row
+
+
+def test_blip2_stage2_from_two_sources(lm_run, tmp_path):
+    """Stage 2 starts from a stage-1 run (image encoder, Q-Former) and the LM run at once (`init_from.more`): every
+    selected array is copied (counted against the sources' own parameter lists), the frozen LM and image encoder
+    come out bit-identical, and a stage-1 parameter filled twice is refused."""
+    from vlm_jax.config import apply_overrides, load_config
+    from vlm_jax.train.init_from import InitFromError
+    from vlm_jax.train.trainer import finalize_config, train
+
+    lm_dir, lm_params = lm_run
+    common = [ONE, "progress=False", "checkpoint.every_steps=0", "checkpoint.async_save=False"]
+    s1 = apply_overrides(finalize_config(load_config("experiments/emoji_blip2.py:size=test,steps=2,batch=16")),
+                         common + ["evals.sets=[]"])
+    stage1 = traverse.flatten_dict(jax.device_get(train(s1, tmp_path / "s1")["state"].params), sep="/")
+    c = finalize_config(load_config(f"experiments/emoji_frozen_lm.py:lm={lm_dir},size=test,steps=2,batch=16,"
+                                    f"bridge=blip2,qformer={tmp_path / 's1'}"))
+    c = apply_overrides(c, common + ["evals.sets=[]"])
+    out = train(c, tmp_path / "s2")
+    params = traverse.flatten_dict(jax.device_get(out["state"].params), sep="/")
+    for path, value in {**lm_params, **{p: v for p, v in stage1.items() if p.startswith("img/")}}.items():
+        np.testing.assert_array_equal(params[path], value, err_msg=path)
+    rows = [json.loads(line) for line in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
+    copied = {r["source"]: r["copied"] for r in rows if r.get("split") == "init_from" and "source" in r}
+    want_q = sum(1 for p in stage1 if p.startswith("img/") or (p.startswith("qformer/") and "embedding" not in p))
+    assert copied == {f"{lm_dir} (step 3)": len(lm_params), f"{tmp_path / 's1'} (step 2)": want_q}
+    assert all(f"mapper/qformer/{p[len('qformer/'):]}" in params for p in stage1
+               if p.startswith("qformer/") and "embedding" not in p)
+    with c.unlocked():  # the same LM arrays from a second source: refused, naming both
+        c.init_from.more = [*c.init_from.more, dict(workdir=str(lm_dir), include="^decoder/")]
+    with pytest.raises(InitFromError, match="filled by two init_from sources"):
+        train(c, tmp_path / "twice")

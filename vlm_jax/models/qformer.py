@@ -23,6 +23,7 @@ from vlm_jax.models.decoder import CrossAttention
 Array = jax.Array
 _lp = nn.with_logical_partitioning
 MASKS = ("itc", "itm", "itg")
+DATA_DECIDED = ("vocab_size", "max_len", "pad_id")  # QFormer fields the data's tokenizer and text length fill
 
 
 def qformer_mask(kind: str, num_queries: int, text_valid: Array) -> Array:
@@ -88,7 +89,6 @@ class QFormer(nn.Module):
         b = (image if image is not None else text).shape[0]
         queries = self.param("queries", _lp(nn.initializers.normal(0.02), (None, "embed")),
                              (self.num_queries, self.width), jnp.float32)
-        pe = layers.posemb_learned(self, "pos_embedding", self.max_len, self.width)
         embed = nn.Embed(self.vocab_size, self.width, name="embedding",
                          embedding_init=_lp(nn.initializers.normal(stddev=0.02), ("vocab", "embed")))
         q = self.num_queries if image is not None else 0
@@ -98,6 +98,7 @@ class QFormer(nn.Module):
         if text is not None:
             if text.shape[1] > self.max_len:
                 raise ValueError(f"text length {text.shape[1]} exceeds max_len {self.max_len}")
+            pe = layers.posemb_learned(self, "pos_embedding", self.max_len, self.width)  # (a text-less use has none)
             parts.append(embed(text) + pe[:, :text.shape[1]])
             valid = text != self.pad_id
         x = layers.layer_norm("ln_embed")(jnp.concatenate(parts, axis=1))

@@ -10,6 +10,8 @@ Mappers (`mapper.kind`), from the ViT's tokens [B, T, D] and their mean (the poo
                small transformer; the constants' outputs are the prefix (ClipCap's transformer mapper)
   tokens       every ViT token through a 2-layer GELU MLP into the LM width: T embeddings (LLaVA-1.5's projector;
                MiniGPT-4 uses one linear layer)
+  qformer      BLIP-2's second stage: a Q-Former's query outputs (image only) through a linear map (`mapper/qformer/…`
+               loads from a stage-1 run's `qformer/…`)
 """
 from __future__ import annotations
 
@@ -22,15 +24,18 @@ import jax.numpy as jnp
 from vlm_jax.models import layers
 from vlm_jax.models.decoder import TextDecoder
 from vlm_jax.models.prefix_lm import ImagePrefixLM
+from vlm_jax.models.qformer import QFormer, qformer_fields
 from vlm_jax.models.vit import ViT
 
 Array = jax.Array
 
-MAPPERS = ("linear", "mlp", "transformer", "tokens")
-MAPPER_DEFAULTS = dict(kind="mlp", prefix_len=4, hidden=0, depth=2, num_heads=4, mlp_dim=0)
-# prefix_len: embeddings the pooled mappers make (the tokens mapper makes one per ViT token); hidden: the MLP
-# mapper's hidden width (0: ClipCap's (D + prefix_len·width) / 2); depth / num_heads / mlp_dim (0: 4·width): the
-# transformer mapper's blocks
+MAPPERS = ("linear", "mlp", "transformer", "tokens", "qformer")
+MAPPER_DEFAULTS = dict(kind="mlp", prefix_len=4, hidden=0, depth=2, num_heads=4, mlp_dim=0, qformer={})
+# prefix_len: embeddings the pooled mappers make (the tokens mapper makes one per ViT token, the Q-Former one per
+# query); hidden: the MLP mapper's hidden width (0: ClipCap's (D + prefix_len·width) / 2); depth / num_heads /
+# mlp_dim (0: 4·width): the transformer mapper's blocks; qformer: the Q-Former's fields (models/qformer.py)
+KIND_KEYS = {"linear": ("prefix_len",), "mlp": ("prefix_len", "hidden"),
+             "transformer": ("prefix_len", "depth", "num_heads", "mlp_dim"), "tokens": (), "qformer": ("qformer",)}
 
 
 class PrefixMapper(nn.Module):
@@ -42,6 +47,7 @@ class PrefixMapper(nn.Module):
     depth: int = 2
     num_heads: int = 4
     mlp_dim: int = 0
+    qformer: dict[str, Any] | None = None
     dtype_mm: str = "float32"
 
     @nn.compact
@@ -53,6 +59,11 @@ class PrefixMapper(nn.Module):
         dense = lambda n, name: layers.dense(n, (None, None), self.dtype_mm, name=name)  # noqa: E731
         if self.kind == "tokens":
             return dense(self.width, "proj_1")(nn.gelu(dense(self.width, "proj_0")(tokens)))
+        if self.kind == "qformer":  # no text: only the queries run (vocabulary and positions are never created)
+            fields = {**qformer_fields(dict(self.qformer or {})), "vocab_size": 1, "max_len": 1,
+                      "dtype_mm": self.dtype_mm}
+            queries, _ = QFormer(**fields, name="qformer")(tokens, None)
+            return dense(self.width, "proj")(queries)
         pooled = jnp.mean(tokens, axis=1)
         p, w = self.prefix_len, self.width
         if self.kind == "linear":

@@ -19,13 +19,12 @@ from vlm_jax.data import image_text as datasets
 from vlm_jax.evals.embedder import QueryMaxEmbedder
 from vlm_jax.losses.blip2 import hard_negatives, itc_loss, query_similarity
 from vlm_jax.losses.generative import token_cross_entropy
-from vlm_jax.models.qformer import QFormer, QFormerStage1, qformer_fields
+from vlm_jax.models.qformer import DATA_DECIDED, QFormer, QFormerStage1, qformer_fields
 from vlm_jax.models.vit import ViT
 from vlm_jax.objectives.contrastive import check_module_fields
 from vlm_jax.train.objective import Evaluator, LossOut, Normalizers, Objective, register
 
 MODEL_KEYS = ("image", "qformer", "embed_dim", "temperature_init")
-QFORMER_DECIDED = ("vocab_size", "max_len", "pad_id")  # the data's tokenizer and text length
 LOSS_DEFAULTS = dict(itc_weight=1.0, itm_weight=1.0, itg_weight=1.0, label_smoothing=0.0)
 EVAL_KEYS = dict(batch_size=256, sets=["emoji", "fashion_mnist"], templates=None, languages=[])  # data.evaluators
 
@@ -41,7 +40,7 @@ class QFormerObjective(Objective):
         super().__init__(config)
         check_keys(config.model, MODEL_KEYS, "model")
         check_module_fields(config.model.get("image", {}), ViT, "model.image", ("pool_type", "num_classes"))
-        check_module_fields(config.model.get("qformer", {}), QFormer, "model.qformer", QFORMER_DECIDED)
+        check_module_fields(config.model.get("qformer", {}), QFormer, "model.qformer", DATA_DECIDED)
         check_keys(config.loss, LOSS_DEFAULTS, "loss")
         check_keys(config.evals, EVAL_KEYS, "evals")
         self.cfg = merged(LOSS_DEFAULTS, config.loss)

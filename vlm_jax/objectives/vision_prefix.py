@@ -14,7 +14,9 @@ import ml_collections
 
 from vlm_jax.config import check_keys
 from vlm_jax.models.flamingo import RESAMPLER_DEFAULTS, Flamingo
-from vlm_jax.models.vision_prefix import MAPPER_DEFAULTS, MAPPERS, VisionPrefixLM
+from vlm_jax.models.qformer import DATA_DECIDED, QFormer
+from vlm_jax.models.vision_prefix import KIND_KEYS, MAPPER_DEFAULTS, MAPPERS, VisionPrefixLM
+from vlm_jax.objectives.contrastive import check_module_fields
 from vlm_jax.objectives.prefix_lm import PrefixLMObjective
 from vlm_jax.train.objective import LossOut, Normalizers, register
 
@@ -45,6 +47,12 @@ class VisionPrefixObjective(PrefixLMObjective):
         kind = mapper.get("kind", MAPPER_DEFAULTS["kind"])
         if kind not in MAPPERS:
             raise ValueError(f"model.mapper.kind must be one of {MAPPERS}, got {kind!r}")
+        unused = sorted(k for k in mapper if k != "kind" and k not in KIND_KEYS[kind])
+        if unused:
+            raise ValueError(f"model.mapper.kind={kind!r} reads only {list(KIND_KEYS[kind])}; it would ignore "
+                             f"{unused}")
+        if kind == "qformer":
+            check_module_fields(mapper.get("qformer", {}), QFormer, "model.mapper.qformer", DATA_DECIDED)
 
     @property
     def lm_max_len(self) -> int:

@@ -11,11 +11,13 @@ import jax
 import ml_collections
 import numpy as np
 
-DEFAULTS = dict(workdir="", pretrained="", step=0, include=".*", rename=[])
+DEFAULTS = dict(workdir="", pretrained="", step=0, include=".*", rename=[], more=[])
 # workdir: the source run; or pretrained: packaged weights by name (vlm_jax.pretrained.PRETRAINED, e.g. "minilm",
 # whose paths are the bare tower's: "layer_0/query/kernel", …); step: the run's checkpoint (0: newest readable);
 # include: regex on source parameter paths ("img/…", "txt/…", "t") selecting what to copy; rename: [source prefix,
-# destination prefix] pairs applied to the selected paths (e.g. [("", "txt/")] puts MiniLM into the text tower).
+# destination prefix] pairs applied to the selected paths (e.g. [("", "txt/")] puts MiniLM into the text tower);
+# more: further sources, each a dict of the keys above but `more` (e.g. a frozen LM beside a stage-1 Q-Former run);
+# no two sources may fill the same parameter.
 
 
 class InitFromError(ValueError):
@@ -26,11 +28,30 @@ def _flat(tree: Any) -> dict[str, Any]:
     return traverse.flatten_dict(tree, sep="/")
 
 
-def active(init: ml_collections.ConfigDict) -> bool:
-    """Whether `init` names a source (a run or pretrained weights; not both)."""
+def _names_source(init: Any) -> bool:
     if init.get("workdir") and init.get("pretrained"):
         raise InitFromError("set init_from.workdir or init_from.pretrained, not both")
     return bool(init.get("workdir") or init.get("pretrained"))
+
+
+def sources(init: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+    """The sources `init` names, in order: the section's own (if any), then each of `init.more` (keys checked)."""
+    from vlm_jax.config import check_keys
+
+    out = [init] if _names_source(init) else []
+    for i, extra in enumerate(init.get("more", []) or []):
+        extra = dict(extra)
+        check_keys(extra, {k: v for k, v in DEFAULTS.items() if k != "more"}, f"init_from.more[{i}]")
+        section = ml_collections.ConfigDict({**{k: v for k, v in DEFAULTS.items() if k != "more"}, **extra})
+        if not _names_source(section):
+            raise InitFromError(f"init_from.more[{i}] names no source: set its workdir or pretrained")
+        out.append(section)
+    return out
+
+
+def active(init: ml_collections.ConfigDict) -> bool:
+    """Whether `init` names a source (a run or pretrained weights; not both, per source)."""
+    return bool(sources(init))
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -78,7 +99,7 @@ def merge(params: Any, source: Any, include: str = ".*",
         out[dst] = jax.device_put(value, like.sharding) if isinstance(like, jax.Array) else value
     fresh = sorted(p for p in flat if p not in chosen)
     report = {"copied": len(chosen), "copied_params": int(sum(np.size(src[p]) for p in chosen.values())),
-              "fresh": fresh}
+              "fresh": fresh, "copied_paths": sorted(chosen), "all_paths": sorted(flat)}
     return traverse.unflatten_dict(out, sep="/"), report
 
 

@@ -183,18 +183,26 @@ class Setup:
 
 def start_from(setup: Setup, state: TrainState, writer: JsonlWriter) -> TrainState:
     """The fresh state with `config.init_from`'s source arrays in its parameters (and `extra` rebuilt from them)."""
-    init = setup.config.init_from
-    source, origin = init_from.load_source(init)
-    params, report = init_from.merge(state.params, source, init.include, list(init.rename))
+    params, filled = state.params, {}
+    for init in init_from.sources(setup.config.init_from):
+        source, origin = init_from.load_source(init)
+        params, report = init_from.merge(params, source, init.include, list(init.rename))
+        for path in report["copied_paths"]:
+            if path in filled:
+                raise init_from.InitFromError(f"{path} is filled by two init_from sources: {filled[path]} and "
+                                              f"{origin}; narrow one's include")
+            filled[path] = origin
+        if jax.process_index() == 0:
+            print(f"init_from {origin}: {report['copied']} arrays, {report['copied_params']:,} parameters copied",
+                  flush=True)
+        writer.write({"step": 0, "split": "init_from", "source": origin,
+                      "copied": report["copied"], "copied_params": report["copied_params"]})
     extra = setup.jit(lambda p: nn.unbox(setup.objective.init_extra(p)),
                       out_shardings=setup.state_shardings.extra)(params)
-    fresh = report["fresh"]
-    if jax.process_index() == 0:
-        print(f"init_from {origin}: {report['copied']} arrays, {report['copied_params']:,} "
-              f"parameters copied; {len(fresh)} keep their initialisation"
-              + (f": {init_from.summarize(fresh)}" if fresh else ""), flush=True)
-    writer.write({"step": 0, "split": "init_from", "source": origin,
-                  "copied": report["copied"], "copied_params": report["copied_params"], "fresh": fresh})
+    fresh = sorted(p for p in report["all_paths"] if p not in filled)
+    if jax.process_index() == 0 and fresh:
+        print(f"init_from: {len(fresh)} arrays keep their initialisation: {init_from.summarize(fresh)}", flush=True)
+    writer.write({"step": 0, "split": "init_from", "fresh": fresh})
     return state.replace(params=params, extra=extra)
 
 
