@@ -92,6 +92,24 @@ def test_mfu_is_flops_over_time_and_peak():
     assert progress.steady_mfu() == pytest.approx(0.6)  # the first line (compilation) is left out
 
 
+def test_a_low_measured_peak_is_probed_again():
+    """An interval faster than the measured peak (a probe taken under load) re-probes once and keeps the larger
+    peak; intervals below it never re-probe."""
+    now, probes = [0.0], []
+    reprobe = lambda: probes.append(1) or 200e9  # noqa: E731
+    progress = Progress(100, 0, 32, stream=io.StringIO(), flops_per_step=10e9, peak_flops=50e9,
+                        clock=lambda: now[0], reprobe=reprobe)
+    now[0] += 1.0
+    timing = progress.update(10, {})  # 100 GFLOP/s achieved against a 50 GFLOP/s probe
+    assert probes == [1] and progress.peak_flops == 200e9 and timing["mfu"] == pytest.approx(0.5)
+    now[0] += 1.0
+    assert progress.update(20, {})["mfu"] == pytest.approx(0.5) and probes == [1]
+    low = Progress(100, 0, 32, stream=io.StringIO(), flops_per_step=10e9, peak_flops=500e9,
+                   clock=lambda: now[0], reprobe=reprobe)
+    now[0] += 1.0
+    assert low.update(10, {})["mfu"] == pytest.approx(0.2) and probes == [1]
+
+
 def test_peak_from_chip_table_or_probe():
     """TPU/GPU peaks add up per chip; host CPU devices of one process share one probe; processes add up."""
     class Dev:

@@ -22,17 +22,20 @@ class Progress:
     """Prints one line per log step with throughput and MFU measured since the previous line.
 
     MFU = model FLOPs of the steps since the previous line ÷ elapsed seconds ÷ `peak_flops` (all devices); shown when
-    both are known. `flops_per_step`: one number, or [(first step, FLOPs per step)] for objectives whose steps
+    both are known. A measured peak (a CPU probe) is low when another process held the cores while it ran; an
+    interval above 100% then calls `reprobe` (if given) and keeps the larger peak, so one bad probe does not
+    inflate the whole run. `flops_per_step`: one number, or [(first step, FLOPs per step)] for objectives whose steps
     change cost at given steps (SigLIP 2's late losses); step k (1-based) costs what its phase at k − 1 does.
     """
 
     def __init__(self, total_steps: int, start_step: int, batch_size: int, stream: TextIO = sys.stdout,
                  enabled: bool = True, flops_per_step: float | Sequence[tuple[int, float]] = 0.0,
-                 peak_flops: float = 0.0, clock: Callable[[], float] = time.perf_counter):
+                 peak_flops: float = 0.0, clock: Callable[[], float] = time.perf_counter,
+                 reprobe: Callable[[], float] | None = None):
         self.total, self.batch_size, self.stream, self.enabled = total_steps, batch_size, stream, enabled
         self.phases = sorted(flops_per_step) if isinstance(flops_per_step, (list, tuple)) else [(0, flops_per_step)]
         self.flops_per_step = self.phases[0][1]
-        self.peak_flops, self.clock = peak_flops, clock
+        self.peak_flops, self.clock, self.reprobe = peak_flops, clock, reprobe
         self._last_step, self._last_time = start_step, clock()
         self._rates: list[float] = []
         self.mfus: list[float] = []  # one per progress line
@@ -68,6 +71,10 @@ class Progress:
         if flops and steps:
             timing["flops_per_sec"] = flops / seconds
             if self.peak_flops:
+                if timing["flops_per_sec"] > self.peak_flops and self.reprobe is not None:
+                    self.peak_flops = max(self.peak_flops, float(self.reprobe()))
+                    timing["peak_flops"] = self.peak_flops
+                    self._last_time = self.clock()  # the probe's own time is not the next interval's
                 timing["mfu"] = timing["flops_per_sec"] / self.peak_flops
                 self.mfus.append(timing["mfu"])
         if self.enabled:

@@ -427,8 +427,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
         print(f"model FLOPs per step {flops_per_step:.3e}{later} | peak {peak:.3e} FLOP/s "
               f"({'set' if config.peak_flops else 'measured' if jax.devices()[0].platform == 'cpu' else 'chip table'})",
               flush=True)
+    measured = not config.peak_flops and jax.devices()[0].platform == "cpu"  # a probe, which load can depress
     progress = Progress(config.total_steps, start, config.batch_size, enabled=is_main and config.progress,
-                        flops_per_step=phases, peak_flops=peak)
+                        flops_per_step=phases, peak_flops=peak,
+                        reprobe=(lambda: peak_flops(setup)) if measured else None)
     pending: list[tuple[int, dict]] = []
     step = start
     end = config.total_steps if stop_after is None else min(config.total_steps, stop_after)
@@ -484,7 +486,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
                "params": n_params, "flops_per_step": flops_per_step, "flop_phases": phases,
                "train_flops": progress.flops_between(0, step),
                "samples_seen": samples, "forward_gmacs_per_sample": gmacs, "train_gmacs": gmacs * samples,
-               "peak_flops": peak, "mfu": progress.steady_mfu(), "evals": eval_results}
+               "peak_flops": progress.peak_flops, "mfu": progress.steady_mfu(), "evals": eval_results}
     writer.mirror.close()
     if is_main:
         (workdir / "results.json").write_text(json.dumps(summary, indent=2))
