@@ -7,6 +7,7 @@ update and no gradient). Captions use the LM's tokenizer. Evaluated like PrefixL
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=clipcap_transformer
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=llava      every ViT token through a 2-layer MLP
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=flamingo   Perceiver resampler + gated cross-attention
+  --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=visualgpt  self-resurrecting gated cross-attention
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=blip2,qformer=runs/blip2
         BLIP-2 stage 2: the stage-1 run's Q-Former (trained on) and image encoder (frozen), queries into the LM
   --config experiments/emoji_frozen_lm.py:lm=<workdir>,size=test            tiny (the LM: text_lm.py:size=test)
@@ -26,30 +27,34 @@ BRIDGES = {  # model.mapper
     "clipcap_transformer": dict(kind="transformer", prefix_len=4, depth=2, num_heads=4),
     "llava": dict(kind="tokens"),  # LLaVA-1.5's projector
 }
-FLAMINGO = dict(resampler=dict(num_latents=8, depth=2), gated_every=1)  # Alayrac et al. 2022 (3B: every block)
+OWN_OBJECTIVE = {  # bridges with an objective of their own: its model keys
+    "flamingo": dict(resampler=dict(num_latents=8, depth=2), gated_every=1),  # Alayrac et al. 2022 (3B: every block)
+    "visualgpt": dict(srau_threshold=0.2),  # Chen et al. 2022's τ
+}
 
 
 def get_config(arg=None):
     """`arg`: lm=<workdir of a text_lm run> (required), bridge=frozen|clipcap|clipcap_transformer|llava|flamingo|
-    blip2 (with qformer=<workdir of an emoji_blip2.py run of the same size>), size=small|test, steps=N, batch=N,
+    visualgpt|blip2 (with qformer=<workdir of an emoji_blip2.py run of the same size>), size=small|test, steps=N, batch=N,
     seed=N."""
     arg = config_args(arg, lm="", bridge="clipcap", size="small", steps=1200, batch=256, seed=0, qformer="")
     if not arg.lm:
         raise ValueError("pass lm=<workdir of an experiments/text_lm.py run of the same size> (the frozen LM)")
-    if arg.bridge not in (*BRIDGES, "flamingo", "blip2"):
-        raise ValueError(f"bridge must be one of {sorted(BRIDGES) + ['flamingo', 'blip2']}, got {arg.bridge!r}")
+    if arg.bridge not in (*BRIDGES, *OWN_OBJECTIVE, "blip2"):
+        raise ValueError(f"bridge must be one of {sorted(BRIDGES) + sorted(OWN_OBJECTIVE) + ['blip2']}, got "
+                         f"{arg.bridge!r}")
     if (arg.bridge == "blip2") != bool(arg.qformer):
         raise ValueError("qformer=<workdir of an emoji_blip2.py run> goes with bridge=blip2, and only with it")
-    flamingo = arg.bridge == "flamingo"
     lm = load_config(f"{Path(__file__).with_name('text_lm.py')}:size={arg.size}")  # the LM run's own config
-    c = small_run("flamingo" if flamingo else "vision_prefix", int(arg.steps), int(arg.batch))
+    c = small_run(arg.bridge if arg.bridge in OWN_OBJECTIVE else "vision_prefix", int(arg.steps), int(arg.batch))
     c.seed = int(arg.seed)
     c.data = dict(name="emoji", data_dir="", image_size=32, text_len=16, tokenizer="text_corpus",
                   train_styles=("noto", "twitter", "facebook"), sampling="examples", augment=STYLE_AUGMENT)
     c.model = dict(image=dict(posemb="learn", **IMAGES[arg.size]), lm_max_len=lm.data.text_len,
-                   decoder=dict(lm.model.decoder), **(FLAMINGO if flamingo else dict(mapper=BRIDGES.get(arg.bridge, {}))))
+                   decoder=dict(lm.model.decoder),
+                   **OWN_OBJECTIVE.get(arg.bridge, dict(mapper=BRIDGES.get(arg.bridge, {}))))
     c.init_from = dict(workdir=str(arg.lm), include="^decoder/")
-    c.optim.freeze = "^decoder/(?!.*gated_xattn)"  # the LM; Flamingo's gated layers inside it train
+    c.optim.freeze = "^decoder/(?!.*(gated_xattn|srau))"  # the LM; Flamingo's / VisualGPT's layers inside it train
     if arg.bridge == "blip2":
         stage1 = load_config(f"{Path(__file__).with_name('emoji_blip2.py')}:size={arg.size}")
         c.model.image = dict(stage1.model.image)

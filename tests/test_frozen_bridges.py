@@ -39,12 +39,12 @@ def _bridge_config(workdir, *overrides):
                                "checkpoint.async_save=False", *overrides])
 
 
-def _flamingo_config(workdir, *overrides):
+def _flamingo_config(workdir, *overrides, bridge="flamingo"):
     from vlm_jax.config import apply_overrides, load_config
     from vlm_jax.train.trainer import finalize_config
 
     c = finalize_config(load_config(f"experiments/emoji_frozen_lm.py:lm={workdir},size=test,steps=3,batch=16,"
-                                    "bridge=flamingo"))
+                                    f"bridge={bridge}"))
     return apply_overrides(c, [ONE, "progress=False", "evals.sets=[]", "checkpoint.every_steps=0",
                                "checkpoint.async_save=False", *overrides])
 
@@ -54,13 +54,13 @@ def _dots(hlo: str) -> int:
     return len(re.findall(r"= [a-z0-9\[\]{},:]+ dot\(", hlo))
 
 
-@pytest.mark.parametrize("bridge", ["clipcap", "flamingo"])
+@pytest.mark.parametrize("bridge", ["clipcap", "flamingo", "visualgpt"])
 def test_frozen_lm_is_bit_identical_and_gets_no_weight_gradient(bridge, lm_run, tmp_path):
     from vlm_jax.config import apply_overrides
     from vlm_jax.train.trainer import Setup, traced_step_flops, train
 
     lm_dir, lm_params = lm_run
-    config = _bridge_config(lm_dir) if bridge == "clipcap" else _flamingo_config(lm_dir)
+    config = _bridge_config(lm_dir) if bridge == "clipcap" else _flamingo_config(lm_dir, bridge=bridge)
     out = train(config, tmp_path / "bridge")
     params = traverse.flatten_dict(jax.device_get(out["state"].params), sep="/")
     lm_paths = sorted(p for p in lm_params)  # the LM run's parameters, all under decoder/
@@ -77,14 +77,19 @@ def test_frozen_lm_is_bit_identical_and_gets_no_weight_gradient(bridge, lm_run, 
     frozen_hlo = out["setup"].train_step.compiled().as_text()
     free = Setup(apply_overrides(config, ["optim.freeze=''"]))
     free_hlo = free.train_step.compile(free.abstract_state(), free.abstract_batch()).as_text()
-    assert _dots(free_hlo) - _dots(frozen_hlo) == len(kernels), (len(kernels), _dots(free_hlo), _dots(frozen_hlo))
+    # (VisualGPT: more — its first block's self-attention reads only the frozen token embeddings, before any
+    # image enters, so its whole backward goes too)
+    exact = bridge != "visualgpt"
+    fewer = _dots(free_hlo) - _dots(frozen_hlo)
+    assert fewer == len(kernels) if exact else fewer > len(kernels), (len(kernels), fewer)
     # and in FLOPs: the traced steps differ by exactly the LM's weight gradients, 2·rows·|kernel| each (rows: the
     # batch × the positions the kernel sees — prefix + caption in the blocks, the caption alone in the head)
     b, length = config.batch_size, config.data.text_len
-    prefix = 0 if bridge == "flamingo" else config.model.mapper.prefix_len
+    prefix = config.model.mapper.prefix_len if bridge == "clipcap" else 0  # the others cross-attend
     want = sum(2 * b * (length if p.startswith("decoder/head") else prefix + length) * lm_params[p].size
                for p in kernels)
-    assert traced_step_flops(free) - traced_step_flops(out["setup"]) == want
+    saved = traced_step_flops(free) - traced_step_flops(out["setup"])
+    assert saved == want if exact else saved > want
     assert out["setup"].objective.frozen is not None and free.objective.frozen is None
 
 
@@ -202,3 +207,28 @@ def test_blip2_stage2_from_two_sources(lm_run, tmp_path):
         c.init_from.more = [*c.init_from.more, dict(workdir=str(lm_dir), include="^decoder/")]
     with pytest.raises(InitFromError, match="filled by two init_from sources"):
         train(c, tmp_path / "twice")
+
+
+def test_self_resurrecting_gates_follow_the_papers_equations():
+    """VisualGPT's unit against its equations, from the module's own intermediate values (the gate's pre-activation,
+    the cross-attention output): B_v = g·[g > τ], B_l = (1 − g)·[1 − g > τ], out = B_v·v + B_l·x; with a bias
+    near the thresholds both gates are cut somewhere."""
+    import flax
+
+    from vlm_jax.models.decoder import SelfResurrectingFusion
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 5, 16)).astype(np.float32)
+    context = rng.normal(size=(2, 7, 12)).astype(np.float32)
+    unit = SelfResurrectingFusion(num_heads=2, threshold=0.3, bias_init=0.0)
+    params = flax.core.meta.unbox(unit.init(jax.random.key(0), x, context)["params"])
+    params["gate"]["kernel"] = params["gate"]["kernel"] * 8  # spread g over (0, 1)
+    out, state = unit.apply({"params": params}, x, context, capture_intermediates=True)
+    inter = state["intermediates"]
+    h = np.asarray(inter["gate"]["__call__"][0], np.float64)
+    v = np.asarray(inter["cross_attn"]["__call__"][0], np.float64)
+    g = 1 / (1 + np.exp(-h))
+    b_vis = np.where(g > 0.3, g, 0.0)
+    b_lan = np.where(1 - g > 0.3, 1 - g, 0.0)
+    np.testing.assert_allclose(np.asarray(out), b_vis * v + b_lan * x, rtol=1e-5, atol=1e-6)
+    assert (b_vis == 0).any() and (b_lan == 0).any() and ((b_vis > 0) & (b_lan > 0)).any()

@@ -111,15 +111,41 @@ class GatedCrossAttention(nn.Module):
         return (x + gate("mlp_gate") * y.astype(jnp.float32)).astype(residual)
 
 
+class SelfResurrectingFusion(nn.Module):
+    """VisualGPT's self-resurrecting activation unit (Chen et al. 2022): from the language state x, a gate
+    g = σ(W·LN(x) + b) per dimension; visual gate B_v = g·[g > τ], language gate B_l = (1 − g)·[1 − g > τ];
+    output B_v ⊙ CrossAttention(LN(x), context) + B_l ⊙ x. The thresholds make the gates sparse; a gate cut off
+    on one side still trains through the other. The bias starts at `bias_init` (language first: σ(−3) ≈ 0.05)."""
+    num_heads: int
+    threshold: float = 0.2
+    bias_init: float = -3.0
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: Array, context: Array | None, context_mask: Array | None = None,
+                 decode: bool = False) -> Array:
+        residual = x.dtype
+        v = CrossAttention(self.num_heads, self.dtype_mm, name="cross_attn")(
+            layers.layer_norm("ln_cross")(x), context, context_mask, decode).astype(jnp.float32)
+        g = jax.nn.sigmoid(layers.dense(x.shape[-1], ("embed", None), self.dtype_mm, out_dtype="float32",
+                                        bias_init=nn.initializers.constant(self.bias_init), name="gate")(
+            layers.layer_norm("ln_gate")(x)).astype(jnp.float32))
+        b_vis = jnp.where(g > self.threshold, g, 0.0)
+        b_lan = jnp.where(1.0 - g > self.threshold, 1.0 - g, 0.0)
+        return (b_vis * v + b_lan * x.astype(jnp.float32)).astype(residual)
+
+
 class DecoderBlock(nn.Module):
     """Pre-LN block: self-attention (masked by the caller; KV-cached when decoding), cross-attention, MLP; with
-    `gated_xattn`, Flamingo's gated cross-attention layer before it all."""
+    `gated_xattn`, Flamingo's gated cross-attention layer before it all; with `srau_threshold`, VisualGPT's fusion
+    of the language state and its cross-attention to the context after the self-attention."""
     mlp_dim: int
     num_heads: int
     cross_attention: bool = True
     dropout: float = 0.0
     dtype_mm: str = "float32"
     gated_xattn: bool = False
+    srau_threshold: float = 0.0
 
     @nn.compact
     def __call__(self, x: Array, context: Array | None, self_mask: Array | None = None,
@@ -134,6 +160,9 @@ class DecoderBlock(nn.Module):
         y = layers.Attention(self.num_heads, dtype_mm=self.dtype_mm, name="self_attn")(
             layers.layer_norm("ln_self")(x), mask=self_mask, decode=decode)
         x = (x + drop(y, deterministic=deterministic)).astype(residual)
+        if self.srau_threshold:
+            x = SelfResurrectingFusion(self.num_heads, self.srau_threshold, dtype_mm=self.dtype_mm, name="srau")(
+                x, context, context_mask, decode)
         if self.cross_attention:
             y = CrossAttention(self.num_heads, self.dtype_mm, name="cross_attn")(
                 layers.layer_norm("ln_cross")(x), context, context_mask, decode)
@@ -181,6 +210,7 @@ class TextDecoder(nn.Module):
     dropout: float = 0.0
     scan: bool = False  # nn.scan over each run of identical blocks (unimodal, then multimodal): fast compiles
     gated_every: int = 0  # Flamingo: a gated cross-attention layer before every n-th block (0: none; scan: 1)
+    srau_threshold: float = 0.0  # VisualGPT: its gated fusion with the context in every block, at this τ (0: none)
     remat_policy: str = "none"
     dtype_mm: str = "float32"
     residual_dtype: str = "float32"
@@ -194,7 +224,7 @@ class TextDecoder(nn.Module):
             block = nn.remat(DecoderBlock, static_argnums=(5, 6), policy=layers._remat_policy(self.remat_policy),
                              prevent_cse=not self.scan)
         kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads, cross_attention=cross, dropout=self.dropout,
-                  dtype_mm=self.dtype_mm)
+                  dtype_mm=self.dtype_mm, srau_threshold=self.srau_threshold)
         if self.scan and self.gated_every > 1:
             raise ValueError(f"a scanned decoder repeats one block: gated_every must be 0 or 1, got {self.gated_every}")
         if not self.scan:

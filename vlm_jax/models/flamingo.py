@@ -85,3 +85,22 @@ class Flamingo(TextGenerator):
         """image, decoder inputs `text` [B, L] → ((None, None, logits [B, L, V]), aux)."""
         context, _ = self.encode(image, None, train)
         return (None, None, self.logits(text, context, train)), {"context": context}
+
+
+class VisualGPT(Flamingo):
+    """VisualGPT (Chen et al. 2022) on the frozen LM: every LM block fuses its language state with cross-attention
+    to all of the ViT's tokens through the self-resurrecting activation unit (`decoder.SelfResurrectingFusion`,
+    at `decoder/block_NN/srau/…`). No resampler."""
+    srau_threshold: float = 0.2
+
+    def setup(self) -> None:
+        self.vit = ViT(**{**self.image, "pool_type": "none", "num_classes": None}, name="img")
+        self.text_decoder = TextDecoder(**{**self.decoder, "cross_attention": False,
+                                           "srau_threshold": self.srau_threshold}, name="decoder")
+
+    def encode(self, image: Array | dict[str, Array], prompt: Array | None = None,
+               train: bool = False) -> tuple[dict[str, Array], None]:
+        """The decoding context {"latents": the ViT's tokens [B, T, D]} (the name the decoding seam reads)."""
+        if prompt is not None:
+            raise ValueError("VisualGPT here captions without a task prompt")
+        return {"latents": self.vit(image, train=train)[0]}, None

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax.config import check_keys
-from vlm_jax.models.flamingo import RESAMPLER_DEFAULTS, Flamingo
+from vlm_jax.models.flamingo import RESAMPLER_DEFAULTS, Flamingo, VisualGPT
 from vlm_jax.models.qformer import DATA_DECIDED, QFormer
 from vlm_jax.models.vision_prefix import KIND_KEYS, MAPPER_DEFAULTS, MAPPERS, VisionPrefixLM
 from vlm_jax.objectives.contrastive import check_module_fields
@@ -99,3 +99,21 @@ class FlamingoObjective(VisionPrefixObjective):
         m = self.config.model
         return Flamingo(image=dict(m.image), decoder=self.decoder_fields(), resampler=dict(m.get("resampler", {})),
                         gated_every=int(m.get("gated_every", 1)), text_len=self.data.text_len)
+
+
+@register("visualgpt")
+class VisualGPTObjective(VisionPrefixObjective):
+    """Captioning through the LM with VisualGPT's self-resurrecting fusion of cross-attention in every block."""
+
+    MODEL_KEYS = ("image", "decoder", "srau_threshold", "lm_max_len")
+
+    def check_bridge(self, model: ml_collections.ConfigDict) -> None:
+        """The gates' threshold τ is in (0, 0.5): at 0.5 or above no dimension can pass either gate."""
+        tau = float(model.get("srau_threshold", 0.2))
+        if not 0.0 < tau < 0.5:
+            raise ValueError(f"model.srau_threshold must be in (0, 0.5), got {tau}")
+
+    def model(self) -> nn.Module:
+        m = self.config.model
+        return VisualGPT(image=dict(m.image), decoder=self.decoder_fields(),
+                         srau_threshold=float(m.get("srau_threshold", 0.2)), text_len=self.data.text_len)
