@@ -91,6 +91,8 @@ def test_frozen_lm_is_bit_identical_and_gets_no_weight_gradient(bridge, lm_run, 
     saved = traced_step_flops(free) - traced_step_flops(out["setup"])
     assert saved == want if exact else saved > want
     assert out["setup"].objective.frozen is not None and free.objective.frozen is None
+    r = json.loads((tmp_path / "bridge" / "results.json").read_text())  # what the comparison table reads
+    assert r["trainable_params"] == r["params"] - sum(v.size for v in lm_params.values())
 
 
 @pytest.mark.parametrize("kind,expect", [("linear", 2), ("mlp", 4), ("transformer", 3), ("tokens", 16)])

@@ -417,8 +417,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
 
     writer.mirror = EventWriter(workdir, enabled=is_main and config.tensorboard, resume_step=start)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    frozen = setup.objective.frozen
+    n_trainable = n_params if frozen is None else sum(
+        int(np.prod(x.shape)) for x, f in zip(jax.tree.leaves(state.params), jax.tree.leaves(frozen)) if not f)
     if is_main:
-        print(f"{n_params:,} parameters | mesh {dict(setup.mesh.shape)} | global batch {config.batch_size} | "
+        print(f"{n_params:,} parameters" + (f" ({n_trainable:,} trainable)" if frozen is not None else "") +
+              f" | mesh {dict(setup.mesh.shape)} | global batch {config.batch_size} | "
               f"steps {start}→{config.total_steps}", flush=True)
     phases, peak = phase_flops(setup), config.peak_flops or peak_flops(setup)
     flops_per_step = phases[0][1]
@@ -483,7 +487,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, stop_after: in
     samples = step * config.batch_size
     gmacs = forward_gmacs(setup)
     summary = {"step": step, "train_seconds": train_seconds, "segment_seconds": train_seconds - prior_seconds,
-               "params": n_params, "flops_per_step": flops_per_step, "flop_phases": phases,
+               "params": n_params, "trainable_params": n_trainable, "flops_per_step": flops_per_step, "flop_phases": phases,
                "train_flops": progress.flops_between(0, step),
                "samples_seen": samples, "forward_gmacs_per_sample": gmacs, "train_gmacs": gmacs * samples,
                "peak_flops": progress.peak_flops, "mfu": progress.steady_mfu(), "evals": eval_results}
