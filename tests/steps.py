@@ -82,3 +82,17 @@ def cli_env(cache_dir) -> dict:
     flags = os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "").strip()
     return dict(os.environ, XLA_FLAGS=flags, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+
+def brute_force_greedy(last_logits, seq, steps: int, ids) -> list[int]:
+    """Greedy tokens after `seq` from the whole sequence's forward pass again at every step (`last_logits(tokens
+    [1, n]) → logits of the last position`), stopping at EOS and padded to `steps`: the reference for cached
+    decoding."""
+    seq, out = list(seq), []
+    for _ in range(steps):
+        nxt = int(np.argmax(np.asarray(last_logits(np.asarray([seq], np.int32)))))
+        out.append(nxt)
+        if nxt == ids["eos"]:
+            break
+        seq.append(nxt)
+    return out + [ids["pad"]] * (steps - len(out))

@@ -68,17 +68,11 @@ def test_cached_greedy_equals_full_forward_argmax(lm):
     params = jax.tree.map(lambda x: x + rng.normal(0, 0.05, x.shape).astype(x.dtype), params)  # less uniform
     prompts = obj.data.tokenize(obj.data.held_out()[:5])
     got = continue_greedy(model, params, prompts, 3, 12, ids)
+    from steps import brute_force_greedy
+
     for row, prompt in enumerate(prompts):
-        seq = [ids["bos"], *prompt[:3].tolist()]
-        want = []
-        for _ in range(12):  # brute force: the whole sequence again at every step
-            logits = model.apply({"params": params}, np.asarray([seq], np.int32))[0]
-            nxt = int(np.argmax(np.asarray(logits[0, -1])))
-            want.append(nxt)
-            if nxt == ids["eos"]:
-                break
-            seq.append(nxt)
-        want += [ids["pad"]] * (12 - len(want))
+        want = brute_force_greedy(lambda t: model.apply({"params": params}, t)[0][0, -1],
+                                  [ids["bos"], *prompt[:3].tolist()], 12, ids)
         assert got[row].tolist() == want
 
 
