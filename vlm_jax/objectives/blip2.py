@@ -35,6 +35,7 @@ class QFormerObjective(Objective):
     holds `img/` (BLIP-2 freezes a pretrained one)."""
 
     CONFIG_DEFAULTS = {"loss": LOSS_DEFAULTS, "evals": EVAL_KEYS}
+    TRACED_FLOPS = True  # no analytic count: the traced step's FLOPs (frozen weight gradients skipped)
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)

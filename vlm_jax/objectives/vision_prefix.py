@@ -26,6 +26,7 @@ class VisionPrefixObjective(PrefixLMObjective):
     """Plain captioning (no text in the bidirectional prefix) of an image prefix made by `model.mapper`."""
 
     MODEL_KEYS = ("image", "decoder", "mapper", "lm_max_len")
+    TRACED_FLOPS = True  # no analytic count: the traced step's FLOPs (frozen weight gradients skipped)
     NAFLEX = False  # the pooled mappers average the tokens; NaFlex padding would enter the mean
     # lm_max_len: the LM's position table (its run's data.text_len); captions use its first data.text_len positions
 

@@ -53,6 +53,8 @@ class Objective(abc.ABC):
     data: Any = None
     # Boolean tree over the parameters, True where `optim.freeze` holds them fixed (the trainer sets it; None: none).
     frozen: Any = None
+    # Whether a model without an analytic FLOP count reports the traced train step's FLOPs (else no MFU)
+    TRACED_FLOPS: bool = False
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config

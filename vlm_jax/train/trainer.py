@@ -243,7 +243,7 @@ def step_flops(setup: Setup, phase: int = 0) -> float:
         return float(np.mean([compute.train_step_flops(setup.model, batch, lambda b: obj.forward_flops(b, phase))
                               for batch in budget_batches(setup, setup.config.batch_size)]))
     except NotImplementedError:
-        return traced_step_flops(setup)
+        return traced_step_flops(setup) if obj.TRACED_FLOPS else 0.0
 
 
 def traced_step_flops(setup: Setup) -> float:
