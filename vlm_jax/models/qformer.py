@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from vlm_jax.models import layers
 from vlm_jax.models.decoder import CrossAttention
+from vlm_jax.models.two_tower import l2_normalize
 
 Array = jax.Array
 _lp = nn.with_logical_partitioning
@@ -155,20 +156,17 @@ class QFormerStage1(nn.Module):
         """(unit query embeddings [B, Q, E], unit text embeddings [B, E], t) from the unimodal pass."""
         queries, text = self.qformer_module(feats, cls_text, "itc")
         zq, zt = self.img_proj(queries).astype(jnp.float32), self.txt_proj(text[:, 0]).astype(jnp.float32)
-        unit = lambda z: z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)  # noqa: E731
-        return unit(zq), unit(zt), jnp.exp(self.log_t)
+        return l2_normalize(zq), l2_normalize(zt), jnp.exp(self.log_t)
 
     def image_queries(self, image: Array) -> Array:
         """Unit query embeddings [B, Q, E] of images alone (the evaluators' image side)."""
         queries, _ = self.qformer_module(self.features(image), None, "itc")
-        z = self.img_proj(queries).astype(jnp.float32)
-        return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+        return l2_normalize(self.img_proj(queries).astype(jnp.float32))
 
     def text_embedding(self, cls_text: Array) -> Array:
         """Unit text embeddings [B, E] of [CLS]-led text alone (the evaluators' text side)."""
         _, text = self.qformer_module(None, cls_text, "itc")
-        z = self.txt_proj(text[:, 0]).astype(jnp.float32)
-        return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+        return l2_normalize(self.txt_proj(text[:, 0]).astype(jnp.float32))
 
     def itm(self, feats: Array, cls_text: Array) -> Array:
         """Match logits [B, 2] (0: not a pair, 1: a pair) from the bidirectional pass."""
