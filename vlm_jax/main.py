@@ -28,8 +28,10 @@ def host_device_count(batch_size: int, cores: int, cap: int = 8, dtype: str = "f
     """XLA host devices for a CPU run: one per core (the default run steps 1.07× faster on 2 devices than on 1 on
     2 cores, benchmarks/pipeline_vs_step.md), at most `cap`, and a divisor of the batch so the data axis splits
     it evenly. bf16 runs get one device: the oneDNN kernel needs a one-device mesh and beats 2 fp32 devices
-    (1,200 vs 1,040 samples/s on the default model, 2026-11-30)."""
-    if dtype == "bfloat16":
+    (1,200 vs 1,040 samples/s on the default model, 2026-11-30) where this CPU runs the kernel."""
+    from vlm_jax.kernels import onednn
+
+    if dtype == "bfloat16" and onednn.supported():
         return 1
     return max(n for n in range(1, max(1, min(cores, cap)) + 1) if batch_size % n == 0)
 

@@ -62,17 +62,33 @@ def build(out_dir: Path | None = None) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def available() -> bool:
-    """Builds (once), loads and registers the kernel; False (logged) where that is impossible."""
+def _library() -> ctypes.CDLL | None:
+    """The built kernel library, or None (logged) where it cannot be built or oneDNN has no bf16 matmul here."""
     if os.environ.get("VLM_JAX_ONEDNN", "1") == "0":
-        return False
+        return None
     try:
         library = ctypes.cdll.LoadLibrary(str(build()))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.OnednnMatmulBf16), platform="cpu")
-        return True
+        if not library.OnednnBf16Supported():
+            raise RuntimeError("oneDNN has no bf16 matmul for this CPU (it needs AVX512-BF16, AMX or AVX2-VNNI-2)")
+        return library
     except (RuntimeError, OSError) as err:
         log.warning("oneDNN bf16 matmul unavailable, bf16 matmuls use XLA's (float32-speed) path: %s", err)
+        return None
+
+
+def supported() -> bool:
+    """Whether the kernel builds and this CPU runs it (starts no JAX backend: safe before XLA_FLAGS are set)."""
+    return _library() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """Builds (once), checks and registers the kernel; False (logged) where that is impossible."""
+    library = _library()
+    if library is None:
         return False
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.OnednnMatmulBf16), platform="cpu")
+    return True
 
 
 @contextlib.contextmanager
@@ -151,6 +167,30 @@ def _linear_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Arr
 linear.defvjp(_linear_fwd, _linear_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def mixed_dot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: tuple, precision: Any = None) -> jax.Array:
+    """XLA's bf16 · bf16 → float32 `dot_general` whose backward takes bf16 cotangents: plain autodiff would feed
+    the float32 cotangent of the float32 output into the two transposed dots, making them float32 × bf16
+    (float32 matmuls on GPU and TPU). Gradients come back in bf16 (float32 accumulation inside the dot)."""
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=jnp.float32)
+
+
+def _mixed_fwd(lhs: jax.Array, rhs: jax.Array, dimension_numbers: tuple, precision: Any) -> tuple:
+    return mixed_dot(lhs, rhs, dimension_numbers, precision), (lhs, rhs)
+
+
+def _mixed_bwd(dimension_numbers: tuple, precision: Any, res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    lhs, rhs = res
+    g = g.astype(jnp.bfloat16)
+    dot = functools.partial(jax.lax.dot_general, dimension_numbers=dimension_numbers, precision=precision)
+    (da,) = jax.linear_transpose(lambda a: dot(a, rhs), lhs)(g)  # transposes only: no primal recomputed
+    (db,) = jax.linear_transpose(lambda b: dot(lhs, b), rhs)(g)
+    return da, db
+
+
+mixed_dot.defvjp(_mixed_fwd, _mixed_bwd)
+
+
 def can_route(x: jax.Array, w: jax.Array) -> bool:
     """Whether a bf16 matmul of these operands goes through oneDNN in the current trace."""
     return x.dtype == jnp.bfloat16 and w.dtype == jnp.bfloat16 and enabled() and available()
@@ -164,6 +204,10 @@ def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precisio
     simple = (not lb and not rb and n and tuple(lc) == tuple(range(lhs.ndim - n, lhs.ndim))
               and tuple(rc) == tuple(range(n)) and lhs.dtype == jnp.bfloat16 and rhs.dtype == jnp.bfloat16)
     if not (simple and enabled() and available()):
+        if (lhs.dtype == rhs.dtype == jnp.bfloat16 and not kwargs and preferred_element_type is not None
+                and jnp.dtype(preferred_element_type) == jnp.float32):
+            dn = tuple(tuple(tuple(int(d) for d in dims) for dims in pair) for pair in dimension_numbers)
+            return mixed_dot(lhs, rhs, dn, precision)
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type, **kwargs)
     k = int(np.prod(lhs.shape[lhs.ndim - n:]))  # the last n dims of lhs against the first n of rhs

@@ -82,6 +82,19 @@ ffi::Error MatmulImpl(ffi::Buffer<ffi::BF16> a, ffi::Buffer<ffi::BF16> b, ffi::B
 
 }  // namespace
 
+// 1 when oneDNN can build a bf16 matmul on this CPU for every variant the handler uses, else 0 (oneDNN has no
+// bf16 matmul on CPUs without AVX512-BF16/AMX/AVX2-VNNI-2 ISA support: creating the primitive throws).
+extern "C" int OnednnBf16Supported() {
+  try {
+    for (bool bf16_out : {false, true})
+      for (bool has_bias : {false, true})
+        for (bool trans : {false, true}) Primitive(3, 5, 4, trans, !trans, bf16_out, has_bias);
+    return 1;
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnMatmulBf16, MatmulImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::BF16>>()

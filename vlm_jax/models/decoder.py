@@ -78,7 +78,7 @@ class CrossAttention(nn.Module):
         if n % b:
             raise ValueError(f"{n} query rows do not split into groups over {b} context rows")
         q = q.reshape(b, n // b * lq, self.num_heads, hd)  # query rows b·r … b·r + r − 1 read context row b
-        logits = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
+        logits = onednn.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
         if valid is not None:
             logits = jnp.where(valid.astype(bool)[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(dt)
