@@ -7,6 +7,8 @@ update and no gradient). Captions use the LM's tokenizer. Evaluated like PrefixL
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=clipcap_transformer
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=llava      every ViT token through a 2-layer MLP
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=flamingo   Perceiver resampler + gated cross-attention
+  --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=flamingo,interleave=3
+        Flamingo trained on interleaved sequences of 3 image–caption pairs (batch counts pairs: 85 sequences)
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=visualgpt  self-resurrecting gated cross-attention
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=blip2,qformer=runs/blip2
         BLIP-2 stage 2: the stage-1 run's Q-Former (trained on) and image encoder (frozen), queries into the LM
@@ -35,9 +37,10 @@ OWN_OBJECTIVE = {  # bridges with an objective of their own: its model keys
 
 def get_config(arg=None):
     """`arg`: lm=<workdir of a text_lm run> (required), bridge=frozen|clipcap|clipcap_transformer|llava|flamingo|
-    visualgpt|blip2 (with qformer=<workdir of an emoji_blip2.py run of the same size>), size=small|test, steps=N, batch=N,
-    seed=N."""
-    arg = config_args(arg, lm="", bridge="clipcap", size="small", steps=1200, batch=256, seed=0, qformer="")
+    visualgpt|blip2 (with qformer=<workdir of an emoji_blip2.py run of the same size>), size=small|test, steps=N, batch=N
+    (image–caption pairs per step), seed=N, interleave=N (flamingo: pairs per training sequence)."""
+    arg = config_args(arg, lm="", bridge="clipcap", size="small", steps=1200, batch=256, seed=0, qformer="",
+                      interleave=1)
     if not arg.lm:
         raise ValueError("pass lm=<workdir of an experiments/text_lm.py run of the same size> (the frozen LM)")
     if arg.bridge not in (*BRIDGES, *OWN_OBJECTIVE, "blip2"):
@@ -45,14 +48,19 @@ def get_config(arg=None):
                          f"{arg.bridge!r}")
     if (arg.bridge == "blip2") != bool(arg.qformer):
         raise ValueError("qformer=<workdir of an emoji_blip2.py run> goes with bridge=blip2, and only with it")
+    if int(arg.interleave) != 1 and arg.bridge != "flamingo":
+        raise ValueError(f"interleave={arg.interleave}: interleaved sequences are Flamingo's (bridge=flamingo)")
     lm = load_config(f"{Path(__file__).with_name('text_lm.py')}:size={arg.size}")  # the LM run's own config
-    c = small_run(arg.bridge if arg.bridge in OWN_OBJECTIVE else "vision_prefix", int(arg.steps), int(arg.batch))
+    c = small_run(arg.bridge if arg.bridge in OWN_OBJECTIVE else "vision_prefix", int(arg.steps),
+                  int(arg.batch) // int(arg.interleave))  # sequences per step
     c.seed = int(arg.seed)
     c.data = dict(name="emoji", data_dir="", image_size=32, text_len=16, tokenizer="text_corpus",
                   train_styles=("noto", "twitter", "facebook"), sampling="examples", augment=STYLE_AUGMENT)
     c.model = dict(image=dict(posemb="learn", **IMAGES[arg.size]), lm_max_len=lm.data.text_len,
                    decoder=dict(lm.model.decoder),
                    **OWN_OBJECTIVE.get(arg.bridge, dict(mapper=BRIDGES.get(arg.bridge, {}))))
+    if arg.bridge == "flamingo":
+        c.model.interleave = int(arg.interleave)
     c.init_from = dict(workdir=str(arg.lm), include="^decoder/")
     c.optim.freeze = "^decoder/(?!.*(gated_xattn|srau))"  # the LM; Flamingo's / VisualGPT's layers inside it train
     if arg.bridge == "blip2":

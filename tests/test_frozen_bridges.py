@@ -173,6 +173,91 @@ def test_flamingo_gates_at_zero_are_the_frozen_lm_and_cached_greedy_is_exact(lm_
         assert got[row].tolist() == brute_force_greedy(last, [ids["bos"]], 6, ids)
 
 
+def test_pack_interleaved_against_a_token_loop():
+    """Pairs → sequences of m: each row's captions end to end without their padding, every position tagged with
+    its pair, padding at the end (tagged with the last pair); images grouped in order."""
+    from vlm_jax.data.interleave import pack_interleaved
+
+    rng = np.random.default_rng(3)
+    lengths = [3, 5, 1, 4, 2, 5]
+    text = np.zeros((6, 5), np.int32)
+    for i, n in enumerate(lengths):
+        text[i, :n] = rng.integers(1, 50, n)
+    images = rng.integers(0, 255, (6, 4, 4, 3)).astype(np.uint8)
+    out = pack_interleaved({"image": images, "text": text}, 3, pad_id=0)
+    assert out["image"].shape == (2, 3, 4, 4, 3) and out["text"].shape == out["media"].shape == (2, 15)
+    for row in range(2):
+        want_tokens, want_media = [], []
+        for j in range(3):
+            for t in text[3 * row + j]:
+                if t != 0:
+                    want_tokens.append(int(t))
+                    want_media.append(j)
+        pad = 15 - len(want_tokens)
+        assert out["text"][row].tolist() == want_tokens + [0] * pad
+        assert out["media"][row].tolist() == want_media + [2] * pad
+        for j in range(3):
+            np.testing.assert_array_equal(out["image"][row, j], images[3 * row + j])
+    with pytest.raises(ValueError, match="sequences of 4"):
+        pack_interleaved({"image": images, "text": text}, 4, pad_id=0)
+
+
+def test_flamingo_interleaved_positions_read_their_own_image(lm_run, tmp_path):
+    """An interleaved sequence of two pairs, gates open: the first caption's logits equal the single-pair model's
+    on image 1 alone; changing image 2 leaves them unchanged and changes the second caption's; changing image 1
+    changes both (the second through the text). Through train(): the data stream packs the pairs the dataset
+    draws, and the LM stays bit-identical."""
+    import flax
+
+    from vlm_jax.data.interleave import pack_interleaved
+    from vlm_jax.train.objective import get_objective
+    from vlm_jax.train.trainer import train
+
+    lm_dir, lm_params = lm_run
+    config = _flamingo_config(lm_dir, "model.interleave=2")
+    obj = get_objective(config)
+    model = obj.model()
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
+    first, second = (np.asarray(obj.data.tokenize([c]))[0] for c in ("a red apple", "two small cats"))
+    n1 = int(np.sum(first != obj.ids["pad"]))
+    packed = pack_interleaved({"image": images[0], "text": np.stack([first, second])}, 2, obj.ids["pad"])
+    inputs = obj.decoder_inputs(packed["text"])
+    params = flax.core.meta.unbox(model.init(jax.random.key(1), packed["image"], inputs, packed["media"])["params"])
+    flat = traverse.flatten_dict(params, sep="/")
+    params = traverse.unflatten_dict({k: (np.float32(0.7) if k.endswith("_gate") else v) for k, v in flat.items()},
+                                     sep="/")
+
+    def logits(imgs):
+        return np.asarray(model.apply({"params": params}, imgs, inputs, packed["media"])[0][2])
+
+    got = logits(packed["image"])
+    (_, _, single), _ = model.apply({"params": params}, images[:, 0], inputs[:, :n1])
+    np.testing.assert_allclose(got[:, :n1], np.asarray(single), atol=2e-5)
+    other2 = packed["image"].copy()
+    other2[:, 1] = rng.uniform(-1, 1, other2[:, 1].shape)
+    changed = logits(other2)
+    np.testing.assert_array_equal(changed[:, :n1], got[:, :n1])
+    assert not np.allclose(changed[:, n1:], got[:, n1:], atol=1e-4)
+    other1 = packed["image"].copy()
+    other1[:, 0] = rng.uniform(-1, 1, other1[:, 0].shape)
+    changed = logits(other1)
+    assert not np.allclose(changed[:, :n1], got[:, :n1], atol=1e-4)
+    assert not np.allclose(changed[:, n1:], got[:, n1:], atol=1e-4)
+    # the training stream: 16 sequences packed from the 32 pairs the dataset itself draws
+    stream = iter(obj.train_data(16, 0, 0, 1))
+    pairs = iter(obj.data.train(32, 0, 0, 1))
+    batch, want = next(stream), pack_interleaved(next(pairs), 2, obj.ids["pad"])
+    assert set(batch) == {"image", "text", "media"}
+    for key in batch:
+        np.testing.assert_array_equal(np.asarray(batch[key]), want[key], err_msg=key)
+    out = train(config, tmp_path / "interleaved")
+    trained = traverse.flatten_dict(jax.device_get(out["state"].params), sep="/")
+    for path, value in lm_params.items():
+        np.testing.assert_array_equal(trained[path], value, err_msg=path)
+    assert out["setup"].abstract_batch(16)["image"].shape == (16, 2, 32, 32, 3)
+
+
 def test_blip2_stage2_from_two_sources(lm_run, tmp_path):
     """Stage 2 starts from a stage-1 run (image encoder, Q-Former) and the LM run at once (`init_from.more`): every
     selected array is copied (counted against the sources' own parameter lists), the frozen LM and image encoder

@@ -49,7 +49,8 @@ class CrossAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, context: Array | None = None, mask: Array | None = None,
                  decode: bool = False) -> Array:
-        """x [N, Lq, D], context [B, T, Dc], mask bool [B, T] (the valid context tokens; None: all) → [N, Lq, D]."""
+        """x [N, Lq, D], context [B, T, Dc], mask bool [B, T] (the valid context tokens; None: all) or [B, Lq, T]
+        (per query: Flamingo's interleaved sequences, where a token sees one image's latents; N = B) → [N, Lq, D]."""
         d = x.shape[-1]
         hd = d // self.num_heads
         dt = jnp.dtype(self.dtype_mm)
@@ -80,7 +81,11 @@ class CrossAttention(nn.Module):
         q = q.reshape(b, n // b * lq, self.num_heads, hd)  # query rows b·r … b·r + r − 1 read context row b
         logits = onednn.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
         if valid is not None:
-            logits = jnp.where(valid.astype(bool)[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+            if valid.ndim == 3 and (n != b or decode):
+                raise ValueError("a per-query context mask [B, Lq, T] needs one query row per context row and no "
+                                 "decoding cache")
+            visible = valid.astype(bool)[:, None] if valid.ndim == 3 else valid.astype(bool)[:, None, None, :]
+            logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(dt)
         o = jnp.einsum("bhqs,bshk->bqhk", probs, v).reshape(n, lq, self.num_heads, hd)
         o = nn.with_logical_constraint(o, layers.BSHK)
@@ -256,7 +261,8 @@ class TextDecoder(nn.Module):
         blocks and return (None, aux) (CoCa's text embedding needs no image). prefix: [B, P, width] embedded
         tokens (e.g. projected image tokens) placed before the text in the same stack, seen by every position,
         with the first `prefix_len` [B] text positions (prefix-LM); logits cover the text only.
-        context_mask: [B, T] bool, the valid context tokens (a padded prompt's pads are not). prefix_mask: [B, P]
+        context_mask: [B, T] bool, the valid context tokens (a padded prompt's pads are not), or [B, L, T]: the
+        context tokens each text position sees (not decoding). prefix_mask: [B, P]
         bool, the valid prefix positions (NaFlex padding is not): hidden as keys, teacher-forced and in the cache.
         Decoding (see the module docstring): `tokens=None` prefills (returns (None, aux)): the prefix (if any)
         into the self-attention cache, the context's keys/values into CONTEXT_CACHE; `tokens` with a prefix

@@ -60,13 +60,28 @@ class Flamingo(TextGenerator):
         self.text_decoder = TextDecoder(**{**self.decoder, "cross_attention": False, "gated_every": self.gated_every},
                                         name="decoder")
 
+    def media_tokens(self, image: Array, train: bool = False) -> Array:
+        """What the gated layers read of each image [N, H, W, C]: the resampler's latents [N, n, D]."""
+        return self.perceiver(self.vit(image, train=train)[0])
+
     def encode(self, image: Array | dict[str, Array], prompt: Array | None = None,
                train: bool = False) -> tuple[dict[str, Array], None]:
         """The decoding context {"latents": [B, n, D]}; prompts are not supported (captioning)."""
         if prompt is not None:
-            raise ValueError("Flamingo here captions without a task prompt")
-        tokens, _ = self.vit(image, train=train)
-        return {"latents": self.perceiver(tokens)}, None
+            raise ValueError(f"{type(self).__name__} here captions without a task prompt")
+        return {"latents": self.media_tokens(image, train)}, None
+
+    def interleaved_logits(self, images: Array, tokens: Array, media: Array, train: bool = False) -> Array:
+        """Teacher-forced logits [B, L, V] of an interleaved sequence: images [B, M, H, W, C], decoder inputs
+        [B, L], media [B, L] the image each position sees (Flamingo: the latest image before the token it
+        predicts). A position's gated layers read that image's latents only; earlier images reach it through the
+        LM's self-attention over the text they conditioned."""
+        b, m = images.shape[:2]
+        latents = self.media_tokens(images.reshape(b * m, *images.shape[2:]), train)
+        n = latents.shape[1]
+        latents = latents.reshape(b, m * n, latents.shape[-1])
+        sees = media[:, :, None] == (jnp.arange(m * n) // n)[None, None, :]  # [B, L, M·n]
+        return self.text_decoder(tokens, latents, train=train, context_mask=sees)[0]
 
     def logits(self, tokens: Array, context: dict[str, Array], train: bool = False) -> Array:
         """Teacher-forced logits [B, L, V] of decoder inputs, the LM's gated layers reading the latents."""
@@ -80,9 +95,12 @@ class Flamingo(TextGenerator):
         """The caption length the data allows (the LM's position table may be longer)."""
         return (self.text_len or int(self.decoder.get("max_len", 64))) - prompt_len
 
-    def __call__(self, image: Array, text: Array, *,
+    def __call__(self, image: Array, text: Array, media: Array | None = None, *,
                  train: bool = False) -> tuple[tuple[None, None, Array], dict[str, Any]]:
-        """image, decoder inputs `text` [B, L] → ((None, None, logits [B, L, V]), aux)."""
+        """image [B, H, W, C], decoder inputs `text` [B, L] → ((None, None, logits [B, L, V]), aux); with `media`
+        [B, L], an interleaved sequence of images [B, M, H, W, C] (`interleaved_logits`)."""
+        if media is not None:
+            return (None, None, self.interleaved_logits(image, text, media, train)), {}
         context, _ = self.encode(image, None, train)
         return (None, None, self.logits(text, context, train)), {"context": context}
 
@@ -98,9 +116,6 @@ class VisualGPT(Flamingo):
         self.text_decoder = TextDecoder(**{**self.decoder, "cross_attention": False,
                                            "srau_threshold": self.srau_threshold}, name="decoder")
 
-    def encode(self, image: Array | dict[str, Array], prompt: Array | None = None,
-               train: bool = False) -> tuple[dict[str, Array], None]:
-        """The decoding context {"latents": the ViT's tokens [B, T, D]} (the name the decoding seam reads)."""
-        if prompt is not None:
-            raise ValueError("VisualGPT here captions without a task prompt")
-        return {"latents": self.vit(image, train=train)[0]}, None
+    def media_tokens(self, image: Array, train: bool = False) -> Array:
+        """All of the ViT's tokens [N, T, D] (kept under the decoding seam's name "latents")."""
+        return self.vit(image, train=train)[0]

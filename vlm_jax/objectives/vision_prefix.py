@@ -1,10 +1,12 @@
 """Captioning through a frozen language model with a trained vision prefix (Frozen, ClipCap, the LLaVA / MiniGPT-4
 projection; `models/vision_prefix.py`): teacher-forced caption loss on every caption token after the prefix. The
 LM comes from an `lm` run (`init_from.workdir`, its `decoder/…` parameters) and stays fixed (`optim.freeze`), so
-the captions must use the LM's tokenizer (`data.tokenizer='text_corpus'`). Flamingo (`models/flamingo.py`) shares it
+the captions must use the LM's tokenizer (`data.tokenizer='text_corpus'`; synthetic token ids, for dry runs, have
+no tokenizer). Flamingo (`models/flamingo.py`) shares it
 all but the model: its image enters through gated cross-attention layers inside the LM instead of a prefix."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -13,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vlm_jax.config import check_keys
+from vlm_jax.data.interleave import pack_interleaved
 from vlm_jax.models.flamingo import RESAMPLER_DEFAULTS, Flamingo, VisualGPT
 from vlm_jax.models.qformer import DATA_DECIDED, QFormer
 from vlm_jax.models.vision_prefix import KIND_KEYS, MAPPER_DEFAULTS, MAPPERS, VisionPrefixLM
@@ -33,7 +36,7 @@ class VisionPrefixObjective(PrefixLMObjective):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         self.check_bridge(config.model)
-        if self.config.data.get("tokenizer") != "text_corpus":
+        if self.config.data.get("name") != "synthetic" and self.config.data.get("tokenizer") != "text_corpus":
             raise ValueError("the frozen LM reads its own tokenizer's ids: set data.tokenizer='text_corpus' (the "
                              "language model's SentencePiece), got data.tokenizer="
                              f"{self.config.data.get('tokenizer', 'sentencepiece')!r}")
@@ -87,7 +90,20 @@ class VisionPrefixObjective(PrefixLMObjective):
 class FlamingoObjective(VisionPrefixObjective):
     """Captioning through the frozen LM with a Perceiver resampler and tanh-gated cross-attention layers."""
 
-    MODEL_KEYS = ("image", "decoder", "resampler", "gated_every", "lm_max_len")
+    MODEL_KEYS = ("image", "decoder", "resampler", "gated_every", "lm_max_len", "interleave")
+    # interleave: pairs per training sequence (1: single pairs; m: <image> caption … m times, `data/interleave.py`;
+    # batch_size counts sequences); evaluation captions single images either way
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        self.interleave = int(config.model.get("interleave", 1))
+        if self.interleave < 1:
+            raise ValueError(f"model.interleave must be >= 1 (image–caption pairs per sequence), got "
+                             f"{self.interleave}")
+        if self.interleave * self.data.text_len > self.lm_max_len:
+            raise ValueError(f"model.interleave={self.interleave} captions of data.text_len={self.data.text_len} "
+                             f"tokens need {self.interleave * self.data.text_len} LM positions; model.lm_max_len is "
+                             f"{self.lm_max_len}")
 
     def check_bridge(self, model: ml_collections.ConfigDict) -> None:
         """The resampler section's keys; gated_every >= 1 (a Flamingo without gated layers never sees the image)."""
@@ -95,6 +111,35 @@ class FlamingoObjective(VisionPrefixObjective):
         every = int(model.get("gated_every", 1))
         if every < 1:
             raise ValueError(f"model.gated_every must be >= 1 (a gated layer before every n-th LM block), got {every}")
+
+    def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """Single pairs, or `interleave` images and their packed captions (and each position's image) per row."""
+        spec = super().init_batch(batch_size)
+        m = self.interleave
+        if m == 1:
+            return spec
+        image, text = spec["image"], spec["text"]
+        return {"image": jax.ShapeDtypeStruct((batch_size, m, *image.shape[1:]), image.dtype),
+                "text": jax.ShapeDtypeStruct((batch_size, m * text.shape[1]), text.dtype),
+                "media": jax.ShapeDtypeStruct((batch_size, m * text.shape[1]), jnp.int32)}
+
+    def train_data(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
+        """The data's pairs, `interleave` of them packed into each sequence."""
+        pairs = self.data.train(batch_size * self.interleave, seed, process_index, process_count)
+        if self.interleave == 1:
+            return pairs
+        return pairs.map(functools.partial(pack_interleaved, m=self.interleave, pad_id=self.ids["pad"]))
+
+    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
+             norm: Normalizers | None = None) -> LossOut:
+        """Single pairs as the other bridges; interleaved sequences with each position reading its own image."""
+        if "media" not in batch:
+            return super().loss(params, extra, batch, rng, train, norm)
+        text = batch["text"]
+        (_, _, logits), _ = self.model().apply({"params": params}, batch["image"], self.decoder_inputs(text),
+                                               batch["media"], train=train, rngs={"dropout": rng})
+        loss, metrics = self.caption_loss(logits, text, self.target_mask(batch, rng, train), norm)
+        return loss, (metrics, extra)
 
     def model(self) -> nn.Module:
         m = self.config.model
