@@ -66,6 +66,13 @@ ROWS = [  # (name, config, topology, slices, overrides)
     ("SigLIP 2 So400m/16 NaFlex, budget 1024, full remat",
      "experiments/two_tower_scale.py:variant=So400m/16,loss=siglip,batch=32768,res=256,naflex=1024,remat=full",
      "v5p-256", 1, []),
+    # frozen-backbone VLMs (issue 32): the vision encoder and the LM frozen (no gradient), the bridge trained
+    ("Flamingo-3B-like (frozen H/14 + 1.4B-sized LM, gated xattn every block, 64 latents)",
+     "experiments/frozen_lm_scale.py:model=flamingo3b_like", "v5p-128", 1, []),
+    ("BLIP-2 stage 1 (frozen ViT-g/14, BERT-base-sized Q-Former)", "experiments/frozen_lm_scale.py:model=blip2_stage1_g",
+     "v5p-32", 1, []),
+    ("BLIP-2 stage 2, OPT-2.7B-like (frozen ViT-g/14 and LM, Q-Former trained)",
+     "experiments/frozen_lm_scale.py:model=blip2_opt2.7b_like", "v5p-32", 1, []),
     # the shard-trained recipes (docs/shards.md "Recipes"), at the papers' batch sizes
     ("CLIP B/32, DataComp-medium recipe", "experiments/clip_datacomp.py:scale=medium,variant=B/32,data=synthetic",
      "v5e-64", 1, []),
