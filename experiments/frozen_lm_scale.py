@@ -11,9 +11,7 @@ towers with `init_from` (and `init_from.more`) from imported or pretrained check
   --config experiments/frozen_lm_scale.py:model=blip2_opt2.7b_like   BLIP-2 stage 2: the Q-Former's 32 query outputs
         as the prefix of a frozen OPT-2.7B-sized LM (width 2560, 32 blocks, vocab 50,272), batch 1,520
 """
-import ml_collections
-
-from vlm_jax.config import config_args
+from vlm_jax.config import config_args, pod_run
 from vlm_jax.sharding import fsdp_mesh
 from vlm_jax.variants import parse_variant
 
@@ -38,24 +36,15 @@ def get_config(arg=None):
     if arg.model not in PRESETS:
         raise ValueError(f"model must be one of {sorted(PRESETS)}, got {arg.model!r}")
     objective, variant, res, lm, vocab, text_len, batch = PRESETS[arg.model]
-    bf16 = dict(dtype_mm="bfloat16", residual_dtype="bfloat16")
-
-    c = ml_collections.ConfigDict()
-    c.objective = objective
-    c.seed = 0
-    c.total_steps = arg.steps
-    c.batch_size = arg.batch or batch
-    c.mesh = fsdp_mesh(arg.fsdp)
-    c.log_every = 50
+    c, towers = pod_run(objective, int(arg.steps), int(arg.batch or batch), fsdp_mesh(arg.fsdp), arg.remat)
     c.data = dict(name="synthetic", image_size=res, text_len=text_len, vocab_size=vocab)
-    image = dict(posemb="learn", scan=True, remat_policy=arg.remat, **parse_variant(variant), **bf16)
+    image = dict(posemb="learn", **parse_variant(variant), **towers)
     if lm is None:  # BLIP-2 stage 1: no LM
         c.model = dict(image=image, qformer=dict(QFORMER, dtype_mm="bfloat16"), embed_dim=256)
         c.loss = dict(itc_weight=1.0, itm_weight=1.0, itg_weight=1.0)
     else:
         width, depth, mlp, heads = lm
-        decoder = dict(width=width, depth=depth, mlp_dim=mlp, num_heads=heads, scan=True, remat_policy=arg.remat,
-                       **bf16)
+        decoder = dict(width=width, depth=depth, mlp_dim=mlp, num_heads=heads, **towers)
         c.model = dict(image=image, decoder=decoder, lm_max_len=text_len)
         if objective == "flamingo":
             c.model.resampler = dict(num_latents=64, depth=6, num_heads=16)
