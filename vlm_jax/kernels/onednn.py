@@ -3,8 +3,9 @@
 XLA:CPU runs a bf16 `dot` by converting to float32 (no faster than float32); oneDNN's bf16 matmul runs at about
 twice the float32 rate on CPUs with AVX512-BF16 (benchmarks/RESULTS.md). `dot_general` below stands in for
 `lax.dot_general` in the dense layers: bf16 operands with one contracting dimension and no batch dimensions go
-through oneDNN (float32 accumulation and output, cast back to bf16), anything else through XLA. The gradient is
-two more such matmuls with transposed operands (no copies). The shared library is compiled on first use from
+through oneDNN (float32 accumulation and output, cast back to bf16); their gradient is two more such matmuls with
+transposed operands (no copies). Anything else goes through XLA, bf16 contractions with a float32 result through
+`mixed_dot`, whose backward takes bf16 cotangents. The shared library is compiled on first use from
 `onednn_matmul.cc` against the pinned oneDNN wheel and cached next to it.
 """
 from __future__ import annotations
