@@ -12,6 +12,8 @@ update and no gradient). Captions use the LM's tokenizer. Evaluated like PrefixL
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=visualgpt  self-resurrecting gated cross-attention
   --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=blip2,qformer=runs/blip2
         BLIP-2 stage 2: the stage-1 run's Q-Former (trained on) and image encoder (frozen), queries into the LM
+  --config experiments/emoji_frozen_lm.py:lm=runs/text_lm,bridge=flamingo,data=multitask
+        any bridge on experiments/multitask_pali.py's prompted tasks (the prompt before the answer), exact match
   --config experiments/emoji_frozen_lm.py:lm=<workdir>,size=test            tiny (the LM: text_lm.py:size=test)
 
 The LM's decoder and position table are read from `text_lm.py` at the same size: the LM run must use that config.
@@ -38,9 +40,12 @@ OWN_OBJECTIVE = {  # bridges with an objective of their own: its model keys
 def get_config(arg=None):
     """`arg`: lm=<workdir of a text_lm run> (required), bridge=frozen|clipcap|clipcap_transformer|llava|flamingo|
     visualgpt|blip2 (with qformer=<workdir of an emoji_blip2.py run of the same size>), size=small|test, steps=N, batch=N
-    (image–caption pairs per step), seed=N, interleave=N (flamingo: pairs per training sequence)."""
+    (image–caption pairs per step), seed=N, interleave=N (flamingo: pairs per training sequence), data=emoji|multitask
+    (emoji captions, or multitask_pali.py's prompted tasks in the LM's tokenizer)."""
     arg = config_args(arg, lm="", bridge="clipcap", size="small", steps=1200, batch=256, seed=0, qformer="",
-                      interleave=1)
+                      interleave=1, data="emoji")
+    if arg.data not in ("emoji", "multitask"):
+        raise ValueError(f"data must be 'emoji' or 'multitask', got {arg.data!r}")
     if not arg.lm:
         raise ValueError("pass lm=<workdir of an experiments/text_lm.py run of the same size> (the frozen LM)")
     if arg.bridge not in (*BRIDGES, *OWN_OBJECTIVE, "blip2"):
@@ -61,6 +66,9 @@ def get_config(arg=None):
                    **OWN_OBJECTIVE.get(arg.bridge, dict(mapper=BRIDGES.get(arg.bridge, {}))))
     if arg.bridge == "flamingo":
         c.model.interleave = int(arg.interleave)
+    if arg.data == "multitask":  # the prompt (16 tokens) and the answer (32) fill the LM's 48 positions
+        pali = load_config(f"{Path(__file__).with_name('multitask_pali.py')}:size={arg.size}")
+        c.data = dict(pali.data, tokenizer="text_corpus")
     c.init_from = dict(workdir=str(arg.lm), include="^decoder/")
     c.optim.freeze = "^decoder/(?!.*(gated_xattn|srau))"  # the LM; Flamingo's / VisualGPT's layers inside it train
     if arg.bridge == "blip2":
@@ -76,4 +84,6 @@ def get_config(arg=None):
     if arg.size == "test":
         c.log_every = 1
         c.evals = dict(batch_size=64, sets=["emoji"], scoring_pairs=2048, examples=1)
+    if arg.data == "multitask":  # evaluated per task (the data's own sets)
+        c.evals = dict(c.evals, sets=[], max_items=16 if arg.size == "test" else 0)
     return c

@@ -30,21 +30,22 @@ def lm_run(data_dir, tmp_path_factory):
     return workdir, traverse.flatten_dict(jax.device_get(out["state"].params), sep="/")
 
 
-def _bridge_config(workdir, *overrides):
-    from vlm_jax.config import apply_overrides, load_config
-    from vlm_jax.train.trainer import finalize_config
-
-    c = finalize_config(load_config(f"experiments/emoji_frozen_lm.py:lm={workdir},size=test,steps=3,batch=16"))
-    return apply_overrides(c, [ONE, "progress=False", "evals.sets=[]", "checkpoint.every_steps=0",
-                               "checkpoint.async_save=False", *overrides])
-
-
-def _flamingo_config(workdir, *overrides, bridge="flamingo"):
+def _bridge_config(workdir, *overrides, data="emoji"):
     from vlm_jax.config import apply_overrides, load_config
     from vlm_jax.train.trainer import finalize_config
 
     c = finalize_config(load_config(f"experiments/emoji_frozen_lm.py:lm={workdir},size=test,steps=3,batch=16,"
-                                    f"bridge={bridge}"))
+                                    f"data={data}"))
+    return apply_overrides(c, [ONE, "progress=False", "evals.sets=[]", "checkpoint.every_steps=0",
+                               "checkpoint.async_save=False", *overrides])
+
+
+def _flamingo_config(workdir, *overrides, bridge="flamingo", data="emoji"):
+    from vlm_jax.config import apply_overrides, load_config
+    from vlm_jax.train.trainer import finalize_config
+
+    c = finalize_config(load_config(f"experiments/emoji_frozen_lm.py:lm={workdir},size=test,steps=3,batch=16,"
+                                    f"bridge={bridge},data={data}"))
     return apply_overrides(c, [ONE, "progress=False", "evals.sets=[]", "checkpoint.every_steps=0",
                                "checkpoint.async_save=False", *overrides])
 
@@ -313,3 +314,78 @@ def test_self_resurrecting_gates_follow_the_papers_equations():
     b_lan = np.where(1 - g > 0.3, 1 - g, 0.0)
     np.testing.assert_allclose(np.asarray(out), b_vis * v + b_lan * x, rtol=1e-5, atol=1e-6)
     assert (b_vis == 0).any() and (b_lan == 0).any() and ((b_vis > 0) & (b_lan > 0)).any()
+
+
+@pytest.mark.parametrize("bridge", ["clipcap", "flamingo"])
+def test_bridges_answer_prompted_tasks(bridge, lm_run, tmp_path):
+    """A bridge on multitask_pali's prompted tasks in the LM's tokenizer: the loss reads the prompt; cached greedy
+    answers after the prompt equal a brute-force argmax loop over the teacher-forced logits; through train()
+    (Flamingo) the LM stays bit-identical and every task reports exact match against its references."""
+    import flax
+
+    from vlm_jax.models.decoder import start_decoding, step_fn
+    from vlm_jax.models.decoding import greedy
+    from vlm_jax.train.objective import get_objective
+    from vlm_jax.train.trainer import train
+
+    lm_dir, lm_params = lm_run
+    config = (_bridge_config if bridge == "clipcap" else _flamingo_config)(
+        lm_dir, "evals.scoring=False", "evals.max_items=4",
+        **({} if bridge == "clipcap" else {"bridge": bridge}), data="multitask")
+    obj = get_objective(config)
+    assert obj.prompted and obj.data.prompt_len == 16
+    model = obj.model()
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    prompts = np.asarray(obj.data.tokenize_prompt(["what emoji is this?", "which group?"]))
+    other = np.asarray(obj.data.tokenize_prompt(["caption en", "caption de"]))
+    text = np.asarray(obj.data.tokenize(["red apple", "animals & nature"]))
+    params = flax.core.meta.unbox(model.init(jax.random.key(1), image, obj.decoder_inputs(text),
+                                             prompt=prompts)["params"])
+    flat = traverse.flatten_dict(params, sep="/")  # Flamingo: open the gates, so the image reaches the answer
+    params = traverse.unflatten_dict({k: (np.float32(0.7) if k.endswith("_gate") else v) for k, v in flat.items()},
+                                     sep="/")
+    batch = {"image": image, "text": text, "prompt": prompts}
+    loss = lambda b: float(obj.loss(params, None, b, jax.random.key(0), train=False)[0])  # noqa: E731
+    assert abs(loss(batch) - loss(dict(batch, prompt=other))) > 1e-4  # the prompt is read
+    context, _ = model.apply({"params": params}, image, prompts, method="encode")
+    cache, ctx_cache = start_decoding(model, params, context, 2)
+    ids = obj.ids
+    step = step_fn(model, params, ctx_cache)
+    bos = np.full((2,), ids["bos"], np.int32)  # the first cached step (the prompt prefilled, its pads hidden) ...
+    first, _ = step(bos, cache, np.zeros((2,), np.int32))
+    (_, _, forced), _ = model.apply({"params": params}, image, bos[:, None], prompt=prompts)  # ... = teacher forcing
+    np.testing.assert_allclose(np.asarray(first), np.asarray(forced)[:, 0], atol=2e-5)
+    got = np.asarray(greedy(step, cache, bos, max_len=6, eos_id=ids["eos"], pad_id=ids["pad"]))
+    from steps import brute_force_greedy
+
+    for row in range(2):
+        last = lambda t, r=row: model.apply({"params": params}, image[r:r + 1], t,  # noqa: E731
+                                            prompt=prompts[r:r + 1])[0][2][0, -1]
+        assert got[row].tolist() == brute_force_greedy(last, [ids["bos"]], 6, ids)
+    if bridge == "clipcap":
+        return
+    out = train(config, tmp_path / "prompted")
+    trained = traverse.flatten_dict(jax.device_get(out["state"].params), sep="/")
+    for path, value in lm_params.items():
+        np.testing.assert_array_equal(trained[path], value, err_msg=path)
+    evals = json.loads((tmp_path / "prompted" / "results.json").read_text())["evals"]
+    for task in ("emoji_name", "emoji_group", "translate_de"):
+        assert 0.0 <= evals[f"tasks/{task}/all/exact/model"] <= 1.0
+        assert evals[f"tasks/{task}/all/items"] == 4
+    assert "tasks/caption_en/all/CIDEr-D/model" in evals
+
+
+def test_prompted_data_is_refused_where_no_prompt_is_read(lm_run):
+    """An objective whose loss ignores prompts refuses prompted data; a bridge on it refuses caption eval sets."""
+    from vlm_jax.config import apply_overrides, load_config
+    from vlm_jax.train.objective import get_objective
+    from vlm_jax.train.trainer import finalize_config
+
+    cappa = load_config("experiments/emoji_cappa.py:size=test")
+    cappa.data = load_config("experiments/multitask_pali.py:size=test").data
+    with pytest.raises(ValueError, match="'cappa' reads no task prompt"):
+        get_objective(finalize_config(cappa))
+    config = finalize_config(load_config(f"experiments/emoji_frozen_lm.py:lm={lm_run[0]},size=test,data=multitask"))
+    with pytest.raises(ValueError, match="evaluated on its own tasks"):
+        get_objective(apply_overrides(config, ["evals.sets=['emoji']"]))

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from vlm_jax.config import check_keys
-from vlm_jax.data import augment, base, emoji_tfds, multilingual, pipeline, robust, tuxpaint
+from vlm_jax.data import augment, base, emoji_tfds, multilingual, pipeline, robust, text_corpus, tuxpaint
 from vlm_jax.data import naflex as naflex_lib
 from vlm_jax.data.base import PIXEL_BASELINE_SIZE, TokenizerText, default_data_dir, prep_images, register
 from vlm_jax.data.tokenizer import Tokenizer, write_tokenizer
@@ -197,12 +197,14 @@ class MultiTask(TokenizerText):
 
     DEFAULTS = dict(name="multitask", data_dir="", image_size=32, text_len=32, prompt_len=16, augment={},
                     num_threads=-1, tasks=DEFAULT_TASKS, tokenizer_vocab=4096, block=4096,
-                    emoji_styles=("noto", "twitter", "facebook"), naflex={})
+                    emoji_styles=("noto", "twitter", "facebook"), naflex={}, tokenizer="tasks")
     # tasks: name → weight (weights need not sum to 1); block: elements per task-schedule block; emoji_styles:
     # the emoji drawings of the image tasks (as the emoji dataset's train_styles; OpenMoji stays held out).
     # naflex: {budgets, patch, eval_budgets} (`data.naflex.CONFIG_DEFAULTS`): NaFlex patch batches, a budget drawn
     # per batch; Tux Paint stamps at their own aspect ratio (the n64 images), emoji square, text-only tasks a grey
-    # square of image_size; every task evaluated at each eval budget ("<task>@<budget>").
+    # square of image_size; every task evaluated at each eval budget ("<task>@<budget>"). tokenizer: "tasks" (a
+    # SentencePiece of tokenizer_vocab pieces trained on the tasks' prompts and answers) or "text_corpus" (the
+    # language model's, data/text_corpus.py: prompted tasks through a frozen LM, issue 32's bridges).
 
     def __init__(self, config: ml_collections.ConfigDict):
         check_keys(config, self.DEFAULTS, "data")
@@ -228,7 +230,15 @@ class MultiTask(TokenizerText):
         empty = [n for n, ex in self.examples.items() if not ex]
         if empty:
             raise ValueError(f"tasks {empty} have no training examples (a language without data?)")
-        self.tokenizer = Tokenizer(self._tokenizer(int(cfg["tokenizer_vocab"])))
+        if cfg["tokenizer"] == "text_corpus":
+            if "tokenizer_vocab" in config:
+                raise ValueError("data.tokenizer_vocab sizes the tasks' own tokenizer; data.tokenizer='text_corpus' "
+                                 "uses the language model's vocabulary")
+            self.tokenizer = Tokenizer(text_corpus.build(self.data_dir) / "tokenizer.model")
+        elif cfg["tokenizer"] == "tasks":
+            self.tokenizer = Tokenizer(self._tokenizer(int(cfg["tokenizer_vocab"])))
+        else:
+            raise ValueError(f"data.tokenizer must be 'tasks' or 'text_corpus', got {cfg['tokenizer']!r}")
 
     # ------------------------------------------------------------------ sources
     @functools.cached_property

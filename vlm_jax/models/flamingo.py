@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from vlm_jax.models import layers
 from vlm_jax.models.decoder import TextDecoder, TextGenerator
+from vlm_jax.models.prefix_lm import ImagePrefixLM
 from vlm_jax.models.vit import ViT
 
 Array = jax.Array
@@ -65,11 +66,17 @@ class Flamingo(TextGenerator):
         return self.perceiver(self.vit(image, train=train)[0])
 
     def encode(self, image: Array | dict[str, Array], prompt: Array | None = None,
-               train: bool = False) -> tuple[dict[str, Array], None]:
-        """The decoding context {"latents": [B, n, D]}; prompts are not supported (captioning)."""
-        if prompt is not None:
-            raise ValueError(f"{type(self).__name__} here captions without a task prompt")
-        return {"latents": self.media_tokens(image, train)}, None
+               train: bool = False) -> tuple[dict[str, Array | None], None]:
+        """The decoding context {"latents": [B, n, D], "prompt": task prompt tokens [B, P] or None}."""
+        return {"latents": self.media_tokens(image, train), "prompt": prompt}, None
+
+    def _prompt_prefix(self, context: dict[str, Any]) -> Array | None:
+        """With a prompt, an empty embedded prefix [B, 0, width]: the decoder then hides the prompt's pads from
+        later positions, teacher-forced and when prefilling the cache (`TextDecoder`'s prefix seam)."""
+        prompt = context.get("prompt")
+        if prompt is None:
+            return None
+        return jnp.zeros((prompt.shape[0], 0, int(self.decoder.get("width", 512))), jnp.float32)
 
     def interleaved_logits(self, images: Array, tokens: Array, media: Array, train: bool = False) -> Array:
         """Teacher-forced logits [B, L, V] of an interleaved sequence: images [B, M, H, W, C], decoder inputs
@@ -83,25 +90,35 @@ class Flamingo(TextGenerator):
         sees = media[:, :, None] == (jnp.arange(m * n) // n)[None, None, :]  # [B, L, M·n]
         return self.text_decoder(tokens, latents, train=train, context_mask=sees)[0]
 
-    def logits(self, tokens: Array, context: dict[str, Array], train: bool = False) -> Array:
-        """Teacher-forced logits [B, L, V] of decoder inputs, the LM's gated layers reading the latents."""
-        return self.text_decoder(tokens, context["latents"], train=train)[0]
+    def logits(self, tokens: Array, context: dict[str, Any], train: bool = False) -> Array:
+        """Teacher-forced logits [B, L, V] of decoder inputs, the LM's gated layers reading the latents; a task
+        prompt comes first and is read bidirectionally (as `ImagePrefixLM`'s), its pads hidden."""
+        text, plen, p = ImagePrefixLM.with_prompt(tokens, context, None)
+        return self.text_decoder(text, context["latents"], train=train, prefix=self._prompt_prefix(context),
+                                 prefix_len=plen)[0][:, p:]
 
-    def decoder_inputs(self, context: dict[str, Array]) -> dict[str, Any]:
-        """Decoding: the gated layers' keys/values of the latents go into the context cache at prefill."""
-        return {"context": context["latents"]}
+    def decoder_inputs(self, context: dict[str, Any]) -> dict[str, Any]:
+        """Decoding: the gated layers' keys/values of the latents go into the context cache at prefill, after
+        the prompt (if any) has been written to the self-attention cache."""
+        if context.get("prompt") is None:
+            return {"context": context["latents"]}
+        return {"context": context["latents"], "prompt": context["prompt"], "prefix": self._prompt_prefix(context)}
 
     def decode_capacity(self, prompt_len: int = 0) -> int:
-        """The caption length the data allows (the LM's position table may be longer)."""
-        return (self.text_len or int(self.decoder.get("max_len", 64))) - prompt_len
+        """The answer length the data allows, within the LM's position table after the prompt."""
+        max_len = int(self.decoder.get("max_len", 64))
+        return min(self.text_len or max_len, max_len - prompt_len)
 
-    def __call__(self, image: Array, text: Array, media: Array | None = None, *,
-                 train: bool = False) -> tuple[tuple[None, None, Array], dict[str, Any]]:
-        """image [B, H, W, C], decoder inputs `text` [B, L] → ((None, None, logits [B, L, V]), aux); with `media`
-        [B, L], an interleaved sequence of images [B, M, H, W, C] (`interleaved_logits`)."""
+    def __call__(self, image: Array, text: Array, media: Array | None = None, *, train: bool = False,
+                 prompt: Array | None = None) -> tuple[tuple[None, None, Array], dict[str, Any]]:
+        """image [B, H, W, C], decoder inputs `text` [B, L] (after an optional task prompt [B, P]) → ((None, None,
+        logits [B, L, V]), aux); with `media` [B, L], an interleaved sequence of images [B, M, H, W, C]
+        (`interleaved_logits`, no prompt)."""
         if media is not None:
+            if prompt is not None:
+                raise ValueError("interleaved sequences take no task prompt")
             return (None, None, self.interleaved_logits(image, text, media, train)), {}
-        context, _ = self.encode(image, None, train)
+        context, _ = self.encode(image, prompt, train)
         return (None, None, self.logits(text, context, train)), {"context": context}
 
 

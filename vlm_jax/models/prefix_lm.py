@@ -41,7 +41,7 @@ class ImagePrefixLM(TextGenerator):
                 "image_mask": aux.get("mask")}, None
 
     @staticmethod
-    def _with_prompt(tokens: Array, context: dict[str, Any],
+    def with_prompt(tokens: Array, context: dict[str, Any],
                      prefix_len: Array | None) -> tuple[Array, Array | None, int]:
         """(prompt + tokens, bidirectional text positions, prompt width): a prompt joins the bidirectional prefix
         (its pads hidden); the text after it keeps its own `prefix_len`."""
@@ -56,7 +56,7 @@ class ImagePrefixLM(TextGenerator):
                train: bool = False) -> Array:
         """Teacher-forced logits [B, L, V] of decoder inputs after the image prefix and prompt (and `prefix_len`
         text positions also bidirectional)."""
-        text, plen, p = self._with_prompt(tokens, context, prefix_len)
+        text, plen, p = self.with_prompt(tokens, context, prefix_len)
         return self.text_decoder(text, train=train, prefix=context["image"], prefix_len=plen,
                                  prefix_mask=context.get("image_mask"))[0][:, p:]
 

@@ -99,5 +99,6 @@ class VisionPrefixLM(ImagePrefixLM):
         return {"image": self.prefix_mapper(tokens, train=train), "prompt": prompt, "image_mask": None}, None
 
     def decode_capacity(self, prompt_len: int = 0) -> int:
-        """The caption length the data allows (the LM's position table may be longer), less the prompt."""
-        return (self.text_len or int(self.decoder.get("max_len", 64))) - prompt_len
+        """The answer length the data allows, within the LM's position table after the prompt."""
+        max_len = int(self.decoder.get("max_len", 64))
+        return min(self.text_len or max_len, max_len - prompt_len)

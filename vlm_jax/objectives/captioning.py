@@ -14,6 +14,7 @@ from vlm_jax.config import check_keys
 from vlm_jax.data import image_text as datasets
 from vlm_jax.data.tokenizer import EVAL_TEMPLATE
 from vlm_jax.evals.generation import CaptionEvaluator, CaptionFns, ScoringClassifier
+from vlm_jax.evals.prompted import PromptEvaluator
 from vlm_jax.losses.generative import shift_right, token_cross_entropy
 from vlm_jax.models import TextDecoder, ViT
 from vlm_jax.models.captioner import Captioner
@@ -30,6 +31,11 @@ DATA_DECIDED = ("vocab_size", "pad_id", "max_len", "cls_token")
 EVAL_DEFAULTS = dict(batch_size=64, sets=["emoji", "fashion_mnist"], templates=None, captions=True,
                      scoring=True, scoring_pairs=500_000, class_chunk=64, examples=3,
                      decode=dict(max_len=0, beam_size=1, length_penalty=0.6))
+# The task evaluator's keys (prompted data): captions (generated answers against the references; off with scoring off
+# too: no evaluator), scoring (the scoring classifier on tasks with classes), max_items (at most this many evenly
+# spaced items per task; 0: all), and the generation options. The data's tasks decide sets and prompts.
+PROMPT_EVAL_DEFAULTS = {**{k: EVAL_DEFAULTS[k] for k in ("batch_size", "captions", "scoring", "scoring_pairs",
+                                                         "class_chunk", "examples", "decode")}, "max_items": 0}
 
 
 def evals_config(config: ml_collections.ConfigDict, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -50,6 +56,7 @@ class CaptionParts:
     data: Any
     trace_context: Any
     contrastive_heads = False  # CoCa: an embedding dimension, a CLS token in the decoder, t (and b)
+    READS_PROMPTS = False  # the loss and evaluators take the data's task prompts (PaLI, the frozen-LM bridges)
 
     @property
     def eval_defaults(self) -> dict[str, Any]:
@@ -84,8 +91,11 @@ class CaptionParts:
         return Captioner(**kw)
 
     def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-        return {"image": self.data.image_spec(batch_size),
-                "text": jax.ShapeDtypeStruct(*self.data.text_spec(batch_size))}
+        """Images and target tokens, and each example's task prompt when the data is prompted."""
+        spec = {"image": self.data.image_spec(batch_size), "text": jax.ShapeDtypeStruct(*self.data.text_spec(batch_size))}
+        if self.prompted:
+            spec["prompt"] = jax.ShapeDtypeStruct(*self.data.prompt_spec(batch_size))
+        return spec
 
     def decoder_inputs(self, text: jax.Array) -> jax.Array:
         """Teacher forcing: [BOS, t0, …, t_{L-2}] for targets `text` [B, L]."""
@@ -120,6 +130,31 @@ class CaptionParts:
                           length_penalty=float(dec["length_penalty"]), context=lambda: self.trace_context(),
                           tokenize_prompt=getattr(self.data, "tokenize_prompt", None))
 
+    def check_data_and_evals(self, config: ml_collections.ConfigDict) -> None:
+        """After `self.data` is built: prompted data only where the objective reads the prompts; the evals keys."""
+        if self.prompted and not self.READS_PROMPTS:
+            raise ValueError(f"objective {config.objective!r} reads no task prompt, and data "
+                             f"{config.data.get('name')!r} gives every example one: train it with 'pali' or a "
+                             "frozen-LM bridge ('vision_prefix', 'flamingo', 'visualgpt')")
+        evals_config(config, self.eval_defaults)
+
+    @property
+    def prompted(self) -> bool:
+        """Whether the data gives each example a task prompt (data "multitask", or "synthetic" with prompt_len)."""
+        return bool(getattr(self.data, "prompt_len", 0))
+
+    def task_evaluators(self) -> dict[str, Evaluator]:
+        """Prompted data: every task's generated answers (exact match, caption metrics) and class scoring."""
+        ev = evals_config(self.config, self.eval_defaults)
+        if not ev["captions"]:
+            if ev["scoring"]:
+                raise ValueError("evals.captions=False with evals.scoring=True: the task evaluator scores classes "
+                                 "beside the generated answers; set both False for no evaluation")
+            return {}
+        return {"tasks": PromptEvaluator(self.caption_fns, self.data.prompt_tasks(), scoring=bool(ev["scoring"]),
+                                         scoring_pairs=int(ev["scoring_pairs"]), max_items=int(ev["max_items"]),
+                                         examples=int(ev["examples"]))}
+
     def caption_evaluators(self) -> dict[str, Evaluator]:
         """Generated-caption metrics + perplexity, and the scoring classifier, on the data's eval sets."""
         ev = evals_config(self.config, self.eval_defaults)
@@ -151,7 +186,7 @@ class CapPaObjective(CaptionParts, Objective):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"loss.parallel_fraction must be in [0, 1], got {p}")
         self.data = datasets.get(config.data)
-        evals_config(config, self.eval_defaults)
+        self.check_data_and_evals(config)
 
     def model(self) -> nn.Module:
         return self.caption_model()

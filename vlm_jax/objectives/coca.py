@@ -40,7 +40,7 @@ class CoCaObjective(CaptionParts, ContrastiveObjective):
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        evals_config(config, self.eval_defaults)
+        self.check_data_and_evals(config)
 
     def check_config(self, config: ml_collections.ConfigDict) -> None:
         """Unknown model / decoder / loss keys raise, naming the valid ones; the decoder must have unimodal blocks

@@ -15,27 +15,22 @@ import ml_collections
 
 from vlm_jax.config import check_keys
 from vlm_jax.data import image_text as datasets
-from vlm_jax.evals.prompted import PromptEvaluator
 from vlm_jax.models import layers
 from vlm_jax.models.pali import PaLI
 from vlm_jax.models.prefix_lm import ImagePrefixLM
-from vlm_jax.objectives.captioning import EVAL_DEFAULTS, CaptionParts, evals_config
+from vlm_jax.objectives.captioning import PROMPT_EVAL_DEFAULTS, CaptionParts, evals_config
 from vlm_jax.objectives.contrastive import check_module_fields
 from vlm_jax.train.objective import Normalizers, Evaluator, LossOut, Objective, register
 
 LAYOUTS = ("encdec", "decoder")
-# The task evaluator's keys: captions (generated answers against the references; off with scoring off too: no
-# evaluator), scoring (the scoring classifier on tasks with classes), max_items (at most this many evenly spaced
-# items per task; 0: all), and the generation options. The data's tasks decide sets and prompts.
-PALI_EVAL_DEFAULTS = {**{k: EVAL_DEFAULTS[k] for k in ("batch_size", "captions", "scoring", "scoring_pairs",
-                                                       "class_chunk", "examples", "decode")}, "max_items": 0}
 
 
 @register("pali")
 class PaLIObjective(CaptionParts, Objective):
     """Answer-token cross-entropy given image + prompt; per-task evaluation of generated answers."""
 
-    CONFIG_DEFAULTS = {"loss": dict(label_smoothing=0.0), "evals": PALI_EVAL_DEFAULTS}
+    CONFIG_DEFAULTS = {"loss": dict(label_smoothing=0.0), "evals": PROMPT_EVAL_DEFAULTS}
+    READS_PROMPTS = True
     MODEL_KEYS = ("layout", "image", "encoder", "decoder")
     NAFLEX = True  # the encoder and cross-attention (encdec) or the prefix's self-attention mask NaFlex padding
 
@@ -53,10 +48,10 @@ class PaLIObjective(CaptionParts, Objective):
             raise ValueError("model.encoder is for layout 'encdec'; the 'decoder' layout has one stack")
         check_keys(config.loss, self.CONFIG_DEFAULTS["loss"], "loss")
         self.data = datasets.get(config.data)
-        if not getattr(self.data, "prompt_len", 0):
+        if not self.prompted:
             raise ValueError(f"objective 'pali' needs prompted data (data.name='multitask', or 'synthetic' with "
                              f"prompt_len > 0), got {config.data.get('name', 'emoji')!r}")
-        evals_config(config, self.eval_defaults)
+        self.check_data_and_evals(config)
 
     def model(self) -> nn.Module:
         m = self.config.model
@@ -67,9 +62,6 @@ class PaLIObjective(CaptionParts, Objective):
         return PaLI(image=dict(m.image), encoder=dict(m.get("encoder", {})), decoder=decoder,
                     prompt_len=self.data.prompt_len)
 
-    def init_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-        return {**super().init_batch(batch_size), "prompt": jax.ShapeDtypeStruct(*self.data.prompt_spec(batch_size))}
-
     def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
              norm: Normalizers | None = None) -> LossOut:
         text = batch["text"]
@@ -79,12 +71,4 @@ class PaLIObjective(CaptionParts, Objective):
         return loss, (metrics, extra)
 
     def build_evaluators(self) -> dict[str, Evaluator]:
-        ev = evals_config(self.config, self.eval_defaults)
-        if not ev["captions"]:
-            if ev["scoring"]:
-                raise ValueError("evals.captions=False with evals.scoring=True: PaLI's task evaluator scores classes "
-                                 "beside the generated answers; set both False for no evaluation")
-            return {}
-        return {"tasks": PromptEvaluator(self.caption_fns, self.data.prompt_tasks(), scoring=bool(ev["scoring"]),
-                                         scoring_pairs=int(ev["scoring_pairs"]), max_items=int(ev["max_items"]),
-                                         examples=int(ev["examples"]))}
+        return self.task_evaluators()

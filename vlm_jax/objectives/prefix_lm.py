@@ -32,7 +32,7 @@ class PrefixLMObjective(CaptionParts, Objective):
         self.check_caption_model(config, self.MODEL_KEYS)
         check_keys(config.loss, self.CONFIG_DEFAULTS["loss"], "loss")
         self.data = datasets.get(config.data)
-        evals_config(config, self.eval_defaults)
+        self.check_data_and_evals(config)
 
     def model(self) -> nn.Module:
         return ImagePrefixLM(image=dict(self.config.model.image), decoder=self.decoder_fields())

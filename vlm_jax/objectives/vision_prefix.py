@@ -21,28 +21,52 @@ from vlm_jax.models.qformer import DATA_DECIDED, QFormer
 from vlm_jax.models.vision_prefix import KIND_KEYS, MAPPER_DEFAULTS, MAPPERS, VisionPrefixLM
 from vlm_jax.objectives.contrastive import check_module_fields
 from vlm_jax.objectives.prefix_lm import PrefixLMObjective
-from vlm_jax.train.objective import LossOut, Normalizers, register
+from vlm_jax.objectives.captioning import EVAL_DEFAULTS
+from vlm_jax.train.objective import Evaluator, LossOut, Normalizers, register
 
 
 @register("vision_prefix")
 class VisionPrefixObjective(PrefixLMObjective):
     """Plain captioning (no text in the bidirectional prefix) of an image prefix made by `model.mapper`."""
 
+    READS_PROMPTS = True
     MODEL_KEYS = ("image", "decoder", "mapper", "lm_max_len")
     TRACED_FLOPS = True  # no analytic count: the traced step's FLOPs (frozen weight gradients skipped)
     NAFLEX = False  # the pooled mappers average the tokens; NaFlex padding would enter the mean
     # lm_max_len: the LM's position table (its run's data.text_len); captions use its first data.text_len positions
 
+    CONFIG_DEFAULTS = {**PrefixLMObjective.CONFIG_DEFAULTS, "evals": {**EVAL_DEFAULTS, "max_items": 0}}
+    # prompted data (data.name='multitask' with tokenizer='text_corpus'): the prompt before the answer, read
+    # bidirectionally, and the task evaluator (max_items; sets and templates unused); otherwise captioning on
+    # evals.sets (max_items unused)
+
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         self.check_bridge(config.model)
+        self.check_eval_keys(config.evals)
         if self.config.data.get("name") != "synthetic" and self.config.data.get("tokenizer") != "text_corpus":
             raise ValueError("the frozen LM reads its own tokenizer's ids: set data.tokenizer='text_corpus' (the "
                              "language model's SentencePiece), got data.tokenizer="
                              f"{self.config.data.get('tokenizer', 'sentencepiece')!r}")
-        if self.lm_max_len < self.data.text_len:
-            raise ValueError(f"model.lm_max_len ({self.lm_max_len}) is shorter than data.text_len "
-                             f"({self.data.text_len}): the LM has no position for the caption's last tokens")
+        if self.lm_max_len < self.prompt_len + self.data.text_len:
+            raise ValueError(f"model.lm_max_len ({self.lm_max_len}) is shorter than data.prompt_len + data.text_len "
+                             f"({self.prompt_len} + {self.data.text_len}): the LM has no position for the last "
+                             "tokens of a long answer")
+
+    @property
+    def prompt_len(self) -> int:
+        """Task prompt tokens before each answer (0: plain captioning)."""
+        return int(self.data.prompt_len) if self.prompted else 0
+
+    def check_eval_keys(self, evals: ml_collections.ConfigDict) -> None:
+        """Prompted data is evaluated per task: evals.sets and templates would go unread; captioning reads no
+        max_items."""
+        if self.prompted and (list(evals.get("sets") or []) or evals.get("templates") is not None):
+            raise ValueError("prompted data is evaluated on its own tasks (data.tasks): set evals.sets=[] and leave "
+                             f"evals.templates unset, got sets={list(evals.get('sets') or [])}, templates="
+                             f"{evals.get('templates')}")
+        if not self.prompted and int(evals.get("max_items", 0)):
+            raise ValueError("evals.max_items limits a prompted dataset's task items; this data has no prompts")
 
     def check_bridge(self, model: ml_collections.ConfigDict) -> None:
         """The mapper section's keys and kind."""
@@ -60,8 +84,8 @@ class VisionPrefixObjective(PrefixLMObjective):
 
     @property
     def lm_max_len(self) -> int:
-        """The LM's text positions (model.lm_max_len; 0: the data's text_len)."""
-        return int(self.config.model.get("lm_max_len", 0) or self.data.text_len)
+        """The LM's text positions (model.lm_max_len; 0: the data's prompt and text lengths)."""
+        return int(self.config.model.get("lm_max_len", 0) or self.prompt_len + self.data.text_len)
 
     def decoder_fields(self) -> dict[str, Any]:
         """The LM's decoder fields: the data's vocabulary and padding id, the LM's position table."""
@@ -81,9 +105,13 @@ class VisionPrefixObjective(PrefixLMObjective):
         """Teacher-forced caption loss on every caption token (EOS included) given the image."""
         text = batch["text"]
         (_, _, logits), _ = self.model().apply({"params": params}, batch["image"], self.decoder_inputs(text),
-                                               train=train, rngs={"dropout": rng})
+                                               prompt=batch.get("prompt"), train=train, rngs={"dropout": rng})
         loss, metrics = self.caption_loss(logits, text, self.target_mask(batch, rng, train), norm)
         return loss, (metrics, extra)
+
+    def build_evaluators(self) -> dict[str, Evaluator]:
+        """Per-task answers (exact match, caption metrics) for prompted data, else captions and class scoring."""
+        return self.task_evaluators() if self.prompted else self.caption_evaluators()
 
 
 @register("flamingo")
@@ -100,6 +128,9 @@ class FlamingoObjective(VisionPrefixObjective):
         if self.interleave < 1:
             raise ValueError(f"model.interleave must be >= 1 (image–caption pairs per sequence), got "
                              f"{self.interleave}")
+        if self.interleave > 1 and self.prompted:
+            raise ValueError(f"model.interleave={self.interleave} packs captions into sequences; prompted data "
+                             "(task prompts) trains single image–prompt–answer examples: set model.interleave=1")
         if self.interleave * self.data.text_len > self.lm_max_len:
             raise ValueError(f"model.interleave={self.interleave} captions of data.text_len={self.data.text_len} "
                              f"tokens need {self.interleave * self.data.text_len} LM positions; model.lm_max_len is "
