@@ -92,3 +92,71 @@ def test_plural_of_cldr_names():
     assert [plural(n) for n in ("cat", "face with tears of joy", "baby", "fox", "man in suit levitating", "key",
                                 "peach", "bus")] == ["cats", "faces with tears of joy", "babies", "foxes",
                                                      "men in suit levitating", "keys", "peaches", "buses"]
+
+
+def test_probe_foils_differ_in_one_respect_and_an_oracle_gets_them_all(scenes_and_drawings):
+    """Every foil changes only its kind's words; a scorer that checks each caption against the scene's pixels
+    (counts of masks, centres of boxes) gets 100% on every kind, and a bag-of-words scorer exactly 50% on word
+    order."""
+    from vlm_jax.data.scenes import COLOURS, plural
+    from vlm_jax.evals.compositional import probe_accuracy, probe_items
+
+    COLOURS_ = tuple(COLOURS)
+    scenes, _, names = scenes_and_drawings
+    items = probe_items(scenes, names)
+    assert {it.kind for it in items} == {"count", "relation", "attribute", "word_order"}
+    for it in items:
+        t, f = it.true.split(" "), it.foil.split(" ")
+        assert it.true == scenes[it.scene].caption and it.true != it.foil
+        if it.kind == "word_order":
+            assert sorted(t) == sorted(f)
+        elif it.kind == "relation":
+            assert len(t) == len(f) and sum(a != b for a, b in zip(t, f)) in (1, 2)  # "above"/"left of"
+        elif it.kind == "attribute":
+            assert sorted(t) == sorted(f)
+
+    def holds(scene, caption):
+        """1 when some reading "<count> [colour] <name(s)> <relation> a [colour] <name>" of the caption is true of
+        the scene's masks (counted) and boxes (their centres), else 0."""
+        centre = lambda k: ((scene.boxes[k][0] + scene.boxes[k][2]) / 2,  # noqa: E731
+                            (scene.boxes[k][1] + scene.boxes[k][3]) / 2)
+        present = {names[c]: [k for k, d in enumerate(scene.concepts) if d == c] for c in set(scene.concepts)}
+        for rel in ("left of", "right of", "above", "below"):
+            for at in [i for i in range(len(caption)) if caption.startswith(f" {rel} ", i)]:
+                left, right = caption[:at].split(" "), caption[at + len(rel) + 2:]
+                if left[0] not in ("one", "two", "three"):
+                    continue
+                n = ("one", "two", "three").index(left[0]) + 1
+                for colour in ("", *COLOURS_):
+                    words = left[1:]
+                    if colour and words[0] != colour:
+                        continue
+                    phrase = " ".join(words[1:] if colour else words)
+                    for name, copies in present.items():
+                        if phrase != (name if n == 1 else plural(name)) or len(copies) != n:
+                            continue
+                        if any(scene.colours[k] != colour for k in copies):
+                            continue
+                        for other, (k2, *more) in present.items():
+                            want = " ".join(w for w in ("a", scene.colours[k2], other) if w)
+                            if more or other == name or right != want:
+                                continue
+                            ty, tx = centre(k2)
+                            ok = True
+                            for k in copies:
+                                sy, sx = centre(k)
+                                dy, dx = sy - ty, sx - tx
+                                ok &= {"left of": dx < 0 and abs(dx) >= abs(dy), "right of": dx > 0 and abs(dx) >= abs(dy),
+                                       "above": dy < 0 and abs(dy) > abs(dx), "below": dy > 0 and abs(dy) > abs(dx)}[rel]
+                            if ok:
+                                return 1.0
+        return 0.0
+
+    true = np.asarray([holds(scenes[it.scene], it.true) for it in items])
+    foil = np.asarray([holds(scenes[it.scene], it.foil) for it in items])
+    assert true.all()
+    acc = probe_accuracy(items, true, foil)
+    assert all(acc[k] == 1.0 for k in ("count", "relation", "attribute", "word_order", "all")), acc
+    bag = lambda c: float(sum(hash(w) % 1000 for w in c.split(" ")))  # noqa: E731  order-blind
+    words = probe_accuracy(items, np.asarray([bag(it.true) for it in items]), np.asarray([bag(it.foil) for it in items]))
+    assert words["word_order"] == 0.5 and words["attribute"] == 0.5

@@ -168,3 +168,25 @@ def test_retrieval_grid_frames_hits_green_and_misses_red():
             assert tuple(corner) == ((0, 170, 0) if labels[index] == query else (200, 0, 0))
             inner = np.clip(np.rint((images[index, 1:-1, 1:-1] + 1) * 127.5), 0, 255)
             np.testing.assert_array_equal(picture[y + 1:y + 3, x + 1:x + 3], inner)
+
+
+def test_probe_tool_scores_true_captions_against_foils(trained, tmp_path, capsys):
+    """`python -m vlm_jax.tools.probe`: its accuracies equal a float64 recomputation from the run's own image and
+    text embeddings (cosine of the true caption vs the foil, per item), and its table has a row per run."""
+    from vlm_jax.evals.compositional import probe_items
+    from vlm_jax.tools import probe
+
+    workdir, _ = trained
+    rows = probe.main(["--workdir", str(workdir), "--scenes", "24", "--seed", "5", "--json", str(tmp_path / "p.json")])
+    got = json.loads((tmp_path / "p.json").read_text())[str(workdir)]
+    assert got == rows[str(workdir)] and f"| {workdir} |" in capsys.readouterr().out
+    scenes, names = probe.probe_scenes(24, 5)
+    items = probe_items(scenes, names)
+    run = vlm_jax.load(workdir)
+    img = run.embed_images(np.stack([scenes[it.scene].image for it in items])).astype(np.float64)
+    cos = lambda texts: np.sum(img * run.embed_texts(texts).astype(np.float64), axis=1)  # noqa: E731
+    wins = cos([it.true for it in items]) > cos([it.foil for it in items])
+    for kind in ("count", "relation", "word_order", "all"):
+        pick = [i for i, it in enumerate(items) if kind in ("all", it.kind)]
+        assert got[kind] == pytest.approx(np.mean(wins[pick]), abs=1e-12), kind
+        assert got[f"{kind}/items"] == len(pick)

@@ -142,6 +142,32 @@ class TrainedRun:
         scores, _ = self._embedder.similarity(np.asarray(image_emb, np.float64), np.asarray(text_emb, np.float64))
         return t * np.asarray(scores, np.float64) + b
 
+    def match_scores(self, images: Any, texts: Sequence[str], how: str = "auto",
+                     prompt: str | None = None) -> np.ndarray:
+        """How well each image matches its text, float64 [N] (higher: better): "embedding" — the pair logit (cosine,
+        or FILIP's token-wise similarity); "likelihood" — the caption's mean log-probability per token given the
+        image (and `prompt` for a prompted run); "auto" — embedding when the run has one."""
+        texts = list(texts)
+        if how == "auto":
+            how = "embedding" if getattr(self.objective, "embedder", None) is not None else "likelihood"
+        if how == "embedding":
+            emb = self.embed_images(images)
+            out = np.empty(len(texts), np.float64)
+            for start in range(0, len(texts), 512):  # the diagonal of each block of the pair logits
+                rows = slice(start, start + 512)
+                out[rows] = np.diagonal(self.logits(emb[rows], self.embed_texts(texts[rows])))
+            return out
+        if how != "likelihood":
+            raise ValueError(f"how must be 'auto', 'embedding' or 'likelihood', got {how!r}")
+        fns = getattr(self.objective, "caption_fns", None)
+        if fns is None:
+            raise TypeError(f"objective {self.config.objective!r} neither embeds nor generates text")
+        if (prompt is None) != (fns.tokenize_prompt is None):
+            raise ValueError("a prompted run scores captions after a prompt (e.g. prompt='caption en'); others take "
+                             "none")
+        ll, count = fns.pair_scores(self.params, self.preprocess(images), texts, prompt)
+        return ll / np.maximum(count, 1)
+
     def classify(self, images: Any, names: Sequence[str], k: int = 5,
                  templates: Sequence[str] | None = None) -> Predictions:
         """Zero-shot top-k over `names`: softmax of the logits (independent sigmoids for a sigmoid-loss run)."""
