@@ -28,6 +28,7 @@ DATASETS = {  # name → the module that registers it (imported on first use)
     "emoji": "vlm_jax.data.image_text",
     "synthetic": "vlm_jax.data.synthetic",
     "tuxpaint": "vlm_jax.data.tuxpaint.dataset",
+    "scenes": "vlm_jax.data.scene_pairs",
     "multitask": "vlm_jax.data.multitask",
     "shards": "vlm_jax.data.shards.dataset",
     "checkpoint": "vlm_jax.data.checkpoint_text",

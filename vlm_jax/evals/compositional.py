@@ -6,7 +6,7 @@ chance is 0.5."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -79,3 +79,32 @@ def run_probes(scenes: Sequence[LabelledScene], names: Sequence[str], score: Sco
     true = np.asarray(score(images, [it.true for it in items]), np.float64)
     foil = np.asarray(score(images, [it.foil for it in items]), np.float64)
     return probe_accuracy(items, true, foil), items
+
+
+class ProbeEvaluator:
+    """The probes as a training-time evaluator of an embedding objective: each pair scored by the objective's own
+    image→text similarity (`Embedder.similarity`: the cosine, FILIP's token-wise score, Llip's pooled one);
+    metrics "scenes/<kind>" and "scenes/<kind>/items"."""
+
+    def __init__(self, embedder: Any, scenes: Sequence[LabelledScene], names: Sequence[str], image_size: int,
+                 max_count: int = 3, block: int = 256):
+        from vlm_jax.data.base import prep_images
+
+        self.embedder, self.items, self.block = embedder, probe_items(scenes, names, max_count), block
+        self.images = prep_images(np.stack([s.image for s in scenes]), image_size)
+        self.rows = np.asarray([it.scene for it in self.items])
+
+    def _scores(self, params: Any, image_emb: np.ndarray, texts: list[str]) -> np.ndarray:
+        """Similarity of item i's image to texts[i], float64 [N]: the diagonals of block × block score matrices."""
+        out = np.empty(len(texts), np.float64)
+        for start in range(0, len(texts), self.block):
+            rows = slice(start, start + self.block)
+            scores, _ = self.embedder.similarity(image_emb[rows], self.embedder.texts(params, texts[rows]))
+            out[rows] = np.diagonal(np.asarray(scores, np.float64))
+        return out
+
+    def __call__(self, params: Any, extra: Any) -> dict[str, float]:
+        image_emb = np.asarray(self.embedder.images(params, self.images))[self.rows]
+        acc = probe_accuracy(self.items, self._scores(params, image_emb, [it.true for it in self.items]),
+                             self._scores(params, image_emb, [it.foil for it in self.items]))
+        return {f"scenes/{k}": v for k, v in acc.items()}
