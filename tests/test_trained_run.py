@@ -180,13 +180,19 @@ def test_probe_tool_scores_true_captions_against_foils(trained, tmp_path, capsys
     rows = probe.main(["--workdir", str(workdir), "--scenes", "24", "--seed", "5", "--json", str(tmp_path / "p.json")])
     got = json.loads((tmp_path / "p.json").read_text())[str(workdir)]
     assert got == rows[str(workdir)] and f"| {workdir} |" in capsys.readouterr().out
+    blank = json.loads((tmp_path / "p.json").read_text())[f"{workdir} (blank images)"]
     scenes, names = probe.probe_scenes(24, 5)
     items = probe_items(scenes, names)
     run = vlm_jax.load(workdir)
     img = run.embed_images(np.stack([scenes[it.scene].image for it in items])).astype(np.float64)
     cos = lambda texts: np.sum(img * run.embed_texts(texts).astype(np.float64), axis=1)  # noqa: E731
     wins = cos([it.true for it in items]) > cos([it.foil for it in items])
+    # the blank control: one white canvas's embedding for every item
+    white = run.embed_images(np.full((1, 64, 64, 3), 255, np.uint8)).astype(np.float64)
+    blank_cos = lambda texts: run.embed_texts(texts).astype(np.float64) @ white[0]  # noqa: E731
+    blank_wins = blank_cos([it.true for it in items]) > blank_cos([it.foil for it in items])
     for kind in ("count", "relation", "word_order", "all"):
         pick = [i for i, it in enumerate(items) if kind in ("all", it.kind)]
         assert got[kind] == pytest.approx(np.mean(wins[pick]), abs=1e-12), kind
+        assert blank[kind] == pytest.approx(np.mean(blank_wins[pick]), abs=1e-12), kind
         assert got[f"{kind}/items"] == len(pick)

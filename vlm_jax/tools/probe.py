@@ -1,6 +1,8 @@
 """Compositional probes of trained runs (issue 33): count, relation, attribute binding and word order on labelled
 emoji scenes (`data.scenes.labelled_scene`, held-out OpenMoji drawings of the seen concepts, flags left out), each
-true caption against a one-respect foil (`evals.compositional`); one markdown row per run, chance 50%.
+true caption against a one-respect foil (`evals.compositional`); one markdown row per run, chance 50%, and a row
+with every scene blanked (white): what the run prefers from the captions alone, so a score above chance that
+survives blanking is a text prior, not perception.
 
   python -m vlm_jax.tools.probe --workdir runs/emoji_clip runs/emoji_siglip [--scenes 500] [--json probes.json]
   python -m vlm_jax.tools.probe --workdir runs/mt_encdec --prompt "caption en"     (a prompted run)
@@ -33,10 +35,16 @@ def probe_scenes(count: int, seed: int, data_dir: str | None = None, style: str 
     return scenes.labelled_scenes(drawings, names, count, SCENE_SIZE, seed, distractors=1), names
 
 
-def probe_run(run: Any, scenes: list, names: list, how: str = "auto", prompt: str | None = None) -> dict[str, float]:
-    """Accuracy by probe kind of one loaded run (`vlm_jax.load`)."""
+def probe_run(run: Any, scenes: list, names: list, how: str = "auto", prompt: str | None = None,
+              blank: bool = False) -> dict[str, float]:
+    """Accuracy by probe kind of one loaded run (`vlm_jax.load`); `blank`: every scene replaced by the empty white
+    canvas — the run's preference between the captions from the text alone (the control for text priors)."""
+    import dataclasses
+
     from vlm_jax.evals.compositional import run_probes
 
+    if blank:
+        scenes = [dataclasses.replace(s, image=np.full_like(s.image, 255)) for s in scenes]
     result, _ = run_probes(scenes, names, lambda images, texts: run.match_scores(images, texts, how, prompt))
     return result
 
@@ -62,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--seed", type=int, default=0, help="the scenes' seed")
     parser.add_argument("--how", default="auto", choices=("auto", "embedding", "likelihood"))
     parser.add_argument("--prompt", default=None, help="the task prompt of a prompted run")
-    parser.add_argument("--json", default=None, help="write {run: {kind: accuracy}} here")
+    parser.add_argument("--json", default=None, help="write {run: {kind: accuracy}} (and each run's blank-image "
+                        "control) here")
     args = parser.parse_args(argv)
     from vlm_jax.api import RunLoadError, load
 
@@ -74,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         except RunLoadError as exc:
             raise SystemExit(str(exc)) from exc
         rows[str(workdir)] = probe_run(run, scenes, names, args.how, args.prompt)
+        rows[f"{workdir} (blank images)"] = probe_run(run, scenes, names, args.how, args.prompt, blank=True)
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
