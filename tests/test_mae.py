@@ -148,3 +148,51 @@ def test_init_from_errors_name_the_problem(pretrained, tmp_path):
     for overrides, message in cases:
         with pytest.raises(InitFromError, match=message):
             train(_config("emoji_two_tower.py:size=test", *base, *overrides), tmp_path / message[:5], stop_after=0)
+
+
+def test_asif_tool_reads_the_mae_encoder_and_minilm(pretrained, tmp_path):
+    """`python -m vlm_jax.tools.asif` on the MAE run: its top-1 equals a recomputation from the loaded run's image
+    features and MiniLM's sentence embeddings through a float64 loop of ASIF's recipe (top-k, power, cosine), and
+    the features it reads are the ones the run's probes use."""
+    import json
+
+    import vlm_jax
+    from vlm_jax.evals.asif import minilm_encoder
+    from vlm_jax.tools import asif
+
+    workdir, out = pretrained
+    got = asif.main(["--image-run", str(workdir), "--anchors", "96", "--k", "8", "--p", "3",
+                     "--json", str(tmp_path / "a.json")])
+    assert json.loads((tmp_path / "a.json").read_text()) == got and got["anchors"] == 96
+    run = vlm_jax.load(workdir)
+    import ml_collections
+
+    from vlm_jax.data.base import get
+
+    data = get(ml_collections.ConfigDict(dict(name="emoji", image_size=run.image_size,
+                                              train_styles=("noto", "twitter", "facebook"))))
+    cross = data.eval_sets(["emoji"])["emoji/cross"]
+    images, texts = asif.anchor_pairs(data, 96)
+    feats = run.image_features(cross.images).astype(np.float64)
+    np.testing.assert_allclose(run.image_features(cross.images[:4]),  # (another batch shape: rounding only)
+                               out["setup"].objective.image_features(out["state"].params, cross.images[:4]), atol=1e-5)
+    encode = minilm_encoder()
+    anchor_img = run.image_features(images).astype(np.float64)
+    anchor_txt = encode(texts).astype(np.float64)
+    classes = encode([asif.TEMPLATE.format(n) for n in cross.class_names]).astype(np.float64)
+
+    def rel(x, anchors):
+        out = np.zeros((len(x), len(anchors)))
+        for i, v in enumerate(x):
+            sims = anchors @ v / (np.linalg.norm(anchors, axis=1) * np.linalg.norm(v))
+            for j in np.argsort(-sims, kind="stable")[:8]:
+                out[i, j] = max(sims[j], 0.0) ** 3
+            out[i] /= np.linalg.norm(out[i]) or 1.0
+        return out
+
+    scores = rel(feats, anchor_img) @ rel(classes, anchor_txt).T
+    top = np.argsort(-scores, axis=1, kind="stable")
+    for n in (1, 5):
+        hits = np.any(top[:, :n] == cross.labels[:, None], axis=1)
+        assert got[f"emoji/cross/all/top@{n}"] == pytest.approx(np.mean(hits), abs=1e-12)
+        assert got[f"emoji/cross/nonflag/top@{n}"] == pytest.approx(np.mean(hits[cross.subsets["nonflag"]]), abs=1e-12)

@@ -39,6 +39,7 @@ class TrainedRun:
         # a NaFlex run reads images at their own aspect ratio within this many patches (set it to another budget
         # to trade cost for detail); None: a fixed-resolution run
         self.budget: int | None = max(naflex.eval) if naflex is not None else None
+        self._features: Any = None  # the jitted image-feature Embedder, made on first use
 
     def __repr__(self) -> str:
         return f"TrainedRun({str(self.workdir)!r}, objective={self.config.objective!r}, step={self.step})"
@@ -141,6 +142,19 @@ class TrainedRun:
         b = float(np.asarray(self.params["b"])) if "b" in self.params else 0.0
         scores, _ = self._embedder.similarity(np.asarray(image_emb, np.float64), np.asarray(text_emb, np.float64))
         return t * np.asarray(scores, np.float64) + b
+
+    def image_features(self, images: Any) -> np.ndarray:
+        """The image representation the run's linear probes read, float32 [N, F]: a two-tower run's pooled image
+        tower before its projection, an MAE run's mean encoder token (objectives with `image_features`)."""
+        fn = getattr(self.objective, "image_features", None)
+        if fn is None:
+            raise TypeError(f"objective {self.config.objective!r} has no image features for probes")
+        if self._features is None:
+            from vlm_jax.evals.embedder import Embedder
+
+            self._features = Embedder(fn, None, None, batch_size=int(self.config.evals.get("batch_size", 256)),
+                                      context=lambda: self.objective.trace_context())
+        return self._features.features(self.params, self.preprocess(images))
 
     def match_scores(self, images: Any, texts: Sequence[str], how: str = "auto",
                      prompt: str | None = None) -> np.ndarray:

@@ -96,7 +96,7 @@ class MAEObjective(Objective):
     def train_data(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         return self.data.train(batch_size, seed, process_index, process_count)
 
-    def _features(self, params: Any, image: jax.Array) -> jax.Array:
+    def image_features(self, params: Any, image: jax.Array) -> jax.Array:
         """Mean of the encoder's output tokens with every patch visible (the probes' representation)."""
         return self.model().apply({"params": params}, image)[1]["features"]
 
@@ -114,7 +114,7 @@ class MAEObjective(Objective):
 
     def build_evaluators(self) -> dict[str, Evaluator]:
         bs, ctx = int(self.evals["batch_size"]), lambda: self.trace_context()
-        features = Embedder(self._features, None, None, batch_size=bs, context=ctx)
+        features = Embedder(self.image_features, None, None, batch_size=bs, context=ctx)
         tokens = Embedder(self._tokens, None, None, batch_size=bs, context=ctx)
         out = probe_evaluator(self.data, features.features, self.evals, tokens.features)
         recon = list(self.evals["recon_sets"] or [])
