@@ -102,9 +102,11 @@ class VisionPrefixObjective(PrefixLMObjective):
 
     def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
              norm: Normalizers | None = None) -> LossOut:
-        """Teacher-forced caption loss on every caption token (EOS included) given the image."""
+        """Teacher-forced caption loss on every caption token (EOS included) given the image (and the task
+        prompt, or Flamingo's per-position `media` of an interleaved sequence)."""
         text = batch["text"]
-        (_, _, logits), _ = self.model().apply({"params": params}, batch["image"], self.decoder_inputs(text),
+        media = () if "media" not in batch else (batch["media"],)  # Flamingo's interleaved sequences
+        (_, _, logits), _ = self.model().apply({"params": params}, batch["image"], self.decoder_inputs(text), *media,
                                                prompt=batch.get("prompt"), train=train, rngs={"dropout": rng})
         loss, metrics = self.caption_loss(logits, text, self.target_mask(batch, rng, train), norm)
         return loss, (metrics, extra)
@@ -160,17 +162,6 @@ class FlamingoObjective(VisionPrefixObjective):
         if self.interleave == 1:
             return pairs
         return pairs.map(functools.partial(pack_interleaved, m=self.interleave, pad_id=self.ids["pad"]))
-
-    def loss(self, params: Any, extra: Any, batch: dict[str, jax.Array], rng: jax.Array, train: bool = True,
-             norm: Normalizers | None = None) -> LossOut:
-        """Single pairs as the other bridges; interleaved sequences with each position reading its own image."""
-        if "media" not in batch:
-            return super().loss(params, extra, batch, rng, train, norm)
-        text = batch["text"]
-        (_, _, logits), _ = self.model().apply({"params": params}, batch["image"], self.decoder_inputs(text),
-                                               batch["media"], train=train, rngs={"dropout": rng})
-        loss, metrics = self.caption_loss(logits, text, self.target_mask(batch, rng, train), norm)
-        return loss, (metrics, extra)
 
     def model(self) -> nn.Module:
         m = self.config.model
