@@ -126,8 +126,8 @@ def test_dataset_names_resolve_lazily_to_their_modules():
 
     for name, module in base.DATASETS.items():
         assert base.dataset_class(name).__module__ == module
-    with pytest.raises(ValueError, match=r"valid: \['checkpoint', 'emoji', 'multitask', 'shards', 'synthetic', 'text_corpus', "
-                                         r"'tuxpaint'\]"):
+    with pytest.raises(ValueError, match=r"valid: \['checkpoint', 'emoji', 'multitask', 'scenes', 'shards', 'synthetic', "
+                                         r"'text_corpus', 'tuxpaint'\]"):
         image_text.get(ml_collections.ConfigDict(dict(name="laion")))
 
 
