@@ -20,6 +20,17 @@ from vlm_jax.evals.zeroshot import EvalSet, ZeroShotEvaluator
 PREPARED = 64  # the emoji drawings' prepared size
 
 
+def seen_drawings(data_dir: str, styles: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """uint8 drawings of the seen, non-flag concepts in `styles` (the scenes' objects), and their English names."""
+    images, names = [], []
+    for style in styles:
+        split = emoji_tfds.load_split(data_dir, style, PREPARED)
+        keep = np.flatnonzero(np.asarray(split["seen"], bool) & ~np.asarray(split["is_flag"], bool))
+        images.append(np.asarray(split["image"])[keep])
+        names += [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(split["name"])[keep]]
+    return np.concatenate(images), names
+
+
 class _SceneMap(pipeline.AugmentingMap):
     """Index → a scene drawn from the example's own generator (deterministic by seed and index) → the canvas and
     its caption's tokens; `collate` resizes the batch's canvases to image_size."""
@@ -65,16 +76,6 @@ class ScenePairs(TokenizerText):
         emoji_tfds.prepare(self.data_dir, image_size=PREPARED)
         self.tokenizer = text_tokenizer("sentencepiece", self.data_dir, None)
 
-    def _drawings(self, styles: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
-        """uint8 drawings of the seen, non-flag concepts in `styles`, and their English names."""
-        images, names = [], []
-        for style in styles:
-            split = emoji_tfds.load_split(self.data_dir, style, PREPARED)
-            keep = np.flatnonzero(np.asarray(split["seen"], bool) & ~np.asarray(split["is_flag"], bool))
-            images.append(np.asarray(split["image"])[keep])
-            names += [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(split["name"])[keep]]
-        return np.concatenate(images), names
-
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """int32 [N, text_len] token ids."""
         return self.tokenizer.encode(texts, self.text_len)
@@ -84,7 +85,7 @@ class ScenePairs(TokenizerText):
 
     def train(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
         """Freshly drawn scenes, deterministic by (seed, global index) and exactly resumable."""
-        drawings, names = self._drawings(self.train_styles)
+        drawings, names = seen_drawings(self.data_dir, self.train_styles)
         preprocess = _SceneMap(drawings, names, self.tokenize, self.image_size, self.scene_size, self.max_count,
                                self.distractors)
         return pipeline.train_stream(grain.MapDataset.range(self.length), preprocess, batch_size=batch_size,
@@ -94,7 +95,7 @@ class ScenePairs(TokenizerText):
     @functools.cached_property
     def held_out(self) -> tuple[list[LabelledScene], list[str]]:
         """The eval scenes (OpenMoji drawings, seed 1) and the names they index."""
-        drawings, names = self._drawings(("openmoji",))
+        drawings, names = seen_drawings(self.data_dir, ("openmoji",))
         return labelled_scenes(drawings, names, self.eval_scenes, self.scene_size, seed=1, max_count=self.max_count,
                                distractors=self.distractors), names
 

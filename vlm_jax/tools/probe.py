@@ -26,12 +26,11 @@ def probe_scenes(count: int, seed: int, data_dir: str | None = None, style: str 
     """(labelled scenes, the concept names they index) from `style`'s drawings of the seen, non-flag concepts."""
     from vlm_jax.data import emoji_tfds, scenes
     from vlm_jax.data.base import default_data_dir
-    from vlm_jax.data.image_text import PREPARED_SIZE
+    from vlm_jax.data.scene_pairs import PREPARED, seen_drawings
 
-    split = emoji_tfds.load_split(data_dir or default_data_dir(), style, PREPARED_SIZE)
-    keep = np.flatnonzero(np.asarray(split["seen"], bool) & ~np.asarray(split["is_flag"], bool))
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(split["name"])[keep]]
-    drawings = np.asarray(split["image"])[keep]
+    data_dir = data_dir or default_data_dir()
+    emoji_tfds.prepare(data_dir, image_size=PREPARED)
+    drawings, names = seen_drawings(data_dir, (style,))
     return scenes.labelled_scenes(drawings, names, count, SCENE_SIZE, seed, distractors=1), names
 
 
